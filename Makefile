@@ -1,0 +1,46 @@
+# Two commands on a fresh machine: `make run` and `make test`. Everything they need is
+# installed here: the virtualenv in .venv/, Debian's redis-server/redis-tools, npm packages.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+NODE_DIR := tests/e2e/node
+
+.PHONY: run test lint unit bench sysdeps node clean protos
+
+$(STAMP): pyproject.toml
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+# redis-server is the cache's L2 in tests and the peer in benchmarks; redis-cli and
+# redis-benchmark are real clients. Installed from Debian's packages when missing.
+sysdeps:
+	@if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null || ! command -v redis-benchmark >/dev/null; then \
+	  echo "installing redis-server and redis-tools from Debian"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends redis-server redis-tools >/dev/null; \
+	fi
+
+node: $(NODE_DIR)/node_modules/.installed
+$(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package.json
+	cd $(NODE_DIR) && npm install --no-audit --no-fund --silent
+	@touch $@
+
+run: $(STAMP)
+	$(VENV)/bin/sidecar run --config config/sidecar.yaml
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check sidecar tests bench
+	$(VENV)/bin/mypy sidecar
+
+test: $(STAMP) sysdeps node lint
+	$(VENV)/bin/pytest -q
+
+bench: $(STAMP) sysdeps
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) $(NODE_DIR)/node_modules data run

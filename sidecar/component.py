@@ -1,0 +1,84 @@
+"""Contracts between pipeline stages, and the registry of exporter types.
+
+Data moves one way: a receiver holds only the `Consumer` of its signal; processors are pure
+functions of a batch; exporters are built by factories registered by type name
+(OpenTelemetry Collector: component = config + factory + implementation)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from sidecar.model import Batch, Signal
+
+if TYPE_CHECKING:
+    from sidecar.exporthelper.settings import ExporterSettings
+
+
+class Consumer(Protocol):
+    """Accepts a batch or raises `PipelineFullError` (backpressure) without keeping it."""
+
+    async def consume(self, batch: Batch) -> None: ...
+
+
+class Processor(Protocol):
+    """A pure, synchronous transform: no I/O, no awaits."""
+
+    def process(self, batch: Batch) -> Batch: ...
+
+
+@runtime_checkable
+class Lifecycle(Protocol):
+    async def start(self) -> None: ...
+
+    async def shutdown(self, deadline: float) -> None:
+        """Stop, finishing in-flight work until the loop-time `deadline`."""
+
+
+class ExporterComponent(Consumer, Lifecycle, Protocol):
+    """What the pipeline sees of an exporter: admission control plus lifecycle."""
+
+    name: str
+
+    def has_room(self, batch: Batch) -> bool:
+        """Whether `consume(batch)` would be admitted now (fan-out admits all or none)."""
+        ...
+
+    def describe(self) -> str:
+        """One line for the startup banner: where this exporter's data goes."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class BuildContext:
+    storage_dir: Path
+    signals: frozenset[Signal] = field(default_factory=lambda: frozenset(Signal))
+
+
+ExporterCreate = Callable[[str, "ExporterSettings", BuildContext], ExporterComponent]
+
+
+@dataclass(frozen=True, slots=True)
+class ExporterFactory:
+    type_name: str
+    config_type: type[ExporterSettings]
+    create: ExporterCreate
+
+
+_EXPORTERS: dict[str, ExporterFactory] = {}
+
+
+def register_exporter(factory: ExporterFactory) -> ExporterFactory:
+    if factory.type_name in _EXPORTERS:
+        raise ValueError(f"exporter type {factory.type_name!r} registered twice")
+    _EXPORTERS[factory.type_name] = factory
+    return factory
+
+
+def exporter_factories() -> dict[str, ExporterFactory]:
+    # Importing the package registers every built-in exporter type.
+    import sidecar.exporters  # noqa: F401
+
+    return dict(_EXPORTERS)

@@ -1,0 +1,45 @@
+"""Settings every exporter shares: queue, batching, retry, timeout, compression.
+
+An exporter's own config subclasses `ExporterSettings`, so these keys mean the same thing
+for every exporter type (OpenTelemetry Collector's QueueConfig/RetryConfig/TimeoutConfig)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from sidecar.configtypes import ByteSize, Duration, Strict
+
+
+class QueueSettings(Strict):
+    max_bytes: ByteSize = Field(default=64 * 1024 * 1024, gt=0)
+    # how many pushes run at once for this exporter
+    concurrency: int = Field(default=2, ge=1, le=64)
+
+
+class BatchSettings(Strict):
+    max_items: int = Field(default=2048, ge=1)
+    max_bytes: ByteSize = Field(default=4 * 1024 * 1024, gt=0)
+    max_delay: Duration = 0.2
+
+
+class RetrySettings(Strict):
+    enabled: bool = True
+    initial_interval: Duration = 0.5
+    max_interval: Duration = 30.0
+    multiplier: float = Field(default=1.5, ge=1.0)
+    jitter: float = Field(default=0.5, ge=0.0, le=1.0)
+    # give up on one batch after this long (0 = retry until shutdown)
+    max_elapsed: Duration = 300.0
+
+
+class ExporterSettings(Strict):
+    """Base of every exporter config; `type` selects the factory."""
+
+    type: str
+    timeout: Duration = 10.0
+    compression: Literal["gzip", "none"] = "gzip"
+    queue: QueueSettings = QueueSettings()
+    batch: BatchSettings = BatchSettings()
+    retry: RetrySettings = RetrySettings()
