@@ -1,0 +1,49 @@
+"""`make bench`: run every benchmark as its own subprocess and print its table.
+
+    .venv/bin/python bench/run.py [--quick]
+
+1. bench/otlp_bench.py  -- OTLP pipeline, sidecar vs rotel (results/otlp.json)
+2. bench/cache_bench.py -- cache server, if present
+Exit status: non-zero if any benchmark failed to run (missed targets are reported in the
+tables, not as failures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCHES = ("otlp_bench.py", "cache_bench.py")
+# hard cap per benchmark; a full otlp_bench run takes about 5 minutes
+TIMEOUT_S = 30 * 60
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run the sidecar benchmarks.")
+    parser.add_argument("--quick", action="store_true", help="one short repetition each")
+    args = parser.parse_args(argv)
+    status = 0
+    for name in BENCHES:
+        path = HERE / name
+        if not path.exists():
+            print(f"== {name}: not present, skipped\n", flush=True)
+            continue
+        print(f"== {name}{' --quick' if args.quick else ''}", flush=True)
+        started = time.monotonic()
+        cmd = [sys.executable, str(path)] + (["--quick"] if args.quick else [])
+        try:
+            rc = subprocess.run(cmd, timeout=TIMEOUT_S, check=False).returncode
+        except subprocess.TimeoutExpired:
+            print(f"== {name}: killed after {TIMEOUT_S}s", flush=True)
+            rc = 124
+        print(f"== {name}: exit {rc} after {time.monotonic() - started:.0f}s\n", flush=True)
+        status = status or rc
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
