@@ -572,6 +572,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
+    # SIGTERM (e.g. from run.py's time cap) unwinds through every `finally`, so the
+    # target, loadgen and sink processes are always stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     repeats = args.repeats or (1 if args.quick else 3)
     pin = not args.no_pin and (os.cpu_count() or 1) >= 2
     opts = Options(

@@ -35,11 +35,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {name}{' --quick' if args.quick else ''}", flush=True)
         started = time.monotonic()
         cmd = [sys.executable, str(path)] + (["--quick"] if args.quick else [])
+        proc = subprocess.Popen(cmd)
         try:
-            rc = subprocess.run(cmd, timeout=TIMEOUT_S, check=False).returncode
+            rc = proc.wait(timeout=TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            print(f"== {name}: killed after {TIMEOUT_S}s", flush=True)
+            print(f"== {name}: stopped after {TIMEOUT_S}s", flush=True)
             rc = 124
+        finally:
+            if proc.poll() is None:  # SIGTERM first: the benchmark stops its own processes
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
         print(f"== {name}: exit {rc} after {time.monotonic() - started:.0f}s\n", flush=True)
         status = status or rc
     return status
