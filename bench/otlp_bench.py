@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import queue
+import shlex
 import shutil
 import signal
 import socket
@@ -304,7 +305,7 @@ service: {log_level: warning}
 
 
 def start_sidecar(workdir: Path, sink_port: int, cpus: set[int] | None,
-                  batch: int | None) -> Target:
+                  batch: int | None, command: list[str] | None) -> Target:
     port, admin = free_port(), free_port()
     (workdir / "run").mkdir(exist_ok=True)
     config = workdir / "sidecar.yaml"
@@ -313,7 +314,8 @@ def start_sidecar(workdir: Path, sink_port: int, cpus: set[int] | None,
         "batch": f"    batch: {{max_items: {batch}}}" if batch else "",
     })
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    child = Child("sidecar", [str(sidecar_binary()), "run", "--config", str(config)],
+    argv = [*(command or [str(sidecar_binary())]), "run", "--config", str(config)]
+    child = Child("sidecar", argv,
                   cpus=cpus, stdout_lines=False, log=workdir / "sidecar.log", env=env,
                   cwd=workdir)
     try:
@@ -344,6 +346,7 @@ class Options:
     rotel_batch: int
     sidecar_batch: int | None
     quick: bool
+    sidecar_cmd: list[str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -358,7 +361,8 @@ def measure(target_name: str, scenario: Scenario, sink: Child, opts: Options) ->
         if target_name == "rotel":
             target = start_rotel(workdir, sink_port, target_cpus, opts.rotel_batch)
         else:
-            target = start_sidecar(workdir, sink_port, target_cpus, opts.sidecar_batch)
+            target = start_sidecar(workdir, sink_port, target_cpus, opts.sidecar_batch,
+                                   opts.sidecar_cmd)
         pid = target.child.proc.pid
         time.sleep(0.5)
         rss_idle = rss_mib(pid)
@@ -569,6 +573,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rotel-batch", type=int, default=100)
     parser.add_argument("--sidecar-batch", type=int, default=None,
                         help="exporters.sink.batch.max_items (default: sidecar's default)")
+    parser.add_argument("--sidecar-cmd", default=None,
+                        help="command that runs sidecar's CLI instead of .venv/bin/sidecar, "
+                             "e.g. 'env PYTHONPATH=/tmp/tree .venv/bin/python -m sidecar'")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
@@ -581,7 +588,8 @@ def main(argv: list[str] | None = None) -> int:
         warmup=args.warmup if args.warmup is not None else (2.0 if args.quick else 3.0),
         duration=args.duration if args.duration is not None else (5.0 if args.quick else 10.0),
         drain_timeout=15.0, pin=pin, rotel_batch=args.rotel_batch,
-        sidecar_batch=args.sidecar_batch, quick=args.quick)
+        sidecar_batch=args.sidecar_batch, quick=args.quick,
+        sidecar_cmd=shlex.split(args.sidecar_cmd) if args.sidecar_cmd else None)
     all_scenarios = {"10k": Scenario("10k", 10_000, 8),
                      "max": Scenario("max", 0, args.max_concurrency)}
     scenarios = [all_scenarios[s] for s in args.scenarios.split(",") if s]
