@@ -256,7 +256,7 @@ class Target:
 
 
 def start_rotel(workdir: Path, sink_port: int, cpus: set[int] | None,
-                batch: int) -> Target:
+                batch: int, compression: str) -> Target:
     port, http_port = free_port(), free_port()
     argv = [
         str(rotel_binary()), "start",
@@ -265,7 +265,7 @@ def start_rotel(workdir: Path, sink_port: int, cpus: set[int] | None,
         "--exporter", "otlp",
         "--otlp-exporter-endpoint", f"http://127.0.0.1:{sink_port}",
         "--otlp-exporter-protocol", "grpc",
-        "--otlp-exporter-compression", "gzip",
+        "--otlp-exporter-compression", compression,
         "--traces-batch-max-size", str(batch),
         "--batch-timeout", "200ms",
         "--pid-file", str(workdir / "rotel.pid"),
@@ -295,7 +295,7 @@ exporters:
     type: otlp
     protocol: grpc
     endpoint: "http://127.0.0.1:%(sink)d"
-    compression: gzip
+    compression: %(compression)s
 %(batch)s
 pipelines: {traces: [sink], logs: [sink], metrics: [sink]}
 cache: {unix: %(dir)s/run/cache.sock}
@@ -305,12 +305,13 @@ service: {log_level: warning}
 
 
 def start_sidecar(workdir: Path, sink_port: int, cpus: set[int] | None,
-                  batch: int | None, command: list[str] | None) -> Target:
+                  batch: int | None, command: list[str] | None, compression: str) -> Target:
     port, admin = free_port(), free_port()
     (workdir / "run").mkdir(exist_ok=True)
     config = workdir / "sidecar.yaml"
     config.write_text(SIDECAR_YAML % {
         "dir": workdir, "port": port, "admin": admin, "sink": sink_port,
+        "compression": compression,
         "batch": f"    batch: {{max_items: {batch}}}" if batch else "",
     })
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
@@ -347,6 +348,7 @@ class Options:
     sidecar_batch: int | None
     quick: bool
     sidecar_cmd: list[str] | None = None
+    compression: str = "gzip"
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -359,10 +361,11 @@ def measure(target_name: str, scenario: Scenario, sink: Child, opts: Options) ->
     loadgen: Child | None = None
     try:
         if target_name == "rotel":
-            target = start_rotel(workdir, sink_port, target_cpus, opts.rotel_batch)
+            target = start_rotel(workdir, sink_port, target_cpus, opts.rotel_batch,
+                                 opts.compression)
         else:
             target = start_sidecar(workdir, sink_port, target_cpus, opts.sidecar_batch,
-                                   opts.sidecar_cmd)
+                                   opts.sidecar_cmd, opts.compression)
         pid = target.child.proc.pid
         time.sleep(0.5)
         rss_idle = rss_mib(pid)
@@ -491,7 +494,7 @@ def print_report(summary: dict[str, Any], meta: dict[str, Any]) -> list[str]:
         f"{'target pinned to CPU 0, loadgen+sink to CPU 1' if meta['pinned'] else 'unpinned'})",
         f"spans: {meta.get('bytes_per_span', 0):.0f} B, ~15 attributes, 100 per request; "
         f"rotel batch {meta['rotel_batch']}, sidecar batch "
-        f"{meta['sidecar_batch'] or 'default'}; gzip to the sink",
+        f"{meta['sidecar_batch'] or 'default'}; {meta['compression']} to the sink",
         "",
         f"{'target':8} {'load':9} {'spans/s':>9} {'µs/span':>8} {'CPU %':>6} "
         f"{'peak RSS':>9} {'idle RSS':>9} {'delivered':>9} {'429s':>6} {'p99 ms':>7}",
@@ -576,6 +579,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sidecar-cmd", default=None,
                         help="command that runs sidecar's CLI instead of .venv/bin/sidecar, "
                              "e.g. 'env PYTHONPATH=/tmp/tree .venv/bin/python -m sidecar'")
+    parser.add_argument("--compression", choices=("gzip", "none"), default="gzip",
+                        help="export compression to the sink, both targets (default gzip)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
@@ -589,7 +594,8 @@ def main(argv: list[str] | None = None) -> int:
         duration=args.duration if args.duration is not None else (5.0 if args.quick else 10.0),
         drain_timeout=15.0, pin=pin, rotel_batch=args.rotel_batch,
         sidecar_batch=args.sidecar_batch, quick=args.quick,
-        sidecar_cmd=shlex.split(args.sidecar_cmd) if args.sidecar_cmd else None)
+        sidecar_cmd=shlex.split(args.sidecar_cmd) if args.sidecar_cmd else None,
+        compression=args.compression)
     all_scenarios = {"10k": Scenario("10k", 10_000, 8),
                      "max": Scenario("max", 0, args.max_concurrency)}
     scenarios = [all_scenarios[s] for s in args.scenarios.split(",") if s]
@@ -601,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": repeats, "warmup_s": opts.warmup, "duration_s": opts.duration,
         "rotel_batch": opts.rotel_batch, "sidecar_batch": opts.sidecar_batch,
         "python": platform.python_version(), "machine": platform.machine(),
-        "max_concurrency": args.max_concurrency,
+        "max_concurrency": args.max_concurrency, "compression": args.compression,
     }
     if "rotel" in targets:
         try:
