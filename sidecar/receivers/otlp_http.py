@@ -15,6 +15,7 @@ from typing import Final
 
 import orjson
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
@@ -69,25 +70,35 @@ class _TooLarge(Exception):
 
 async def read_body(request: web.BaseRequest, encoding: str, limit: int) -> bytes:
     """The request body, decompressed, never holding more than `limit` + 1 bytes of it.
-    Raises `_TooLarge`, or `BadInputError` for a corrupt or truncated compressed body."""
-    content = request.content
-    if encoding in _IDENTITY:
-        length = request.content_length
-        if length is not None:
-            if length > limit:
-                raise _TooLarge
-            return await content.readexactly(length)
-        chunks = bytearray()
-        async for chunk in content.iter_any():
-            chunks += chunk
-            if len(chunks) > limit:
-                raise _TooLarge
-        return bytes(chunks)
+    Raises `_TooLarge`, or `BadInputError` for a corrupt, truncated or cut-off body."""
+    try:
+        if encoding in _IDENTITY:
+            return await _read_plain(request, limit)
+        return await _read_compressed(request, encoding, limit)
+    except (asyncio.IncompleteReadError, RequestPayloadError) as exc:
+        raise BadInputError(f"request body ended early: {exc}", "truncated") from exc
 
+
+async def _read_plain(request: web.BaseRequest, limit: int) -> bytes:
+    content = request.content
+    length = request.content_length
+    if length is not None:
+        if length > limit:
+            raise _TooLarge
+        return await content.readexactly(length) if length else b""
+    chunks = bytearray()
+    async for chunk in content.iter_any():
+        chunks += chunk
+        if len(chunks) > limit:
+            raise _TooLarge
+    return bytes(chunks)
+
+
+async def _read_compressed(request: web.BaseRequest, encoding: str, limit: int) -> bytes:
     out = bytearray()
     inflater = zlib.decompressobj(_DECOMPRESS_WBITS)
     try:
-        async for chunk in content.iter_any():
+        async for chunk in request.content.iter_any():
             data = chunk
             while data:
                 # max_length caps what one call may allocate; stopping early leaves the
