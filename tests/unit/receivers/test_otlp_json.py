@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import math
+from typing import Any
+
 import orjson
 import pytest
+from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor
+from google.protobuf.message import Message
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
@@ -25,7 +32,10 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 
 from sidecar.errors import BadInputError
 from sidecar.model import ExportRequest, Signal
+from sidecar.receivers import otlp_json
 from sidecar.receivers.otlp_json import (
+    ID_FIELDS,
+    DecodedJson,
     decode_request,
     request_from_json_bytes,
     request_to_dict,
@@ -292,3 +302,124 @@ def test_round_trip_property(spans: list[Span]) -> None:
     )
     assert request_from_json_bytes(Signal.TRACES, request_to_json_bytes(Signal.TRACES, request)) \
         == request
+
+
+# --- the fast codec against protobuf's json_format --------------------------------------------
+
+
+def reference_dict(message: Message) -> Any:
+    """json_format's proto3 JSON with ids rewritten to hex: what OTLP/JSON specifies."""
+    tree = json_format.MessageToDict(message, use_integers_for_enums=True)
+    _hexify(tree, message.DESCRIPTOR)
+    return tree
+
+
+def _hexify(node: dict[str, Any], descriptor: Descriptor) -> None:
+    ids = ID_FIELDS.get(descriptor.full_name, {})
+    for field in descriptor.fields:
+        value = node.get(field.json_name)
+        if value is None:
+            continue
+        if field.name in ids:
+            node[field.json_name] = base64.b64decode(value).hex()
+        elif field.message_type is not None:
+            for child in value if field.is_repeated else [value]:
+                _hexify(child, field.message_type)
+
+
+@pytest.mark.parametrize("signal", list(Signal))
+def test_encoder_matches_json_format(signal: Signal) -> None:
+    assert request_to_dict(signal, REQUESTS[signal]) == reference_dict(REQUESTS[signal])
+
+
+@pytest.mark.parametrize("signal", list(Signal))
+def test_fast_decoder_handles_canonical_json_without_falling_back(signal: Signal) -> None:
+    tree = reference_dict(REQUESTS[signal])
+    fast = otlp_json._fast_decode(signal, orjson.loads(orjson.dumps(tree)))
+    assert fast == DecodedJson(REQUESTS[signal])
+
+
+def test_fast_decoder_handles_lenient_spellings() -> None:
+    tree = {"resource_spans": [{"scope_spans": [{"spans": [{
+        "trace_id": TRACE_ID.hex(), "kind": "SPAN_KIND_PRODUCER", "start_time_unix_nano": 5,
+        "end_time_unix_nano": "6", "attributes": [{"key": "d", "value": {"doubleValue": "NaN"}}],
+        "unknownField": [1, 2]}]}]}]}
+    fast = otlp_json._fast_decode(Signal.TRACES, tree)
+    assert fast.message == otlp_json._reference_decode(Signal.TRACES, tree).message
+
+
+# AnyValue nests through arrays and kvlists; empty keys, unset values and non-finite
+# doubles are where hand-written encoders usually differ from json_format.
+any_values = st.recursive(
+    st.one_of(
+        st.builds(AnyValue),
+        st.builds(AnyValue, string_value=st.text(max_size=10)),
+        st.builds(AnyValue, bool_value=st.booleans()),
+        st.builds(AnyValue, int_value=st.integers(-(2**63), 2**63 - 1)),
+        # NaN payloads do not survive JSON; NaN itself is tested below
+        st.builds(AnyValue, double_value=st.floats(allow_nan=False)),
+        st.builds(AnyValue, bytes_value=st.binary(max_size=10)),
+    ),
+    lambda inner: st.one_of(
+        st.builds(lambda vs: AnyValue(array_value=ArrayValue(values=vs)),
+                  st.lists(inner, max_size=3)),
+        st.builds(lambda kvs: AnyValue(kvlist_value=KeyValueList(values=kvs)),
+                  st.lists(st.builds(KeyValue, key=st.text(max_size=5), value=inner),
+                           max_size=3)),
+    ),
+    max_leaves=8,
+)
+key_values = st.one_of(
+    st.builds(KeyValue, key=st.text(max_size=8), value=any_values),
+    st.builds(KeyValue, key=st.text(max_size=8)),  # no value at all
+)
+log_records = st.builds(
+    LogRecord,
+    time_unix_nano=st.integers(0, 2**64 - 1),
+    severity_number=st.integers(0, 24),
+    body=any_values,
+    attributes=st.lists(key_values, max_size=3),
+    trace_id=st.one_of(st.just(b""), ids),
+    span_id=st.one_of(st.just(b""), span_ids),
+    flags=st.integers(0, 2**32 - 1),
+)
+data_points = st.builds(
+    m.HistogramDataPoint,
+    count=st.integers(0, 2**64 - 1),
+    sum=st.floats(allow_nan=False),
+    bucket_counts=st.lists(st.integers(0, 2**64 - 1), max_size=3),
+    explicit_bounds=st.lists(st.floats(allow_nan=False), max_size=3),
+    exemplars=st.lists(st.builds(m.Exemplar, as_int=st.integers(-(2**63), 2**63 - 1),
+                                 trace_id=ids, span_id=span_ids), max_size=2),
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(log_records, max_size=4), st.lists(data_points, max_size=3))
+def test_codec_matches_json_format_property(
+    records: list[LogRecord], points: list[m.HistogramDataPoint]
+) -> None:
+    logs = ExportLogsServiceRequest(resource_logs=[
+        ResourceLogs(scope_logs=[ScopeLogs(log_records=records)])])
+    metrics = ExportMetricsServiceRequest(resource_metrics=[m.ResourceMetrics(scope_metrics=[
+        m.ScopeMetrics(metrics=[m.Metric(name="h", histogram=m.Histogram(data_points=points))])])])
+    for signal, message in ((Signal.LOGS, logs), (Signal.METRICS, metrics)):
+        encoded = request_to_dict(signal, message)
+        assert encoded == reference_dict(message)
+        data = orjson.dumps(encoded)
+        decoded = otlp_json._fast_decode(signal, orjson.loads(data))
+        assert decoded.message == message
+
+
+def test_non_finite_doubles_are_named_strings() -> None:
+    values = [AnyValue(double_value=v) for v in (math.nan, math.inf, -math.inf)]
+    request = ExportLogsServiceRequest(resource_logs=[ResourceLogs(scope_logs=[ScopeLogs(
+        log_records=[LogRecord(body=v) for v in values])])])
+    tree = request_to_dict(Signal.LOGS, request)
+    bodies = [r["body"] for r in tree["resourceLogs"][0]["scopeLogs"][0]["logRecords"]]
+    assert bodies == [{"doubleValue": "NaN"}, {"doubleValue": "Infinity"},
+                      {"doubleValue": "-Infinity"}]
+    decoded = request_from_json_bytes(Signal.LOGS, orjson.dumps(tree))
+    got = [r.body.double_value for r in decoded.resource_logs[0].scope_logs[0].log_records]
+    assert math.isnan(got[0])
+    assert got[1:] == [math.inf, -math.inf]
