@@ -14,7 +14,7 @@ from enum import Enum
 from typing import Final
 
 import orjson
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from aiohttp.web_protocol import RequestPayloadError
 from google.protobuf import json_format
 from google.protobuf.message import Message
@@ -96,9 +96,17 @@ async def _read_plain(request: web.BaseRequest, limit: int) -> bytes:
 
 async def _read_compressed(request: web.BaseRequest, encoding: str, limit: int) -> bytes:
     out = bytearray()
+    # Valid deflate never grows data by more than a few bytes per 16 KiB block, so more
+    # compressed input than this cannot fit the limit; it also ends a stream of empty gzip
+    # members that would otherwise keep us reading forever.
+    input_limit = limit + limit // 64 + 1024
+    seen = 0
     inflater = zlib.decompressobj(_DECOMPRESS_WBITS)
     try:
         async for chunk in request.content.iter_any():
+            seen += len(chunk)
+            if seen > input_limit:
+                raise _TooLarge
             data = chunk
             while data:
                 # max_length caps what one call may allocate; stopping early leaves the
@@ -115,6 +123,17 @@ async def _read_compressed(request: web.BaseRequest, encoding: str, limit: int) 
     except zlib.error as exc:
         raise BadInputError(f"corrupt {encoding} body: {exc}", "bad_encoding") from exc
     return bytes(out)
+
+
+async def _send_continue(request: web.BaseRequest) -> None:
+    """curl and some HTTP clients wait (about a second) for this before sending a large
+    body. Sent only after the request passed every check that needs no body, so a refused
+    request is refused before its body is uploaded. Same as aiohttp's router does."""
+    if request.version == HttpVersion11 and request.headers.get("Expect", "").lower() == (
+        "100-continue"
+    ):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
 
 
 class _Route:
@@ -245,6 +264,10 @@ class OtlpHttpReceiver:
             return _error(fmt, content_type, 415, CODE_INVALID_ARGUMENT, message)
 
         try:
+            length = request.content_length
+            if length is not None and length > self._limit and encoding in _IDENTITY:
+                raise _TooLarge
+            await _send_continue(request)
             body = await read_body(request, encoding, self._limit)
             if fmt is Format.PROTOBUF:
                 batch = Batch.from_bytes(route.signal, body)

@@ -256,6 +256,27 @@ async def test_oversize_bodies_get_413_and_the_server_keeps_serving(
     assert status == 200
 
 
+async def test_endless_empty_gzip_members_are_cut_off(
+    client: aiohttp.ClientSession, metric: Callable[..., float]
+) -> None:
+    before = bad(metric, "too_large")
+    body = gzip.compress(b"") * (LIMIT // 20 + 4096)  # inflates to nothing, never ends
+    status, _, _ = await post(client, "/v1/traces", body, {**PROTO, "Content-Encoding": "gzip"})
+    assert status == 413
+    assert bad(metric, "too_large") == before + 1
+
+
+async def test_expect_100_continue(client: aiohttp.ClientSession, consumers: Consumers) -> None:
+    body = request(2).SerializeToString()
+    async with client.post("/v1/traces", data=body, headers=PROTO, expect100=True) as resp:
+        assert resp.status == 200
+    assert consumers[Signal.TRACES].batches[0].payload == body
+    # answered from the headers alone: no 100 Continue, so the body need not be sent
+    too_big = b"\0" * (LIMIT + 1)
+    async with client.post("/v1/traces", data=too_big, headers=PROTO, expect100=True) as resp:
+        assert resp.status == 413
+
+
 async def test_corrupt_gzip_is_400(
     client: aiohttp.ClientSession, metric: Callable[..., float]
 ) -> None:
