@@ -33,8 +33,10 @@ from sidecar.receivers.otlp_common import (
 
 TRANSPORT: Final = "grpc"
 SETTING: Final = "receivers.otlp.grpc.endpoint"
-# Where gRPC carries a serialized google.rpc.Status (what grpcio-status reads).
+# Where gRPC carries a serialized google.rpc.Status (what grpcio-status and the Go
+# Collector read), and a bare RetryInfo (what the OTel Python exporter reads).
 STATUS_DETAILS_KEY: Final = "grpc-status-details-bin"
+RETRY_INFO_KEY: Final = "google.rpc.retryinfo-bin"
 
 
 def _server_options(config: GrpcListenerConfig) -> list[tuple[str, Any]]:
@@ -75,12 +77,12 @@ class _ExportHandler:
         except PipelineFullError as exc:
             seconds = retry_after_seconds(exc)
             message = f"{self._signal.value} pipeline is full, retry in {seconds}s"
-            details = rpc_status(CODE_RESOURCE_EXHAUSTED, message, seconds).SerializeToString()
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                message,
-                trailing_metadata=((STATUS_DETAILS_KEY, details),),
+            status = rpc_status(CODE_RESOURCE_EXHAUSTED, message, seconds)
+            trailers = (
+                (STATUS_DETAILS_KEY, status.SerializeToString()),
+                (RETRY_INFO_KEY, status.details[0].value),
             )
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message, trailers)
         except InternalError as exc:
             await context.abort(grpc.StatusCode.INTERNAL, str(exc))
         return self._empty

@@ -179,7 +179,25 @@ async def test_backpressure_is_resource_exhausted_with_retry_info(
     info = error_details_pb2.RetryInfo()
     assert status.details[0].Unpack(info)
     assert info.retry_delay.seconds == 3  # rounded up to whole seconds
+    assert error_details_pb2.RetryInfo.FromString(trailers["google.rpc.retryinfo-bin"]) == info
     assert metric(REFUSED, **labels) == before + 4
+
+
+async def test_sdk_exporter_retries_after_backpressure(
+    grpc_receiver: OtlpGrpcReceiver, consumers: Consumers, sdk_spans: tuple[ReadableSpan, ...]
+) -> None:
+    consumers[Signal.TRACES].full_retry_after = 0.2  # answered as 1 s, the minimum
+    consumers[Signal.TRACES].refusals_left = 1
+    exporter = OTLPSpanExporter(
+        endpoint=f"127.0.0.1:{grpc_receiver.bound_port}", insecure=True, timeout=10
+    )
+    try:
+        result = await asyncio.to_thread(exporter.export, sdk_spans)
+    finally:
+        exporter.shutdown()
+    assert result is SpanExportResult.SUCCESS
+    assert consumers[Signal.TRACES].refused == 1
+    assert only_batch(consumers[Signal.TRACES]).message == encode_spans(sdk_spans)
 
 
 async def test_signal_without_pipeline_is_unimplemented(consumers: Consumers) -> None:

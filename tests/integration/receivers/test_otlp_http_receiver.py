@@ -355,6 +355,24 @@ async def test_backpressure_is_429_with_retry_after(
     assert metric(REFUSED, **labels) == before + 3
 
 
+async def test_sdk_exporter_retries_after_429(
+    http_receiver: OtlpHttpReceiver, consumers: Consumers, sdk_spans: tuple[ReadableSpan, ...]
+) -> None:
+    consumers[Signal.TRACES].full_retry_after = 0.2  # answered as Retry-After: 1
+    consumers[Signal.TRACES].refusals_left = 1
+    exporter = OTLPSpanExporter(
+        endpoint=f"http://127.0.0.1:{http_receiver.bound_port}/v1/traces", timeout=10
+    )
+    try:
+        result = await asyncio.to_thread(exporter.export, sdk_spans)
+    finally:
+        exporter.shutdown()
+    assert result is SpanExportResult.SUCCESS
+    assert consumers[Signal.TRACES].refused == 1
+    [batch] = consumers[Signal.TRACES].batches
+    assert batch.message == encode_spans(sdk_spans)
+
+
 async def test_signal_without_pipeline_is_404(consumers: Consumers) -> None:
     receiver = OtlpHttpReceiver(
         HttpListenerConfig(endpoint="127.0.0.1:0"), {Signal.LOGS: consumers[Signal.LOGS]}
