@@ -178,7 +178,7 @@ def _copy_with(parent: Any, child_field: str, children: list[Any]) -> Any:
     for desc, value in parent.ListFields():
         if desc.name == child_field:
             continue
-        if desc.label == desc.LABEL_REPEATED:
+        if desc.is_repeated:
             getattr(piece, desc.name).extend(value)
         elif desc.message_type is not None:
             getattr(piece, desc.name).CopyFrom(value)
