@@ -38,9 +38,59 @@ def validate(config_path: str | None, overrides: tuple[str, ...]) -> None:
     from sidecar import config as config_module
 
     try:
-        config_module.load(config_path, overrides)
+        cfg = config_module.load(config_path, overrides)
+        from sidecar.app import build_daemon
+
+        build_daemon(cfg)
     except ConfigError as exc:
         for problem in exc.problems:
             click.echo(f"error: {problem}", err=True)
         sys.exit(1)
     click.echo(f"{config_path or '<defaults>'}: configuration is valid")
+
+
+@main.command()
+@CONFIG_OPTION
+@SET_OPTION
+@click.option("--log-format", type=click.Choice(["json", "text"]), default=None,
+              help="Daemon log format (default: service.log_format, json).")
+def run(config_path: str | None, overrides: tuple[str, ...], log_format: str | None) -> None:
+    """Run the daemon until SIGTERM/SIGINT, then drain and exit 0."""
+    from sidecar import config as config_module
+    from sidecar.app import run as run_app
+    from sidecar.app import run_event_loop
+    from sidecar.errors import StartupError
+    from sidecar.telemetry.logs import setup_logging
+
+    try:
+        cfg = config_module.load(config_path, overrides)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(f"error: {problem}", err=True)
+        sys.exit(1)
+    fmt = log_format or cfg.service.log_format
+    setup_logging("json" if fmt == "json" else "text", cfg.service.log_level)
+    try:
+        run_event_loop(run_app(cfg, lambda line: click.echo(line)))
+    except StartupError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+@main.command("send-test")
+@click.option("--endpoint", default=None,
+              help="Receiver to send to (default http://127.0.0.1:4318, or 127.0.0.1:4317 for gRPC).")
+@click.option("--protocol", type=click.Choice(["http", "grpc"]), default="http")
+@click.option("--runs", default=3, show_default=True, help="Agent runs to send.")
+def send_test(endpoint: str | None, protocol: str, runs: int) -> None:
+    """Send a realistic sample of LLM-agent spans and logs to the local receivers."""
+    from sidecar.sendtest import send
+
+    target = endpoint or ("http://127.0.0.1:4318" if protocol == "http" else "127.0.0.1:4317")
+    try:
+        spans, records = send(target, protocol, runs)
+    except Exception as exc:  # any transport failure is reported as one line
+        click.echo(f"error: could not send to {target} ({protocol}): {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"sent {spans} spans and {records} log records from {runs} agent runs "
+               f"to {target} ({protocol})")

@@ -5,9 +5,10 @@ for every exporter type (OpenTelemetry Collector's QueueConfig/RetryConfig/Timeo
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from sidecar.configtypes import ByteSize, Duration, Strict
 
@@ -43,3 +44,19 @@ class ExporterSettings(Strict):
     queue: QueueSettings = QueueSettings()
     batch: BatchSettings = BatchSettings()
     retry: RetrySettings = RetrySettings()
+
+
+class TlsSettings(Strict):
+    """Client TLS. `insecure: true` sends plaintext even to an https:// endpoint."""
+
+    insecure: bool = False
+    ca_file: Path | None = None  # trust this CA bundle instead of the system store
+    cert_file: Path | None = None  # client certificate (mTLS), with key_file
+    key_file: Path | None = None
+    insecure_skip_verify: bool = False  # encrypt but do not check the peer: tests only
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self

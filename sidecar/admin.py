@@ -1,0 +1,77 @@
+"""Admin HTTP server: /metrics (Prometheus text), /healthz, /readyz, /cache/stats."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from sidecar.configtypes import split_endpoint
+from sidecar.errors import StartupError
+from sidecar.telemetry.metrics import READY, REGISTRY
+
+StatsProvider = Callable[[], dict[str, object]]
+
+
+class AdminServer:
+    def __init__(self, endpoint: str, cache_stats: StatsProvider | None = None) -> None:
+        self.endpoint = endpoint
+        self.ready = False
+        self._cache_stats = cache_stats
+        self._runner: web.AppRunner | None = None
+        self.bound_port: int | None = None
+
+    def _app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/cache/stats", self._cache)
+        return app
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        body = generate_latest(REGISTRY)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    async def _readyz(self, _: web.Request) -> web.Response:
+        if self.ready:
+            return web.json_response({"status": "ready"})
+        return web.json_response({"status": "starting or stopping"}, status=503)
+
+    async def _cache(self, _: web.Request) -> web.Response:
+        if self._cache_stats is None:
+            return web.json_response({"error": "cache is disabled"}, status=404)
+        return web.Response(body=orjson.dumps(self._cache_stats()),
+                            content_type="application/json")
+
+    def set_ready(self, ready: bool) -> None:
+        self.ready = ready
+        READY.set(1 if ready else 0)
+
+    async def start(self) -> None:
+        host, port = split_endpoint(self.endpoint)
+        self._runner = web.AppRunner(self._app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            self._runner = None
+            raise StartupError(f"admin.endpoint: {self.endpoint}: {exc.strerror or exc}") from exc
+        server = site._server  # aiohttp exposes the bound socket only here
+        if server is not None and getattr(server, "sockets", None):
+            self.bound_port = int(server.sockets[0].getsockname()[1])
+
+    async def shutdown(self, deadline: float) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def describe(self) -> str:
+        return f"admin      http://{self.endpoint}  /metrics /healthz /readyz /cache/stats"

@@ -1,0 +1,195 @@
+"""`type: otlp` - OTLP over gRPC or HTTP/protobuf to a collector, Jaeger or a vendor.
+
+A batch's serialized request goes out as is: the gRPC stubs have no serializer (raw bytes
+in, raw bytes out) and the HTTP body is the same bytes, so no span is re-encoded here.
+Queueing, batching, retries and timeouts come from `ExportChain`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Literal
+from urllib.parse import urlsplit
+
+import aiohttp
+import grpc
+import grpc.aio
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceResponse,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+from pydantic import field_validator, model_validator
+
+from sidecar.component import BuildContext, ExporterComponent, ExporterFactory, register_exporter
+from sidecar.errors import PermanentError, RetryableError, StartupError
+from sidecar.exporthelper import http
+from sidecar.exporthelper.chain import ExportChain
+from sidecar.exporthelper.compression import gzip_compress
+from sidecar.exporthelper.http import ExportResponse
+from sidecar.exporthelper.retry import retry_info_delay
+from sidecar.exporthelper.settings import ExporterSettings, TlsSettings
+from sidecar.model import Batch, Signal
+
+log = logging.getLogger(__name__)
+
+_SERVICES: dict[Signal, tuple[str, type[ExportResponse], str]] = {
+    Signal.TRACES: ("/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+                    ExportTraceServiceResponse, "rejected_spans"),
+    Signal.LOGS: ("/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+                  ExportLogsServiceResponse, "rejected_log_records"),
+    Signal.METRICS: ("/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+                     ExportMetricsServiceResponse, "rejected_data_points"),
+}
+_RETRYABLE_CODES = frozenset({
+    grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED,
+    grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DATA_LOSS,
+})
+# gzip above this size runs in a thread (zlib drops the GIL) so the loop stays responsive
+_COMPRESS_OFF_LOOP = 256 * 1024
+
+
+class OtlpConfig(ExporterSettings):
+    type: Literal["otlp"] = "otlp"
+    endpoint: str  # http://host:4317 or https://host:4317; HTTP posts to {endpoint}/v1/{signal}
+    protocol: Literal["grpc", "http"] = "grpc"
+    headers: dict[str, str] = {}
+    tls: TlsSettings = TlsSettings()
+
+    @field_validator("endpoint")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        url = urlsplit(value)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"expected http://host:port or https://host:port, got {value!r}")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _grpc_tls(self) -> OtlpConfig:
+        if self.protocol == "grpc" and self.tls.insecure_skip_verify:
+            raise ValueError("tls.insecure_skip_verify is not supported with protocol: grpc")
+        return self
+
+    @property
+    def plaintext(self) -> bool:
+        return self.tls.insecure or self.endpoint.startswith("http://")
+
+
+def classify_grpc_error(error: grpc.aio.AioRpcError) -> PermanentError | RetryableError:
+    """OTLP spec: RESOURCE_EXHAUSTED is retryable only with a RetryInfo (throttling)."""
+    code = error.code()
+    message = f"gRPC {code.name}: {error.details()}"
+    delay = retry_info_delay(error.trailing_metadata())
+    if code in _RETRYABLE_CODES:
+        return RetryableError(message, retry_after=delay)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and delay is not None:
+        return RetryableError(message, retry_after=delay)
+    return PermanentError(message)
+
+
+class GrpcSender:
+    def __init__(self, config: OtlpConfig) -> None:
+        self.config = config
+        url = urlsplit(config.endpoint)
+        self._target = f"{url.hostname}:{url.port or 4317}"
+        # gRPC metadata keys must be lowercase
+        self._metadata = tuple((k.lower(), v) for k, v in config.headers.items())
+        self._channel: grpc.aio.Channel | None = None
+        self._calls: dict[Signal, grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = {}
+
+    async def start(self) -> None:
+        options = [("grpc.primary_user_agent", http.USER_AGENT)]
+        compression = (grpc.Compression.Gzip if self.config.compression == "gzip"
+                       else grpc.Compression.NoCompression)
+        if self.config.plaintext:
+            self._channel = grpc.aio.insecure_channel(
+                self._target, options=options, compression=compression)
+        else:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=_read(self.config, "ca_file"),
+                private_key=_read(self.config, "key_file"),
+                certificate_chain=_read(self.config, "cert_file"))
+            self._channel = grpc.aio.secure_channel(
+                self._target, credentials, options=options, compression=compression)
+        # no serializers: requests and responses stay bytes
+        self._calls = {s: self._channel.unary_unary(method, None, None)
+                       for s, (method, _, _) in _SERVICES.items()}
+
+    async def send(self, batch: Batch) -> int:
+        try:
+            answer: bytes = await self._calls[batch.signal](
+                batch.payload, timeout=self.config.timeout, metadata=self._metadata)
+        except grpc.aio.AioRpcError as exc:
+            raise classify_grpc_error(exc) from exc
+        _, response_type, field = _SERVICES[batch.signal]
+        if not answer:
+            return 0
+        response = response_type.FromString(answer)
+        if not response.HasField("partial_success"):
+            return 0
+        rejected = int(getattr(response.partial_success, field))
+        log.warning("partial success from %s", self.config.endpoint,
+                    extra={"rejected": rejected, "detail": response.partial_success.error_message})
+        return rejected
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close(grace=None)
+            self._channel = None
+
+    def describe(self) -> str:
+        return f"otlp/grpc {self.config.endpoint}"
+
+
+class HttpSender:
+    def __init__(self, config: OtlpConfig) -> None:
+        self.config = config
+        self._session: aiohttp.ClientSession | None = None
+        self._headers = {"Content-Type": "application/x-protobuf", **config.headers}
+        if config.compression == "gzip":
+            self._headers["Content-Encoding"] = "gzip"
+        self._urls = {s: f"{config.endpoint}/v1/{s.value}" for s in Signal}
+
+    async def start(self) -> None:
+        try:
+            self._session = http.create_session(
+                None if self.config.plaintext else self.config.tls,
+                connections=self.config.queue.concurrency)
+        except (OSError, ValueError) as exc:
+            raise StartupError(f"tls: {exc}") from exc
+
+    async def send(self, batch: Batch) -> int:
+        assert self._session is not None, "send() before start()"
+        body = batch.payload
+        if self.config.compression == "gzip":
+            body = (await asyncio.to_thread(gzip_compress, body)
+                    if len(body) > _COMPRESS_OFF_LOOP else gzip_compress(body))
+        return await http.post(self._session, self._urls[batch.signal], body,
+                               self._headers, batch.signal)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def describe(self) -> str:
+        return f"otlp/http {self.config.endpoint}/v1/{{signal}}"
+
+
+def _read(config: OtlpConfig, key: Literal["ca_file", "cert_file", "key_file"]) -> bytes | None:
+    path = getattr(config.tls, key)
+    if path is None:
+        return None
+    try:
+        return bytes(path.read_bytes())
+    except OSError as exc:
+        raise StartupError(f"tls.{key}: {path}: {exc.strerror}") from exc
+
+
+def create(name: str, settings: ExporterSettings, ctx: BuildContext) -> ExporterComponent:
+    assert isinstance(settings, OtlpConfig)
+    sender = GrpcSender(settings) if settings.protocol == "grpc" else HttpSender(settings)
+    return ExportChain(name, settings, sender)
+
+
+FACTORY = register_exporter(ExporterFactory("otlp", OtlpConfig, create))

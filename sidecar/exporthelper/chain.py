@@ -1,0 +1,262 @@
+"""`ExportChain`: queue -> batcher -> workers -> metrics -> retry -> timeout -> sender.
+
+An exporter writes only a `Sender` (encode, push, classify the answer); everything that
+makes delivery reliable lives here once (OpenTelemetry Collector's exporterhelper).
+
+Isolation: `consume` only enqueues, so a slow destination fills its own queue and answers
+backpressure; it never delays the pipeline or another exporter. Each chain has its own
+queue, batching task and `queue.concurrency` workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from sidecar.errors import PermanentError, PipelineFullError, RetryableError, StartupError
+from sidecar.exporthelper.batcher import Accumulator, Request, Ticket
+from sidecar.exporthelper.queue import MemoryQueue, Queue
+from sidecar.exporthelper.retry import Backoff, GiveUpError, retry_call
+from sidecar.exporthelper.settings import ExporterSettings
+from sidecar.model import Batch, Signal
+from sidecar.telemetry import metrics
+
+log = logging.getLogger(__name__)
+
+DROP_REASONS = ("permanent", "rejected", "retries_exhausted", "retry_disabled", "shutdown")
+
+
+class Sender(Protocol):
+    """What an exporter implements."""
+
+    async def start(self) -> None:
+        """Open connections/files; raise StartupError naming the setting on failure."""
+
+    async def send(self, batch: Batch) -> int:
+        """Deliver one request. Returns how many items the peer rejected (OTLP partial
+        success); raises PermanentError or RetryableError."""
+        ...
+
+    async def close(self) -> None: ...
+
+    def describe(self) -> str: ...
+
+
+class _Labels:
+    """Metric children taken once, so the hot path is a dict lookup and an increment."""
+
+    def __init__(self, name: str) -> None:
+        self.sent = {s: metrics.EXPORTER_SENT.labels(name, s.value) for s in Signal}
+        self.failed = {s: metrics.EXPORTER_FAILED.labels(name, s.value) for s in Signal}
+        self.retried = {s: metrics.EXPORTER_RETRIED.labels(name, s.value) for s in Signal}
+        self.dropped = {(s, r): metrics.EXPORTER_DROPPED.labels(name, s.value, r)
+                        for s in Signal for r in DROP_REASONS}
+        self.queue_bytes = metrics.EXPORTER_QUEUE_BYTES.labels(name)
+        self.queue_items = metrics.EXPORTER_QUEUE_ITEMS.labels(name)
+        self.capacity = metrics.EXPORTER_QUEUE_CAPACITY.labels(name)
+        self.batch_items = metrics.EXPORTER_BATCH_ITEMS.labels(name)
+        self.latency = metrics.EXPORTER_LATENCY.labels(name)
+
+
+class ExportChain:
+    """An `ExporterComponent` built from a `Sender` and the shared settings."""
+
+    def __init__(
+        self,
+        name: str,
+        settings: ExporterSettings,
+        sender: Sender,
+        queue: Queue | None = None,
+        *,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rand: Callable[[], float] | None = None,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.sender = sender
+        self.queue: Queue = queue if queue is not None else MemoryQueue(settings.queue.max_bytes)
+        self._sleep = sleep
+        self._backoff = Backoff(settings.retry) if rand is None else Backoff(settings.retry, rand)
+        b = settings.batch
+        self._acc: Accumulator[int] = Accumulator(b.max_items, b.max_bytes, b.max_delay)
+        # One slot: the batcher hands a request over only when a worker is about to take
+        # it, so under load data waits in the bounded queue (and backpressure starts).
+        self._requests: asyncio.Queue[Request[int] | None] = asyncio.Queue(maxsize=1)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._deadline: float | None = None
+        self._accepting = False
+        self._m = _Labels(name)
+        self._m.capacity.set(self.queue.capacity_bytes)
+
+    # --- ExporterComponent ------------------------------------------------------------
+    def has_room(self, batch: Batch) -> bool:
+        return self._accepting and self.queue.has_room(batch.nbytes)
+
+    async def consume(self, batch: Batch) -> None:
+        if not self._accepting or not await self.queue.put(batch):
+            raise PipelineFullError(
+                f"exporter {self.name}: queue full ({self.queue.size_bytes} bytes)",
+                retry_after=max(self.settings.batch.max_delay, 1.0))
+        self._update_queue_gauges()
+
+    async def start(self) -> None:
+        try:
+            await self.sender.start()
+        except StartupError as exc:
+            # senders name the setting relative to their config; the user needs the full path
+            raise StartupError(f"exporters.{self.name}.{exc}") from exc
+        self._accepting = True
+        self._tasks.append(asyncio.create_task(self._batch_loop(), name=f"{self.name}-batcher"))
+        self._tasks.extend(
+            asyncio.create_task(self._worker(), name=f"{self.name}-worker-{i}")
+            for i in range(self.settings.queue.concurrency))
+        for task in self._tasks:
+            task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("exporter %s: task %s failed", self.name, task.get_name(),
+                      exc_info=task.exception())
+
+    async def shutdown(self, deadline: float) -> None:
+        """Stop admitting, flush and deliver until `deadline` (loop time), then give up on
+        what is left: a durable queue keeps it, a memory queue loses it (counted)."""
+        loop = asyncio.get_running_loop()
+        self._accepting = False
+        self._deadline = deadline
+        self.queue.seal()
+        if self._tasks:
+            _done, pending = await asyncio.wait(
+                self._tasks, timeout=max(deadline - loop.time(), 0.0))
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            self._tasks.clear()
+        lost = await self.queue.close()
+        if lost:
+            by_signal: dict[Signal, int] = {}
+            for batch in lost:
+                by_signal[batch.signal] = by_signal.get(batch.signal, 0) + batch.items
+            for signal, items in by_signal.items():
+                self._m.dropped[signal, "shutdown"].inc(items)
+            log.warning("exporter %s: shutdown deadline reached; dropped undelivered data",
+                        self.name, extra={"exporter": self.name,
+                                          "dropped_items": sum(by_signal.values())})
+        self._update_queue_gauges()
+        await self.sender.close()
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.settings.type}) -> {self.sender.describe()}"
+
+    def __repr__(self) -> str:
+        return (f"ExportChain(name={self.name!r}, accepting={self._accepting}, "
+                f"queue={self.queue!r}, tasks={len(self._tasks)})")
+
+    # --- batching task ----------------------------------------------------------------
+    async def _batch_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        acc, queue = self._acc, self.queue
+        while True:
+            due = acc.next_due()
+            if queue.drained:
+                timeout: float | None = 0.0
+            else:
+                timeout = None if due is None else max(due - loop.time(), 0.0)
+            lease = await queue.get(timeout)
+            if lease is None:
+                if queue.drained:
+                    for request in acc.flush_all():
+                        await self._requests.put(request)
+                    # workers pass this on to each other and stop once all is delivered
+                    await self._requests.put(None)
+                    return
+                for request in acc.flush_due(loop.time()):
+                    await self._requests.put(request)
+                continue
+            # take what is already queued without yielding: cheap merging under load
+            while lease is not None:
+                for request in acc.add(lease.batch, lease.token, loop.time()):
+                    await self._requests.put(request)
+                lease = queue.get_nowait()
+            for request in acc.flush_due(loop.time()):
+                await self._requests.put(request)
+
+    # --- workers ----------------------------------------------------------------------
+    async def _worker(self) -> None:
+        while True:
+            request = await self._requests.get()
+            if request is None:
+                self._requests.put_nowait(None)  # the slot we just emptied: never full
+                return
+            if await self._deliver(request.batch):
+                self._release(request.tickets)
+
+    async def _deliver(self, batch: Batch) -> bool:
+        """Send with retries. True when done with the batch (delivered or dropped for
+        good); False when shutdown interrupted it, so it stays un-acked in the queue."""
+        m, signal = self._m, batch.signal
+        m.batch_items.observe(batch.items)
+        loop = asyncio.get_running_loop()
+
+        def on_retry(exc: RetryableError, delay: float) -> None:
+            m.retried[signal].inc()
+            log.info("exporter %s: retrying in %.2fs: %s", self.name, delay, exc,
+                     extra={"exporter": self.name})
+
+        try:
+            rejected = await retry_call(
+                lambda: self._attempt(batch), self._backoff, clock=loop.time,
+                sleep=self._sleep, give_up_at=lambda: self._deadline, on_retry=on_retry)
+        except PermanentError as exc:
+            m.dropped[signal, "permanent"].inc(batch.items)
+            log.error("exporter %s: dropped %d items: %s", self.name, batch.items, exc,
+                      extra={"exporter": self.name})
+            return True
+        except GiveUpError as exc:
+            if exc.reason == "shutdown":
+                return False
+            m.dropped[signal, exc.reason].inc(batch.items)
+            log.error("exporter %s: dropped %d items: %s", self.name, batch.items, exc,
+                      extra={"exporter": self.name})
+            return True
+        rejected = min(max(rejected, 0), batch.items)
+        m.sent[signal].inc(batch.items - rejected)
+        if rejected:
+            m.dropped[signal, "rejected"].inc(rejected)
+        return True
+
+    async def _attempt(self, batch: Batch) -> int:
+        timeout = self.settings.timeout
+        if self._deadline is not None:
+            timeout = min(timeout, max(self._deadline - asyncio.get_running_loop().time(), 0))
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.sender.send(batch)
+        except TimeoutError as exc:
+            self._m.failed[batch.signal].inc(batch.items)
+            raise RetryableError(f"no answer within {timeout:.3g}s") from exc
+        except (PermanentError, RetryableError):
+            self._m.failed[batch.signal].inc(batch.items)
+            raise
+        except Exception as exc:
+            # a sender bug must not kill the worker, and retrying a bug will not help
+            self._m.failed[batch.signal].inc(batch.items)
+            log.exception("exporter %s: unexpected error from sender", self.name)
+            raise PermanentError(f"unexpected {type(exc).__name__}: {exc}") from exc
+        finally:
+            self._m.latency.observe(time.perf_counter() - started)
+
+    def _release(self, tickets: list[Ticket[int]]) -> None:
+        for ticket in tickets:
+            ticket.refs -= 1
+            if ticket.refs == 0:
+                self.queue.ack(ticket.token)
+        self._update_queue_gauges()
+
+    def _update_queue_gauges(self) -> None:
+        self._m.queue_bytes.set(self.queue.size_bytes)
+        self._m.queue_items.set(self.queue.size_items)

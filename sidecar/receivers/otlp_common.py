@@ -1,0 +1,173 @@
+"""What the OTLP gRPC and HTTP receivers share: signal routing, canned responses,
+`google.rpc.Status` bodies, and the accept/refuse bookkeeping around `Consumer.consume`.
+
+Transport modules only map these outcomes to their own status codes."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Final
+
+from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
+    ExportLogsPartialSuccess,
+    ExportLogsServiceResponse,
+)
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsPartialSuccess,
+    ExportMetricsServiceResponse,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTracePartialSuccess,
+    ExportTraceServiceResponse,
+)
+
+from sidecar.errors import PipelineFullError
+from sidecar.model import Batch, Signal
+from sidecar.telemetry.metrics import RECEIVER_ACCEPTED, RECEIVER_BAD_REQUESTS, RECEIVER_REFUSED
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter
+
+    from sidecar.component import Consumer
+
+log = logging.getLogger("sidecar.receivers.otlp")
+
+RECEIVER: Final = "otlp"
+
+GRPC_SERVICES: Final[dict[Signal, str]] = {
+    Signal.TRACES: "opentelemetry.proto.collector.trace.v1.TraceService",
+    Signal.LOGS: "opentelemetry.proto.collector.logs.v1.LogsService",
+    Signal.METRICS: "opentelemetry.proto.collector.metrics.v1.MetricsService",
+}
+HTTP_PATHS: Final[dict[str, Signal]] = {
+    "/v1/traces": Signal.TRACES,
+    "/v1/logs": Signal.LOGS,
+    "/v1/metrics": Signal.METRICS,
+}
+
+# Items in a response's partial_success are named per signal.
+_RESPONSES: dict[Signal, tuple[type[Message], type[Message], str]] = {
+    Signal.TRACES: (ExportTraceServiceResponse, ExportTracePartialSuccess, "rejected_spans"),
+    Signal.LOGS: (ExportLogsServiceResponse, ExportLogsPartialSuccess, "rejected_log_records"),
+    Signal.METRICS: (
+        ExportMetricsServiceResponse,
+        ExportMetricsPartialSuccess,
+        "rejected_data_points",
+    ),
+}
+
+# An empty Export*ServiceResponse serializes to zero bytes; built once so the hot path
+# never allocates a response message.
+EMPTY_RESPONSE: Final[dict[Signal, bytes]] = {
+    signal: response().SerializeToString() for signal, (response, _, _) in _RESPONSES.items()
+}
+
+
+def partial_success_response(signal: Signal, rejected: int, message: str) -> Message:
+    """An Export*ServiceResponse telling the client `rejected` items were dropped for good."""
+    response, partial, field = _RESPONSES[signal]
+    return response(partial_success=partial(**{field: rejected}, error_message=message))
+
+
+def retry_after_seconds(exc: PipelineFullError) -> int:
+    """Whole seconds, at least 1: HTTP's Retry-After has no fractions, and 0 invites a
+    tight retry loop against a full pipeline."""
+    return max(1, math.ceil(exc.retry_after))
+
+
+def rpc_status(code: int, message: str, retry_after: int | None = None) -> status_pb2.Status:
+    """A `google.rpc.Status`, with `RetryInfo` in its details when the client should retry."""
+    status = status_pb2.Status(code=code, message=message)
+    if retry_after is not None:
+        info = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=retry_after))
+        detail = any_pb2.Any()
+        detail.Pack(info)
+        status.details.append(detail)
+    return status
+
+
+CODE_INVALID_ARGUMENT: Final[int] = code_pb2.INVALID_ARGUMENT
+CODE_RESOURCE_EXHAUSTED: Final[int] = code_pb2.RESOURCE_EXHAUSTED
+CODE_UNAVAILABLE: Final[int] = code_pb2.UNAVAILABLE
+CODE_UNIMPLEMENTED: Final[int] = code_pb2.UNIMPLEMENTED
+CODE_NOT_FOUND: Final[int] = code_pb2.NOT_FOUND
+CODE_INTERNAL: Final[int] = code_pb2.INTERNAL
+
+
+class Intake:
+    """One signal's way into the pipeline for one transport: consume, count, and turn
+    backpressure into an exception the transport maps to its own status.
+
+    Counter children are taken once here so the hot path is one `inc()`."""
+
+    __slots__ = ("_accepted", "_backpressure", "_bad_input", "_internal", "consumer", "signal")
+
+    def __init__(self, transport: str, signal: Signal, consumer: Consumer) -> None:
+        self.signal = signal
+        self.consumer = consumer
+        self._accepted = RECEIVER_ACCEPTED.labels(RECEIVER, transport, signal.value)
+        refused = RECEIVER_REFUSED
+        self._backpressure = refused.labels(RECEIVER, transport, signal.value, "backpressure")
+        self._bad_input = refused.labels(RECEIVER, transport, signal.value, "bad_input")
+        self._internal = refused.labels(RECEIVER, transport, signal.value, "internal_error")
+
+    async def deliver(self, batch: Batch) -> None:
+        """Hand the batch on. Raises `PipelineFullError` (counted) for the client to retry,
+        or `InternalError` (counted, logged) when a downstream stage failed unexpectedly."""
+        items = batch.items
+        if items == 0:
+            # Valid and must succeed (OTLP), but there is nothing to send downstream.
+            return
+        try:
+            await self.consumer.consume(batch)
+        except PipelineFullError:
+            self._backpressure.inc(items)
+            raise
+        except Exception as exc:
+            # The boundary where a pipeline bug becomes an answer instead of a dropped
+            # connection; the client is told not to retry a batch that breaks us.
+            self._internal.inc(items)
+            log.exception("pipeline failed on a %s batch", self.signal.value)
+            raise InternalError(f"internal error while processing {self.signal.value}") from exc
+        self._accepted.inc(items)
+
+    def rejected(self, items: int) -> None:
+        """Items dropped from an otherwise accepted request (partial success)."""
+        if items:
+            self._bad_input.inc(items)
+
+
+class InternalError(Exception):
+    """A downstream stage raised something other than backpressure."""
+
+
+class BadRequestCounters:
+    """`RECEIVER_BAD_REQUESTS` children for one transport, created on first use per reason."""
+
+    __slots__ = ("_children", "_transport")
+
+    def __init__(self, transport: str) -> None:
+        self._transport = transport
+        self._children: dict[str, Counter] = {}
+
+    def inc(self, reason: str) -> None:
+        child = self._children.get(reason)
+        if child is None:
+            child = RECEIVER_BAD_REQUESTS.labels(RECEIVER, self._transport, reason)
+            self._children[reason] = child
+        child.inc()
+
+
+def build_intakes(transport: str, consumers: Mapping[Signal, Consumer]) -> dict[Signal, Intake]:
+    return {signal: Intake(transport, signal, c) for signal, c in consumers.items()}
+
+
+def describe(transport: str, address: str, signals: Mapping[Signal, object]) -> str:
+    """The startup banner line, e.g. `otlp/grpc  127.0.0.1:4317  traces logs metrics`."""
+    names = " ".join(s.value for s in Signal if s in signals) or "(no pipelines)"
+    return f"{RECEIVER}/{transport}  {address}  {names}"

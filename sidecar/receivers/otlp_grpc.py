@@ -1,0 +1,180 @@
+"""OTLP/gRPC receiver: the three Export services on one `grpc.aio` server.
+
+Handlers are generic and take the request as raw bytes (no deserializer), so the only
+parse is `Batch.from_bytes` in C; the client's bytes travel on unchanged."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Mapping
+from typing import Any, Final
+
+import grpc
+from grpc import aio
+
+from sidecar.component import Consumer
+from sidecar.config import GrpcListenerConfig
+from sidecar.configtypes import split_endpoint
+from sidecar.errors import BadInputError, PipelineFullError, StartupError
+from sidecar.model import Batch, Signal
+from sidecar.receivers.otlp_common import (
+    CODE_RESOURCE_EXHAUSTED,
+    EMPTY_RESPONSE,
+    GRPC_SERVICES,
+    BadRequestCounters,
+    Intake,
+    InternalError,
+    build_intakes,
+    describe,
+    retry_after_seconds,
+    rpc_status,
+)
+
+TRANSPORT: Final = "grpc"
+SETTING: Final = "receivers.otlp.grpc.endpoint"
+# Where gRPC carries a serialized google.rpc.Status (what grpcio-status and the Go
+# Collector read), and a bare RetryInfo (what the OTel Python exporter reads).
+STATUS_DETAILS_KEY: Final = "grpc-status-details-bin"
+RETRY_INFO_KEY: Final = "google.rpc.retryinfo-bin"
+
+
+def _server_options(config: GrpcListenerConfig) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_receive_message_length", config.max_recv_msg_size),
+        # gRPC binds with SO_REUSEPORT by default: a second daemon would silently share
+        # (and steal half of) the port instead of failing at startup.
+        ("grpc.so_reuseport", 0),
+        # Find dead peers within ~1.5 min, and let clients ping every 10 s (the OTel SDKs'
+        # and Collector's defaults stay above that) without being told GOAWAY.
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_ping_strikes", 0),
+    ]
+
+
+class _ExportHandler:
+    """One signal's Export RPC. Kept to a parse, an await and an increment per request."""
+
+    __slots__ = ("_bad", "_empty", "_intake", "_signal")
+
+    def __init__(self, intake: Intake, bad: BadRequestCounters) -> None:
+        self._intake = intake
+        self._signal = intake.signal
+        self._empty = EMPTY_RESPONSE[intake.signal]
+        self._bad = bad
+
+    async def export(self, request: bytes, context: aio.ServicerContext[bytes, bytes]) -> bytes:
+        try:
+            batch = Batch.from_bytes(self._signal, request)
+        except BadInputError as exc:
+            self._bad.inc(exc.reason)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        try:
+            await self._intake.deliver(batch)
+        except PipelineFullError as exc:
+            seconds = retry_after_seconds(exc)
+            message = f"{self._signal.value} pipeline is full, retry in {seconds}s"
+            status = rpc_status(CODE_RESOURCE_EXHAUSTED, message, seconds)
+            trailers = (
+                (STATUS_DETAILS_KEY, status.SerializeToString()),
+                (RETRY_INFO_KEY, status.details[0].value),
+            )
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message, trailers)
+        except InternalError as exc:
+            await context.abort(grpc.StatusCode.INTERNAL, str(exc))
+        return self._empty
+
+
+class _NoPipelineHandler:
+    """Answers UNIMPLEMENTED with a message that says why, instead of grpc's bare
+    'Method not found!'."""
+
+    __slots__ = ("_bad", "_message")
+
+    def __init__(self, signal: Signal, bad: BadRequestCounters) -> None:
+        self._message = f"no {signal.value} pipeline is configured in this sidecar"
+        self._bad = bad
+
+    async def export(self, request: bytes, context: aio.ServicerContext[bytes, bytes]) -> bytes:
+        self._bad.inc("no_pipeline")
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, self._message)
+
+
+def _bind_problem(host: str, port: int) -> str | None:
+    """Why binding `host:port` fails, or None. gRPC itself only logs 'Failed to bind' to
+    stderr, so a plain socket (with the SO_REUSEADDR gRPC also sets) asks first."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        return (exc.strerror or str(exc)).lower()
+    return None
+
+
+class OtlpGrpcReceiver:
+    def __init__(self, config: GrpcListenerConfig, consumers: Mapping[Signal, Consumer]) -> None:
+        self._config = config
+        self._intakes = build_intakes(TRANSPORT, consumers)
+        self._bad = BadRequestCounters(TRANSPORT)
+        self._server: aio.Server | None = None
+        self._port: int | None = None
+
+    @property
+    def bound_port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("receiver not started")
+        return self._port
+
+    def _handlers(self) -> list[grpc.GenericRpcHandler[bytes, bytes]]:
+        handlers = []
+        for signal, service in GRPC_SERVICES.items():
+            intake = self._intakes.get(signal)
+            # A bound `async def` method: grpc.aio looks for a coroutine function, which an
+            # object with an async __call__ is not.
+            behaviour = (
+                _ExportHandler(intake, self._bad).export
+                if intake is not None
+                else _NoPipelineHandler(signal, self._bad).export
+            )
+            method = grpc.unary_unary_rpc_method_handler(behaviour)
+            handlers.append(grpc.method_handlers_generic_handler(service, {"Export": method}))
+        return handlers
+
+    async def start(self) -> None:
+        endpoint = self._config.endpoint
+        host, port = split_endpoint(endpoint)
+        problem = _bind_problem(host, port)
+        if problem is not None:
+            raise StartupError(f"{SETTING}: {endpoint}: {problem}")
+        server = aio.server(handlers=self._handlers(), options=_server_options(self._config))
+        try:
+            bound = server.add_insecure_port(endpoint)
+        except RuntimeError:
+            bound = 0  # lost a race for the port since the probe; same answer
+        if not bound:
+            await server.stop(None)
+            raise StartupError(f"{SETTING}: {endpoint}: cannot bind this address")
+        await server.start()
+        self._server = server
+        self._port = bound
+
+    async def shutdown(self, deadline: float) -> None:
+        """Refuse new RPCs at once; in-flight ones get until `deadline` (loop time)."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        grace = max(0.0, deadline - asyncio.get_running_loop().time())
+        await server.stop(grace)
+
+    def describe(self) -> str:
+        address = self._config.endpoint
+        if self._port is not None:
+            host, _ = split_endpoint(address)
+            address = f"[{host}]:{self._port}" if ":" in host else f"{host}:{self._port}"
+        return describe(TRANSPORT, address, self._intakes)

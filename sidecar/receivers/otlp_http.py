@@ -1,0 +1,306 @@
+"""OTLP/HTTP receiver: POST /v1/{traces,logs,metrics} with protobuf or JSON bodies.
+
+aiohttp's low-level server (no router, no app): one dict lookup routes a request. Request
+bodies are decompressed here rather than by aiohttp so the size cap applies to the
+decompressed bytes as they are produced, and a gzip bomb stops at the limit."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import zlib
+from collections.abc import Mapping
+from enum import Enum
+from typing import Final
+
+import orjson
+from aiohttp import HttpVersion11, web
+from aiohttp.web_protocol import RequestPayloadError
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from sidecar.component import Consumer
+from sidecar.config import HttpListenerConfig
+from sidecar.configtypes import split_endpoint
+from sidecar.errors import BadInputError, PipelineFullError, StartupError
+from sidecar.model import Batch, Signal
+from sidecar.receivers.otlp_common import (
+    CODE_INTERNAL,
+    CODE_INVALID_ARGUMENT,
+    CODE_NOT_FOUND,
+    CODE_RESOURCE_EXHAUSTED,
+    EMPTY_RESPONSE,
+    HTTP_PATHS,
+    BadRequestCounters,
+    Intake,
+    InternalError,
+    build_intakes,
+    describe,
+    partial_success_response,
+    retry_after_seconds,
+    rpc_status,
+)
+from sidecar.receivers.otlp_json import decode_request
+
+TRANSPORT: Final = "http"
+SETTING: Final = "receivers.otlp.http.endpoint"
+# Idle keep-alive connections are closed after this; OTel SDKs reconnect transparently.
+KEEPALIVE_TIMEOUT: Final = 120.0
+
+
+class Format(Enum):
+    PROTOBUF = "protobuf"
+    JSON = "json"
+
+
+CONTENT_TYPES: Final[dict[str, Format]] = {
+    "application/x-protobuf": Format.PROTOBUF,
+    "application/protobuf": Format.PROTOBUF,
+    "application/json": Format.JSON,
+}
+# HTTP's "deflate" is zlib-wrapped; wbits 32+ auto-detects the gzip or zlib header.
+_DECOMPRESS_WBITS: Final = zlib.MAX_WBITS | 32
+_COMPRESSED: Final = frozenset({"gzip", "x-gzip", "deflate"})
+_IDENTITY: Final = frozenset({"", "identity"})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def read_body(request: web.BaseRequest, encoding: str, limit: int) -> bytes:
+    """The request body, decompressed, never holding more than `limit` + 1 bytes of it.
+    Raises `_TooLarge`, or `BadInputError` for a corrupt, truncated or cut-off body."""
+    try:
+        if encoding in _IDENTITY:
+            return await _read_plain(request, limit)
+        return await _read_compressed(request, encoding, limit)
+    except (asyncio.IncompleteReadError, RequestPayloadError) as exc:
+        raise BadInputError(f"request body ended early: {exc}", "truncated") from exc
+
+
+async def _read_plain(request: web.BaseRequest, limit: int) -> bytes:
+    content = request.content
+    length = request.content_length
+    if length is not None:
+        if length > limit:
+            raise _TooLarge
+        return await content.readexactly(length) if length else b""
+    chunks = bytearray()
+    async for chunk in content.iter_any():
+        chunks += chunk
+        if len(chunks) > limit:
+            raise _TooLarge
+    return bytes(chunks)
+
+
+async def _read_compressed(request: web.BaseRequest, encoding: str, limit: int) -> bytes:
+    out = bytearray()
+    # Valid deflate never grows data by more than a few bytes per 16 KiB block, so more
+    # compressed input than this cannot fit the limit; it also ends a stream of empty gzip
+    # members that would otherwise keep us reading forever.
+    input_limit = limit + limit // 64 + 1024
+    seen = 0
+    inflater = zlib.decompressobj(_DECOMPRESS_WBITS)
+    try:
+        async for chunk in request.content.iter_any():
+            seen += len(chunk)
+            if seen > input_limit:
+                raise _TooLarge
+            data = chunk
+            while data:
+                # max_length caps what one call may allocate; stopping early leaves the
+                # rest in unconsumed_tail, which only happens once we are over the limit.
+                out += inflater.decompress(data, limit - len(out) + 1)
+                if len(out) > limit:
+                    raise _TooLarge
+                # Concatenated gzip members are one valid body (RFC 1952 §2.2).
+                data = inflater.unused_data if inflater.eof else b""
+                if data:
+                    inflater = zlib.decompressobj(_DECOMPRESS_WBITS)
+        if not inflater.eof:
+            raise BadInputError(f"truncated {encoding} body", "bad_encoding")
+    except zlib.error as exc:
+        raise BadInputError(f"corrupt {encoding} body: {exc}", "bad_encoding") from exc
+    return bytes(out)
+
+
+async def _send_continue(request: web.BaseRequest) -> None:
+    """curl and some HTTP clients wait (about a second) for this before sending a large
+    body. Sent only after the request passed every check that needs no body, so a refused
+    request is refused before its body is uploaded. Same as aiohttp's router does."""
+    if request.version == HttpVersion11 and request.headers.get("Expect", "").lower() == (
+        "100-continue"
+    ):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
+
+
+class _Route:
+    __slots__ = ("empty_json", "empty_proto", "intake", "signal")
+
+    def __init__(self, signal: Signal, intake: Intake | None) -> None:
+        self.signal = signal
+        self.intake = intake
+        self.empty_proto = EMPTY_RESPONSE[signal]
+        self.empty_json = b"{}"
+
+
+def _encode(message: Message, fmt: Format) -> bytes:
+    if fmt is Format.PROTOBUF:
+        return message.SerializeToString()
+    return orjson.dumps(json_format.MessageToDict(message))
+
+
+def _error(
+    fmt: Format | None,
+    content_type: str,
+    http_status: int,
+    code: int,
+    message: str,
+    retry_after: int | None = None,
+) -> web.Response:
+    """A failure answer: a `google.rpc.Status` in the request's format (OTLP), or plain
+    text when the request's format is not one we speak."""
+    if fmt is None:
+        return web.Response(status=http_status, text=message + "\n")
+    body = _encode(rpc_status(code, message, retry_after), fmt)
+    return web.Response(status=http_status, body=body, content_type=content_type)
+
+
+class OtlpHttpReceiver:
+    def __init__(self, config: HttpListenerConfig, consumers: Mapping[Signal, Consumer]) -> None:
+        self._config = config
+        self._limit = config.max_body_size
+        self._intakes = build_intakes(TRANSPORT, consumers)
+        self._routes = {
+            path: _Route(signal, self._intakes.get(signal)) for path, signal in HTTP_PATHS.items()
+        }
+        self._bad = BadRequestCounters(TRANSPORT)
+        self._web: web.Server | None = None
+        self._server: asyncio.Server | None = None
+        self._port: int | None = None
+
+    @property
+    def bound_port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("receiver not started")
+        return self._port
+
+    async def start(self) -> None:
+        endpoint = self._config.endpoint
+        host, port = split_endpoint(endpoint)
+        loop = asyncio.get_running_loop()
+        handler = web.Server(
+            self._handle,
+            loop=loop,
+            auto_decompress=False,  # read_body decompresses under the size cap
+            access_log=None,  # one log line per export request would dwarf the telemetry
+            keepalive_timeout=KEEPALIVE_TIMEOUT,
+        )
+        try:
+            server = await loop.create_server(handler, host, port, backlog=512)
+        except OSError as exc:
+            # asyncio rewrites strerror into a long sentence; the errno says it plainly
+            reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+            raise StartupError(f"{SETTING}: {endpoint}: {reason}") from None
+        self._web, self._server = handler, server
+        self._port = int(server.sockets[0].getsockname()[1])
+
+    async def shutdown(self, deadline: float) -> None:
+        """Stop listening at once; requests in flight get until `deadline` (loop time)."""
+        server, handler = self._server, self._web
+        self._server = self._web = None
+        if server is None or handler is None:
+            return
+        server.close()
+        # Let requests already read off the sockets reach their handlers before idle
+        # keep-alive connections are closed (what aiohttp's runner does too).
+        await asyncio.sleep(0)
+        handler.pre_shutdown()
+        grace = max(0.0, deadline - asyncio.get_running_loop().time())
+        await handler.shutdown(grace)
+        await server.wait_closed()
+
+    def describe(self) -> str:
+        address = self._config.endpoint
+        if self._port is not None:
+            host, _ = split_endpoint(address)
+            address = f"[{host}]:{self._port}" if ":" in host else f"{host}:{self._port}"
+        return describe(TRANSPORT, address, self._intakes)
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        route = self._routes.get(request.path)
+        content_type = request.content_type
+        fmt = CONTENT_TYPES.get(content_type)
+        if route is None:
+            self._bad.inc("not_found")
+            message = f"no OTLP endpoint at {request.path}"
+            return _error(fmt, content_type, 404, CODE_NOT_FOUND, message)
+        if request.method != "POST":
+            self._bad.inc("method_not_allowed")
+            response = _error(None, content_type, 405, 0, f"{request.path} accepts only POST")
+            response.headers["Allow"] = "POST"
+            return response
+        if fmt is None:
+            self._bad.inc("unsupported_media_type")
+            return _error(
+                None,
+                content_type,
+                415,
+                0,
+                f"unsupported content type {content_type!r}: use application/x-protobuf "
+                "or application/json",
+            )
+        intake = route.intake
+        if intake is None:
+            self._bad.inc("no_pipeline")
+            message = f"no {route.signal.value} pipeline is configured in this sidecar"
+            return _error(fmt, content_type, 404, CODE_NOT_FOUND, message)
+        encoding = request.headers.get("Content-Encoding", "").strip().lower()
+        if encoding not in _IDENTITY and encoding not in _COMPRESSED:
+            self._bad.inc("unsupported_encoding")
+            message = f"unsupported content encoding {encoding!r}: use gzip or deflate"
+            return _error(fmt, content_type, 415, CODE_INVALID_ARGUMENT, message)
+
+        try:
+            length = request.content_length
+            if length is not None and length > self._limit and encoding in _IDENTITY:
+                raise _TooLarge
+            await _send_continue(request)
+            body = await read_body(request, encoding, self._limit)
+            if fmt is Format.PROTOBUF:
+                batch = Batch.from_bytes(route.signal, body)
+                rejected, why = 0, ""
+            else:
+                decoded = decode_request(route.signal, body)
+                batch = Batch.from_message(route.signal, decoded.message)
+                rejected, why = decoded.rejected, decoded.error_message
+        except _TooLarge:
+            self._bad.inc("too_large")
+            message = f"request body exceeds {self._limit} bytes (after decompression)"
+            response = _error(fmt, content_type, 413, CODE_RESOURCE_EXHAUSTED, message)
+            # Do not spend time reading (or lingering on) the rest of an oversize body.
+            response.force_close()
+            return response
+        except BadInputError as exc:
+            self._bad.inc(exc.reason)
+            return _error(fmt, content_type, 400, CODE_INVALID_ARGUMENT, str(exc))
+
+        try:
+            await intake.deliver(batch)
+        except PipelineFullError as exc:
+            seconds = retry_after_seconds(exc)
+            message = f"{route.signal.value} pipeline is full, retry in {seconds}s"
+            response = _error(fmt, content_type, 429, CODE_RESOURCE_EXHAUSTED, message, seconds)
+            response.headers["Retry-After"] = str(seconds)
+            return response
+        except InternalError as exc:
+            return _error(fmt, content_type, 500, CODE_INTERNAL, str(exc))
+
+        if rejected:
+            intake.rejected(rejected)
+            body = _encode(partial_success_response(route.signal, rejected, why), fmt)
+        else:
+            body = route.empty_proto if fmt is Format.PROTOBUF else route.empty_json
+        return web.Response(body=body, content_type=content_type)

@@ -1,0 +1,43 @@
+"""`sidecar send-test`: push sample agent runs to a receiver with a plain OTLP client."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import grpc
+
+from sidecar.sample import agent_runs
+
+_GRPC_METHODS = {
+    "traces": "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+    "logs": "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+}
+
+
+def send(endpoint: str, protocol: str, runs: int) -> tuple[int, int]:
+    spans = records = 0
+    batches = list(agent_runs(runs))
+    payloads = {
+        "traces": [b.traces.SerializeToString() for b in batches],
+        "logs": [b.logs.SerializeToString() for b in batches],
+    }
+    if protocol == "grpc":
+        target = endpoint.removeprefix("http://")
+        with grpc.insecure_channel(target) as channel:
+            for signal, bodies in payloads.items():
+                export = channel.unary_unary(_GRPC_METHODS[signal])
+                for body in bodies:
+                    export(body, timeout=10)
+    else:
+        base = endpoint.rstrip("/")
+        for signal, bodies in payloads.items():
+            for body in bodies:
+                request = urllib.request.Request(
+                    f"{base}/v1/{signal}", data=body, method="POST",
+                    headers={"Content-Type": "application/x-protobuf"})
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    response.read()
+    for run in batches:
+        spans += run.spans
+        records += run.log_records
+    return spans, records

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import grpc
+import grpc.aio
+import pytest
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import error_details_pb2, status_pb2
+from pydantic import ValidationError
+
+from sidecar.errors import PermanentError, RetryableError
+from sidecar.exporters.otlp import OtlpConfig, classify_grpc_error
+
+
+def rpc_error(code: grpc.StatusCode, retry_delay: float | None = None) -> grpc.aio.AioRpcError:
+    trailing: list[tuple[str, bytes]] = []
+    if retry_delay is not None:
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.RetryInfo(
+            retry_delay=duration_pb2.Duration(seconds=int(retry_delay))))
+        status = status_pb2.Status(code=code.value[0], details=[detail])
+        trailing.append(("grpc-status-details-bin", status.SerializeToString()))
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(*trailing),
+                                details="boom")
+
+
+RETRYABLE = ["CANCELLED", "DEADLINE_EXCEEDED", "ABORTED", "OUT_OF_RANGE", "UNAVAILABLE",
+             "DATA_LOSS"]
+PERMANENT = ["UNKNOWN", "INVALID_ARGUMENT", "NOT_FOUND", "ALREADY_EXISTS",
+             "PERMISSION_DENIED", "UNAUTHENTICATED", "FAILED_PRECONDITION", "UNIMPLEMENTED",
+             "INTERNAL"]
+
+
+@pytest.mark.parametrize("name", RETRYABLE)
+def test_retryable_codes(name: str) -> None:
+    error = classify_grpc_error(rpc_error(grpc.StatusCode[name]))
+    assert isinstance(error, RetryableError)
+    assert error.retry_after is None
+
+
+@pytest.mark.parametrize("name", PERMANENT)
+def test_permanent_codes(name: str) -> None:
+    assert isinstance(classify_grpc_error(rpc_error(grpc.StatusCode[name])), PermanentError)
+
+
+def test_unavailable_with_retry_info_carries_the_delay() -> None:
+    error = classify_grpc_error(rpc_error(grpc.StatusCode.UNAVAILABLE, retry_delay=7))
+    assert isinstance(error, RetryableError)
+    assert error.retry_after == 7.0
+
+
+def test_resource_exhausted_is_retryable_only_with_retry_info() -> None:
+    plain = classify_grpc_error(rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED))
+    assert isinstance(plain, PermanentError)
+    hinted = classify_grpc_error(rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, retry_delay=2))
+    assert isinstance(hinted, RetryableError)
+    assert hinted.retry_after == 2.0
+
+
+def test_config_requires_an_http_or_https_url() -> None:
+    ok = OtlpConfig.model_validate({"type": "otlp", "endpoint": "https://collector:4317/"})
+    assert ok.endpoint == "https://collector:4317"
+    assert not ok.plaintext
+    assert OtlpConfig.model_validate({"type": "otlp", "endpoint": "http://c:4317"}).plaintext
+    for bad in ("collector:4317", "ftp://c:1", "http://"):
+        with pytest.raises(ValidationError, match="endpoint"):
+            OtlpConfig.model_validate({"type": "otlp", "endpoint": bad})
+
+
+def test_skip_verify_is_refused_for_grpc() -> None:
+    with pytest.raises(ValidationError, match="insecure_skip_verify"):
+        OtlpConfig.model_validate({"type": "otlp", "endpoint": "https://c:4317",
+                                   "tls": {"insecure_skip_verify": True}})
+    OtlpConfig.model_validate({"type": "otlp", "endpoint": "https://c:4318", "protocol": "http",
+                               "tls": {"insecure_skip_verify": True}})

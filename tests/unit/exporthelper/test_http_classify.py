@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import gzip
+
+import orjson
+import pytest
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
+from sidecar.errors import PermanentError, RetryableError
+from sidecar.exporthelper.compression import gzip_compress, gzip_decompress
+from sidecar.exporthelper.http import classify
+from sidecar.model import Signal
+
+PROTO = {"Content-Type": "application/x-protobuf"}
+
+
+@pytest.mark.parametrize("status", [200, 202, 204])
+def test_any_2xx_is_success(status: int) -> None:
+    assert classify(status, PROTO, b"", Signal.TRACES) == 0
+
+
+def test_partial_success_protobuf_returns_rejected_count() -> None:
+    body = ExportTraceServiceResponse()
+    body.partial_success.rejected_spans = 3
+    body.partial_success.error_message = "bad spans"
+    assert classify(200, PROTO, body.SerializeToString(), Signal.TRACES) == 3
+    logs = ExportLogsServiceResponse()
+    logs.partial_success.rejected_log_records = 2
+    assert classify(200, PROTO, logs.SerializeToString(), Signal.LOGS) == 2
+
+
+def test_partial_success_json_returns_rejected_count() -> None:
+    body = orjson.dumps({"partialSuccess": {"rejectedSpans": "4", "errorMessage": "x"}})
+    assert classify(200, {"Content-Type": "application/json"}, body, Signal.TRACES) == 4
+
+
+def test_a_warning_only_partial_success_rejects_nothing() -> None:
+    body = ExportTraceServiceResponse()
+    body.partial_success.error_message = "just a warning"
+    assert classify(200, PROTO, body.SerializeToString(), Signal.TRACES) == 0
+
+
+@pytest.mark.parametrize(("status", "hint"), [(429, 5.0), (503, 5.0), (502, None),
+                                              (504, None)])
+def test_retryable_statuses_and_retry_after_only_on_429_and_503(
+        status: int, hint: float | None) -> None:
+    with pytest.raises(RetryableError) as info:
+        classify(status, {"Retry-After": "5"}, b"", Signal.TRACES)
+    assert info.value.retry_after == hint
+
+
+def test_retryable_without_retry_after_has_no_hint() -> None:
+    with pytest.raises(RetryableError) as info:
+        classify(429, {}, b"", Signal.TRACES)
+    assert info.value.retry_after is None
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 408, 413, 415, 500, 501])
+def test_every_other_status_is_permanent(status: int) -> None:
+    with pytest.raises(PermanentError, match=f"HTTP {status}: nope"):
+        classify(status, {"Retry-After": "1"}, b"nope", Signal.LOGS)
+
+
+def test_vendor_specific_extra_retryable_statuses() -> None:
+    with pytest.raises(RetryableError):
+        classify(500, {}, b"", Signal.LOGS, extra_retryable=frozenset({408, 500}))
+
+
+def test_gzip_round_trip_is_standard_gzip() -> None:
+    data = b"span " * 10_000
+    packed = gzip_compress(data)
+    assert len(packed) < len(data) // 10
+    assert gzip.decompress(packed) == data  # the stdlib reads what we write
+    assert gzip_decompress(gzip.compress(data)) == data  # and we read what it writes
+
+
+def test_gzip_decompress_limits_size_and_rejects_truncation() -> None:
+    packed = gzip_compress(b"x" * 10_000)
+    with pytest.raises(ValueError, match="exceeds"):
+        gzip_decompress(packed, max_size=1000)
+    with pytest.raises(ValueError, match="truncated"):
+        gzip_decompress(packed[: len(packed) // 2])

@@ -1,0 +1,425 @@
+"""OTLP/JSON mapping, both ways, against protobuf messages (sans-IO)."""
+
+from __future__ import annotations
+
+import base64
+import math
+from typing import Any
+
+import orjson
+import pytest
+from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor
+from google.protobuf.message import Message
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import (
+    AnyValue,
+    ArrayValue,
+    InstrumentationScope,
+    KeyValue,
+    KeyValueList,
+)
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
+from opentelemetry.proto.metrics.v1 import metrics_pb2 as m
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
+
+from sidecar.errors import BadInputError
+from sidecar.model import ExportRequest, Signal
+from sidecar.receivers import otlp_json
+from sidecar.receivers.otlp_json import (
+    ID_FIELDS,
+    DecodedJson,
+    decode_request,
+    request_from_json_bytes,
+    request_to_dict,
+    request_to_json_bytes,
+)
+
+TRACE_ID = bytes.fromhex("5b8efff798038103d269b633813fc60c")
+SPAN_ID = bytes.fromhex("eee19b7ec3c1b174")
+PARENT_ID = bytes.fromhex("eee19b7ec3c1b173")
+LINK_TRACE = bytes(range(16))
+LINK_SPAN = bytes(range(8, 16))
+BIG_NANOS = 1_700_000_000_123_456_789  # beyond 2**53: must survive as an int64 string
+
+
+def kv(key: str, **value: object) -> KeyValue:
+    return KeyValue(key=key, value=AnyValue(**value))  # type: ignore[arg-type]
+
+
+ALL_VALUE_KINDS = [
+    kv("s", string_value="text"),
+    kv("i", int_value=-(2**62)),
+    kv("d", double_value=0.125),
+    kv("b", bool_value=True),
+    kv("raw", bytes_value=b"\x00\xffnot-an-id"),
+    kv("arr", array_value=ArrayValue(values=[AnyValue(string_value="a"), AnyValue(int_value=1)])),
+    kv("map", kvlist_value=KeyValueList(values=[kv("nested", string_value="v")])),
+]
+RESOURCE = Resource(attributes=[kv("service.name", string_value="svc")])
+SCOPE = InstrumentationScope(name="lib", version="1.0", attributes=[kv("sa", bool_value=False)])
+
+
+def traces_request() -> ExportTraceServiceRequest:
+    span = Span(
+        trace_id=TRACE_ID,
+        span_id=SPAN_ID,
+        parent_span_id=PARENT_ID,
+        trace_state="k=v",
+        flags=0x101,
+        name="agent.run",
+        kind=Span.SPAN_KIND_CLIENT,
+        start_time_unix_nano=BIG_NANOS,
+        end_time_unix_nano=BIG_NANOS + 5,
+        attributes=ALL_VALUE_KINDS,
+        dropped_attributes_count=2,
+        events=[Span.Event(time_unix_nano=BIG_NANOS, name="e", attributes=[kv("n", int_value=1)])],
+        links=[Span.Link(trace_id=LINK_TRACE, span_id=LINK_SPAN, trace_state="x=y",
+                         attributes=[kv("why", string_value="retry")], flags=1)],
+        status=Status(code=Status.STATUS_CODE_ERROR, message="boom"),
+    )
+    root = Span(trace_id=TRACE_ID, span_id=PARENT_ID, name="root")  # no parent: empty id
+    return ExportTraceServiceRequest(resource_spans=[
+        ResourceSpans(resource=RESOURCE, schema_url="https://example/schema",
+                      scope_spans=[ScopeSpans(scope=SCOPE, spans=[span, root])])
+    ])
+
+
+def logs_request() -> ExportLogsServiceRequest:
+    records = [
+        LogRecord(time_unix_nano=BIG_NANOS, observed_time_unix_nano=BIG_NANOS + 1,
+                  severity_number=17, severity_text="ERROR",
+                  body=AnyValue(string_value="failed"), attributes=ALL_VALUE_KINDS,
+                  flags=1, trace_id=TRACE_ID, span_id=SPAN_ID, event_name="model.error"),
+        LogRecord(body=AnyValue(kvlist_value=KeyValueList(values=[kv("k", int_value=3)]))),
+    ]
+    return ExportLogsServiceRequest(resource_logs=[
+        ResourceLogs(resource=RESOURCE, scope_logs=[ScopeLogs(scope=SCOPE, log_records=records)])
+    ])
+
+
+def metrics_request() -> ExportMetricsServiceRequest:
+    exemplar = m.Exemplar(time_unix_nano=BIG_NANOS, as_double=1.5, trace_id=TRACE_ID,
+                          span_id=SPAN_ID, filtered_attributes=[kv("f", string_value="x")])
+    cumulative = m.AGGREGATION_TEMPORALITY_CUMULATIVE
+    metrics = [
+        m.Metric(name="g", unit="1", gauge=m.Gauge(data_points=[
+            m.NumberDataPoint(time_unix_nano=BIG_NANOS, as_int=7, exemplars=[exemplar])])),
+        m.Metric(name="s", sum=m.Sum(aggregation_temporality=cumulative, is_monotonic=True,
+                                     data_points=[m.NumberDataPoint(as_double=2.5)])),
+        m.Metric(name="h", histogram=m.Histogram(aggregation_temporality=cumulative, data_points=[
+            m.HistogramDataPoint(count=3, sum=6.0, bucket_counts=[1, 2], explicit_bounds=[1.0],
+                                 exemplars=[exemplar])])),
+        m.Metric(name="eh", exponential_histogram=m.ExponentialHistogram(data_points=[
+            m.ExponentialHistogramDataPoint(
+                count=2, scale=3, zero_count=1,
+                positive=m.ExponentialHistogramDataPoint.Buckets(offset=-1, bucket_counts=[1]),
+                exemplars=[exemplar])])),
+        m.Metric(name="sm", summary=m.Summary(data_points=[m.SummaryDataPoint(
+            count=1, sum=1.0, quantile_values=[
+                m.SummaryDataPoint.ValueAtQuantile(quantile=0.5, value=1.0)])])),
+    ]
+    return ExportMetricsServiceRequest(resource_metrics=[
+        m.ResourceMetrics(resource=RESOURCE, scope_metrics=[
+            m.ScopeMetrics(scope=SCOPE, metrics=metrics)])
+    ])
+
+
+REQUESTS: dict[Signal, ExportRequest] = {
+    Signal.TRACES: traces_request(),
+    Signal.LOGS: logs_request(),
+    Signal.METRICS: metrics_request(),
+}
+
+
+@pytest.mark.parametrize("signal", list(Signal))
+def test_round_trip_equals_protobuf(signal: Signal) -> None:
+    message = REQUESTS[signal]
+    assert request_from_json_bytes(signal, request_to_json_bytes(signal, message)) == message
+    # and through protobuf's own bytes, as the receivers see it
+    decoded = request_from_json_bytes(signal, request_to_json_bytes(signal, message))
+    assert decoded.SerializeToString(deterministic=True) == message.SerializeToString(
+        deterministic=True)
+
+
+def test_encoded_traces_use_hex_ids_integer_enums_and_camel_case() -> None:
+    tree = orjson.loads(request_to_json_bytes(Signal.TRACES, traces_request()))
+    span = tree["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
+    assert span["traceId"] == TRACE_ID.hex()
+    assert span["spanId"] == SPAN_ID.hex()
+    assert span["parentSpanId"] == PARENT_ID.hex()
+    assert span["links"][0] == {
+        "traceId": LINK_TRACE.hex(), "spanId": LINK_SPAN.hex(), "traceState": "x=y",
+        "attributes": [{"key": "why", "value": {"stringValue": "retry"}}], "flags": 1,
+    }
+    assert span["kind"] == 3
+    assert span["status"] == {"code": 2, "message": "boom"}
+    assert span["startTimeUnixNano"] == str(BIG_NANOS)
+    # bytes that are not ids stay base64, as proto3 JSON says
+    raw = next(a for a in span["attributes"] if a["key"] == "raw")
+    assert raw["value"]["bytesValue"] == "AP9ub3QtYW4taWQ="
+
+
+def test_encoded_logs_and_exemplars_use_hex_ids() -> None:
+    logs = request_to_dict(Signal.LOGS, logs_request())
+    record = logs["resourceLogs"][0]["scopeLogs"][0]["logRecords"][0]
+    assert (record["traceId"], record["spanId"]) == (TRACE_ID.hex(), SPAN_ID.hex())
+    assert record["severityNumber"] == 17
+    metrics = request_to_dict(Signal.METRICS, metrics_request())
+    found = metrics["resourceMetrics"][0]["scopeMetrics"][0]["metrics"]
+    kinds = ("gauge", "histogram", "exponentialHistogram")
+    points = [p for metric in found for kind in kinds
+              for p in metric.get(kind, {}).get("dataPoints", [])]
+    exemplars = [e for p in points for e in p.get("exemplars", [])]
+    assert len(exemplars) == 3
+    assert all(e["traceId"] == TRACE_ID.hex() and e["spanId"] == SPAN_ID.hex() for e in exemplars)
+    assert found[1]["sum"]["aggregationTemporality"] == 2
+
+
+def test_decoding_is_lenient_about_spelling() -> None:
+    """snake_case keys, enum names, int64 as numbers and unknown fields all decode."""
+    lenient = {
+        "resource_spans": [{
+            "resource": {"attributes": [{"key": "service.name",
+                                         "value": {"string_value": "svc"}}]},
+            "scope_spans": [{
+                "spans": [{
+                    "trace_id": TRACE_ID.hex().upper(),
+                    "span_id": SPAN_ID.hex(),
+                    "parent_span_id": "",
+                    "name": "n",
+                    "kind": "SPAN_KIND_SERVER",
+                    "start_time_unix_nano": BIG_NANOS,
+                    "attributes": [{"key": "i", "value": {"int_value": 5}}],
+                    "links": [{"trace_id": LINK_TRACE.hex(), "span_id": LINK_SPAN.hex()}],
+                    "status": {"code": "STATUS_CODE_OK"},
+                    "someFutureField": {"ignored": True},
+                }],
+            }],
+        }],
+    }
+    expected = ExportTraceServiceRequest(resource_spans=[ResourceSpans(
+        resource=RESOURCE,
+        scope_spans=[ScopeSpans(spans=[Span(
+            trace_id=TRACE_ID, span_id=SPAN_ID, name="n", kind=Span.SPAN_KIND_SERVER,
+            start_time_unix_nano=BIG_NANOS, attributes=[kv("i", int_value=5)],
+            links=[Span.Link(trace_id=LINK_TRACE, span_id=LINK_SPAN)],
+            status=Status(code=Status.STATUS_CODE_OK),
+        )])],
+    )])
+    assert request_from_json_bytes(Signal.TRACES, orjson.dumps(lenient)) == expected
+
+
+def test_bad_ids_drop_only_their_span_or_log_record() -> None:
+    good = request_to_dict(Signal.TRACES, traces_request())
+    spans = good["resourceSpans"][0]["scopeSpans"][0]["spans"]
+    spans.append({**spans[1], "spanId": "not-hex-at-all!!"})
+    spans.append({**spans[1], "traceId": TRACE_ID.hex()[:-2]})
+    spans.append({**spans[1], "spanId": 12345})
+    spans.append({**spans[1], "links": [{"traceId": TRACE_ID.hex(), "spanId": "ab cd ef 01"}]})
+    decoded = decode_request(Signal.TRACES, orjson.dumps(good))
+    assert decoded.message == traces_request()
+    assert decoded.rejected == 4
+    assert decoded.error_message.startswith("4 spans rejected: spanId 'not-hex-at-all!!'")
+    with pytest.raises(BadInputError, match="4 spans rejected"):
+        request_from_json_bytes(Signal.TRACES, orjson.dumps(good))
+
+    logs = request_to_dict(Signal.LOGS, logs_request())
+    records = logs["resourceLogs"][0]["scopeLogs"][0]["logRecords"]
+    records.append({**records[0], "traceId": "00"})
+    decoded = decode_request(Signal.LOGS, orjson.dumps(logs))
+    assert (decoded.message, decoded.rejected) == (logs_request(), 1)
+    assert decoded.error_message == "1 log records rejected: traceId '00' is not 32 hex digits"
+
+
+def test_bad_exemplar_id_fails_the_whole_metrics_request() -> None:
+    tree = request_to_dict(Signal.METRICS, metrics_request())
+    point = tree["resourceMetrics"][0]["scopeMetrics"][0]["metrics"][0]["gauge"]["dataPoints"][0]
+    point["exemplars"][0]["spanId"] = "xyz"
+    with pytest.raises(BadInputError, match="spanId 'xyz'"):
+        decode_request(Signal.METRICS, orjson.dumps(tree))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"{", b"null", b"[]", b'"str"', b'{"resourceSpans": 1}',
+     b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"name": 5}]}]}]}',
+     b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"startTimeUnixNano": "soon"}]}]}]}'],
+)
+def test_malformed_json_is_bad_input(body: bytes) -> None:
+    with pytest.raises(BadInputError) as err:
+        decode_request(Signal.TRACES, body)
+    assert err.value.reason == "malformed"
+    assert "OTLP traces JSON" in str(err.value)
+
+
+def test_unknown_enum_names_decode_as_unspecified() -> None:
+    # json_format with ignore_unknown_fields (which OTLP asks receivers to use) treats an
+    # unknown enum name like an unknown field, as the Collector does.
+    body = b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"kind": "SPAN_KIND_FUTURE"}]}]}]}'
+    request = request_from_json_bytes(Signal.TRACES, body)
+    assert request.resource_spans[0].scope_spans[0].spans[0].kind == Span.SPAN_KIND_UNSPECIFIED
+
+
+def test_empty_request_decodes() -> None:
+    assert request_from_json_bytes(Signal.LOGS, b"{}") == ExportLogsServiceRequest()
+    assert request_to_json_bytes(Signal.METRICS, ExportMetricsServiceRequest()) == b"{}"
+
+
+ids = st.binary(min_size=16, max_size=16)
+span_ids = st.binary(min_size=8, max_size=8)
+values = st.one_of(
+    st.builds(AnyValue, string_value=st.text(max_size=20)),
+    st.builds(AnyValue, int_value=st.integers(-(2**63), 2**63 - 1)),
+    st.builds(AnyValue, double_value=st.floats(allow_nan=False)),
+    st.builds(AnyValue, bytes_value=st.binary(max_size=20)),
+)
+generated_spans = st.builds(
+    Span,
+    trace_id=ids,
+    span_id=span_ids,
+    parent_span_id=st.one_of(st.just(b""), span_ids),
+    name=st.text(max_size=30),
+    kind=st.integers(0, 5),
+    start_time_unix_nano=st.integers(0, 2**64 - 1),
+    attributes=st.lists(st.builds(KeyValue, key=st.text(max_size=10), value=values), max_size=4),
+    links=st.lists(st.builds(Span.Link, trace_id=ids, span_id=span_ids), max_size=2),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(generated_spans, max_size=5))
+def test_round_trip_property(spans: list[Span]) -> None:
+    request = ExportTraceServiceRequest(
+        resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=spans)])]
+    )
+    assert request_from_json_bytes(Signal.TRACES, request_to_json_bytes(Signal.TRACES, request)) \
+        == request
+
+
+# --- the fast codec against protobuf's json_format --------------------------------------------
+
+
+def reference_dict(message: Message) -> Any:
+    """json_format's proto3 JSON with ids rewritten to hex: what OTLP/JSON specifies."""
+    tree = json_format.MessageToDict(message, use_integers_for_enums=True)
+    _hexify(tree, message.DESCRIPTOR)
+    return tree
+
+
+def _hexify(node: dict[str, Any], descriptor: Descriptor) -> None:
+    ids = ID_FIELDS.get(descriptor.full_name, {})
+    for field in descriptor.fields:
+        value = node.get(field.json_name)
+        if value is None:
+            continue
+        if field.name in ids:
+            node[field.json_name] = base64.b64decode(value).hex()
+        elif field.message_type is not None:
+            for child in value if field.is_repeated else [value]:
+                _hexify(child, field.message_type)
+
+
+@pytest.mark.parametrize("signal", list(Signal))
+def test_encoder_matches_json_format(signal: Signal) -> None:
+    assert request_to_dict(signal, REQUESTS[signal]) == reference_dict(REQUESTS[signal])
+
+
+@pytest.mark.parametrize("signal", list(Signal))
+def test_fast_decoder_handles_canonical_json_without_falling_back(signal: Signal) -> None:
+    tree = reference_dict(REQUESTS[signal])
+    fast = otlp_json._fast_decode(signal, orjson.loads(orjson.dumps(tree)))
+    assert fast == DecodedJson(REQUESTS[signal])
+
+
+def test_fast_decoder_handles_lenient_spellings() -> None:
+    tree = {"resource_spans": [{"scope_spans": [{"spans": [{
+        "trace_id": TRACE_ID.hex(), "kind": "SPAN_KIND_PRODUCER", "start_time_unix_nano": 5,
+        "end_time_unix_nano": "6", "attributes": [{"key": "d", "value": {"doubleValue": "NaN"}}],
+        "unknownField": [1, 2]}]}]}]}
+    fast = otlp_json._fast_decode(Signal.TRACES, tree)
+    assert fast.message == otlp_json._reference_decode(Signal.TRACES, tree).message
+
+
+# AnyValue nests through arrays and kvlists; empty keys, unset values and non-finite
+# doubles are where hand-written encoders usually differ from json_format.
+any_values = st.recursive(
+    st.one_of(
+        st.builds(AnyValue),
+        st.builds(AnyValue, string_value=st.text(max_size=10)),
+        st.builds(AnyValue, bool_value=st.booleans()),
+        st.builds(AnyValue, int_value=st.integers(-(2**63), 2**63 - 1)),
+        # NaN payloads do not survive JSON; NaN itself is tested below
+        st.builds(AnyValue, double_value=st.floats(allow_nan=False)),
+        st.builds(AnyValue, bytes_value=st.binary(max_size=10)),
+    ),
+    lambda inner: st.one_of(
+        st.builds(lambda vs: AnyValue(array_value=ArrayValue(values=vs)),
+                  st.lists(inner, max_size=3)),
+        st.builds(lambda kvs: AnyValue(kvlist_value=KeyValueList(values=kvs)),
+                  st.lists(st.builds(KeyValue, key=st.text(max_size=5), value=inner),
+                           max_size=3)),
+    ),
+    max_leaves=8,
+)
+key_values = st.one_of(
+    st.builds(KeyValue, key=st.text(max_size=8), value=any_values),
+    st.builds(KeyValue, key=st.text(max_size=8)),  # no value at all
+)
+log_records = st.builds(
+    LogRecord,
+    time_unix_nano=st.integers(0, 2**64 - 1),
+    severity_number=st.integers(0, 24),
+    body=any_values,
+    attributes=st.lists(key_values, max_size=3),
+    trace_id=st.one_of(st.just(b""), ids),
+    span_id=st.one_of(st.just(b""), span_ids),
+    flags=st.integers(0, 2**32 - 1),
+)
+data_points = st.builds(
+    m.HistogramDataPoint,
+    count=st.integers(0, 2**64 - 1),
+    sum=st.floats(allow_nan=False),
+    bucket_counts=st.lists(st.integers(0, 2**64 - 1), max_size=3),
+    explicit_bounds=st.lists(st.floats(allow_nan=False), max_size=3),
+    exemplars=st.lists(st.builds(m.Exemplar, as_int=st.integers(-(2**63), 2**63 - 1),
+                                 trace_id=ids, span_id=span_ids), max_size=2),
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(log_records, max_size=4), st.lists(data_points, max_size=3))
+def test_codec_matches_json_format_property(
+    records: list[LogRecord], points: list[m.HistogramDataPoint]
+) -> None:
+    logs = ExportLogsServiceRequest(resource_logs=[
+        ResourceLogs(scope_logs=[ScopeLogs(log_records=records)])])
+    metrics = ExportMetricsServiceRequest(resource_metrics=[m.ResourceMetrics(scope_metrics=[
+        m.ScopeMetrics(metrics=[m.Metric(name="h", histogram=m.Histogram(data_points=points))])])])
+    for signal, message in ((Signal.LOGS, logs), (Signal.METRICS, metrics)):
+        encoded = request_to_dict(signal, message)
+        assert encoded == reference_dict(message)
+        data = orjson.dumps(encoded)
+        decoded = otlp_json._fast_decode(signal, orjson.loads(data))
+        assert decoded.message == message
+
+
+def test_non_finite_doubles_are_named_strings() -> None:
+    values = [AnyValue(double_value=v) for v in (math.nan, math.inf, -math.inf)]
+    request = ExportLogsServiceRequest(resource_logs=[ResourceLogs(scope_logs=[ScopeLogs(
+        log_records=[LogRecord(body=v) for v in values])])])
+    tree = request_to_dict(Signal.LOGS, request)
+    bodies = [r["body"] for r in tree["resourceLogs"][0]["scopeLogs"][0]["logRecords"]]
+    assert bodies == [{"doubleValue": "NaN"}, {"doubleValue": "Infinity"},
+                      {"doubleValue": "-Infinity"}]
+    decoded = request_from_json_bytes(Signal.LOGS, orjson.dumps(tree))
+    got = [r.body.double_value for r in decoded.resource_logs[0].scope_logs[0].log_records]
+    assert math.isnan(got[0])
+    assert got[1:] == [math.inf, -math.inf]
