@@ -328,6 +328,19 @@ def start_sidecar(workdir: Path, sink_port: int, cpus: set[int] | None,
     return Target("sidecar", child, port)
 
 
+def start_floor(workdir: Path, cpus: set[int] | None) -> Target:
+    """The Python floor: a bare grpc.aio server that only counts spans (bench/sink.py),
+    no export. What any grpc.aio receiver pays per request on this machine."""
+    child = Child("pyfloor", [PY, str(HERE / "sink.py"), "--port", "0", "--uvloop"], cpus=cpus,
+                  stdout_lines=True, log=workdir / "pyfloor.log")
+    try:
+        port = int(child.next_json(30)["port"])
+    except BaseException:
+        child.stop()
+        raise
+    return Target("pyfloor", child, port)
+
+
 # ---------------------------------------------------------------- one measurement
 
 
@@ -360,16 +373,20 @@ def measure(target_name: str, scenario: Scenario, sink: Child, opts: Options) ->
     target: Target | None = None
     loadgen: Child | None = None
     try:
-        if target_name == "rotel":
+        if target_name == "pyfloor":
+            target = start_floor(workdir, target_cpus)
+        elif target_name == "rotel":
             target = start_rotel(workdir, sink_port, target_cpus, opts.rotel_batch,
                                  opts.compression)
         else:
             target = start_sidecar(workdir, sink_port, target_cpus, opts.sidecar_batch,
                                    opts.sidecar_cmd, opts.compression)
         pid = target.child.proc.pid
+        # spans are counted where they end up: the sink, or the floor server itself
+        counter = target.child if target_name == "pyfloor" else sink
         time.sleep(0.5)
         rss_idle = rss_mib(pid)
-        base = sink_stats(sink)
+        base = sink_stats(counter)
         argv = [PY, str(HERE / "loadgen.py"), "--target", f"127.0.0.1:{target.port}",
                 "--rate", str(scenario.rate), "--concurrency", str(scenario.concurrency),
                 "--warmup", str(opts.warmup), "--duration", str(opts.duration),
@@ -380,21 +397,21 @@ def measure(target_name: str, scenario: Scenario, sink: Child, opts: Options) ->
                         log=workdir / "loadgen.log")
         ready = loadgen.next_json(60, "ready")
         loadgen.next_json(opts.warmup + 15, "measure_start")
-        t0, c0, s0 = time.monotonic(), cpu_seconds(pid), sink_stats(sink)
+        t0, c0, s0 = time.monotonic(), cpu_seconds(pid), sink_stats(counter)
         lg0 = cpu_seconds(loadgen.proc.pid)
         end = loadgen.next_json(opts.duration + 15, "measure_end")
-        t1, c1, s1 = time.monotonic(), cpu_seconds(pid), sink_stats(sink)
+        t1, c1, s1 = time.monotonic(), cpu_seconds(pid), sink_stats(counter)
         lg1 = cpu_seconds(loadgen.proc.pid)
         done = loadgen.next_json(30, "done")
         # drain: wait until everything the target acknowledged reached the sink
         accepted = int(done["spans_ok"])
         deadline = time.monotonic() + opts.drain_timeout
-        s2 = sink_stats(sink)
+        s2 = sink_stats(counter)
         while s2["spans"] - base["spans"] < accepted and time.monotonic() < deadline:
             if not target.child.alive():
                 raise BenchError(f"{target_name} died during the drain{target.child.tail()}")
             time.sleep(0.05)
-            s2 = sink_stats(sink)
+            s2 = sink_stats(counter)
         t2, c2 = time.monotonic(), cpu_seconds(pid)
         peak = peak_rss_mib(pid)
         if not target.child.alive():
@@ -422,7 +439,8 @@ def measure(target_name: str, scenario: Scenario, sink: Child, opts: Options) ->
             "latency_p50_ms": done["latency_p50_ms"],
             "latency_p99_ms": done["latency_p99_ms"],
             "loadgen_cpu_pct": (lg1 - lg0) / window * 100,
-            "sink_cpu_pct": (s1["cpu_s"] - s0["cpu_s"]) / window * 100,
+            "sink_cpu_pct": None if counter is not sink
+            else (s1["cpu_s"] - s0["cpu_s"]) / window * 100,
             "sink_requests": s2["requests"] - base["requests"],
             "sink_bad_requests": s2["bad"] - base["bad"],
             "bytes_per_span": ready["bytes_per_span"],
@@ -434,6 +452,9 @@ def measure(target_name: str, scenario: Scenario, sink: Child, opts: Options) ->
         if loadgen is not None:
             loadgen.stop(grace=2)
         if target is not None:
+            if target_name == "pyfloor":
+                with contextlib.suppress(Exception):
+                    target.child.send("quit")
             rc = target.child.stop(grace=10)
             if rc not in (0, -signal.SIGTERM, 143, None):
                 print(f"  note: {target_name} exited with {rc} on SIGTERM", file=sys.stderr)
@@ -499,7 +520,7 @@ def print_report(summary: dict[str, Any], meta: dict[str, Any]) -> list[str]:
         f"{'target':8} {'load':9} {'spans/s':>9} {'µs/span':>8} {'CPU %':>6} "
         f"{'peak RSS':>9} {'idle RSS':>9} {'delivered':>9} {'429s':>6} {'p99 ms':>7}",
     ]
-    for target in ("rotel", "sidecar"):
+    for target in ("rotel", "sidecar", "pyfloor"):
         for scenario in ("10k", "max"):
             e = summary.get(target, {}).get(scenario)
             if e is None:
@@ -567,7 +588,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="measured seconds per run (default 10, --quick 5)")
     parser.add_argument("--warmup", type=float, default=None,
                         help="warm-up seconds per run (default 3, --quick 2)")
-    parser.add_argument("--targets", default="rotel,sidecar", help="comma-separated")
+    parser.add_argument("--targets", default="rotel,sidecar,pyfloor",
+                        help="comma-separated: rotel, sidecar, pyfloor (a bare grpc.aio "
+                             "server that only counts: the floor for any Python receiver)")
     parser.add_argument("--scenarios", default="10k,max", help="comma-separated: 10k,max")
     parser.add_argument("--max-concurrency", type=int, default=8,
                         help="requests in flight at max rate")
@@ -616,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
             meta["rotel_version"] = str(exc)
 
     log = Path(tempfile.mkdtemp(prefix="bench-sink-")) / "sink.log"
-    sink = Child("sink", [PY, str(HERE / "sink.py"), "--port", "0"]
+    sink = Child("sink", [PY, str(HERE / "sink.py"), "--port", "0", "--uvloop"]
                  + (["--cpu", "1"] if pin else []),
                  cpus=None, stdout_lines=True, log=log)
     runs: list[dict[str, Any]] = []
