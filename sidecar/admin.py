@@ -64,9 +64,7 @@ class AdminServer:
             await self._runner.cleanup()
             self._runner = None
             raise StartupError(f"admin.endpoint: {self.endpoint}: {exc.strerror or exc}") from exc
-        server = site._server  # aiohttp exposes the bound socket only here
-        if server is not None and getattr(server, "sockets", None):
-            self.bound_port = int(server.sockets[0].getsockname()[1])
+        self.bound_port = int(self._runner.addresses[0][1])
 
     async def shutdown(self, deadline: float) -> None:
         if self._runner is not None:

@@ -8,9 +8,9 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from sidecar.admin import AdminServer

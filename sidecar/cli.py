@@ -79,7 +79,7 @@ def run(config_path: str | None, overrides: tuple[str, ...], log_format: str | N
 
 @main.command("send-test")
 @click.option("--endpoint", default=None,
-              help="Receiver to send to (default http://127.0.0.1:4318, or 127.0.0.1:4317 for gRPC).")
+              help="Receiver (default http://127.0.0.1:4318, or 127.0.0.1:4317 for gRPC).")
 @click.option("--protocol", type=click.Choice(["http", "grpc"]), default="http")
 @click.option("--runs", default=3, show_default=True, help="Agent runs to send.")
 def send_test(endpoint: str | None, protocol: str, runs: int) -> None:

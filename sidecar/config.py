@@ -194,10 +194,12 @@ def from_tree(tree: dict[str, Any], source: str = "<config>") -> Config:
     except ValidationError as exc:
         problems.extend(_problems_from(exc, source))
 
-    if config is not None:
+    # checked on the raw tree so a problem elsewhere does not hide a dangling reference
+    raw_pipelines = tree.get("pipelines")
+    if isinstance(raw_pipelines, dict):
         for signal in Signal:
-            names = getattr(config.pipelines, signal.value)
-            for name in names or ():
+            names = raw_pipelines.get(signal.value)
+            for name in names if isinstance(names, list) else ():
                 if name not in raw_exporters:
                     problems.append(ConfigProblem(
                         source, f"pipelines.{signal.value}", f"unknown exporter {name!r}"))

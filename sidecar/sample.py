@@ -13,7 +13,12 @@ from dataclasses import dataclass
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
-from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
+from opentelemetry.proto.logs.v1.logs_pb2 import (
+    LogRecord,
+    ResourceLogs,
+    ScopeLogs,
+    SeverityNumber,
+)
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
@@ -60,7 +65,8 @@ def agent_run(service: str = "feedback-app", rng: random.Random | None = None) -
     root_id = rng.randbytes(8)
     spans.append(Span(
         trace_id=trace_id, span_id=root_id, name=f"invoke_agent {agent}",
-        kind=Span.SPAN_KIND_INTERNAL, start_time_unix_nano=now, end_time_unix_nano=now + 2_400_000_000,
+        kind=Span.SPAN_KIND_INTERNAL,
+        start_time_unix_nano=now, end_time_unix_nano=now + 2_400_000_000,
         attributes=attrs({"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": agent,
                           "tenant.id": tenant, "app.request_id": f"req-{rng.getrandbits(48):x}"}),
         status=Status(code=Status.STATUS_CODE_OK),
@@ -111,10 +117,12 @@ def agent_run(service: str = "feedback-app", rng: random.Random | None = None) -
     traces = ExportTraceServiceRequest(resource_spans=[ResourceSpans(
         resource=resource, scope_spans=[ScopeSpans(scope=scope, spans=spans)])])
     records = [
-        LogRecord(time_unix_nano=now, severity_number=9, severity_text="INFO",
+        LogRecord(time_unix_nano=now, severity_text="INFO",
+                  severity_number=SeverityNumber.SEVERITY_NUMBER_INFO,
                   body=AnyValue(string_value=f"agent {agent} started"),
                   trace_id=trace_id, span_id=root_id, attributes=attrs({"tenant.id": tenant})),
-        LogRecord(time_unix_nano=now + offset, severity_number=13, severity_text="WARN",
+        LogRecord(time_unix_nano=now + offset, severity_text="WARN",
+                  severity_number=SeverityNumber.SEVERITY_NUMBER_WARN,
                   body=AnyValue(string_value="model call retried after 429"),
                   trace_id=trace_id, span_id=spans[1].span_id,
                   attributes=attrs({"gen_ai.request.model": MODELS[0][1]})),

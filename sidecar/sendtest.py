@@ -25,7 +25,8 @@ def send(endpoint: str, protocol: str, runs: int) -> tuple[int, int]:
         target = endpoint.removeprefix("http://")
         with grpc.insecure_channel(target) as channel:
             for signal, bodies in payloads.items():
-                export = channel.unary_unary(_GRPC_METHODS[signal])
+                export = channel.unary_unary(
+                    _GRPC_METHODS[signal], request_serializer=None, response_deserializer=None)
                 for body in bodies:
                     export(body, timeout=10)
     else:

@@ -21,7 +21,7 @@ async def test_stalled_exporter_turns_into_backpressure(short_tmp: Path) -> None
     async with OtlpSink() as sink:
         sink.stall()
         daemon = DaemonProcess(short_tmp, exporters={
-            "upstream": {"type": "otlp", "protocol": "grpc", "endpoint": sink.grpc_url,
+            "upstream": {"type": "otlp", "protocol": "grpc", "endpoint": sink.grpc_endpoint,
                          "queue": {"max_bytes": QUEUE_BYTES},
                          "batch": {"max_items": 50},
                          "retry": {"initial_interval": "50ms", "max_interval": "100ms"}}})
@@ -61,4 +61,4 @@ async def test_stalled_exporter_turns_into_backpressure(short_tmp: Path) -> None
         finally:
             code, _, err = await daemon.stop()
         assert code == 0, err
-        assert sink.item_count(Signal.TRACES) == acknowledged
+        assert sink.items(Signal.TRACES) == acknowledged

@@ -51,7 +51,7 @@ def make_spans(provider: TracerProvider) -> None:
 
 def index_received(sink: OtlpSink) -> dict[bytes, tuple[Any, dict[str, Any], Any]]:
     out = {}
-    for request in sink.requests(Signal.TRACES):
+    for request in (r.message for r in sink.accepted if r.signal is Signal.TRACES):
         for rs in request.resource_spans:
             resource = py_attrs(rs.resource.attributes)
             for ss in rs.scope_spans:
@@ -64,7 +64,7 @@ def index_received(sink: OtlpSink) -> dict[bytes, tuple[Any, dict[str, Any], Any
 async def test_sdk_spans_arrive_identical(short_tmp: Path, transport: str) -> None:
     async with OtlpSink() as sink:
         daemon = DaemonProcess(short_tmp, exporters={
-            "upstream": {"type": "otlp", "protocol": "grpc", "endpoint": sink.grpc_url}})
+            "upstream": {"type": "otlp", "protocol": "grpc", "endpoint": sink.grpc_endpoint}})
         await daemon.start()
         try:
             memory = InMemorySpanExporter()
@@ -115,11 +115,12 @@ async def test_sdk_spans_arrive_identical(short_tmp: Path, transport: str) -> No
         assert code == 0, err
 
 
+@pytest.mark.filterwarnings("ignore:.*LoggingHandler.*:DeprecationWarning")
 @pytest.mark.parametrize("transport", ["grpc", "http"])
 async def test_sdk_logs_arrive_identical(short_tmp: Path, transport: str) -> None:
     async with OtlpSink() as sink:
         daemon = DaemonProcess(short_tmp, exporters={
-            "upstream": {"type": "otlp", "protocol": "http", "endpoint": sink.http_url}})
+            "upstream": {"type": "otlp", "protocol": "http", "endpoint": sink.http_endpoint}})
         await daemon.start()
         try:
             provider = LoggerProvider(resource=Resource.create({"service.name": "agent-logs"}))
@@ -138,7 +139,7 @@ async def test_sdk_logs_arrive_identical(short_tmp: Path, transport: str) -> Non
 
             await sink.wait_for_items(Signal.LOGS, 25, timeout=20)
             bodies = []
-            for request in sink.requests(Signal.LOGS):
+            for request in (r.message for r in sink.accepted if r.signal is Signal.LOGS):
                 for rl in request.resource_logs:
                     assert py_attrs(rl.resource.attributes)["service.name"] == "agent-logs"
                     for sl in rl.scope_logs:

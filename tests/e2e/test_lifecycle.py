@@ -35,18 +35,18 @@ async def test_sigterm_delivers_everything_accepted(short_tmp: Path) -> None:
     async with OtlpSink() as sink:
         sink.stall()  # the destination is down while clients send
         daemon = DaemonProcess(short_tmp, exporters={
-            "upstream": {"type": "otlp", "protocol": "grpc", "endpoint": sink.grpc_url,
+            "upstream": {"type": "otlp", "protocol": "grpc", "endpoint": sink.grpc_endpoint,
                          "retry": {"initial_interval": "50ms", "max_interval": "200ms"}}})
         await daemon.start()
         acknowledged = await send_runs(daemon.grpc_endpoint, 40)
         assert daemon.proc is not None
-        daemon.proc.terminate()  # SIGTERM while everything is still queued
+        daemon.terminate()  # SIGTERM while everything is still queued
         await asyncio.sleep(0.3)
         assert daemon.proc.poll() is None, "daemon must keep draining, not exit at once"
         sink.resume()
         code, _, err = await daemon.stop(timeout=30)
         assert code == 0, err
-        assert sink.item_count(Signal.TRACES) == acknowledged
+        assert sink.items(Signal.TRACES) == acknowledged
 
 
 async def test_port_in_use_is_one_clear_line(short_tmp: Path) -> None:

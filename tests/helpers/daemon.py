@@ -30,6 +30,7 @@ class DaemonProcess:
     http_port: int = field(default_factory=free_port)
     admin_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    terminated: bool = False
 
     def config(self) -> dict[str, Any]:
         cfg: dict[str, Any] = {
@@ -45,8 +46,7 @@ class DaemonProcess:
         }
         if self.pipelines is not None:
             cfg["pipelines"] = self.pipelines
-        for key, value in self.extra.items():
-            cfg[key] = value
+        cfg.update(self.extra)
         return cfg
 
     @property
@@ -64,7 +64,7 @@ class DaemonProcess:
     async def start(self) -> None:
         path = self.workdir / "sidecar.yaml"
         path.write_text(yaml.safe_dump(self.config()))
-        self.proc = subprocess.Popen(
+        self.proc = subprocess.Popen(  # noqa: ASYNC220 - started once, not awaited on
             [SIDECAR, "run", "--config", str(path)],
             cwd=self.workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -73,7 +73,7 @@ class DaemonProcess:
         async with aiohttp.ClientSession() as session:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
-                    out, err = self.proc.communicate()
+                    _, err = self.proc.communicate()
                     raise RuntimeError(f"sidecar exited {self.proc.returncode}: {err.decode()}")
                 try:
                     async with session.get(f"{self.admin_url}/readyz") as response:
@@ -101,16 +101,22 @@ class DaemonProcess:
 
     async def stop(self, timeout: float = 30) -> tuple[int, str, str]:
         """SIGTERM, wait for exit; returns (exit code, stdout, stderr)."""
+        self.terminate()
         assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while self.proc.poll() is None and time.monotonic() < deadline:
+        while self.proc.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         if self.proc.poll() is None:
             self.proc.kill()
         out, err = self.proc.communicate()
         return self.proc.returncode, out.decode(), err.decode()
+
+    def terminate(self) -> None:
+        """Send SIGTERM once (a second one would skip the drain)."""
+        assert self.proc is not None
+        if self.proc.poll() is None and not self.terminated:
+            self.proc.send_signal(signal.SIGTERM)
+            self.terminated = True
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
