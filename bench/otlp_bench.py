@@ -200,6 +200,17 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def machine_busy() -> tuple[float, float]:
+    """(busy, steal) CPU seconds of the whole machine since boot, all CPUs."""
+    import psutil
+
+    t = psutil.cpu_times()
+    steal = getattr(t, "steal", 0.0)
+    busy = sum(t) - t.idle - getattr(t, "iowait", 0.0) - steal
+    busy -= getattr(t, "guest", 0.0) + getattr(t, "guest_nice", 0.0)  # counted in user
+    return busy, steal
+
+
 def _status_kib(pid: int, key: str) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -399,9 +410,11 @@ def measure(target_name: str, scenario: Scenario, sink: Child, opts: Options) ->
         loadgen.next_json(opts.warmup + 15, "measure_start")
         t0, c0, s0 = time.monotonic(), cpu_seconds(pid), sink_stats(counter)
         lg0 = cpu_seconds(loadgen.proc.pid)
+        sys0, sk0 = machine_busy(), sink_stats(sink)["cpu_s"]
         end = loadgen.next_json(opts.duration + 15, "measure_end")
         t1, c1, s1 = time.monotonic(), cpu_seconds(pid), sink_stats(counter)
         lg1 = cpu_seconds(loadgen.proc.pid)
+        sys1, sk1 = machine_busy(), sink_stats(sink)["cpu_s"]
         done = loadgen.next_json(30, "done")
         # drain: wait until everything the target acknowledged reached the sink
         accepted = int(done["spans_ok"])
@@ -439,6 +452,10 @@ def measure(target_name: str, scenario: Scenario, sink: Child, opts: Options) ->
             "latency_p50_ms": done["latency_p50_ms"],
             "latency_p99_ms": done["latency_p99_ms"],
             "loadgen_cpu_pct": (lg1 - lg0) / window * 100,
+            # CPU used by anything but target, loadgen and sink: other work on the machine
+            "background_cpu_pct": max(0.0, (sys1[0] - sys0[0]) - (c1 - c0) - (lg1 - lg0)
+                                      - (sk1 - sk0)) / window * 100,
+            "steal_pct": (sys1[1] - sys0[1]) / window * 100,
             "sink_cpu_pct": None if counter is not sink
             else (s1["cpu_s"] - s0["cpu_s"]) / window * 100,
             "sink_requests": s2["requests"] - base["requests"],
@@ -478,7 +495,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]
     out: dict[str, dict[str, dict[str, Any]]] = {}
     keys = ("spans_per_s", "cpu_us_per_span", "cpu_pct_core", "peak_rss_mib", "idle_rss_mib",
             "delivered_ratio", "resource_exhausted_retries", "latency_p99_ms",
-            "loadgen_cpu_pct", "sink_cpu_pct")
+            "loadgen_cpu_pct", "sink_cpu_pct", "background_cpu_pct", "steal_pct")
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in runs:
         groups.setdefault((r["target"], r["scenario"]), []).append(r)
@@ -518,7 +535,8 @@ def print_report(summary: dict[str, Any], meta: dict[str, Any]) -> list[str]:
         f"{meta['sidecar_batch'] or 'default'}; {meta['compression']} to the sink",
         "",
         f"{'target':8} {'load':9} {'spans/s':>9} {'µs/span':>8} {'CPU %':>6} "
-        f"{'peak RSS':>9} {'idle RSS':>9} {'delivered':>9} {'429s':>6} {'p99 ms':>7}",
+        f"{'peak RSS':>9} {'idle RSS':>9} {'delivered':>9} {'429s':>6} {'p99 ms':>7} "
+        f"{'other %':>7}",
     ]
     for target in ("rotel", "sidecar", "pyfloor"):
         for scenario in ("10k", "max"):
@@ -536,10 +554,18 @@ def print_report(summary: dict[str, Any], meta: dict[str, Any]) -> list[str]:
                 f"{fmt(e['peak_rss_mib'], '.0f'):>5} MiB {fmt(e['idle_rss_mib'], '.0f'):>5} MiB "
                 f"{fmt(None if dr is None else 100 * dr, '.2f'):>8}% "
                 f"{fmt(e['resource_exhausted_retries'], '.0f'):>6} "
-                f"{fmt(e['latency_p99_ms'], '.0f'):>7}")
+                f"{fmt(e['latency_p99_ms'], '.0f'):>7} "
+                f"{fmt(e['background_cpu_pct'], '.0f'):>7}")
             if e["ok_runs"] < e["runs"]:
                 lines.append(f"{'':18} ({e['runs'] - e['ok_runs']} run(s) failed: "
                              f"{e['errors'][0].splitlines()[0]})")
+    busiest = max((e.get("background_cpu_pct") or 0.0 for t in summary.values()
+                   for e in t.values()), default=0.0)
+    lines.append("other % = CPU used by other processes on the machine during the window "
+                 "(% of one core)")
+    if busiest > 10:
+        lines.append(f"WARNING: up to {busiest:.0f}% of a core went to other processes: the "
+                     "machine was not quiet, spans/s and CPU % are disturbed.")
     lines.append("")
     cpu_r = ratio(summary, "max", "cpu_us_per_span")
     rss_r = ratio(summary, "max", "peak_rss_mib")
@@ -657,7 +683,8 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"{result['spans_per_s']:,.0f} spans/s "
                               f"{result['cpu_us_per_span']:.1f} µs/span "
                               f"{result['cpu_pct_core']:.0f}% CPU "
-                              f"{result['peak_rss_mib']:.0f} MiB", file=sys.stderr)
+                              f"{result['peak_rss_mib']:.0f} MiB "
+                              f"(other load {result['background_cpu_pct']:.0f}%)", file=sys.stderr)
                     else:
                         print("FAILED: " + result["error"], file=sys.stderr)
     finally:
