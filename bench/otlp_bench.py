@@ -618,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated: rotel, sidecar, pyfloor (a bare grpc.aio "
                              "server that only counts: the floor for any Python receiver)")
     parser.add_argument("--scenarios", default="10k,max", help="comma-separated: 10k,max")
-    parser.add_argument("--max-concurrency", type=int, default=8,
+    parser.add_argument("--max-concurrency", type=int, default=64,
                         help="requests in flight at max rate")
     parser.add_argument("--no-pin", action="store_true",
                         help="do not pin target / loadgen+sink to separate CPUs")
