@@ -304,8 +304,8 @@ receivers:
 exporters:
   sink:
     type: otlp
-    protocol: grpc
     endpoint: "http://127.0.0.1:%(sink)d"
+    protocol: %(protocol)s
     compression: %(compression)s
 %(batch)s
 pipelines: {traces: [sink], logs: [sink], metrics: [sink]}
@@ -316,13 +316,14 @@ service: {log_level: warning}
 
 
 def start_sidecar(workdir: Path, sink_port: int, cpus: set[int] | None,
-                  batch: int | None, command: list[str] | None, compression: str) -> Target:
+                  batch: int | None, command: list[str] | None, compression: str,
+                  protocol: str = "grpc") -> Target:
     port, admin = free_port(), free_port()
     (workdir / "run").mkdir(exist_ok=True)
     config = workdir / "sidecar.yaml"
     config.write_text(SIDECAR_YAML % {
         "dir": workdir, "port": port, "admin": admin, "sink": sink_port,
-        "compression": compression,
+        "compression": compression, "protocol": protocol,
         "batch": f"    batch: {{max_items: {batch}}}" if batch else "",
     })
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
@@ -373,6 +374,7 @@ class Options:
     quick: bool
     sidecar_cmd: list[str] | None = None
     compression: str = "gzip"
+    sidecar_protocol: str = "grpc"
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -390,8 +392,10 @@ def measure(target_name: str, scenario: Scenario, sink: Child, opts: Options) ->
             target = start_rotel(workdir, sink_port, target_cpus, opts.rotel_batch,
                                  opts.compression)
         else:
-            target = start_sidecar(workdir, sink_port, target_cpus, opts.sidecar_batch,
-                                   opts.sidecar_cmd, opts.compression)
+            sidecar_sink = (sink_port if opts.sidecar_protocol == "grpc"
+                            else int(opts.extra["sink_http_port"]))
+            target = start_sidecar(workdir, sidecar_sink, target_cpus, opts.sidecar_batch,
+                                   opts.sidecar_cmd, opts.compression, opts.sidecar_protocol)
         pid = target.child.proc.pid
         # spans are counted where they end up: the sink, or the floor server itself
         counter = target.child if target_name == "pyfloor" else sink
@@ -532,7 +536,8 @@ def print_report(summary: dict[str, Any], meta: dict[str, Any]) -> list[str]:
         f"{'target pinned to CPU 0, loadgen+sink to CPU 1' if meta['pinned'] else 'unpinned'})",
         f"spans: {meta.get('bytes_per_span', 0):.0f} B, ~15 attributes, 100 per request; "
         f"rotel batch {meta['rotel_batch']}, sidecar batch "
-        f"{meta['sidecar_batch'] or 'default'}; {meta['compression']} to the sink",
+        f"{meta['sidecar_batch'] or 'default'}; {meta['compression']} to the sink "
+        f"(sidecar exports OTLP/{meta['sidecar_protocol']})",
         "",
         f"{'target':8} {'load':9} {'spans/s':>9} {'µs/span':>8} {'CPU %':>6} "
         f"{'peak RSS':>9} {'idle RSS':>9} {'delivered':>9} {'429s':>6} {'p99 ms':>7} "
@@ -630,6 +635,8 @@ def main(argv: list[str] | None = None) -> int:
                              "e.g. 'env PYTHONPATH=/tmp/tree .venv/bin/python -m sidecar'")
     parser.add_argument("--compression", choices=("gzip", "none"), default="gzip",
                         help="export compression to the sink, both targets (default gzip)")
+    parser.add_argument("--sidecar-protocol", choices=("grpc", "http"), default="grpc",
+                        help="sidecar's exporter protocol to the sink (rotel: always grpc)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
@@ -644,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
         drain_timeout=15.0, pin=pin, rotel_batch=args.rotel_batch,
         sidecar_batch=args.sidecar_batch, quick=args.quick,
         sidecar_cmd=shlex.split(args.sidecar_cmd) if args.sidecar_cmd else None,
-        compression=args.compression)
+        compression=args.compression, sidecar_protocol=args.sidecar_protocol)
     all_scenarios = {"10k": Scenario("10k", 10_000, 8),
                      "max": Scenario("max", 0, args.max_concurrency)}
     scenarios = [all_scenarios[s] for s in args.scenarios.split(",") if s]
@@ -657,6 +664,7 @@ def main(argv: list[str] | None = None) -> int:
         "rotel_batch": opts.rotel_batch, "sidecar_batch": opts.sidecar_batch,
         "python": platform.python_version(), "machine": platform.machine(),
         "max_concurrency": args.max_concurrency, "compression": args.compression,
+        "sidecar_protocol": args.sidecar_protocol,
     }
     if "rotel" in targets:
         try:
@@ -670,7 +678,8 @@ def main(argv: list[str] | None = None) -> int:
                  cpus=None, stdout_lines=True, log=log)
     runs: list[dict[str, Any]] = []
     try:
-        opts.extra["sink_port"] = sink.next_json(30)["port"]
+        ports = sink.next_json(30)
+        opts.extra["sink_port"], opts.extra["sink_http_port"] = ports["port"], ports["http_port"]
         for rep in range(repeats):
             for scenario in scenarios:
                 for target in targets:

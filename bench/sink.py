@@ -3,10 +3,11 @@
 Runs as its own process; every target under test exports here. Counting walks the protobuf
 wire format (ExportTraceServiceRequest -> ResourceSpans -> ScopeSpans -> Span) without
 building any message, which keeps the sink's own CPU small on a 2-core machine. gzip
-request compression is undone by grpcio before the handler sees the bytes.
+request compression is undone by grpcio before the handler sees the bytes. OTLP/HTTP
+protobuf (`POST /v1/traces`, gzip or not) is accepted on a second port.
 
 Control on stdin/stdout, one line each:
-  startup: prints {"port": N}
+  startup: prints {"port": N, "http_port": M}
   "stats"  -> {"spans": ..., "requests": ..., "bytes": ..., "bad": ..., "cpu_s": ...}
   "quit"   -> exits
 """
@@ -20,6 +21,7 @@ import os
 import sys
 import threading
 import time
+import zlib
 from typing import Any
 
 import grpc
@@ -96,6 +98,18 @@ class Counter:
         self.other += 1
         return b""
 
+    async def http_export(self, request: Any) -> Any:
+        from aiohttp import web
+
+        body = await request.read()
+        if body[:2] == b"\x1f\x8b":  # gzip that the server did not already undo
+            body = zlib.decompress(body, 31)
+        if request.path == "/v1/traces":
+            await self.export(body, None)
+        else:
+            self.other += 1
+        return web.Response(body=b"", content_type="application/x-protobuf")
+
     def stats(self) -> dict[str, Any]:
         t = os.times()
         return {"spans": self.spans, "requests": self.requests, "bytes": self.bytes,
@@ -109,7 +123,7 @@ def _handler(service: str, fn: Any) -> grpc.GenericRpcHandler:
             fn, request_deserializer=None, response_serializer=None)})
 
 
-async def serve(port: int) -> None:
+async def serve(port: int, http_port: int = 0) -> None:
     counter = Counter()
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", 256 << 20),
@@ -122,7 +136,17 @@ async def serve(port: int) -> None:
     ))
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
-    print(json.dumps({"port": bound}), flush=True)
+
+    from aiohttp import web
+
+    app = web.Application(client_max_size=256 << 20)
+    app.router.add_post("/v1/{signal}", counter.http_export)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", http_port)
+    await site.start()
+    http_bound = runner.addresses[0][1]
+    print(json.dumps({"port": bound, "http_port": http_bound}), flush=True)
 
     loop = asyncio.get_running_loop()
     quit_event = asyncio.Event()
@@ -138,12 +162,14 @@ async def serve(port: int) -> None:
 
     threading.Thread(target=control, daemon=True).start()
     await quit_event.wait()
+    await runner.cleanup()
     await server.stop(grace=0.5)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--port", type=int, default=0, help="gRPC port, 0 picks a free one")
+    parser.add_argument("--http-port", type=int, default=0, help="HTTP port, 0 picks a free one")
     parser.add_argument("--cpu", type=int, default=None, help="pin this process to one CPU")
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop (as sidecar does)")
     args = parser.parse_args(argv)
@@ -152,9 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.uvloop:
         import uvloop
 
-        uvloop.run(serve(args.port))
+        uvloop.run(serve(args.port, args.http_port))
     else:
-        asyncio.run(serve(args.port))
+        asyncio.run(serve(args.port, args.http_port))
     return 0
 
 
