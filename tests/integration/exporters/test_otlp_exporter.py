@@ -193,14 +193,16 @@ async def test_permanent_errors_drop_once_and_count(
         sink: OtlpSink, protocol: str, fault: Fault) -> None:
     sleep = RecordingSleep()
     name = f"perm-{protocol}-{fault.grpc_code.name}-{fault.http_status}"
-    exporter = chain(name, protocol, sink, sleep=sleep)
+    # one worker: the fault must meet the traces request, which is sent first
+    exporter = chain(name, protocol, sink, sleep=sleep, queue={"concurrency": 1})
     await exporter.start()
     sink.fail_next(1, fault)
     await exporter.consume(traces_batch(7))
     await exporter.consume(logs_batch(2))  # the next request still goes out
     await sink.wait_for_items(Signal.LOGS, 2)
     await stop(exporter)
-    assert sorted(r.outcome for r in sink.requests) == ["failed", "ok"]
+    assert [(r.signal, r.outcome) for r in sink.requests] == [
+        (Signal.TRACES, "failed"), (Signal.LOGS, "ok")]
     assert sleep.delays == []
     assert metric("sidecar_exporter_dropped_items_total", exporter=name, signal="traces",
                   reason="permanent") == 7
