@@ -91,18 +91,15 @@ class FileSender:
         try:
             path.mkdir(parents=True, exist_ok=True)
             for signal in sorted(self.signals):
-                self._files[signal] = _JsonlFile(path / f"{signal.value}.jsonl",
-                                                 self.config.rotation)
+                self._open(signal)
         except OSError as exc:
             await self.close()
             raise StartupError(f"path: {path}: {exc.strerror or exc}") from exc
 
     async def send(self, batch: Batch) -> int:
         line = orjson.dumps(to_otlp_json(batch)) + b"\n"
-        target = self._files.get(batch.signal)
-        if target is None:
-            raise RetryableError(f"file exporter not started for {batch.signal.value}")
         try:
+            target = self._files.get(batch.signal) or self._open(batch.signal)
             async with target.lock:
                 if len(line) > _WRITE_OFF_LOOP:
                     await asyncio.to_thread(target.write, line)
@@ -110,8 +107,14 @@ class FileSender:
                     target.write(line)
         except OSError as exc:
             # a full disk can recover; the chain's max_elapsed bounds the retries
-            raise RetryableError(f"{target.path}: {exc.strerror or exc}") from exc
+            raise RetryableError(f"{self.config.path}: {exc.strerror or exc}") from exc
         return 0
+
+    def _open(self, signal: Signal) -> _JsonlFile:
+        # files for signals the pipelines do not route here are opened on first use
+        target = _JsonlFile(self.config.path / f"{signal.value}.jsonl", self.config.rotation)
+        self._files[signal] = target
+        return target
 
     async def close(self) -> None:
         for target in self._files.values():

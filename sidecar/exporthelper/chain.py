@@ -96,7 +96,9 @@ class ExportChain:
         return self._accepting and self.queue.has_room(batch.nbytes)
 
     async def consume(self, batch: Batch) -> None:
-        if not self._accepting or not await self.queue.put(batch):
+        if not self._accepting:
+            raise PipelineFullError(f"exporter {self.name} is not running", retry_after=1.0)
+        if not await self.queue.put(batch):
             raise PipelineFullError(
                 f"exporter {self.name}: queue full ({self.queue.size_bytes} bytes)",
                 retry_after=max(self.settings.batch.max_delay, 1.0))
