@@ -13,11 +13,13 @@ records every request and answers from a script of injected faults.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
+from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
@@ -54,7 +56,7 @@ from sidecar.model import (
     parse_request,
 )
 
-__all__ = ["Fault", "OtlpSink", "ReceivedRequest", "logs_batch", "metrics_batch",
+__all__ = ["Fault", "OtlpSink", "ReceivedRequest", "SinkTls", "logs_batch", "metrics_batch",
            "traces_batch"]
 
 Transport = Literal["grpc", "http"]
@@ -91,6 +93,30 @@ class Fault:
     rejected: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class SinkTls:
+    """Serve TLS with this PEM certificate and key; with `client_ca`, require client
+    certificates signed by it (mTLS)."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca: Path | None = None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.cert_file, self.key_file)
+        if self.client_ca is not None:
+            context.load_verify_locations(self.client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+    def grpc_credentials(self) -> grpc.ServerCredentials:
+        return grpc.ssl_server_credentials(
+            [(self.key_file.read_bytes(), self.cert_file.read_bytes())],
+            root_certificates=self.client_ca.read_bytes() if self.client_ca else None,
+            require_client_auth=self.client_ca is not None)
+
+
 @dataclass(slots=True)
 class ReceivedRequest:
     transport: Transport
@@ -119,8 +145,9 @@ class OtlpSink:
     """A real OTLP/gRPC + OTLP/HTTP server on 127.0.0.1 with ephemeral ports."""
 
     def __init__(self, *, require_headers: dict[str, str] | None = None,
-                 grpc_max_receive: int = 4 * 1024 * 1024) -> None:
+                 grpc_max_receive: int = 4 * 1024 * 1024, tls: SinkTls | None = None) -> None:
         self.requests: list[ReceivedRequest] = []
+        self.tls = tls
         self.require_headers = {k.lower(): v for k, v in (require_headers or {}).items()}
         self._grpc_max_receive = grpc_max_receive
         self._script: deque[Fault] = deque()
@@ -148,7 +175,10 @@ class OtlpSink:
             grpc.method_handlers_generic_handler(service, {
                 "Export": grpc.unary_unary_rpc_method_handler(self._grpc_handler(signal))})
             for signal, service in _SERVICES.items()])
-        self.grpc_port = server.add_insecure_port("127.0.0.1:0")
+        if self.tls is None:
+            self.grpc_port = server.add_insecure_port("127.0.0.1:0")
+        else:
+            self.grpc_port = server.add_secure_port("127.0.0.1:0", self.tls.grpc_credentials())
         await server.start()
         self._grpc = server
 
@@ -157,7 +187,8 @@ class OtlpSink:
         # auto_decompress off: the sink checks that gzip bodies really are gzip
         runner = web.AppRunner(app, auto_decompress=False, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", 0,
+                           ssl_context=self.tls.ssl_context() if self.tls else None)
         await site.start()
         self._runner = runner
         self.http_port = runner.addresses[0][1]
@@ -173,11 +204,15 @@ class OtlpSink:
 
     @property
     def grpc_endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.grpc_port}"
+        return f"{self._scheme}://127.0.0.1:{self.grpc_port}"
 
     @property
     def http_endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{self._scheme}://127.0.0.1:{self.http_port}"
+
+    @property
+    def _scheme(self) -> str:
+        return "http" if self.tls is None else "https"
 
     # --- script -------------------------------------------------------------------------
     def fail_next(self, n: int = 1, fault: Fault | None = None, **kwargs: object) -> None:

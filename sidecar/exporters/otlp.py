@@ -151,11 +151,14 @@ class HttpSender:
         self._urls = {s: f"{config.endpoint}/v1/{s.value}" for s in Signal}
 
     async def start(self) -> None:
+        if not self.config.plaintext:
+            for key in ("ca_file", "cert_file", "key_file"):
+                _read(self.config, key)  # names a missing file the way gRPC does
         try:
             self._session = http.create_session(
                 None if self.config.plaintext else self.config.tls,
                 connections=self.config.queue.concurrency)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError: a bad PEM
             raise StartupError(f"tls: {exc}") from exc
 
     async def send(self, batch: Batch) -> int:
