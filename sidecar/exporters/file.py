@@ -26,6 +26,7 @@ from sidecar.model import Batch, Signal
 # Writes below this size go to the page cache in microseconds, cheaper than a thread hop;
 # bigger ones run in a thread so a slow disk never stalls the event loop.
 _WRITE_OFF_LOOP = 1024 * 1024
+_CLOSE_WAIT = 10.0  # seconds for a local write in flight to finish at close
 
 class RotationSettings(Strict):
     max_bytes: ByteSize = Field(default=100 * 1024 * 1024, gt=0)
@@ -85,6 +86,9 @@ class FileSender:
         self.config = config
         self.signals = signals
         self._files: dict[Signal, _JsonlFile] = {}
+        # writes running in threads; close() waits for them, since cancelling the task
+        # that awaits one (shutdown deadline) does not stop the thread
+        self._writes: set[asyncio.Future[None]] = set()
 
     async def start(self) -> None:
         path = self.config.path
@@ -102,7 +106,10 @@ class FileSender:
             target = self._files.get(batch.signal) or self._open(batch.signal)
             async with target.lock:
                 if len(line) > _WRITE_OFF_LOOP:
-                    await asyncio.to_thread(target.write, line)
+                    write = asyncio.ensure_future(asyncio.to_thread(target.write, line))
+                    self._writes.add(write)
+                    write.add_done_callback(self._writes.discard)
+                    await asyncio.shield(write)
                 else:
                     target.write(line)
         except OSError as exc:
@@ -117,6 +124,8 @@ class FileSender:
         return target
 
     async def close(self) -> None:
+        if self._writes:
+            await asyncio.wait(self._writes, timeout=_CLOSE_WAIT)
         for target in self._files.values():
             target.close()
         self._files.clear()
