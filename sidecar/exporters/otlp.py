@@ -27,7 +27,7 @@ from sidecar.exporthelper import http
 from sidecar.exporthelper.chain import ExportChain
 from sidecar.exporthelper.compression import gzip_compress
 from sidecar.exporthelper.http import ExportResponse
-from sidecar.exporthelper.retry import retry_info_delay
+from sidecar.exporthelper.retry import RequestTooLargeError, retry_info_delay
 from sidecar.exporthelper.settings import ExporterSettings, TlsSettings
 from sidecar.model import Batch, Signal
 
@@ -82,8 +82,12 @@ def classify_grpc_error(error: grpc.aio.AioRpcError) -> PermanentError | Retryab
     delay = retry_info_delay(error.trailing_metadata())
     if code in _RETRYABLE_CODES:
         return RetryableError(message, retry_after=delay)
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and delay is not None:
-        return RetryableError(message, retry_after=delay)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        if delay is not None:
+            return RetryableError(message, retry_after=delay)
+        # grpc's own limit check: "Received message larger than max (N vs. M)"
+        if "larger than max" in (error.details() or ""):
+            return RequestTooLargeError(message)
     return PermanentError(message)
 
 

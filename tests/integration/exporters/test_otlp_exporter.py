@@ -381,3 +381,40 @@ async def test_grpc_gzip_shrinks_the_bytes_on_the_wire(sink: OtlpSink) -> None:
     assert wire["none"] > batch.nbytes
     assert wire["gzip"] < batch.nbytes // 3
     assert [r.body for r in sink.requests] == [batch.payload, batch.payload]
+
+
+async def test_http_413_splits_the_request_in_halves(sink: OtlpSink) -> None:
+    name = "too-large-http"
+    exporter = chain(name, "http", sink, queue={"concurrency": 1})
+    await exporter.start()
+    sink.fail_next(1, http_status=413)
+    batch = traces_batch(10, resources=2)
+    await exporter.consume(batch)
+    await stop(exporter)
+    assert [(r.items, r.outcome) for r in sink.requests] == [
+        (20, "failed"), (10, "ok"), (10, "ok")]
+    assert metric("sidecar_exporter_sent_items_total", exporter=name, signal="traces") == 20
+
+
+async def test_grpc_message_over_the_peer_limit_is_split() -> None:
+    one_span = traces_batch(1).nbytes
+    async with OtlpSink(grpc_max_receive=one_span * 12) as sink:
+        exporter = chain("too-large-grpc", "grpc", sink)
+        await exporter.start()
+        await exporter.consume(traces_batch(40))
+        await stop(exporter)
+        # the server refuses before the handler runs, so only accepted requests appear
+        assert sink.items(Signal.TRACES) == 40
+        assert all(r.items <= 12 for r in sink.requests)
+
+
+async def test_a_single_item_over_the_limit_is_dropped_not_split_forever(sink: OtlpSink) -> None:
+    name = "too-large-single"
+    exporter = chain(name, "http", sink)
+    await exporter.start()
+    sink.fail_next(1, http_status=413)
+    await exporter.consume(traces_batch(1))
+    await stop(exporter)
+    assert len(sink.requests) == 1
+    assert metric("sidecar_exporter_dropped_items_total", exporter=name, signal="traces",
+                  reason="permanent") == 1
