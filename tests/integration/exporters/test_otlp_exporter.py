@@ -186,7 +186,7 @@ async def test_retries_back_off_exponentially_without_a_hint(
     ("grpc", Fault(grpc_code=grpc.StatusCode.RESOURCE_EXHAUSTED)),  # no RetryInfo
     ("grpc", Fault(grpc_code=grpc.StatusCode.UNAUTHENTICATED)),
     ("http", Fault(http_status=400)),
-    ("http", Fault(http_status=413)),
+    ("http", Fault(http_status=403)),
     ("http", Fault(http_status=500)),
 ])
 async def test_permanent_errors_drop_once_and_count(
