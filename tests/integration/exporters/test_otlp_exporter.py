@@ -89,6 +89,14 @@ async def test_oversize_batch_is_split_and_fully_delivered(
     await exporter.start()
     big = traces_batch(25, resources=4, seed=5)
     await exporter.consume(big)
+    await sink.wait_for_items(Signal.TRACES, 100)
+    # the batch leaves the queue only once all four requests are answered (bounded wait:
+    # the sink records a request just before the client reads the answer)
+    for _ in range(200):
+        if exporter.queue.size_bytes == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert exporter.queue.size_bytes == 0
     await stop(exporter)
     # whole resources travel together when they fit: 25 + 25 > 40, so one per request
     assert [r.items for r in sink.requests] == [25, 25, 25, 25]
@@ -274,6 +282,8 @@ async def test_shutdown_flushes_pending_and_queued_data(sink: OtlpSink, protocol
     await stop(exporter)
     assert sink.items(Signal.TRACES) == 120
     assert metric("sidecar_exporter_sent_items_total", exporter=name, signal="traces") == 120
+    assert metric("sidecar_exporter_dropped_items_total", exporter=name, signal="traces",
+                  reason="shutdown") == 0
     with pytest.raises(PipelineFullError):
         await exporter.consume(traces_batch(1))
 
