@@ -148,6 +148,8 @@ class OtlpSink:
                  grpc_max_receive: int = 4 * 1024 * 1024, tls: SinkTls | None = None) -> None:
         self.requests: list[ReceivedRequest] = []
         self.tls = tls
+        # running totals, so waiting on thousands of requests stays linear
+        self._accepted_items = dict.fromkeys(Signal, 0)
         self.require_headers = {k.lower(): v for k, v in (require_headers or {}).items()}
         self._grpc_max_receive = grpc_max_receive
         self._script: deque[Fault] = deque()
@@ -215,11 +217,24 @@ class OtlpSink:
         return "http" if self.tls is None else "https"
 
     # --- script -------------------------------------------------------------------------
-    def fail_next(self, n: int = 1, fault: Fault | None = None, **kwargs: object) -> None:
-        """Answer the next `n` requests (either transport) with `fault`, or a Fault built
-        from `kwargs` (grpc_code=, http_status=, retry_after=, ...)."""
+    def fail_next(
+        self,
+        n: int = 1,
+        fault: Fault | None = None,
+        *,
+        grpc_code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE,
+        http_status: int = 503,
+        retry_after: float | None = None,
+        retry_after_http_date: bool = False,
+        message: str = "injected failure",
+    ) -> None:
+        """Answer the next `n` requests (either transport) with `fault`, or with a failure
+        built from the keywords. `retry_after` becomes a gRPC RetryInfo or an HTTP
+        Retry-After header (whole seconds, or an HTTP-date)."""
         if fault is None:
-            fault = Fault(**kwargs)  # type: ignore[arg-type]
+            fault = Fault(grpc_code=grpc_code, http_status=http_status,
+                          retry_after=retry_after, retry_after_http_date=retry_after_http_date,
+                          message=message)
         self._script.extend([fault] * n)
 
     def partial_next(self, n: int = 1, rejected: int = 1, message: str = "rejected") -> None:
@@ -235,6 +250,7 @@ class OtlpSink:
     def clear(self) -> None:
         self.requests.clear()
         self._script.clear()
+        self._accepted_items = dict.fromkeys(Signal, 0)
 
     # --- results ------------------------------------------------------------------------
     @property
@@ -243,7 +259,8 @@ class OtlpSink:
         return [r for r in self.requests if r.outcome in ("ok", "partial")]
 
     def items(self, signal: Signal) -> int:
-        return sum(r.items for r in self.accepted if r.signal is signal)
+        """Items of `signal` in accepted requests (rejected ones of a partial success too)."""
+        return self._accepted_items[signal]
 
     def spans(self) -> list[Span]:
         out: list[Span] = []
@@ -303,6 +320,8 @@ class OtlpSink:
             request.outcome = "partial"
         else:
             request.outcome = "failed"
+        if request.outcome != "failed":
+            self._accepted_items[request.signal] += request.items
         await self._notify()
 
     async def _notify(self) -> None:

@@ -22,14 +22,15 @@ def gzip_compress(data: bytes, level: int = GZIP_LEVEL) -> bytes:
 
 
 def gzip_decompress(data: bytes, max_size: int | None = None) -> bytes:
-    """Inflate a gzip body; with `max_size`, raise ValueError beyond it (zip bombs)."""
+    """Inflate a gzip body; ValueError if it is not gzip, is truncated, or (with
+    `max_size`) inflates beyond it (zip bombs)."""
     decompressor = zlib.decompressobj(_GZIP_WBITS)
-    if max_size is None:
-        out = decompressor.decompress(data)
-    else:
-        out = decompressor.decompress(data, max_size + 1)
-        if len(out) > max_size:
-            raise ValueError(f"decompressed body exceeds {max_size} bytes")
+    try:
+        out = decompressor.decompress(data, 0 if max_size is None else max_size + 1)
+    except zlib.error as exc:
+        raise ValueError(f"not a gzip body: {exc}") from exc
+    if max_size is not None and len(out) > max_size:
+        raise ValueError(f"decompressed body exceeds {max_size} bytes")
     if not decompressor.eof:
         raise ValueError("truncated gzip body")
     return out

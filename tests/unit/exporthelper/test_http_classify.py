@@ -87,3 +87,8 @@ def test_gzip_decompress_limits_size_and_rejects_truncation() -> None:
 def test_413_asks_for_a_split() -> None:
     with pytest.raises(RequestTooLargeError):
         classify(413, {}, b"", Signal.TRACES)
+
+
+def test_gzip_decompress_rejects_non_gzip() -> None:
+    with pytest.raises(ValueError, match="not a gzip body"):
+        gzip_decompress(b"\x1f\x8bnot gzip at all")
