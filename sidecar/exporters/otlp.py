@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import grpc
 import grpc.aio
+from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceResponse,
@@ -95,7 +96,8 @@ class GrpcSender:
     def __init__(self, config: OtlpConfig) -> None:
         self.config = config
         url = urlsplit(config.endpoint)
-        self._target = f"{url.hostname}:{url.port or 4317}"
+        host = f"[{url.hostname}]" if ":" in (url.hostname or "") else url.hostname
+        self._target = f"{host}:{url.port or 4317}"
         # gRPC metadata keys must be lowercase
         self._metadata = tuple((k.lower(), v) for k, v in config.headers.items())
         self._channel: grpc.aio.Channel | None = None
@@ -126,9 +128,12 @@ class GrpcSender:
         except grpc.aio.AioRpcError as exc:
             raise classify_grpc_error(exc) from exc
         _, response_type, field = _SERVICES[batch.signal]
-        if not answer:
+        try:
+            response = response_type.FromString(answer)
+        except DecodeError:
+            # the peer said OK: the data is delivered even if its answer is unreadable
+            log.warning("unreadable Export response from %s", self.config.endpoint)
             return 0
-        response = response_type.FromString(answer)
         if not response.HasField("partial_success"):
             return 0
         rejected = int(getattr(response.partial_success, field))

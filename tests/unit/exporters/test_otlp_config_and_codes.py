@@ -8,7 +8,7 @@ from google.rpc import error_details_pb2, status_pb2
 from pydantic import ValidationError
 
 from sidecar.errors import PermanentError, RetryableError
-from sidecar.exporters.otlp import OtlpConfig, classify_grpc_error
+from sidecar.exporters.otlp import GrpcSender, OtlpConfig, classify_grpc_error
 from sidecar.exporthelper.retry import RequestTooLargeError
 
 
@@ -80,3 +80,13 @@ def test_grpc_size_limit_asks_for_a_split() -> None:
                                  grpc.aio.Metadata(),
                                  details="Received message larger than max (500 vs. 100)")
     assert isinstance(classify_grpc_error(error), RequestTooLargeError)
+
+
+def test_grpc_target_from_endpoint() -> None:
+    def target(endpoint: str) -> str:
+        cfg = OtlpConfig.model_validate({"type": "otlp", "endpoint": endpoint})
+        return GrpcSender(cfg)._target
+
+    assert target("http://collector:4317") == "collector:4317"
+    assert target("https://collector") == "collector:4317"
+    assert target("http://[::1]:5317") == "[::1]:5317"
