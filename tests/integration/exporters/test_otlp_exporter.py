@@ -428,3 +428,20 @@ async def test_a_single_item_over_the_limit_is_dropped_not_split_forever(sink: O
     assert len(sink.requests) == 1
     assert metric("sidecar_exporter_dropped_items_total", exporter=name, signal="traces",
                   reason="permanent") == 1
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_requests_in_flight_are_bounded_by_concurrency(
+        sink: OtlpSink, protocol: str) -> None:
+    exporter = chain(f"conc-{protocol}", protocol, sink, queue={"concurrency": 3})
+    await exporter.start()
+    sink.stall()
+    for seed in range(10):
+        await exporter.consume(traces_batch(1, seed=seed))
+    await sink.wait_for_requests(3)
+    for _ in range(5):  # give a 4th request every chance to start
+        await asyncio.sleep(0.01)
+    assert len(sink.requests) == 3
+    sink.resume()
+    await stop(exporter)
+    assert sink.items(Signal.TRACES) == 10
