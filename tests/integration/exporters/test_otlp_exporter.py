@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import RecordingSleep, metric
+from export_helpers import RecordingSleep, metric
 
 from sidecar.errors import PipelineFullError, RetryableError
 from sidecar.exporters.otlp import GrpcSender, HttpSender, OtlpConfig
