@@ -60,7 +60,9 @@ __all__ = ["Fault", "OtlpSink", "ReceivedRequest", "SinkTls", "logs_batch", "met
            "traces_batch"]
 
 Transport = Literal["grpc", "http"]
-Outcome = Literal["pending", "ok", "partial", "failed"]
+# abandoned: the client gave up (timeout, disconnect) before the sink answered; such an
+# attempt is not counted as received, so retries do not look like duplicates
+Outcome = Literal["pending", "ok", "partial", "failed", "abandoned"]
 
 _SERVICES = {
     Signal.TRACES: "opentelemetry.proto.collector.trace.v1.TraceService",
@@ -334,7 +336,14 @@ class OtlpSink:
                        for k, v in context.invocation_metadata() or ()}
             request = ReceivedRequest("grpc", signal, body, headers, False,
                                       asyncio.get_running_loop().time(), path=service_path)
-            fault = await self._record(request)
+            try:
+                fault = await self._record(request)
+            except asyncio.CancelledError:  # grpc cancels the handler when the client gives up
+                request.outcome = "abandoned"
+                raise
+            if context.cancelled():
+                request.outcome = "abandoned"
+                return b""
             await self._finish(request, fault)
             if fault is not None and not (fault.partial or fault.rejected):
                 trailing: tuple[tuple[str, bytes], ...] = ()
@@ -366,7 +375,17 @@ class OtlpSink:
         headers = {k.lower(): v for k, v in http_request.headers.items()}
         request = ReceivedRequest("http", signal, raw, headers, encoding == "gzip",
                                   asyncio.get_running_loop().time(), path=http_request.path)
-        fault = await self._record(request)
+        try:
+            fault = await self._record(request)
+        except asyncio.CancelledError:
+            request.outcome = "abandoned"
+            raise
+        transport = http_request.transport
+        if transport is None or transport.is_closing():
+            # aiohttp lets a handler run on after its client left: nobody gets this answer
+            request.outcome = "abandoned"
+            await self._notify()
+            return web.Response(status=499)
         await self._finish(request, fault)
         if fault is None or fault.partial or fault.rejected:
             return web.Response(body=_success_body(signal, fault),

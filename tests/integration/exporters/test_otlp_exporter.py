@@ -336,6 +336,9 @@ async def test_an_unanswered_attempt_times_out_and_is_retried(
     sink.resume()
     await sink.wait_for_items(Signal.TRACES, 2)
     await stop(exporter)
+    # attempts the client gave up on are not counted as received, even once released
+    assert sink.items(Signal.TRACES) == 2
+    assert sink.requests[0].outcome == "abandoned"
 
 
 def closed_port() -> int:
