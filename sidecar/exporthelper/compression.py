@@ -6,18 +6,25 @@ of the input, against 4.5 µs/24 % at level 3 and 9.4 µs/22 % at level 6 (zlib'
 which grpc-core uses). CPU per span is this daemon's budget; 1-3 points of ratio are not
 worth twice the CPU. (Synthetic, highly repetitive spans rank the levels differently:
 measure with realistic data.)
+
+Compression uses ISA-L (`isal`, the Intel storage library's SIMD deflate) instead of zlib:
+on 600 sample agent spans its level 1 cost 0.26 µs/span against zlib level 1's 1.73 µs, at
+the same ratio (12.5 %). Its output is ordinary gzip. Decompression stays on zlib: it is
+only used on bodies clients send us, and zlib's bounded `max_length` is what stops bombs.
 """
 
 from __future__ import annotations
 
 import zlib
 
+from isal import isal_zlib
+
 GZIP_LEVEL = 1
 _GZIP_WBITS = 31  # 16 + 15: a gzip header and trailer around a 32 KiB-window deflate stream
 
 
 def gzip_compress(data: bytes, level: int = GZIP_LEVEL) -> bytes:
-    compressor = zlib.compressobj(level, zlib.DEFLATED, _GZIP_WBITS)
+    compressor = isal_zlib.compressobj(level, isal_zlib.DEFLATED, _GZIP_WBITS)
     return compressor.compress(data) + compressor.flush()
 
 
