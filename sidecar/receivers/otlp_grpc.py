@@ -45,8 +45,9 @@ def _server_options(config: GrpcListenerConfig) -> list[tuple[str, Any]]:
         # gRPC binds with SO_REUSEPORT by default: a second daemon would silently share
         # (and steal half of) the port instead of failing at startup.
         ("grpc.so_reuseport", 0),
-        # Find dead peers within ~1.5 min, and let clients ping every 10 s (the OTel SDKs'
-        # and Collector's defaults stay above that) without being told GOAWAY.
+        # Notice dead peers within ~1.5 min. Accept client keepalive pings down to one per
+        # 10 s: gRPC's default policy (one per 5 min) answers a client that configured a
+        # shorter keepalive with GOAWAY "too_many_pings".
         ("grpc.keepalive_time_ms", 60_000),
         ("grpc.keepalive_timeout_ms", 20_000),
         ("grpc.keepalive_permit_without_calls", 1),

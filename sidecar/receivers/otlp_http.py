@@ -230,38 +230,13 @@ class OtlpHttpReceiver:
         return describe(TRANSPORT, address, self._intakes)
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        route = self._routes.get(request.path)
         content_type = request.content_type
         fmt = CONTENT_TYPES.get(content_type)
-        if route is None:
-            self._bad.inc("not_found")
-            message = f"no OTLP endpoint at {request.path}"
-            return _error(fmt, content_type, 404, CODE_NOT_FOUND, message)
-        if request.method != "POST":
-            self._bad.inc("method_not_allowed")
-            response = _error(None, content_type, 405, 0, f"{request.path} accepts only POST")
-            response.headers["Allow"] = "POST"
-            return response
-        if fmt is None:
-            self._bad.inc("unsupported_media_type")
-            return _error(
-                None,
-                content_type,
-                415,
-                0,
-                f"unsupported content type {content_type!r}: use application/x-protobuf "
-                "or application/json",
-            )
-        intake = route.intake
-        if intake is None:
-            self._bad.inc("no_pipeline")
-            message = f"no {route.signal.value} pipeline is configured in this sidecar"
-            return _error(fmt, content_type, 404, CODE_NOT_FOUND, message)
-        encoding = request.headers.get("Content-Encoding", "").strip().lower()
-        if encoding not in _IDENTITY and encoding not in _COMPRESSED:
-            self._bad.inc("unsupported_encoding")
-            message = f"unsupported content encoding {encoding!r}: use gzip or deflate"
-            return _error(fmt, content_type, 415, CODE_INVALID_ARGUMENT, message)
+        checked = self._check_headers(request, fmt, content_type)
+        if isinstance(checked, web.Response):
+            return checked
+        route, intake, encoding = checked
+        assert fmt is not None  # _check_headers refused other content types
 
         try:
             length = request.content_length
@@ -304,3 +279,33 @@ class OtlpHttpReceiver:
         else:
             body = route.empty_proto if fmt is Format.PROTOBUF else route.empty_json
         return web.Response(body=body, content_type=content_type)
+
+    def _check_headers(
+        self, request: web.BaseRequest, fmt: Format | None, content_type: str
+    ) -> web.Response | tuple[_Route, Intake, str]:
+        """Everything decidable before reading the body: the refusal, or what to read."""
+        route = self._routes.get(request.path)
+        if route is None:
+            self._bad.inc("not_found")
+            message = f"no OTLP endpoint at {request.path}"
+            return _error(fmt, content_type, 404, CODE_NOT_FOUND, message)
+        if request.method != "POST":
+            self._bad.inc("method_not_allowed")
+            response = _error(None, content_type, 405, 0, f"{request.path} accepts only POST")
+            response.headers["Allow"] = "POST"
+            return response
+        if fmt is None:
+            self._bad.inc("unsupported_media_type")
+            message = (f"unsupported content type {content_type!r}: use "
+                       "application/x-protobuf or application/json")
+            return _error(None, content_type, 415, 0, message)
+        if route.intake is None:
+            self._bad.inc("no_pipeline")
+            message = f"no {route.signal.value} pipeline is configured in this sidecar"
+            return _error(fmt, content_type, 404, CODE_NOT_FOUND, message)
+        encoding = request.headers.get("Content-Encoding", "").strip().lower()
+        if encoding not in _IDENTITY and encoding not in _COMPRESSED:
+            self._bad.inc("unsupported_encoding")
+            message = f"unsupported content encoding {encoding!r}: use gzip or deflate"
+            return _error(fmt, content_type, 415, CODE_INVALID_ARGUMENT, message)
+        return route, route.intake, encoding
