@@ -34,10 +34,10 @@ from sidecar.receivers.otlp_common import (
     BadRequestCounters,
     Intake,
     InternalError,
+    backpressure_status,
     build_intakes,
     describe,
     partial_success_response,
-    retry_after_seconds,
     rpc_status,
 )
 from sidecar.receivers.otlp_json import decode_request
@@ -153,18 +153,19 @@ def _encode(message: Message, fmt: Format) -> bytes:
 
 
 def _error(
-    fmt: Format | None,
-    content_type: str,
-    http_status: int,
-    code: int,
-    message: str,
-    retry_after: int | None = None,
+    fmt: Format | None, content_type: str, http_status: int, code: int, message: str
 ) -> web.Response:
     """A failure answer: a `google.rpc.Status` in the request's format (OTLP), or plain
     text when the request's format is not one we speak."""
     if fmt is None:
         return web.Response(status=http_status, text=message + "\n")
-    body = _encode(rpc_status(code, message, retry_after), fmt)
+    return _status_response(fmt, content_type, http_status, rpc_status(code, message))
+
+
+def _status_response(
+    fmt: Format, content_type: str, http_status: int, status: Message
+) -> web.Response:
+    body = _encode(status, fmt)
     return web.Response(status=http_status, body=body, content_type=content_type)
 
 
@@ -223,11 +224,7 @@ class OtlpHttpReceiver:
         await server.wait_closed()
 
     def describe(self) -> str:
-        address = self._config.endpoint
-        if self._port is not None:
-            host, _ = split_endpoint(address)
-            address = f"[{host}]:{self._port}" if ":" in host else f"{host}:{self._port}"
-        return describe(TRANSPORT, address, self._intakes)
+        return describe(TRANSPORT, self._config.endpoint, self._port, self._intakes)
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         content_type = request.content_type
@@ -265,9 +262,8 @@ class OtlpHttpReceiver:
         try:
             await intake.deliver(batch)
         except PipelineFullError as exc:
-            seconds = retry_after_seconds(exc)
-            message = f"{route.signal.value} pipeline is full, retry in {seconds}s"
-            response = _error(fmt, content_type, 429, CODE_RESOURCE_EXHAUSTED, message, seconds)
+            seconds, status = backpressure_status(route.signal, exc)
+            response = _status_response(fmt, content_type, 429, status)
             response.headers["Retry-After"] = str(seconds)
             return response
         except InternalError as exc:
