@@ -98,10 +98,9 @@ def backpressure_status(signal: Signal, exc: PipelineFullError) -> tuple[int, st
     return seconds, rpc_status(code_pb2.RESOURCE_EXHAUSTED, message, seconds)
 
 
+# google.rpc.Code values for HTTP error bodies (typed ints; code_pb2 is untyped)
 CODE_INVALID_ARGUMENT: Final[int] = code_pb2.INVALID_ARGUMENT
 CODE_RESOURCE_EXHAUSTED: Final[int] = code_pb2.RESOURCE_EXHAUSTED
-CODE_UNAVAILABLE: Final[int] = code_pb2.UNAVAILABLE
-CODE_UNIMPLEMENTED: Final[int] = code_pb2.UNIMPLEMENTED
 CODE_NOT_FOUND: Final[int] = code_pb2.NOT_FOUND
 CODE_INTERNAL: Final[int] = code_pb2.INTERNAL
 
