@@ -461,3 +461,10 @@ def _install_attribute_encoders() -> None:
 
 
 _install_attribute_encoders()
+
+# Compiled now rather than on first use: a converter is registered before its table is
+# filled (for recursive types), so lazy compilation could hand a half-built converter to a
+# second thread (an exporter encoding in an executor).
+for _request_type in REQUEST_TYPES.values():
+    _decoder(_request_type.DESCRIPTOR)
+    _encoder(_request_type.DESCRIPTOR)
