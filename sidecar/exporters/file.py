@@ -18,10 +18,10 @@ from pydantic import Field
 from sidecar.component import BuildContext, ExporterComponent, ExporterFactory, register_exporter
 from sidecar.configtypes import ByteSize, Strict
 from sidecar.errors import RetryableError, StartupError
-from sidecar.exporthelper import otlpjson
 from sidecar.exporthelper.chain import ExportChain
 from sidecar.exporthelper.settings import ExporterSettings
 from sidecar.model import Batch, Signal
+from sidecar.otlp_json import request_to_dict
 
 # Writes below this size go to the page cache in microseconds, cheaper than a thread hop;
 # bigger ones run in a thread so a slow disk never stalls the event loop.
@@ -42,7 +42,7 @@ class FileConfig(ExporterSettings):
 
 def to_otlp_json(batch: Batch) -> dict[str, Any]:
     """The request as an OTLP-JSON document."""
-    return otlpjson.to_dict(batch.message)
+    return request_to_dict(batch.signal, batch.message)
 
 
 class _JsonlFile:

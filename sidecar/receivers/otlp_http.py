@@ -24,6 +24,7 @@ from sidecar.config import HttpListenerConfig
 from sidecar.configtypes import split_endpoint
 from sidecar.errors import BadInputError, PipelineFullError, StartupError
 from sidecar.model import Batch, Signal
+from sidecar.otlp_json import decode_request
 from sidecar.receivers.otlp_common import (
     CODE_INTERNAL,
     CODE_INVALID_ARGUMENT,
@@ -40,7 +41,6 @@ from sidecar.receivers.otlp_common import (
     partial_success_response,
     rpc_status,
 )
-from sidecar.receivers.otlp_json import decode_request
 
 TRANSPORT: Final = "http"
 SETTING: Final = "receivers.otlp.http.endpoint"

@@ -31,8 +31,8 @@ from receiver_helpers import BrokenConsumer, Consumers, GatedConsumer
 from sidecar.config import HttpListenerConfig
 from sidecar.errors import StartupError
 from sidecar.model import Signal
+from sidecar.otlp_json import request_to_json_bytes
 from sidecar.receivers.otlp_http import OtlpHttpReceiver
-from sidecar.receivers.otlp_json import request_to_json_bytes
 
 PROTO = {"Content-Type": "application/x-protobuf"}
 JSON = {"Content-Type": "application/json"}

@@ -31,10 +31,10 @@ from opentelemetry.proto.metrics.v1 import metrics_pb2 as m
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
+from sidecar import otlp_json
 from sidecar.errors import BadInputError
 from sidecar.model import REQUEST_TYPES, ExportRequest, Signal
-from sidecar.receivers import otlp_json
-from sidecar.receivers.otlp_json import (
+from sidecar.otlp_json import (
     ID_FIELDS,
     DecodedJson,
     decode_request,

@@ -1,5 +1,6 @@
-"""The fast OTLP-JSON encoder against google.protobuf.json_format on messages with every
-field set (generated from the descriptors, so new proto fields are covered too)."""
+"""The fast OTLP-JSON encoder (file exporter, HTTP receiver) against
+google.protobuf.json_format on messages with every field set (generated from the
+descriptors, so new proto fields are covered too)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,13 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
-from sidecar.exporthelper.otlpjson import to_dict
 from sidecar.model import REQUEST_TYPES, Signal
+from sidecar.otlp_json import request_to_dict
+
+
+def to_dict(message: Message) -> dict[str, Any]:
+    signal = next(s for s, t in REQUEST_TYPES.items() if isinstance(message, t))
+    return request_to_dict(signal, message)  # type: ignore[arg-type]
 
 ID_KEYS = {"traceId", "spanId", "parentSpanId"}
 _counter = itertools.count()
