@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +15,6 @@ from sidecar.exporters.otlp import GrpcSender, HttpSender, OtlpConfig
 from sidecar.exporthelper.chain import ExportChain
 from sidecar.model import Signal
 from sidecar.testing import OtlpSink, SinkTls, traces_batch
-
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 
 
 @dataclass(frozen=True)
