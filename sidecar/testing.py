@@ -13,11 +13,13 @@ records every request and answers from a script of injected faults.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
+from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
@@ -54,11 +56,13 @@ from sidecar.model import (
     parse_request,
 )
 
-__all__ = ["Fault", "OtlpSink", "ReceivedRequest", "logs_batch", "metrics_batch",
+__all__ = ["Fault", "OtlpSink", "ReceivedRequest", "SinkTls", "logs_batch", "metrics_batch",
            "traces_batch"]
 
 Transport = Literal["grpc", "http"]
-Outcome = Literal["pending", "ok", "partial", "failed"]
+# abandoned: the client gave up (timeout, disconnect) before the sink answered; such an
+# attempt is not counted as received, so retries do not look like duplicates
+Outcome = Literal["pending", "ok", "partial", "failed", "abandoned"]
 
 _SERVICES = {
     Signal.TRACES: "opentelemetry.proto.collector.trace.v1.TraceService",
@@ -91,6 +95,30 @@ class Fault:
     rejected: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class SinkTls:
+    """Serve TLS with this PEM certificate and key; with `client_ca`, require client
+    certificates signed by it (mTLS)."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca: Path | None = None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.cert_file, self.key_file)
+        if self.client_ca is not None:
+            context.load_verify_locations(self.client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+    def grpc_credentials(self) -> grpc.ServerCredentials:
+        return grpc.ssl_server_credentials(
+            [(self.key_file.read_bytes(), self.cert_file.read_bytes())],
+            root_certificates=self.client_ca.read_bytes() if self.client_ca else None,
+            require_client_auth=self.client_ca is not None)
+
+
 @dataclass(slots=True)
 class ReceivedRequest:
     transport: Transport
@@ -119,8 +147,11 @@ class OtlpSink:
     """A real OTLP/gRPC + OTLP/HTTP server on 127.0.0.1 with ephemeral ports."""
 
     def __init__(self, *, require_headers: dict[str, str] | None = None,
-                 grpc_max_receive: int = 4 * 1024 * 1024) -> None:
+                 grpc_max_receive: int = 4 * 1024 * 1024, tls: SinkTls | None = None) -> None:
         self.requests: list[ReceivedRequest] = []
+        self.tls = tls
+        # running totals, so waiting on thousands of requests stays linear
+        self._accepted_items = dict.fromkeys(Signal, 0)
         self.require_headers = {k.lower(): v for k, v in (require_headers or {}).items()}
         self._grpc_max_receive = grpc_max_receive
         self._script: deque[Fault] = deque()
@@ -148,7 +179,10 @@ class OtlpSink:
             grpc.method_handlers_generic_handler(service, {
                 "Export": grpc.unary_unary_rpc_method_handler(self._grpc_handler(signal))})
             for signal, service in _SERVICES.items()])
-        self.grpc_port = server.add_insecure_port("127.0.0.1:0")
+        if self.tls is None:
+            self.grpc_port = server.add_insecure_port("127.0.0.1:0")
+        else:
+            self.grpc_port = server.add_secure_port("127.0.0.1:0", self.tls.grpc_credentials())
         await server.start()
         self._grpc = server
 
@@ -157,7 +191,8 @@ class OtlpSink:
         # auto_decompress off: the sink checks that gzip bodies really are gzip
         runner = web.AppRunner(app, auto_decompress=False, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", 0,
+                           ssl_context=self.tls.ssl_context() if self.tls else None)
         await site.start()
         self._runner = runner
         self.http_port = runner.addresses[0][1]
@@ -173,18 +208,35 @@ class OtlpSink:
 
     @property
     def grpc_endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.grpc_port}"
+        return f"{self._scheme}://127.0.0.1:{self.grpc_port}"
 
     @property
     def http_endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{self._scheme}://127.0.0.1:{self.http_port}"
+
+    @property
+    def _scheme(self) -> str:
+        return "http" if self.tls is None else "https"
 
     # --- script -------------------------------------------------------------------------
-    def fail_next(self, n: int = 1, fault: Fault | None = None, **kwargs: object) -> None:
-        """Answer the next `n` requests (either transport) with `fault`, or a Fault built
-        from `kwargs` (grpc_code=, http_status=, retry_after=, ...)."""
+    def fail_next(
+        self,
+        n: int = 1,
+        fault: Fault | None = None,
+        *,
+        grpc_code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE,
+        http_status: int = 503,
+        retry_after: float | None = None,
+        retry_after_http_date: bool = False,
+        message: str = "injected failure",
+    ) -> None:
+        """Answer the next `n` requests (either transport) with `fault`, or with a failure
+        built from the keywords. `retry_after` becomes a gRPC RetryInfo or an HTTP
+        Retry-After header (whole seconds, or an HTTP-date)."""
         if fault is None:
-            fault = Fault(**kwargs)  # type: ignore[arg-type]
+            fault = Fault(grpc_code=grpc_code, http_status=http_status,
+                          retry_after=retry_after, retry_after_http_date=retry_after_http_date,
+                          message=message)
         self._script.extend([fault] * n)
 
     def partial_next(self, n: int = 1, rejected: int = 1, message: str = "rejected") -> None:
@@ -200,6 +252,7 @@ class OtlpSink:
     def clear(self) -> None:
         self.requests.clear()
         self._script.clear()
+        self._accepted_items = dict.fromkeys(Signal, 0)
 
     # --- results ------------------------------------------------------------------------
     @property
@@ -208,7 +261,8 @@ class OtlpSink:
         return [r for r in self.requests if r.outcome in ("ok", "partial")]
 
     def items(self, signal: Signal) -> int:
-        return sum(r.items for r in self.accepted if r.signal is signal)
+        """Items of `signal` in accepted requests (rejected ones of a partial success too)."""
+        return self._accepted_items[signal]
 
     def spans(self) -> list[Span]:
         out: list[Span] = []
@@ -268,6 +322,8 @@ class OtlpSink:
             request.outcome = "partial"
         else:
             request.outcome = "failed"
+        if request.outcome != "failed":
+            self._accepted_items[request.signal] += request.items
         await self._notify()
 
     async def _notify(self) -> None:
@@ -280,7 +336,14 @@ class OtlpSink:
                        for k, v in context.invocation_metadata() or ()}
             request = ReceivedRequest("grpc", signal, body, headers, False,
                                       asyncio.get_running_loop().time(), path=service_path)
-            fault = await self._record(request)
+            try:
+                fault = await self._record(request)
+            except asyncio.CancelledError:  # grpc cancels the handler when the client gives up
+                request.outcome = "abandoned"
+                raise
+            if context.cancelled():
+                request.outcome = "abandoned"
+                return b""
             await self._finish(request, fault)
             if fault is not None and not (fault.partial or fault.rejected):
                 trailing: tuple[tuple[str, bytes], ...] = ()
@@ -312,7 +375,17 @@ class OtlpSink:
         headers = {k.lower(): v for k, v in http_request.headers.items()}
         request = ReceivedRequest("http", signal, raw, headers, encoding == "gzip",
                                   asyncio.get_running_loop().time(), path=http_request.path)
-        fault = await self._record(request)
+        try:
+            fault = await self._record(request)
+        except asyncio.CancelledError:
+            request.outcome = "abandoned"
+            raise
+        transport = http_request.transport
+        if transport is None or transport.is_closing():
+            # aiohttp lets a handler run on after its client left: nobody gets this answer
+            request.outcome = "abandoned"
+            await self._notify()
+            return web.Response(status=499)
         await self._finish(request, fault)
         if fault is None or fault.partial or fault.rejected:
             return web.Response(body=_success_body(signal, fault),

@@ -8,13 +8,11 @@ rotated file, `.{max_files}` the oldest."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 import orjson
-from google.protobuf.json_format import MessageToDict
 from pydantic import Field
 
 from sidecar.component import BuildContext, ExporterComponent, ExporterFactory, register_exporter
@@ -23,14 +21,12 @@ from sidecar.errors import RetryableError, StartupError
 from sidecar.exporthelper.chain import ExportChain
 from sidecar.exporthelper.settings import ExporterSettings
 from sidecar.model import Batch, Signal
+from sidecar.otlp_json import request_to_dict
 
 # Writes below this size go to the page cache in microseconds, cheaper than a thread hop;
 # bigger ones run in a thread so a slow disk never stalls the event loop.
 _WRITE_OFF_LOOP = 1024 * 1024
-
-_ID_KEYS = ("traceId", "spanId", "parentSpanId")
-_METRIC_KINDS = ("gauge", "sum", "histogram", "exponentialHistogram", "summary")
-
+_CLOSE_WAIT = 10.0  # seconds for a local write in flight to finish at close
 
 class RotationSettings(Strict):
     max_bytes: ByteSize = Field(default=100 * 1024 * 1024, gt=0)
@@ -44,38 +40,9 @@ class FileConfig(ExporterSettings):
     compression: Literal["gzip", "none"] = "none"  # lines stay greppable
 
 
-def _hex_ids(obj: dict[str, Any]) -> None:
-    # proto3 JSON writes bytes as base64; OTLP JSON wants trace/span ids as hex
-    for key in _ID_KEYS:
-        value = obj.get(key)
-        if value is not None:
-            obj[key] = base64.b64decode(value).hex()
-
-
 def to_otlp_json(batch: Batch) -> dict[str, Any]:
     """The request as an OTLP-JSON document."""
-    doc = MessageToDict(batch.message, use_integers_for_enums=True)
-    if batch.signal is Signal.TRACES:
-        for rs in doc.get("resourceSpans", ()):
-            for ss in rs.get("scopeSpans", ()):
-                for span in ss.get("spans", ()):
-                    _hex_ids(span)
-                    for link in span.get("links", ()):
-                        _hex_ids(link)
-    elif batch.signal is Signal.LOGS:
-        for rl in doc.get("resourceLogs", ()):
-            for sl in rl.get("scopeLogs", ()):
-                for record in sl.get("logRecords", ()):
-                    _hex_ids(record)
-    else:
-        for rm in doc.get("resourceMetrics", ()):
-            for sm in rm.get("scopeMetrics", ()):
-                for metric in sm.get("metrics", ()):
-                    for kind in _METRIC_KINDS:
-                        for point in metric.get(kind, {}).get("dataPoints", ()):
-                            for exemplar in point.get("exemplars", ()):
-                                _hex_ids(exemplar)
-    return doc
+    return request_to_dict(batch.signal, batch.message)
 
 
 class _JsonlFile:
@@ -119,35 +86,46 @@ class FileSender:
         self.config = config
         self.signals = signals
         self._files: dict[Signal, _JsonlFile] = {}
+        # writes running in threads; close() waits for them, since cancelling the task
+        # that awaits one (shutdown deadline) does not stop the thread
+        self._writes: set[asyncio.Future[None]] = set()
 
     async def start(self) -> None:
         path = self.config.path
         try:
             path.mkdir(parents=True, exist_ok=True)
             for signal in sorted(self.signals):
-                self._files[signal] = _JsonlFile(path / f"{signal.value}.jsonl",
-                                                 self.config.rotation)
+                self._open(signal)
         except OSError as exc:
             await self.close()
             raise StartupError(f"path: {path}: {exc.strerror or exc}") from exc
 
     async def send(self, batch: Batch) -> int:
         line = orjson.dumps(to_otlp_json(batch)) + b"\n"
-        target = self._files.get(batch.signal)
-        if target is None:
-            raise RetryableError(f"file exporter not started for {batch.signal.value}")
         try:
+            target = self._files.get(batch.signal) or self._open(batch.signal)
             async with target.lock:
                 if len(line) > _WRITE_OFF_LOOP:
-                    await asyncio.to_thread(target.write, line)
+                    write = asyncio.ensure_future(asyncio.to_thread(target.write, line))
+                    self._writes.add(write)
+                    write.add_done_callback(self._writes.discard)
+                    await asyncio.shield(write)
                 else:
                     target.write(line)
         except OSError as exc:
             # a full disk can recover; the chain's max_elapsed bounds the retries
-            raise RetryableError(f"{target.path}: {exc.strerror or exc}") from exc
+            raise RetryableError(f"{self.config.path}: {exc.strerror or exc}") from exc
         return 0
 
+    def _open(self, signal: Signal) -> _JsonlFile:
+        # files for signals the pipelines do not route here are opened on first use
+        target = _JsonlFile(self.config.path / f"{signal.value}.jsonl", self.config.rotation)
+        self._files[signal] = target
+        return target
+
     async def close(self) -> None:
+        if self._writes:
+            await asyncio.wait(self._writes, timeout=_CLOSE_WAIT)
         for target in self._files.values():
             target.close()
         self._files.clear()

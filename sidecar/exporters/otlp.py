@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import grpc
 import grpc.aio
+from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceResponse,
@@ -27,7 +28,7 @@ from sidecar.exporthelper import http
 from sidecar.exporthelper.chain import ExportChain
 from sidecar.exporthelper.compression import gzip_compress
 from sidecar.exporthelper.http import ExportResponse
-from sidecar.exporthelper.retry import retry_info_delay
+from sidecar.exporthelper.retry import RequestTooLargeError, retry_info_delay
 from sidecar.exporthelper.settings import ExporterSettings, TlsSettings
 from sidecar.model import Batch, Signal
 
@@ -82,8 +83,12 @@ def classify_grpc_error(error: grpc.aio.AioRpcError) -> PermanentError | Retryab
     delay = retry_info_delay(error.trailing_metadata())
     if code in _RETRYABLE_CODES:
         return RetryableError(message, retry_after=delay)
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and delay is not None:
-        return RetryableError(message, retry_after=delay)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        if delay is not None:
+            return RetryableError(message, retry_after=delay)
+        # grpc's own limit check: "Received message larger than max (N vs. M)"
+        if "larger than max" in (error.details() or ""):
+            return RequestTooLargeError(message)
     return PermanentError(message)
 
 
@@ -91,7 +96,8 @@ class GrpcSender:
     def __init__(self, config: OtlpConfig) -> None:
         self.config = config
         url = urlsplit(config.endpoint)
-        self._target = f"{url.hostname}:{url.port or 4317}"
+        host = f"[{url.hostname}]" if ":" in (url.hostname or "") else url.hostname
+        self._target = f"{host}:{url.port or 4317}"
         # gRPC metadata keys must be lowercase
         self._metadata = tuple((k.lower(), v) for k, v in config.headers.items())
         self._channel: grpc.aio.Channel | None = None
@@ -122,9 +128,12 @@ class GrpcSender:
         except grpc.aio.AioRpcError as exc:
             raise classify_grpc_error(exc) from exc
         _, response_type, field = _SERVICES[batch.signal]
-        if not answer:
+        try:
+            response = response_type.FromString(answer)
+        except DecodeError:
+            # the peer said OK: the data is delivered even if its answer is unreadable
+            log.warning("unreadable Export response from %s", self.config.endpoint)
             return 0
-        response = response_type.FromString(answer)
         if not response.HasField("partial_success"):
             return 0
         rejected = int(getattr(response.partial_success, field))
@@ -151,11 +160,14 @@ class HttpSender:
         self._urls = {s: f"{config.endpoint}/v1/{s.value}" for s in Signal}
 
     async def start(self) -> None:
+        if not self.config.plaintext:
+            for key in ("ca_file", "cert_file", "key_file"):
+                _read(self.config, key)  # names a missing file the way gRPC does
         try:
             self._session = http.create_session(
                 None if self.config.plaintext else self.config.tls,
                 connections=self.config.queue.concurrency)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError: a bad PEM
             raise StartupError(f"tls: {exc}") from exc
 
     async def send(self, batch: Batch) -> int:

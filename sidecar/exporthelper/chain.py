@@ -17,9 +17,9 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from sidecar.errors import PermanentError, PipelineFullError, RetryableError, StartupError
-from sidecar.exporthelper.batcher import Accumulator, Request, Ticket
+from sidecar.exporthelper.batcher import Accumulator, Request, Ticket, split
 from sidecar.exporthelper.queue import MemoryQueue, Queue
-from sidecar.exporthelper.retry import Backoff, GiveUpError, retry_call
+from sidecar.exporthelper.retry import Backoff, GiveUpError, RequestTooLargeError, retry_call
 from sidecar.exporthelper.settings import ExporterSettings
 from sidecar.model import Batch, Signal
 from sidecar.telemetry import metrics
@@ -96,7 +96,9 @@ class ExportChain:
         return self._accepting and self.queue.has_room(batch.nbytes)
 
     async def consume(self, batch: Batch) -> None:
-        if not self._accepting or not await self.queue.put(batch):
+        if not self._accepting:
+            raise PipelineFullError(f"exporter {self.name} is not running", retry_after=1.0)
+        if not await self.queue.put(batch):
             raise PipelineFullError(
                 f"exporter {self.name}: queue full ({self.queue.size_bytes} bytes)",
                 retry_after=max(self.settings.batch.max_delay, 1.0))
@@ -210,6 +212,19 @@ class ExportChain:
             rejected = await retry_call(
                 lambda: self._attempt(batch), self._backoff, clock=loop.time,
                 sleep=self._sleep, give_up_at=lambda: self._deadline, on_retry=on_retry)
+        except RequestTooLargeError as exc:
+            # the peer's size limit is below ours: halve and send each half (OTLP spec:
+            # never resend a 413 as is; splitting is allowed)
+            halves = split(batch, (batch.items + 1) // 2, batch.nbytes) if batch.items > 1 else []
+            if len(halves) > 1:
+                log.warning("exporter %s: %s; splitting %d items", self.name, exc, batch.items,
+                            extra={"exporter": self.name})
+                results = [await self._deliver(half) for half in halves]
+                return all(results)
+            m.dropped[signal, "permanent"].inc(batch.items)
+            log.error("exporter %s: dropped %d items: %s", self.name, batch.items, exc,
+                      extra={"exporter": self.name})
+            return True
         except PermanentError as exc:
             m.dropped[signal, "permanent"].inc(batch.items)
             log.error("exporter %s: dropped %d items: %s", self.name, batch.items, exc,

@@ -23,7 +23,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from sidecar import __version__
 from sidecar.errors import PermanentError, RetryableError
-from sidecar.exporthelper.retry import parse_retry_after
+from sidecar.exporthelper.retry import RequestTooLargeError, parse_retry_after
 from sidecar.exporthelper.settings import TlsSettings
 from sidecar.model import Signal
 
@@ -107,6 +107,8 @@ def classify(status: int, headers: Mapping[str, str], body: bytes, signal: Signa
     if status in RETRYABLE_STATUS or status in extra_retryable:
         hint = parse_retry_after(headers.get("Retry-After")) if status in _HINTED_STATUS else None
         raise RetryableError(f"HTTP {status}{detail}", retry_after=hint)
+    if status == 413:
+        raise RequestTooLargeError(f"HTTP 413{detail}")
     raise PermanentError(f"HTTP {status}{detail}")
 
 

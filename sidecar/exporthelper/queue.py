@@ -60,7 +60,8 @@ class Queue(Protocol):
     def get_nowait(self) -> Lease | None: ...
 
     def ack(self, token: int) -> None:
-        """Done with the leased batch (delivered or deliberately dropped): forget it."""
+        """Done with the leased batch (delivered or deliberately dropped): forget it.
+        Acks arrive in any order: several workers deliver concurrently."""
 
     def nack(self, token: int) -> None:
         """Hand the leased batch out again, before anything newer."""

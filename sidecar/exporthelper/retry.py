@@ -14,7 +14,7 @@ from typing import TypeVar
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 
-from sidecar.errors import RetryableError, SidecarError
+from sidecar.errors import PermanentError, RetryableError, SidecarError
 from sidecar.exporthelper.settings import RetrySettings
 
 T = TypeVar("T")
@@ -26,6 +26,11 @@ class GiveUpError(SidecarError):
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class RequestTooLargeError(PermanentError):
+    """The peer refused the request for its size (HTTP 413, gRPC message too large): the
+    chain splits it in halves instead of dropping it."""
 
 
 class Backoff:

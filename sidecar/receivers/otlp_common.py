@@ -91,10 +91,16 @@ def rpc_status(code: int, message: str, retry_after: int | None = None) -> statu
     return status
 
 
+def backpressure_status(signal: Signal, exc: PipelineFullError) -> tuple[int, status_pb2.Status]:
+    """The retry delay in whole seconds, and the RESOURCE_EXHAUSTED status carrying it."""
+    seconds = retry_after_seconds(exc)
+    message = f"{signal.value} pipeline is full, retry in {seconds}s"
+    return seconds, rpc_status(code_pb2.RESOURCE_EXHAUSTED, message, seconds)
+
+
+# google.rpc.Code values for HTTP error bodies (typed ints; code_pb2 is untyped)
 CODE_INVALID_ARGUMENT: Final[int] = code_pb2.INVALID_ARGUMENT
 CODE_RESOURCE_EXHAUSTED: Final[int] = code_pb2.RESOURCE_EXHAUSTED
-CODE_UNAVAILABLE: Final[int] = code_pb2.UNAVAILABLE
-CODE_UNIMPLEMENTED: Final[int] = code_pb2.UNIMPLEMENTED
 CODE_NOT_FOUND: Final[int] = code_pb2.NOT_FOUND
 CODE_INTERNAL: Final[int] = code_pb2.INTERNAL
 
@@ -167,7 +173,14 @@ def build_intakes(transport: str, consumers: Mapping[Signal, Consumer]) -> dict[
     return {signal: Intake(transport, signal, c) for signal, c in consumers.items()}
 
 
-def describe(transport: str, address: str, signals: Mapping[Signal, object]) -> str:
-    """The startup banner line, e.g. `otlp/grpc  127.0.0.1:4317  traces logs metrics`."""
+def describe(
+    transport: str, endpoint: str, port: int | None, signals: Mapping[Signal, object]
+) -> str:
+    """The startup banner line, e.g. `otlp/grpc  127.0.0.1:4317  traces logs metrics`,
+    with the port actually bound once started (the config may say 0)."""
+    address = endpoint
+    if port is not None:
+        host, _, _ = endpoint.rpartition(":")
+        address = f"{host}:{port}"
     names = " ".join(s.value for s in Signal if s in signals) or "(no pipelines)"
     return f"{RECEIVER}/{transport}  {address}  {names}"

@@ -19,16 +19,14 @@ from sidecar.configtypes import split_endpoint
 from sidecar.errors import BadInputError, PipelineFullError, StartupError
 from sidecar.model import Batch, Signal
 from sidecar.receivers.otlp_common import (
-    CODE_RESOURCE_EXHAUSTED,
     EMPTY_RESPONSE,
     GRPC_SERVICES,
     BadRequestCounters,
     Intake,
     InternalError,
+    backpressure_status,
     build_intakes,
     describe,
-    retry_after_seconds,
-    rpc_status,
 )
 
 TRANSPORT: Final = "grpc"
@@ -45,8 +43,9 @@ def _server_options(config: GrpcListenerConfig) -> list[tuple[str, Any]]:
         # gRPC binds with SO_REUSEPORT by default: a second daemon would silently share
         # (and steal half of) the port instead of failing at startup.
         ("grpc.so_reuseport", 0),
-        # Find dead peers within ~1.5 min, and let clients ping every 10 s (the OTel SDKs'
-        # and Collector's defaults stay above that) without being told GOAWAY.
+        # Notice dead peers within ~1.5 min. Accept client keepalive pings down to one per
+        # 10 s: gRPC's default policy (one per 5 min) answers a client that configured a
+        # shorter keepalive with GOAWAY "too_many_pings".
         ("grpc.keepalive_time_ms", 60_000),
         ("grpc.keepalive_timeout_ms", 20_000),
         ("grpc.keepalive_permit_without_calls", 1),
@@ -75,14 +74,12 @@ class _ExportHandler:
         try:
             await self._intake.deliver(batch)
         except PipelineFullError as exc:
-            seconds = retry_after_seconds(exc)
-            message = f"{self._signal.value} pipeline is full, retry in {seconds}s"
-            status = rpc_status(CODE_RESOURCE_EXHAUSTED, message, seconds)
+            _, status = backpressure_status(self._signal, exc)
             trailers = (
                 (STATUS_DETAILS_KEY, status.SerializeToString()),
                 (RETRY_INFO_KEY, status.details[0].value),
             )
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message, trailers)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, status.message, trailers)
         except InternalError as exc:
             await context.abort(grpc.StatusCode.INTERNAL, str(exc))
         return self._empty
@@ -173,8 +170,4 @@ class OtlpGrpcReceiver:
         await server.stop(grace)
 
     def describe(self) -> str:
-        address = self._config.endpoint
-        if self._port is not None:
-            host, _ = split_endpoint(address)
-            address = f"[{host}]:{self._port}" if ":" in host else f"{host}:{self._port}"
-        return describe(TRANSPORT, address, self._intakes)
+        return describe(TRANSPORT, self._config.endpoint, self._port, self._intakes)

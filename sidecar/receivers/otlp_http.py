@@ -24,6 +24,7 @@ from sidecar.config import HttpListenerConfig
 from sidecar.configtypes import split_endpoint
 from sidecar.errors import BadInputError, PipelineFullError, StartupError
 from sidecar.model import Batch, Signal
+from sidecar.otlp_json import decode_request
 from sidecar.receivers.otlp_common import (
     CODE_INTERNAL,
     CODE_INVALID_ARGUMENT,
@@ -34,13 +35,12 @@ from sidecar.receivers.otlp_common import (
     BadRequestCounters,
     Intake,
     InternalError,
+    backpressure_status,
     build_intakes,
     describe,
     partial_success_response,
-    retry_after_seconds,
     rpc_status,
 )
-from sidecar.receivers.otlp_json import decode_request
 
 TRANSPORT: Final = "http"
 SETTING: Final = "receivers.otlp.http.endpoint"
@@ -153,18 +153,19 @@ def _encode(message: Message, fmt: Format) -> bytes:
 
 
 def _error(
-    fmt: Format | None,
-    content_type: str,
-    http_status: int,
-    code: int,
-    message: str,
-    retry_after: int | None = None,
+    fmt: Format | None, content_type: str, http_status: int, code: int, message: str
 ) -> web.Response:
     """A failure answer: a `google.rpc.Status` in the request's format (OTLP), or plain
     text when the request's format is not one we speak."""
     if fmt is None:
         return web.Response(status=http_status, text=message + "\n")
-    body = _encode(rpc_status(code, message, retry_after), fmt)
+    return _status_response(fmt, content_type, http_status, rpc_status(code, message))
+
+
+def _status_response(
+    fmt: Format, content_type: str, http_status: int, status: Message
+) -> web.Response:
+    body = _encode(status, fmt)
     return web.Response(status=http_status, body=body, content_type=content_type)
 
 
@@ -223,45 +224,16 @@ class OtlpHttpReceiver:
         await server.wait_closed()
 
     def describe(self) -> str:
-        address = self._config.endpoint
-        if self._port is not None:
-            host, _ = split_endpoint(address)
-            address = f"[{host}]:{self._port}" if ":" in host else f"{host}:{self._port}"
-        return describe(TRANSPORT, address, self._intakes)
+        return describe(TRANSPORT, self._config.endpoint, self._port, self._intakes)
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        route = self._routes.get(request.path)
         content_type = request.content_type
         fmt = CONTENT_TYPES.get(content_type)
-        if route is None:
-            self._bad.inc("not_found")
-            message = f"no OTLP endpoint at {request.path}"
-            return _error(fmt, content_type, 404, CODE_NOT_FOUND, message)
-        if request.method != "POST":
-            self._bad.inc("method_not_allowed")
-            response = _error(None, content_type, 405, 0, f"{request.path} accepts only POST")
-            response.headers["Allow"] = "POST"
-            return response
-        if fmt is None:
-            self._bad.inc("unsupported_media_type")
-            return _error(
-                None,
-                content_type,
-                415,
-                0,
-                f"unsupported content type {content_type!r}: use application/x-protobuf "
-                "or application/json",
-            )
-        intake = route.intake
-        if intake is None:
-            self._bad.inc("no_pipeline")
-            message = f"no {route.signal.value} pipeline is configured in this sidecar"
-            return _error(fmt, content_type, 404, CODE_NOT_FOUND, message)
-        encoding = request.headers.get("Content-Encoding", "").strip().lower()
-        if encoding not in _IDENTITY and encoding not in _COMPRESSED:
-            self._bad.inc("unsupported_encoding")
-            message = f"unsupported content encoding {encoding!r}: use gzip or deflate"
-            return _error(fmt, content_type, 415, CODE_INVALID_ARGUMENT, message)
+        checked = self._check_headers(request, fmt, content_type)
+        if isinstance(checked, web.Response):
+            return checked
+        route, intake, encoding = checked
+        assert fmt is not None  # _check_headers refused other content types
 
         try:
             length = request.content_length
@@ -290,9 +262,8 @@ class OtlpHttpReceiver:
         try:
             await intake.deliver(batch)
         except PipelineFullError as exc:
-            seconds = retry_after_seconds(exc)
-            message = f"{route.signal.value} pipeline is full, retry in {seconds}s"
-            response = _error(fmt, content_type, 429, CODE_RESOURCE_EXHAUSTED, message, seconds)
+            seconds, status = backpressure_status(route.signal, exc)
+            response = _status_response(fmt, content_type, 429, status)
             response.headers["Retry-After"] = str(seconds)
             return response
         except InternalError as exc:
@@ -304,3 +275,33 @@ class OtlpHttpReceiver:
         else:
             body = route.empty_proto if fmt is Format.PROTOBUF else route.empty_json
         return web.Response(body=body, content_type=content_type)
+
+    def _check_headers(
+        self, request: web.BaseRequest, fmt: Format | None, content_type: str
+    ) -> web.Response | tuple[_Route, Intake, str]:
+        """Everything decidable before reading the body: the refusal, or what to read."""
+        route = self._routes.get(request.path)
+        if route is None:
+            self._bad.inc("not_found")
+            message = f"no OTLP endpoint at {request.path}"
+            return _error(fmt, content_type, 404, CODE_NOT_FOUND, message)
+        if request.method != "POST":
+            self._bad.inc("method_not_allowed")
+            response = _error(None, content_type, 405, 0, f"{request.path} accepts only POST")
+            response.headers["Allow"] = "POST"
+            return response
+        if fmt is None:
+            self._bad.inc("unsupported_media_type")
+            message = (f"unsupported content type {content_type!r}: use "
+                       "application/x-protobuf or application/json")
+            return _error(None, content_type, 415, 0, message)
+        if route.intake is None:
+            self._bad.inc("no_pipeline")
+            message = f"no {route.signal.value} pipeline is configured in this sidecar"
+            return _error(fmt, content_type, 404, CODE_NOT_FOUND, message)
+        encoding = request.headers.get("Content-Encoding", "").strip().lower()
+        if encoding not in _IDENTITY and encoding not in _COMPRESSED:
+            self._bad.inc("unsupported_encoding")
+            message = f"unsupported content encoding {encoding!r}: use gzip or deflate"
+            return _error(fmt, content_type, 415, CODE_INVALID_ARGUMENT, message)
+        return route, route.intake, encoding

@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import RecordingSleep, metric
+from export_helpers import RecordingSleep, metric
 
 from sidecar.errors import PipelineFullError, RetryableError
 from sidecar.exporters.otlp import GrpcSender, HttpSender, OtlpConfig
@@ -89,6 +89,14 @@ async def test_oversize_batch_is_split_and_fully_delivered(
     await exporter.start()
     big = traces_batch(25, resources=4, seed=5)
     await exporter.consume(big)
+    await sink.wait_for_items(Signal.TRACES, 100)
+    # the batch leaves the queue only once all four requests are answered (bounded wait:
+    # the sink records a request just before the client reads the answer)
+    for _ in range(200):
+        if exporter.queue.size_bytes == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert exporter.queue.size_bytes == 0
     await stop(exporter)
     # whole resources travel together when they fit: 25 + 25 > 40, so one per request
     assert [r.items for r in sink.requests] == [25, 25, 25, 25]
@@ -186,21 +194,23 @@ async def test_retries_back_off_exponentially_without_a_hint(
     ("grpc", Fault(grpc_code=grpc.StatusCode.RESOURCE_EXHAUSTED)),  # no RetryInfo
     ("grpc", Fault(grpc_code=grpc.StatusCode.UNAUTHENTICATED)),
     ("http", Fault(http_status=400)),
-    ("http", Fault(http_status=413)),
+    ("http", Fault(http_status=403)),
     ("http", Fault(http_status=500)),
 ])
 async def test_permanent_errors_drop_once_and_count(
         sink: OtlpSink, protocol: str, fault: Fault) -> None:
     sleep = RecordingSleep()
     name = f"perm-{protocol}-{fault.grpc_code.name}-{fault.http_status}"
-    exporter = chain(name, protocol, sink, sleep=sleep)
+    # one worker: the fault must meet the traces request, which is sent first
+    exporter = chain(name, protocol, sink, sleep=sleep, queue={"concurrency": 1})
     await exporter.start()
     sink.fail_next(1, fault)
     await exporter.consume(traces_batch(7))
     await exporter.consume(logs_batch(2))  # the next request still goes out
     await sink.wait_for_items(Signal.LOGS, 2)
     await stop(exporter)
-    assert sorted(r.outcome for r in sink.requests) == ["failed", "ok"]
+    assert [(r.signal, r.outcome) for r in sink.requests] == [
+        (Signal.TRACES, "failed"), (Signal.LOGS, "ok")]
     assert sleep.delays == []
     assert metric("sidecar_exporter_dropped_items_total", exporter=name, signal="traces",
                   reason="permanent") == 7
@@ -272,6 +282,8 @@ async def test_shutdown_flushes_pending_and_queued_data(sink: OtlpSink, protocol
     await stop(exporter)
     assert sink.items(Signal.TRACES) == 120
     assert metric("sidecar_exporter_sent_items_total", exporter=name, signal="traces") == 120
+    assert metric("sidecar_exporter_dropped_items_total", exporter=name, signal="traces",
+                  reason="shutdown") == 0
     with pytest.raises(PipelineFullError):
         await exporter.consume(traces_batch(1))
 
@@ -324,6 +336,9 @@ async def test_an_unanswered_attempt_times_out_and_is_retried(
     sink.resume()
     await sink.wait_for_items(Signal.TRACES, 2)
     await stop(exporter)
+    # attempts the client gave up on are not counted as received, even once released
+    assert sink.items(Signal.TRACES) == 2
+    assert sink.requests[0].outcome == "abandoned"
 
 
 def closed_port() -> int:
@@ -379,3 +394,57 @@ async def test_grpc_gzip_shrinks_the_bytes_on_the_wire(sink: OtlpSink) -> None:
     assert wire["none"] > batch.nbytes
     assert wire["gzip"] < batch.nbytes // 3
     assert [r.body for r in sink.requests] == [batch.payload, batch.payload]
+
+
+async def test_http_413_splits_the_request_in_halves(sink: OtlpSink) -> None:
+    name = "too-large-http"
+    exporter = chain(name, "http", sink, queue={"concurrency": 1})
+    await exporter.start()
+    sink.fail_next(1, http_status=413)
+    batch = traces_batch(10, resources=2)
+    await exporter.consume(batch)
+    await stop(exporter)
+    assert [(r.items, r.outcome) for r in sink.requests] == [
+        (20, "failed"), (10, "ok"), (10, "ok")]
+    assert metric("sidecar_exporter_sent_items_total", exporter=name, signal="traces") == 20
+
+
+async def test_grpc_message_over_the_peer_limit_is_split() -> None:
+    one_span = traces_batch(1).nbytes
+    async with OtlpSink(grpc_max_receive=one_span * 12) as sink:
+        exporter = chain("too-large-grpc", "grpc", sink)
+        await exporter.start()
+        await exporter.consume(traces_batch(40))
+        await stop(exporter)
+        # the server refuses before the handler runs, so only accepted requests appear
+        assert sink.items(Signal.TRACES) == 40
+        assert all(r.items <= 12 for r in sink.requests)
+
+
+async def test_a_single_item_over_the_limit_is_dropped_not_split_forever(sink: OtlpSink) -> None:
+    name = "too-large-single"
+    exporter = chain(name, "http", sink)
+    await exporter.start()
+    sink.fail_next(1, http_status=413)
+    await exporter.consume(traces_batch(1))
+    await stop(exporter)
+    assert len(sink.requests) == 1
+    assert metric("sidecar_exporter_dropped_items_total", exporter=name, signal="traces",
+                  reason="permanent") == 1
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_requests_in_flight_are_bounded_by_concurrency(
+        sink: OtlpSink, protocol: str) -> None:
+    exporter = chain(f"conc-{protocol}", protocol, sink, queue={"concurrency": 3})
+    await exporter.start()
+    sink.stall()
+    for seed in range(10):
+        await exporter.consume(traces_batch(1, seed=seed))
+    await sink.wait_for_requests(3)
+    for _ in range(5):  # give a 4th request every chance to start
+        await asyncio.sleep(0.01)
+    assert len(sink.requests) == 3
+    sink.resume()
+    await stop(exporter)
+    assert sink.items(Signal.TRACES) == 10

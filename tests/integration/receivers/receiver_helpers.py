@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from sidecar.errors import PipelineFullError
 from sidecar.model import Batch, Signal
 
@@ -23,6 +25,28 @@ class CapturingConsumer:
                 self.refusals_left -= 1
             raise PipelineFullError("test pipeline is full", self.full_retry_after)
         self.batches.append(batch)
+
+
+class GatedConsumer:
+    """Holds each batch until `release` is set, to have an RPC in flight at shutdown."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+        self.batches: list[Batch] = []
+
+    async def consume(self, batch: Batch) -> None:
+        self.entered.set()
+        await self.release.wait()
+        self.batches.append(batch)
+
+
+
+class BrokenConsumer:
+    """A pipeline stage with a bug."""
+
+    async def consume(self, batch: Batch) -> None:
+        raise RuntimeError("processor bug")
 
 
 Consumers = dict[Signal, CapturingConsumer]

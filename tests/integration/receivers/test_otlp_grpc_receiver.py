@@ -20,7 +20,7 @@ from opentelemetry.sdk._logs import ReadableLogRecord
 from opentelemetry.sdk._logs.export import LogRecordExportResult
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
-from receiver_helpers import CapturingConsumer, Consumers
+from receiver_helpers import BrokenConsumer, CapturingConsumer, Consumers, GatedConsumer
 
 from sidecar.config import GrpcListenerConfig
 from sidecar.errors import StartupError
@@ -217,6 +217,22 @@ async def test_signal_without_pipeline_is_unimplemented(consumers: Consumers) ->
         await receiver.shutdown(asyncio.get_running_loop().time() + 1)
 
 
+async def test_pipeline_bug_is_internal_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    receiver = OtlpGrpcReceiver(GrpcListenerConfig(endpoint="127.0.0.1:0"),
+                                {Signal.TRACES: BrokenConsumer()})
+    await receiver.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{receiver.bound_port}") as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call(ch, TRACES, one_span_request().SerializeToString())
+            assert err.value.code() is grpc.StatusCode.INTERNAL
+            assert await call(ch, TRACES, b"") == b""  # still serving
+    finally:
+        await receiver.shutdown(asyncio.get_running_loop().time() + 1)
+    assert "pipeline failed on a traces batch" in caplog.text
+    assert "processor bug" in caplog.text
+
+
 async def test_oversize_message_is_refused_by_grpc(
     channel: grpc.aio.Channel, consumers: Consumers
 ) -> None:
@@ -241,20 +257,6 @@ async def test_port_in_use_is_a_startup_error(grpc_receiver: OtlpGrpcReceiver) -
     with pytest.raises(StartupError) as err:
         await second.start()
     assert str(err.value) == f"receivers.otlp.grpc.endpoint: {endpoint}: address already in use"
-
-
-class GatedConsumer:
-    """Holds each batch until `release` is set, to have an RPC in flight at shutdown."""
-
-    def __init__(self) -> None:
-        self.entered = asyncio.Event()
-        self.release = asyncio.Event()
-        self.batches: list[Batch] = []
-
-    async def consume(self, batch: Batch) -> None:
-        self.entered.set()
-        await self.release.wait()
-        self.batches.append(batch)
 
 
 async def test_shutdown_finishes_in_flight_rpcs_and_refuses_new_ones() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import io
 import zlib
 from collections.abc import AsyncIterator, Callable
 
@@ -25,13 +26,13 @@ from opentelemetry.sdk._logs import ReadableLogRecord
 from opentelemetry.sdk._logs.export import LogRecordExportResult
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
-from receiver_helpers import Consumers
+from receiver_helpers import BrokenConsumer, Consumers, GatedConsumer
 
 from sidecar.config import HttpListenerConfig
 from sidecar.errors import StartupError
 from sidecar.model import Signal
+from sidecar.otlp_json import request_to_json_bytes
 from sidecar.receivers.otlp_http import OtlpHttpReceiver
-from sidecar.receivers.otlp_json import request_to_json_bytes
 
 PROTO = {"Content-Type": "application/x-protobuf"}
 JSON = {"Content-Type": "application/json"}
@@ -89,7 +90,8 @@ async def client(http_receiver: OtlpHttpReceiver) -> AsyncIterator[aiohttp.Clien
 async def post(
     client: aiohttp.ClientSession, path: str, body: bytes, headers: dict[str, str]
 ) -> tuple[int, dict[str, str], bytes]:
-    async with client.post(path, data=body, headers=headers) as resp:
+    # BytesIO: aiohttp warns about large raw bytes bodies; it still sends Content-Length
+    async with client.post(path, data=io.BytesIO(body), headers=headers) as resp:
         return resp.status, dict(resp.headers), await resp.read()
 
 
@@ -272,7 +274,7 @@ async def test_expect_100_continue(client: aiohttp.ClientSession, consumers: Con
         assert resp.status == 200
     assert consumers[Signal.TRACES].batches[0].payload == body
     # answered from the headers alone: no 100 Continue, so the body need not be sent
-    too_big = b"\0" * (LIMIT + 1)
+    too_big = io.BytesIO(b"\0" * (LIMIT + 1))
     async with client.post("/v1/traces", data=too_big, headers=PROTO, expect100=True) as resp:
         assert resp.status == 413
 
@@ -373,6 +375,21 @@ async def test_sdk_exporter_retries_after_429(
     assert batch.message == encode_spans(sdk_spans)
 
 
+async def test_pipeline_bug_is_500_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    receiver = OtlpHttpReceiver(HttpListenerConfig(endpoint="127.0.0.1:0"),
+                                {Signal.LOGS: BrokenConsumer()})
+    await receiver.start()
+    try:
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{receiver.bound_port}") as client:
+            body = b'{"resourceLogs": [{"scopeLogs": [{"logRecords": [{"body": {}}]}]}]}'
+            status, _, reply = await post(client, "/v1/logs", body, JSON)
+            assert status == 500
+            assert orjson.loads(reply)["code"] == 13  # INTERNAL
+    finally:
+        await receiver.shutdown(asyncio.get_running_loop().time() + 1)
+    assert "pipeline failed on a logs batch" in caplog.text
+
+
 async def test_signal_without_pipeline_is_404(consumers: Consumers) -> None:
     receiver = OtlpHttpReceiver(
         HttpListenerConfig(endpoint="127.0.0.1:0"), {Signal.LOGS: consumers[Signal.LOGS]}
@@ -396,3 +413,29 @@ async def test_port_in_use_is_a_startup_error(http_receiver: OtlpHttpReceiver) -
     with pytest.raises(StartupError) as err:
         await OtlpHttpReceiver(HttpListenerConfig(endpoint=endpoint), {}).start()
     assert str(err.value) == f"receivers.otlp.http.endpoint: {endpoint}: address already in use"
+
+
+async def test_shutdown_finishes_in_flight_requests_and_stops_listening() -> None:
+    gated = GatedConsumer()
+    receiver = OtlpHttpReceiver(HttpListenerConfig(endpoint="127.0.0.1:0"),
+                                {Signal.TRACES: gated})
+    await receiver.start()
+    port = receiver.bound_port
+    loop = asyncio.get_running_loop()
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as client:
+        in_flight = asyncio.create_task(post(client, "/v1/traces", request().SerializeToString(),
+                                             PROTO))
+        async with asyncio.timeout(10):
+            await gated.entered.wait()
+        stopping = asyncio.create_task(receiver.shutdown(loop.time() + 10))
+        await asyncio.sleep(0.05)
+        assert not stopping.done()  # waiting for the request in flight
+        gated.release.set()
+        async with asyncio.timeout(10):
+            status, _, _ = await in_flight
+            await stopping
+        assert status == 200
+    assert len(gated.batches) == 1
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as client:
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await post(client, "/v1/traces", b"", PROTO)

@@ -8,7 +8,8 @@ from google.rpc import error_details_pb2, status_pb2
 from pydantic import ValidationError
 
 from sidecar.errors import PermanentError, RetryableError
-from sidecar.exporters.otlp import OtlpConfig, classify_grpc_error
+from sidecar.exporters.otlp import GrpcSender, OtlpConfig, classify_grpc_error
+from sidecar.exporthelper.retry import RequestTooLargeError
 
 
 def rpc_error(code: grpc.StatusCode, retry_delay: float | None = None) -> grpc.aio.AioRpcError:
@@ -72,3 +73,20 @@ def test_skip_verify_is_refused_for_grpc() -> None:
                                    "tls": {"insecure_skip_verify": True}})
     OtlpConfig.model_validate({"type": "otlp", "endpoint": "https://c:4318", "protocol": "http",
                                "tls": {"insecure_skip_verify": True}})
+
+
+def test_grpc_size_limit_asks_for_a_split() -> None:
+    error = grpc.aio.AioRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.aio.Metadata(),
+                                 grpc.aio.Metadata(),
+                                 details="Received message larger than max (500 vs. 100)")
+    assert isinstance(classify_grpc_error(error), RequestTooLargeError)
+
+
+def test_grpc_target_from_endpoint() -> None:
+    def target(endpoint: str) -> str:
+        cfg = OtlpConfig.model_validate({"type": "otlp", "endpoint": endpoint})
+        return GrpcSender(cfg)._target
+
+    assert target("http://collector:4317") == "collector:4317"
+    assert target("https://collector") == "collector:4317"
+    assert target("http://[::1]:5317") == "[::1]:5317"

@@ -10,6 +10,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from sidecar.errors import PermanentError, RetryableError
 from sidecar.exporthelper.compression import gzip_compress, gzip_decompress
 from sidecar.exporthelper.http import classify
+from sidecar.exporthelper.retry import RequestTooLargeError
 from sidecar.model import Signal
 
 PROTO = {"Content-Type": "application/x-protobuf"}
@@ -81,3 +82,13 @@ def test_gzip_decompress_limits_size_and_rejects_truncation() -> None:
         gzip_decompress(packed, max_size=1000)
     with pytest.raises(ValueError, match="truncated"):
         gzip_decompress(packed[: len(packed) // 2])
+
+
+def test_413_asks_for_a_split() -> None:
+    with pytest.raises(RequestTooLargeError):
+        classify(413, {}, b"", Signal.TRACES)
+
+
+def test_gzip_decompress_rejects_non_gzip() -> None:
+    with pytest.raises(ValueError, match="not a gzip body"):
+        gzip_decompress(b"\x1f\x8bnot gzip at all")

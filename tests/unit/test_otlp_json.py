@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import math
 from typing import Any
 
@@ -30,10 +31,10 @@ from opentelemetry.proto.metrics.v1 import metrics_pb2 as m
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
+from sidecar import otlp_json
 from sidecar.errors import BadInputError
-from sidecar.model import ExportRequest, Signal
-from sidecar.receivers import otlp_json
-from sidecar.receivers.otlp_json import (
+from sidecar.model import REQUEST_TYPES, ExportRequest, Signal
+from sidecar.otlp_json import (
     ID_FIELDS,
     DecodedJson,
     decode_request,
@@ -423,3 +424,34 @@ def test_non_finite_doubles_are_named_strings() -> None:
     got = [r.body.double_value for r in decoded.resource_logs[0].scope_logs[0].log_records]
     assert math.isnan(got[0])
     assert got[1:] == [math.inf, -math.inf]
+
+
+json_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**64), 2**64), st.floats(allow_nan=False),
+    st.text(max_size=8), st.sampled_from(["NaN", "SPAN_KIND_SERVER", "00" * 16, "00" * 8]),
+)
+otlp_keys = st.sampled_from([
+    "resourceSpans", "resource_spans", "scopeSpans", "spans", "resourceLogs", "scopeLogs",
+    "logRecords", "resourceMetrics", "scopeMetrics", "metrics", "gauge", "dataPoints",
+    "exemplars", "traceId", "spanId", "parentSpanId", "links", "attributes", "key", "value",
+    "stringValue", "intValue", "arrayValue", "values", "kind", "body", "name", "resource",
+    "startTimeUnixNano", "asDouble", "bytesValue", "status", "code",
+])
+json_trees = st.recursive(
+    json_scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=3),
+                            st.dictionaries(otlp_keys, inner, max_size=4)),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(list(Signal)), st.dictionaries(otlp_keys, json_trees, max_size=3))
+def test_any_json_object_decodes_or_is_bad_input(signal: Signal, tree: dict[str, Any]) -> None:
+    """Never a crash: arbitrary OTLP-shaped JSON is a request or a BadInputError."""
+    try:
+        # stdlib json: it writes integers beyond 64 bits, which orjson.dumps refuses
+        decoded = decode_request(signal, json.dumps(tree).encode())
+    except BadInputError:
+        return
+    assert isinstance(decoded.message, REQUEST_TYPES[signal])

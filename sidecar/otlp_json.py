@@ -430,6 +430,11 @@ def _install_attribute_encoders() -> None:
     """Attributes are most of an OTLP request (KeyValue + AnyValue per attribute), so their
     encoders skip `ListFields()` for a oneof lookup; output is the same as the generic one."""
     kinds: dict[str, tuple[str, Convert | None]] = {}
+    # Fields newer protos add to KeyValue (e.g. key_strindex) are rare: the generic encoder
+    # takes a pair that sets one, so the fast path never drops a field.
+    generic_key_value = _encoder(KeyValue.DESCRIPTOR)
+    extra_fields = tuple(f.name for f in KeyValue.DESCRIPTOR.fields
+                         if f.name not in ("key", "value"))
 
     def encode_any_value(value: AnyValue) -> dict[str, Any]:
         kind = value.WhichOneof("value")
@@ -440,6 +445,9 @@ def _install_attribute_encoders() -> None:
         return {name: inner if convert is None else convert(inner)}
 
     def encode_key_value(pair: KeyValue) -> dict[str, Any]:
+        for name in extra_fields:
+            if getattr(pair, name):
+                return generic_key_value(pair)
         key = pair.key
         value = pair.value
         kind = value.WhichOneof("value")
@@ -461,3 +469,10 @@ def _install_attribute_encoders() -> None:
 
 
 _install_attribute_encoders()
+
+# Compiled now rather than on first use: a converter is registered before its table is
+# filled (for recursive types), so lazy compilation could hand a half-built converter to a
+# second thread (an exporter encoding in an executor).
+for _request_type in REQUEST_TYPES.values():
+    _decoder(_request_type.DESCRIPTOR)
+    _encoder(_request_type.DESCRIPTOR)
