@@ -11,6 +11,7 @@ tables, not as failures).
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
 import time
@@ -26,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the sidecar benchmarks.")
     parser.add_argument("--quick", action="store_true", help="one short repetition each")
     args = parser.parse_args(argv)
+    # SIGTERM unwinds through the `finally` below, which stops the running benchmark
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     status = 0
     for name in BENCHES:
         path = HERE / name
