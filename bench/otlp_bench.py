@@ -674,7 +674,8 @@ def main(argv: list[str] | None = None) -> int:
 
     log = Path(tempfile.mkdtemp(prefix="bench-sink-")) / "sink.log"
     sink = Child("sink", [PY, str(HERE / "sink.py"), "--port", "0", "--uvloop"]
-                 + (["--cpu", "1"] if pin else []),
+                 + (["--cpu", "1"] if pin else [])
+                 + (["--http-port", "0"] if args.sidecar_protocol == "http" else []),
                  cpus=None, stdout_lines=True, log=log)
     runs: list[dict[str, Any]] = []
     try:
