@@ -374,6 +374,7 @@ class Options:
     quick: bool
     sidecar_cmd: list[str] | None = None
     compression: str = "gzip"
+    profile_dir: Path | None = None
     sidecar_protocol: str = "grpc"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -385,6 +386,7 @@ def measure(target_name: str, scenario: Scenario, sink: Child, opts: Options) ->
     sink_port = int(opts.extra["sink_port"])
     target: Target | None = None
     loadgen: Child | None = None
+    profiler: tuple[Child, Path] | None = None
     try:
         if target_name == "pyfloor":
             target = start_floor(workdir, target_cpus)
@@ -415,11 +417,16 @@ def measure(target_name: str, scenario: Scenario, sink: Child, opts: Options) ->
         t0, c0, s0 = time.monotonic(), cpu_seconds(pid), sink_stats(counter)
         lg0 = cpu_seconds(loadgen.proc.pid)
         sys0, sk0 = machine_busy(), sink_stats(sink)["cpu_s"]
+        if opts.profile_dir is not None and target_name == "sidecar":
+            profiler = start_profiler(pid, opts, f"sidecar-{scenario.name}", workdir)
         end = loadgen.next_json(opts.duration + 15, "measure_end")
         t1, c1, s1 = time.monotonic(), cpu_seconds(pid), sink_stats(counter)
         lg1 = cpu_seconds(loadgen.proc.pid)
         sys1, sk1 = machine_busy(), sink_stats(sink)["cpu_s"]
         done = loadgen.next_json(30, "done")
+        if profiler is not None:
+            finish_profiler(profiler)
+            profiler = None
         # drain: wait until everything the target acknowledged reached the sink
         accepted = int(done["spans_ok"])
         deadline = time.monotonic() + opts.drain_timeout
@@ -470,6 +477,8 @@ def measure(target_name: str, scenario: Scenario, sink: Child, opts: Options) ->
         return {"target": target_name, "scenario": scenario.name, "ok": False,
                 "error": str(exc)}
     finally:
+        if profiler is not None:
+            profiler[0].stop(grace=2)
         if loadgen is not None:
             loadgen.stop(grace=2)
         if target is not None:
@@ -480,6 +489,47 @@ def measure(target_name: str, scenario: Scenario, sink: Child, opts: Options) ->
             if rc not in (0, -signal.SIGTERM, 143, None):
                 print(f"  note: {target_name} exited with {rc} on SIGTERM", file=sys.stderr)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def start_profiler(pid: int, opts: Options, name: str,
+                   workdir: Path) -> tuple[Child, Path] | None:
+    """py-spy (if installed in the venv) on the target for the measured window, on the
+    loadgen's CPU. Writes collapsed stacks (flamegraph.pl / speedscope can read them)."""
+    spy = Path(PY).parent / "py-spy"
+    if not spy.exists():
+        print("  note: --profile needs py-spy in the venv (pip install py-spy)", file=sys.stderr)
+        return None
+    assert opts.profile_dir is not None
+    opts.profile_dir.mkdir(parents=True, exist_ok=True)
+    out = opts.profile_dir / f"{name}-{int(time.time())}.txt"
+    argv = [str(spy), "record", "--pid", str(pid), "--duration", str(max(1, int(opts.duration))),
+            "--rate", "200", "--format", "raw", "--nonblocking", "--output", str(out)]
+    child = Child("py-spy", argv, cpus={1} if opts.pin else None, stdout_lines=False,
+                  log=workdir / "py-spy.log")
+    return child, out
+
+
+def finish_profiler(profiler: tuple[Child, Path]) -> None:
+    child, out = profiler
+    try:
+        child.proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        child.stop(grace=2)
+    if not out.exists():
+        print(f"  note: py-spy wrote no profile{child.tail()}", file=sys.stderr)
+        return
+    own: dict[str, int] = {}
+    total = 0
+    for line in out.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        total += int(count)
+        leaf = stack.rsplit(";", 1)[-1]
+        own[leaf] = own.get(leaf, 0) + int(count)
+    print(f"  profile: {out} ({total} samples); most own time:", file=sys.stderr)
+    for leaf, n in sorted(own.items(), key=lambda kv: -kv[1])[:8]:
+        print(f"    {100 * n / max(total, 1):5.1f}%  {leaf}", file=sys.stderr)
 
 
 def sink_stats(sink: Child) -> dict[str, Any]:
@@ -637,6 +687,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="export compression to the sink, both targets (default gzip)")
     parser.add_argument("--sidecar-protocol", choices=("grpc", "http"), default="grpc",
                         help="sidecar's exporter protocol to the sink (rotel: always grpc)")
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                        help="py-spy the sidecar during each measured window, stacks to DIR "
+                             "(needs py-spy in the venv)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
@@ -651,7 +704,8 @@ def main(argv: list[str] | None = None) -> int:
         drain_timeout=15.0, pin=pin, rotel_batch=args.rotel_batch,
         sidecar_batch=args.sidecar_batch, quick=args.quick,
         sidecar_cmd=shlex.split(args.sidecar_cmd) if args.sidecar_cmd else None,
-        compression=args.compression, sidecar_protocol=args.sidecar_protocol)
+        compression=args.compression, sidecar_protocol=args.sidecar_protocol,
+        profile_dir=args.profile)
     all_scenarios = {"10k": Scenario("10k", 10_000, 8),
                      "max": Scenario("max", 0, args.max_concurrency)}
     scenarios = [all_scenarios[s] for s in args.scenarios.split(",") if s]
