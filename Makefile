@@ -27,7 +27,7 @@ sysdeps:
 node: $(NODE_DIR)/node_modules/.installed
 $(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package.json
 	cd $(NODE_DIR) && npm install --no-audit --no-fund --silent
-	@touch $@
+	@mkdir -p $(@D) && touch $@
 
 run: $(STAMP)
 	$(VENV)/bin/sidecar run --config config/sidecar.yaml
