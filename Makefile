@@ -33,7 +33,7 @@ run: $(STAMP)
 	$(VENV)/bin/sidecar run --config config/sidecar.yaml
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check sidecar tests bench
+	$(VENV)/bin/ruff check sidecar tests $(wildcard bench)
 	$(VENV)/bin/mypy sidecar
 
 test: $(STAMP) sysdeps node lint
