@@ -1,0 +1,318 @@
+"""L2: Redis through redis.asyncio, written through a replayable queue.
+
+Writes are acknowledged once they are in L1 and in `pending` (an ordered map key -> latest
+operation); a writer task pipelines `pending` to Redis in batches. That one queue is both
+the write-through path and the outage buffer: while Redis is down it keeps filling (bounded
+in items and bytes, oldest dropped first, counted) and is replayed on reconnect. Reads that
+miss L1 consult `pending` first (read-your-writes), then Redis; concurrent misses for one
+key share one Redis round trip. Any Redis error or timeout marks the tier down: reads and
+writes then stay in L1 (no client-visible error) while a task reconnects with backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from itertools import islice
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from sidecar.cache.config import CacheConfig
+
+log = logging.getLogger("sidecar.cache.l2")
+
+OP_SET: Final = 0
+OP_DEL: Final = 1
+OP_EXPIRE: Final = 2  # expire_at NEVER = PERSIST
+_OP_OVERHEAD: Final = 96
+NEVER = float("inf")
+
+# errors that mean "Redis is not answering well", as opposed to bugs in this module
+L2_ERRORS: Final = (RedisError, OSError, TimeoutError, asyncio.TimeoutError)
+
+
+class PendingOp:
+    __slots__ = ("expire_at", "kind", "size", "value")
+
+    def __init__(self, kind: int, value: bytes | None, expire_at: float, size: int) -> None:
+        self.kind = kind
+        self.value = value
+        self.expire_at = expire_at
+        self.size = size
+
+
+class _Unavailable:
+    """Result of a read that could not reach Redis (distinct from a miss, which is None)."""
+
+
+UNAVAILABLE: Final = _Unavailable()
+Fetched = tuple[bytes, float] | None | _Unavailable  # (value, expire_at) | miss | no answer
+
+
+def build_client(config: CacheConfig) -> Any:
+    """One client object for every URL form; pool and timeouts from `cache.l2`."""
+    assert config.redis is not None
+    l2 = config.l2
+    url = config.redis
+    # fail fast: a retry inside redis-py would hold a client request while L1 could answer
+    common: dict[str, Any] = {
+        "socket_timeout": l2.timeout,
+        "socket_connect_timeout": l2.connect_timeout,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    scheme = url.partition("://")[0]
+    if scheme in ("redis+sentinel", "redis+cluster"):
+        parts = urlsplit(url)
+        hosts = [_host_port(h, 26379 if scheme == "redis+sentinel" else 6379)
+                 for h in parts.netloc.rpartition("@")[2].split(",")]
+        password = parts.netloc.rpartition("@")[0].partition(":")[2] or None
+        if scheme == "redis+cluster":
+            from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+            return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in hosts],
+                                password=password, max_connections=l2.pool_size,
+                                socket_timeout=l2.timeout,
+                                socket_connect_timeout=l2.connect_timeout)
+        from redis.asyncio.sentinel import Sentinel
+
+        path = [p for p in parts.path.split("/") if p]
+        if not path:
+            raise ValueError("redis+sentinel URL needs the master name: .../<master>[/db]")
+        db = int(path[1]) if len(path) > 1 else 0
+        sentinel = Sentinel(hosts, socket_timeout=l2.timeout,
+                            socket_connect_timeout=l2.connect_timeout)
+        return sentinel.master_for(path[0], password=password, db=db, **common)
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=l2.pool_size, timeout=l2.timeout, **common)
+    return aioredis.Redis(connection_pool=pool)
+
+
+def _host_port(text: str, default_port: int) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        return text, default_port
+    return host.strip("[]"), int(port)
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, for banners and stats."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return parts._replace(netloc=netloc).geturl()
+    return url
+
+
+class RedisTier:
+    def __init__(self, config: CacheConfig) -> None:
+        assert config.redis is not None
+        self.url = config.redis
+        self._full_config = config
+        self._config = config.l2
+        self.client: Any = None
+        self.up = False
+        self.pending: OrderedDict[bytes, PendingOp] = OrderedDict()
+        self.pending_bytes = 0
+        self.dropped = 0  # queued writes given up (bound reached while Redis was away)
+        self.replayed = 0  # writes delivered after an outage
+        self.written = 0
+        self.read_errors = 0
+        self.write_errors = 0
+        self.reads = 0
+        self.coalesced = 0  # reads that shared another read's round trip
+        self.outages = 0
+        self._replay_left = 0
+        self._reads: dict[bytes, asyncio.Future[Fetched]] = {}
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._reconnecting: asyncio.Task[None] | None = None
+        self._closing = False
+        # tracking (client-side caching invalidation) state; see tracking.py
+        self.epoch = 0
+        self.tracking_ok = False
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Connect if Redis answers; if not, start degraded (memory) and keep trying."""
+        self.client = build_client(self._full_config)
+        try:
+            async with asyncio.timeout(self._config.connect_timeout + self._config.timeout):
+                await self.client.ping()
+            self._set_up(True)
+        except L2_ERRORS as exc:
+            log.warning("cache L2 %s unreachable at start, serving from memory: %s",
+                        redacted(self.url), exc)
+            self._mark_down(exc)
+        self._tasks.append(asyncio.get_running_loop().create_task(self._writer()))
+
+    async def close(self, deadline: float) -> None:
+        """Deliver what is pending until the deadline, then stop."""
+        loop = asyncio.get_running_loop()
+        while self.pending and self.up and loop.time() < deadline:
+            self._wake.set()
+            await asyncio.sleep(0.01)
+        self._closing = True
+        tasks = [*self._tasks, *([self._reconnecting] if self._reconnecting else [])]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.pending:
+            log.warning("cache L2: %d writes not delivered at shutdown", len(self.pending))
+        if self.client is not None:
+            with contextlib.suppress(*L2_ERRORS):
+                await self.client.aclose()
+
+    # --- writes ------------------------------------------------------------------------------
+    def enqueue(self, key: bytes, kind: int, value: bytes | None, expire_at: float) -> None:
+        pending = self.pending
+        old = pending.pop(key, None)
+        if old is not None:
+            self.pending_bytes -= old.size
+            if kind == OP_EXPIRE:
+                if old.kind == OP_DEL:  # expiring a deleted key does nothing
+                    pending[key] = old
+                    self.pending_bytes += old.size
+                    return
+                if old.kind == OP_SET:  # fold the new expiry into the pending write
+                    kind, value = OP_SET, old.value
+        op = PendingOp(kind, value, expire_at,
+                       len(key) + (len(value) if value is not None else 0) + _OP_OVERHEAD)
+        pending[key] = op
+        self.pending_bytes += op.size
+        config = self._config
+        while len(pending) > config.replay_max_items or self.pending_bytes > config.replay_max_bytes:
+            _, dropped = pending.popitem(last=False)
+            self.pending_bytes -= dropped.size
+            self.dropped += 1
+        if self.up:
+            self._wake.set()
+
+    async def _writer(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self.pending and self.up:
+                batch = list(islice(self.pending.items(), self._config.write_batch))
+                try:
+                    await self._send(batch)
+                except L2_ERRORS as exc:
+                    self.write_errors += 1
+                    self._mark_down(exc)
+                    break
+                for key, op in batch:
+                    # a newer write for the key arrived meanwhile: it stays queued
+                    if self.pending.get(key) is op:
+                        del self.pending[key]
+                        self.pending_bytes -= op.size
+                self.written += len(batch)
+                if self._replay_left:
+                    n = min(self._replay_left, len(batch))
+                    self._replay_left -= n
+                    self.replayed += n
+
+    async def _send(self, batch: list[tuple[bytes, PendingOp]]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        now = time.monotonic()
+        for key, op in batch:
+            if op.expire_at != NEVER:
+                ms = int((op.expire_at - now) * 1000)
+                if ms <= 0:  # expired while queued: Redis must not keep an older value
+                    pipe.delete(key)
+                    continue
+            else:
+                ms = 0
+            if op.kind == OP_SET:
+                pipe.set(key, op.value, px=ms or None)
+            elif op.kind == OP_DEL:
+                pipe.delete(key)
+            elif ms:
+                pipe.pexpire(key, ms)
+            else:
+                pipe.persist(key)
+        async with asyncio.timeout(self._config.timeout * 4):
+            await pipe.execute()
+
+    # --- reads -------------------------------------------------------------------------------
+    def pending_value(self, key: bytes) -> PendingOp | None:
+        return self.pending.get(key)
+
+    async def fetch(self, key: bytes) -> Fetched:
+        """Value and expiry from Redis; concurrent calls for one key share one round trip."""
+        shared = self._reads.get(key)
+        if shared is not None:
+            self.coalesced += 1
+            return await asyncio.shield(shared)
+        future: asyncio.Future[Fetched] = asyncio.get_running_loop().create_future()
+        self._reads[key] = future
+        result: Fetched = UNAVAILABLE
+        try:
+            self.reads += 1
+            async with asyncio.timeout(self._config.timeout):
+                pipe = self.client.pipeline(transaction=False)
+                pipe.get(key)
+                pipe.pttl(key)
+                value, pttl = await pipe.execute()
+            if value is None:
+                result = None
+            else:
+                result = (value, NEVER if pttl < 0 else time.monotonic() + pttl / 1000)
+        except L2_ERRORS as exc:
+            self.read_errors += 1
+            self._mark_down(exc)
+        finally:
+            del self._reads[key]
+            future.set_result(result)
+        return result
+
+    async def run(self, *args: bytes | int | str) -> Any:
+        """One raw command (DBSIZE, SCAN, FLUSHDB...), with the tier's timeout."""
+        try:
+            async with asyncio.timeout(self._config.timeout):
+                return await self.client.execute_command(*args)
+        except L2_ERRORS as exc:
+            self._mark_down(exc)
+            return UNAVAILABLE
+
+    # --- health ------------------------------------------------------------------------------
+    def _set_up(self, up: bool) -> None:
+        self.up = up
+        if up:
+            self.epoch += 1  # invalidations may have been missed: old entries revalidate
+            self._replay_left = len(self.pending)
+            self._wake.set()
+
+    def _mark_down(self, exc: BaseException) -> None:
+        if self._closing:
+            return
+        if self.up:
+            self.outages += 1
+            log.warning("cache L2 %s down, serving from memory: %s", redacted(self.url), exc)
+        self.up = False
+        self.tracking_ok = False
+        if self._reconnecting is None or self._reconnecting.done():
+            self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        delay = self._config.backoff_min
+        while not self._closing:
+            await asyncio.sleep(delay)
+            try:
+                async with asyncio.timeout(self._config.connect_timeout + self._config.timeout):
+                    await self.client.ping()
+            except L2_ERRORS:
+                delay = min(delay * 2, self._config.backoff_max)
+                continue
+            log.info("cache L2 %s back; replaying %d writes", redacted(self.url),
+                     len(self.pending))
+            self._set_up(True)
+            return
+
