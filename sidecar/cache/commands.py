@@ -85,6 +85,9 @@ class Commands:
         self.config = config
         self.tiers = tiers
         self.l1 = tiers.l1
+        self._l1_data = tiers.l1.data
+        # the connection sets this once per batch of commands (one clock read per batch)
+        self.now = time.monotonic()
         self.l2 = tiers.l2
         self.namespaces = tiers.namespaces
         self.info_text = info
@@ -104,6 +107,9 @@ class Commands:
         }
         for name, what in _UNSUPPORTED.items():
             t[name.encode()] = self._unsupported(name, what)
+        # clients send upper case (redis-py, redis-cli) or lower case (ioredis, node-redis):
+        # both go in the table so the hot path skips `upper()`
+        t.update({name.lower(): handler for name, handler in list(t.items())})
         self.table = t
 
     @staticmethod
@@ -116,11 +122,14 @@ class Commands:
         if len(args) != 2:
             return arity("get")
         key = args[1]
-        now = time.monotonic()
-        entry = self.l1.get(key, now)
-        if entry is not None and self.tiers.fresh(entry, now):
+        now = self.now
+        # the hot path, inlined: an L1 hit is one dict lookup and a pre-encoded reply
+        entry = self._l1_data.get(key)
+        if entry is not None and entry.expire_at > now and (
+                self.l2 is None or now < entry.fresh_until or self.tiers.fresh(entry, now)):
+            self._l1_data.move_to_end(key)
             entry.ns.hits_l1 += 1
-            return b"$%d\r\n%b\r\n" % (len(entry.value), entry.value)
+            return entry.reply
         known = self.tiers.known(key, now, count=True)
         if not isinstance(known, _Unknown):
             return client.nil if known is None else bulk(known[0])
@@ -166,7 +175,8 @@ class Commands:
         if len(value) > ns.max_value_size:
             return self._too_big(ns)
         if n == 3:  # the common case, no options
-            self.tiers.write(key, value, self._expiry(ns, None), ns)
+            ttl = ns.ttl_ms if ns.max_ttl_ms is None else ns.ttl_for(None)
+            self.tiers.write(key, value, NEVER if ttl is None else self.now + ttl / 1000, ns)
             return resp.OK
         ttl_ms: int | None = None
         nx = xx = keepttl = get = False
@@ -512,7 +522,7 @@ class Commands:
         if keys is None:
             self._scan_ids = (self._scan_ids % 0x7FFFFFFF) + 1
             session, position = self._scan_ids, 0
-            keys = sorted(self.l1.keys(), key=zlib.crc32)
+            keys = sorted(self.l1.key_list(), key=zlib.crc32)
             self._scans[session] = keys
             while len(self._scans) > 64:
                 self._scans.popitem(last=False)

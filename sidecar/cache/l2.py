@@ -86,7 +86,7 @@ def build_client(config: CacheConfig) -> Any:
         if not path:
             raise ValueError("redis+sentinel URL needs the master name: .../<master>[/db]")
         db = int(path[1]) if len(path) > 1 else 0
-        sentinel = Sentinel(hosts, socket_timeout=l2.timeout,
+        sentinel = Sentinel(hosts, socket_timeout=l2.timeout,  # type: ignore[no-untyped-call]
                             socket_connect_timeout=l2.connect_timeout)
         return sentinel.master_for(path[0], password=password, db=db, **common)
     pool = aioredis.BlockingConnectionPool.from_url(
@@ -189,7 +189,8 @@ class RedisTier:
         pending[key] = op
         self.pending_bytes += op.size
         config = self._config
-        while len(pending) > config.replay_max_items or self.pending_bytes > config.replay_max_bytes:
+        while (len(pending) > config.replay_max_items
+               or self.pending_bytes > config.replay_max_bytes):
             _, dropped = pending.popitem(last=False)
             self.pending_bytes -= dropped.size
             self.dropped += 1

@@ -18,11 +18,13 @@ NEVER = float("inf")
 
 
 class Entry:
-    __slots__ = ("epoch", "expire_at", "fresh_until", "ns", "seq", "size", "value")
+    # `reply` is the value already encoded as a RESP bulk string: a GET hit writes it as is,
+    # so formatting happens once per write instead of once per read
+    __slots__ = ("epoch", "expire_at", "fresh_until", "ns", "reply", "seq", "size")
 
     def __init__(self, value: bytes, expire_at: float, fresh_until: float, epoch: int,
                  seq: int, ns: Namespace, size: int) -> None:
-        self.value = value
+        self.reply = b"$%d\r\n%b\r\n" % (len(value), value)
         self.expire_at = expire_at  # NEVER = no expiry
         # with an L2 shared by other sidecars, serve without asking Redis until then
         self.fresh_until = fresh_until
@@ -31,33 +33,39 @@ class Entry:
         self.ns = ns
         self.size = size
 
+    @property
+    def value(self) -> bytes:
+        reply = self.reply
+        return reply[reply.index(b"\n") + 1:-2]
+
 
 class MemoryStore:
-    __slots__ = ("_data", "_heap", "bytes", "max_bytes")
+    __slots__ = ("_heap", "bytes", "data", "max_bytes")
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.bytes = 0
-        self._data: OrderedDict[bytes, Entry] = OrderedDict()
+        # public for the GET fast path in commands.py (one dict lookup, no method call)
+        self.data: OrderedDict[bytes, Entry] = OrderedDict()
         self._heap: list[tuple[float, bytes]] = []
 
     def __len__(self) -> int:
-        return len(self._data)
+        return len(self.data)
 
     def get(self, key: bytes, now: float) -> Entry | None:
-        entry = self._data.get(key)
+        entry = self.data.get(key)
         if entry is None:
             return None
         if entry.expire_at <= now:
             self._remove(key, entry)
             entry.ns.expirations += 1
             return None
-        self._data.move_to_end(key)
+        self.data.move_to_end(key)
         return entry
 
     def peek(self, key: bytes, now: float) -> Entry | None:
         """Like get, without touching LRU order."""
-        entry = self._data.get(key)
+        entry = self.data.get(key)
         if entry is None or entry.expire_at <= now:
             return None
         return entry
@@ -66,13 +74,28 @@ class MemoryStore:
             seq: int, ns: Namespace) -> Entry | None:
         """Store; returns the entry, or None when the value is larger than the whole tier."""
         size = len(key) + len(value) + ENTRY_OVERHEAD
-        old = self._data.pop(key, None)
+        old = self.data.get(key)
         if old is not None:
+            if old.ns is ns and size <= self.max_bytes:
+                # overwrite in place: no allocation, no dict resize, one size delta
+                old.reply = b"$%d\r\n%b\r\n" % (len(value), value)
+                old.fresh_until, old.epoch, old.seq = fresh_until, epoch, seq
+                delta = size - old.size
+                old.size = size
+                self.bytes += delta
+                ns.bytes_l1 += delta
+                if old.expire_at != expire_at:
+                    self.set_expiry(key, old, expire_at)
+                self.data.move_to_end(key)
+                if delta > 0 and self.bytes > self.max_bytes:
+                    self._evict()
+                return old
+            del self.data[key]
             self._account(old, -1)
         if size > self.max_bytes:
             return None
         entry = Entry(value, expire_at, fresh_until, epoch, seq, ns, size)
-        self._data[key] = entry
+        self.data[key] = entry
         self._account(entry, 1)
         if expire_at != NEVER:
             heapq.heappush(self._heap, (expire_at, key))
@@ -86,19 +109,19 @@ class MemoryStore:
             heapq.heappush(self._heap, (expire_at, key))
 
     def delete(self, key: bytes) -> Entry | None:
-        entry = self._data.pop(key, None)
+        entry = self.data.pop(key, None)
         if entry is not None:
             self._account(entry, -1)
         return entry
 
     def clear(self) -> None:
-        for entry in self._data.values():
+        for entry in self.data.values():
             self._account(entry, -1)
-        self._data.clear()
+        self.data.clear()
         self._heap.clear()
 
-    def keys(self) -> list[bytes]:
-        return list(self._data)
+    def key_list(self) -> list[bytes]:
+        return list(self.data)
 
     def sweep(self, now: float, budget: int = 2000) -> int:
         """Remove up to `budget` expired entries; returns how many were removed."""
@@ -106,20 +129,20 @@ class MemoryStore:
         removed = 0
         while heap and heap[0][0] <= now and removed < budget:
             expire_at, key = heapq.heappop(heap)
-            entry = self._data.get(key)
+            entry = self.data.get(key)
             # stale heap items (key rewritten or expiry changed) are skipped
             if entry is not None and entry.expire_at == expire_at:
                 self._remove(key, entry)
                 entry.ns.expirations += 1
                 removed += 1
-        if len(heap) > 2 * len(self._data) + 1024:
+        if len(heap) > 2 * len(self.data) + 1024:
             # rewrites leave dead heap items behind; rebuild so the heap stays bounded
-            self._heap = [(e.expire_at, k) for k, e in self._data.items() if e.expire_at != NEVER]
+            self._heap = [(e.expire_at, k) for k, e in self.data.items() if e.expire_at != NEVER]
             heapq.heapify(self._heap)
         return removed
 
     def _remove(self, key: bytes, entry: Entry) -> None:
-        del self._data[key]
+        del self.data[key]
         self._account(entry, -1)
 
     def _account(self, entry: Entry, sign: int) -> None:
@@ -129,7 +152,7 @@ class MemoryStore:
 
     def _evict(self) -> None:
         # the entry just written is the most recent and fits on its own, so it survives
-        data = self._data
+        data = self.data
         while self.bytes > self.max_bytes and data:
             _, entry = data.popitem(last=False)
             self._account(entry, -1)

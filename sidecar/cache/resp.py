@@ -48,6 +48,46 @@ class RespParser:
         return len(self._buf) + self._size
 
     def feed(self, data: bytes) -> list[Command]:
+        if self._buf or self._args is not None:
+            return self._feed_slow(data)
+        # Fast path: one C-level split into CRLF-separated tokens, then a walk that checks
+        # each header against a table of common lengths (no slicing, no int()). It takes
+        # only complete, plain commands; at the first anything else (a partial command, a
+        # value containing CRLF, inline syntax, a limit, garbage) the rest of the buffer
+        # goes to the exact parser below, which also produces every error.
+        tokens = data.split(b"\r\n")
+        last = len(tokens) - 1  # tokens[last] is what follows the final CRLF
+        out: list[Command] = []
+        counts = _ARRAY_HEADERS
+        lengths = _BULK_HEADERS
+        t = 0
+        while t < last:
+            count = counts.get(tokens[t])
+            if count is None or t + 2 * count >= last:  # the command is not all there
+                break
+            args: Command = []
+            j = t + 1
+            for _ in range(count):
+                value = tokens[j + 1]
+                if lengths.get(tokens[j]) != len(value):
+                    break
+                args.append(value)
+                j += 2
+            else:
+                out.append(args)
+                t = j
+                continue
+            break
+        if t == last and tokens[last] == b"":
+            return out
+        # hand over the rest, from the byte offset of token t
+        offset = sum(map(len, tokens[:t])) + 2 * t
+        if offset:
+            out.extend(self._feed_slow(data[offset:]))
+            return out
+        return self._feed_slow(data)
+
+    def _feed_slow(self, data: bytes) -> list[Command]:
         if self._buf:
             self._buf += data
             if len(self._buf) < self._need:
@@ -139,6 +179,12 @@ class RespParser:
         else:
             self._need = 0
         return out
+
+
+# header token -> number, for the sizes clients send all the time; anything else (larger,
+# malformed, negative) misses the table and takes the exact path
+_ARRAY_HEADERS: Final = {b"*%d" % n: n for n in range(1, 1025)}
+_BULK_HEADERS: Final = {b"$%d" % n: n for n in range(16385)}
 
 
 # --- replies -------------------------------------------------------------------------------

@@ -17,9 +17,9 @@ class Histogram:
         self.counts = [0] * (len(BOUNDS) + 1)
         self.total = 0.0
 
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect_left(BOUNDS, seconds)] += 1
-        self.total += seconds
+    def observe(self, seconds: float, count: int = 1) -> None:
+        self.counts[bisect_left(BOUNDS, seconds)] += count
+        self.total += seconds * count
 
     def quantile(self, q: float) -> float | None:
         """Upper bound of the bucket holding the q-quantile (what the histogram can tell)."""
@@ -38,12 +38,17 @@ class Histogram:
 class Latency:
     """command name -> Histogram; names come from the command table (bounded label set)."""
 
-    __slots__ = ("by_command",)
+    __slots__ = ("_lookup", "by_command")
 
     def __init__(self, names: list[bytes]) -> None:
-        self.by_command = {name: Histogram() for name in names}
+        self.by_command = {name.upper(): Histogram() for name in names}
         self.by_command[b"OTHER"] = Histogram()
+        # lookups by the name as the client spelled it (upper or lower case) hit directly
+        self._lookup = dict(self.by_command)
+        self._lookup.update({n.lower(): h for n, h in self.by_command.items()})
 
     def get(self, name: bytes) -> Histogram:
-        found = self.by_command.get(name)
-        return found if found is not None else self.by_command[b"OTHER"]
+        found = self._lookup.get(name)
+        if found is None:
+            found = self._lookup.get(name.upper(), self.by_command[b"OTHER"])
+        return found

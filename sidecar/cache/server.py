@@ -1,0 +1,492 @@
+"""The cache service: listeners, one asyncio.Protocol per client connection, lifecycle.
+
+The connection parses every complete command in one `data_received`, runs them in order and
+writes all replies with one `transport.write`. A command that must wait for Redis returns a
+coroutine; the connection then runs it in a task and holds the commands after it (replies
+must come back in request order) until it is done. L1 hits never create a task."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import itertools
+import logging
+import os
+import time
+from collections.abc import Coroutine
+from time import perf_counter
+from typing import Any, cast
+
+from sidecar.cache import resp
+from sidecar.cache.commands import REDIS_VERSION, Commands, Reply, arity, unknown_command
+from sidecar.cache.config import CacheConfig
+from sidecar.cache.l2 import redacted
+from sidecar.cache.resp import ProtocolError, RespParser, Status, bulk, error
+from sidecar.cache.stats import BOUNDS, Latency
+from sidecar.cache.tiers import Tiers
+from sidecar.configtypes import split_endpoint
+from sidecar.errors import StartupError
+from sidecar.net.listeners import bind_tcp, bind_unix, remove_unix, socket_inode
+from sidecar.telemetry.metrics import CACHE_COLLECTOR, CacheNamespaceSample, CacheSample
+
+log = logging.getLogger("sidecar.cache")
+
+_ids = itertools.count(1)
+NOAUTH = error("NOAUTH Authentication required.")
+# commands allowed before AUTH on a password-protected listener (as in Redis)
+_PRE_AUTH = {b"AUTH", b"HELLO", b"QUIT", b"RESET"}
+# a client pipelining this many commands behind a slow (Redis) one stops being read
+_BACKLOG_PAUSE = 4096
+
+
+def _mib(n: int) -> str:
+    return f"{n / 1024 / 1024:g} MiB"
+
+
+class CacheConnection(asyncio.Protocol):
+    def __init__(self, service: CacheService, password: str | None, listener: str) -> None:
+        self.service = service
+        limits = service.config.limits
+        self.parser = RespParser(limits.max_bulk, limits.max_array, limits.max_inline,
+                                 max(4 * limits.max_bulk, 64 * 1024 * 1024))
+        self.table = service.commands.table
+        self.latency = service.latency
+        self.password = password
+        self.listener = listener
+        self.id = next(_ids)
+        self.name: bytes | None = None
+        self.lib_name: bytes | None = None
+        self.lib_ver: bytes | None = None
+        self.resp3 = False
+        self.nil = resp.NIL2
+        self.authed = password is None
+        self.created = time.time()
+        self.closing = False
+        self.closed = False
+        self.transport: asyncio.Transport | None = None
+        self._busy = False  # a coroutine reply is in flight
+        self._backlog: list[list[bytes]] = []
+        self._paused = False
+        self._writing_paused = False
+
+    # --- asyncio.Protocol ---------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport; the interface is the same
+        self.transport = cast(asyncio.Transport, transport)
+        service = self.service
+        if len(service.connections) >= service.config.limits.max_clients:
+            self.transport.write(error("ERR max number of clients reached"))
+            self.transport.close()
+            self.closed = True
+            return
+        service.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.service.connections.discard(self)
+
+    def pause_writing(self) -> None:
+        # the client is not reading its replies: stop reading its requests
+        self._writing_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._update_reading()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            commands = self.parser.feed(data)
+        except ProtocolError as exc:
+            self.service.protocol_errors += 1
+            assert self.transport is not None
+            self.transport.write(error(f"ERR {exc}"))
+            self.transport.close()
+            self.closing = True
+            return
+        if not commands or self.closing:
+            return
+        if self._busy:
+            self._backlog.extend(commands)
+            self._update_reading()
+            return
+        self._run(commands, 0)
+
+    # --- command loop -------------------------------------------------------------------------
+    def _run(self, commands: list[list[bytes]], i: int) -> None:
+        transport = self.transport
+        assert transport is not None
+        out: list[bytes] = []
+        table = self.table
+        n = len(commands)
+        t0 = perf_counter()
+        self.service.commands.now = time.monotonic()
+        # Latency: replies of a batch leave together, so each command's latency is the time
+        # from the batch's start to its write. Runs of one command name are recorded in one
+        # histogram update (a pipeline of 16 GETs costs one bisect, not 16).
+        run_name = b""
+        run_length = 0
+        while i < n:
+            args = commands[i]
+            i += 1
+            name = args[0]
+            handler = table.get(name)
+            if handler is None:
+                name = name.upper()
+                handler = table.get(name)
+            if handler is not None and self.authed:
+                reply: Reply = handler(self, args)
+            else:
+                reply = self._session(name.upper(), args)
+            if type(reply) is not bytes:
+                if out:
+                    transport.write(b"".join(out))
+                self._record(run_name, run_length, perf_counter() - t0)
+                self._busy = True
+                assert not isinstance(reply, bytes)
+                task = asyncio.get_running_loop().create_task(
+                    self._finish(reply, name, t0, commands, i))
+                inflight = self.service.inflight
+                inflight.add(task)
+                task.add_done_callback(inflight.discard)
+                return
+            out.append(reply)
+            if name == run_name:
+                run_length += 1
+            else:
+                if run_length:
+                    self._record(run_name, run_length, perf_counter() - t0)
+                run_name, run_length = name, 1
+            if self.closing:
+                break
+        if out:
+            transport.write(b"".join(out))
+        if run_length:
+            self._record(run_name, run_length, perf_counter() - t0)
+        if self.closing:
+            transport.close()
+
+    def _record(self, name: bytes, count: int, seconds: float) -> None:
+        if count:
+            self.latency.get(name).observe(seconds, count)
+
+    async def _finish(self, reply: Coroutine[Any, Any, bytes], name: bytes, t0: float,
+                      commands: list[list[bytes]], i: int) -> None:
+        try:
+            data = await reply
+        except Exception:  # a bug must cost one reply, not the connection or the daemon
+            log.exception("cache command %s failed", name.decode("utf-8", "replace"))
+            data = error("ERR internal error")
+        self._record(name, 1, perf_counter() - t0)
+        self._busy = False
+        if self.closed:
+            return
+        assert self.transport is not None
+        self.transport.write(data)
+        rest = commands[i:]
+        if self._backlog:
+            rest.extend(self._backlog)
+            self._backlog = []
+        self._update_reading()
+        if rest:
+            self._run(rest, 0)
+
+    def _update_reading(self) -> None:
+        if self.transport is None or self.closed:
+            return
+        pause = self._writing_paused or len(self._backlog) > _BACKLOG_PAUSE
+        if pause and not self._paused:
+            self.transport.pause_reading()
+            self._paused = True
+        elif not pause and self._paused:
+            self.transport.resume_reading()
+            self._paused = False
+
+    # --- connection-level commands ------------------------------------------------------------
+    def _session(self, name: bytes, args: list[bytes]) -> bytes:
+        if not self.authed and name not in _PRE_AUTH:
+            return NOAUTH
+        if name == b"HELLO":
+            return self._hello(args)
+        if name == b"AUTH":
+            return self._auth(args)
+        if name == b"CLIENT":
+            return self._client(args)
+        if name == b"QUIT":
+            self.closing = True
+            return resp.OK
+        if name == b"RESET":
+            self.resp3, self.nil, self.name = False, resp.NIL2, None
+            self.authed = self.password is None
+            return resp.simple("RESET")
+        handler = self.table.get(name)
+        if handler is not None:  # authenticated meanwhile (AUTH earlier in this batch)
+            reply = handler(self, args)
+            if isinstance(reply, bytes):
+                return reply
+            reply.close()
+            return error("ERR command not allowed here")
+        return unknown_command(args)
+
+    def _auth(self, args: list[bytes]) -> bytes:
+        if len(args) not in (2, 3):
+            return arity("auth")
+        if self.password is None:
+            return error("ERR AUTH <password> called without any password configured for "
+                         "the default user. Are you sure your configuration is correct?")
+        if len(args) == 3 and args[1] != b"default":
+            return error("WRONGPASS invalid username-password pair or user is disabled.")
+        if hmac.compare_digest(args[-1], self.password.encode()):
+            self.authed = True
+            return resp.OK
+        return error("WRONGPASS invalid username-password pair or user is disabled.")
+
+    def _hello(self, args: list[bytes]) -> bytes:
+        resp3 = self.resp3
+        i = 1
+        if len(args) > 1:
+            version = args[1]
+            if version not in (b"2", b"3"):
+                return error("NOPROTO unsupported protocol version")
+            resp3 = version == b"3"
+            i = 2
+        while i < len(args):
+            opt = args[i].upper()
+            if opt == b"AUTH" and i + 2 < len(args):
+                reply = self._auth([b"AUTH", args[i + 1], args[i + 2]])
+                if reply != resp.OK:
+                    return reply
+                i += 3
+            elif opt == b"SETNAME" and i + 1 < len(args):
+                self.name = args[i + 1]
+                i += 2
+            else:
+                return error(f"ERR Syntax error in HELLO option '{opt.decode('utf-8', 'replace')}'")
+        if not self.authed:
+            return NOAUTH
+        self.resp3 = resp3
+        self.nil = resp.NIL3 if resp3 else resp.NIL2
+        return resp.encode({"server": "redis", "version": REDIS_VERSION,
+                            "proto": 3 if resp3 else 2, "id": self.id, "mode": "standalone",
+                            "role": "master", "modules": []}, resp3)
+
+    def _client(self, args: list[bytes]) -> bytes:
+        sub = args[1].upper() if len(args) > 1 else b""
+        if sub == b"SETNAME" and len(args) == 3:
+            if any(c <= 32 or c > 126 for c in args[2]):
+                return error("ERR Client names cannot contain spaces, newlines or special "
+                             "characters.")
+            self.name = args[2] or None
+            return resp.OK
+        if sub == b"GETNAME" and len(args) == 2:
+            return self.nil if self.name is None else bulk(self.name)
+        if sub == b"ID" and len(args) == 2:
+            return resp.integer(self.id)
+        if sub == b"INFO" and len(args) == 2:
+            return bulk(self.describe().encode() + b"\n")
+        if sub == b"LIST":
+            lines = "".join(c.describe() + "\n" for c in self.service.connections)
+            return bulk(lines.encode())
+        if sub == b"SETINFO" and len(args) == 4:
+            attr = args[2].upper()
+            if attr == b"LIB-NAME":
+                self.lib_name = args[3]
+            elif attr == b"LIB-VER":
+                self.lib_ver = args[3]
+            else:
+                return error(f"ERR Unrecognized option '{args[2].decode('utf-8', 'replace')}'")
+            return resp.OK
+        if sub in (b"SETNAME", b"GETNAME", b"ID", b"INFO", b"SETINFO"):
+            return error(f"ERR wrong number of arguments for 'client|{sub.decode().lower()}' "
+                         "command")
+        if sub in (b"NO-EVICT", b"NO-TOUCH", b"REPLY"):
+            return resp.OK
+        shown = args[1].decode("utf-8", "replace") if len(args) > 1 else ""
+        return error(f"ERR unknown subcommand '{shown}'. Try CLIENT HELP.")
+
+    def describe(self) -> str:
+        def text(value: bytes | None) -> str:
+            return "" if value is None else value.decode("utf-8", "replace")
+
+        age = int(time.time() - self.created)
+        return (f"id={self.id} addr={self.listener} laddr={self.listener} fd=-1 "
+                f"name={text(self.name)} age={age} idle=0 flags=N db=0 sub=0 psub=0 "
+                f"ssub=0 multi=-1 resp={3 if self.resp3 else 2} "
+                f"lib-name={text(self.lib_name)} lib-ver={text(self.lib_ver)}")
+
+
+class CacheService:
+    """The shared cache: started and stopped by the daemon, or alone in tests."""
+
+    def __init__(self, config: CacheConfig) -> None:
+        self.config = config
+        self.tiers = Tiers(config)
+        self.commands = Commands(config, self.tiers, self._info)
+        names = [*self.commands.table, b"HELLO", b"AUTH", b"CLIENT", b"QUIT", b"RESET"]
+        self.latency = Latency(names)
+        self.connections: set[CacheConnection] = set()
+        self.protocol_errors = 0
+        self.inflight: set[asyncio.Task[None]] = set()  # replies waiting for Redis
+        self._servers: list[asyncio.AbstractServer] = []
+        self._unix_inode: int | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._started = time.time()
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        config = self.config
+        try:
+            if config.unix is not None:
+                sock = bind_unix(config.unix, "cache.unix", config.unix_mode, config.unix_group)
+                self._unix_inode = socket_inode(config.unix)
+                self._servers.append(await loop.create_unix_server(
+                    lambda: CacheConnection(self, None, f"unix:{config.unix}"), sock=sock))
+            if config.tcp is not None:
+                host, port = split_endpoint(config.tcp.endpoint)
+                sock = bind_tcp(host, port, "cache.tcp.endpoint", config.tcp.allow_remote)
+                password = config.tcp.password
+                self._servers.append(await loop.create_server(
+                    lambda: CacheConnection(self, password, f"tcp:{config.tcp.endpoint}"
+                                            if config.tcp else "tcp"), sock=sock))
+        except StartupError:
+            await self._close_servers()
+            raise
+        if self.tiers.l2 is not None:
+            await self.tiers.l2.start()
+        self._sweeper = loop.create_task(self._sweep())
+        CACHE_COLLECTOR.attach(self.sample)
+
+    async def shutdown(self, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        CACHE_COLLECTOR.detach(self.sample)
+        await self._close_servers()
+        # let replies that wait for Redis finish, then close every client
+        if self.inflight:
+            await asyncio.wait(list(self.inflight), timeout=max(0.0, deadline - loop.time()))
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        if self.tiers.l2 is not None:
+            await self.tiers.l2.close(deadline)
+
+    async def _close_servers(self) -> None:
+        for server in self._servers:
+            server.close()
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1):
+                    await server.wait_closed()
+        self._servers.clear()
+        if self.config.unix is not None and self._unix_inode is not None:
+            remove_unix(self.config.unix, self._unix_inode)
+            self._unix_inode = None
+
+    async def _sweep(self) -> None:
+        # active expiry: free memory of keys nobody reads again
+        while True:
+            await asyncio.sleep(0.1)
+            self.tiers.l1.sweep(time.monotonic())
+
+    # --- reporting ----------------------------------------------------------------------------
+    def describe(self) -> list[str]:
+        config = self.config
+        where = []
+        if config.unix is not None:
+            where.append(f"unix:{config.unix}")
+        if config.tcp is not None:
+            auth = ", AUTH" if config.tcp.password else ""
+            where.append(f"tcp:{config.tcp.endpoint}{auth}")
+        l2 = f"L2 {redacted(config.redis)}" if config.redis else "no L2 (memory only)"
+        return [f"cache  {'  '.join(where) or '(no listener)'}  "
+                f"(memory L1 {_mib(config.memory.max_bytes)}, {l2})"]
+
+    def stats(self) -> dict[str, object]:
+        tiers = self.tiers
+        namespaces = {ns.name: ns.snapshot() for ns in tiers.namespaces.all}
+        hits = sum(ns.hits_l1 + ns.hits_l2 for ns in tiers.namespaces.all)
+        misses = sum(ns.misses for ns in tiers.namespaces.all)
+        l2 = tiers.l2
+        latency: dict[str, object] = {}
+        for name, hist in self.latency.by_command.items():
+            count = sum(hist.counts)
+            if count:
+                latency[name.decode()] = {
+                    "count": count, "mean_s": hist.total / count,
+                    "p50_le_s": hist.quantile(0.5), "p99_le_s": hist.quantile(0.99)}
+        return {
+            "hits": hits,
+            "misses": misses,
+            "hit_ratio": round(hits / (hits + misses), 4) if hits + misses else None,
+            "saved_usd": round(sum((ns.hits_l1 + ns.hits_l2) * ns.value_usd
+                                   for ns in tiers.namespaces.all), 6),
+            "l1": {"items": len(tiers.l1), "bytes": tiers.l1.bytes,
+                   "max_bytes": tiers.l1.max_bytes},
+            "l2": None if l2 is None else {
+                "url": redacted(l2.url), "up": l2.up, "pending_writes": len(l2.pending),
+                "pending_bytes": l2.pending_bytes, "written": l2.written,
+                "replayed": l2.replayed, "dropped": l2.dropped, "reads": l2.reads,
+                "coalesced_reads": l2.coalesced, "read_errors": l2.read_errors,
+                "write_errors": l2.write_errors, "outages": l2.outages,
+                "tracking": l2.tracking_ok},
+            "connections": len(self.connections),
+            "protocol_errors": self.protocol_errors,
+            "namespaces": namespaces,
+            "latency": latency,
+        }
+
+    def sample(self) -> CacheSample:
+        l2 = self.tiers.l2
+        return CacheSample(
+            namespaces=[CacheNamespaceSample(
+                ns.name, ns.hits_l1, ns.hits_l2, ns.misses, ns.sets, ns.deletes, ns.evictions,
+                ns.expirations, ns.items_l1, ns.bytes_l1, (ns.hits_l1 + ns.hits_l2) * ns.value_usd)
+                for ns in self.tiers.namespaces.all],
+            backend_up=None if l2 is None else float(l2.up),
+            l2_pending=0 if l2 is None else len(l2.pending),
+            l2_replayed=0 if l2 is None else l2.replayed,
+            l2_dropped=0 if l2 is None else l2.dropped,
+            l2_errors=0 if l2 is None else l2.read_errors + l2.write_errors,
+            connections=len(self.connections),
+            protocol_errors=self.protocol_errors,
+            latency={name.decode().lower(): (BOUNDS, list(h.counts), h.total)
+                     for name, h in self.latency.by_command.items() if h.total or any(h.counts)},
+        )
+
+    def _info(self) -> str:
+        tiers = self.tiers
+        l2 = tiers.l2
+        hits = sum(ns.hits_l1 + ns.hits_l2 for ns in tiers.namespaces.all)
+        misses = sum(ns.misses for ns in tiers.namespaces.all)
+        expires = sum(1 for k in tiers.l1.key_list()
+                      if (e := tiers.l1.peek(k, time.monotonic())) and e.expire_at != float("inf"))
+        lines = [
+            "# Server", f"redis_version:{REDIS_VERSION}", "redis_mode:standalone",
+            "server_name:sidecar-cache", f"process_id:{os.getpid()}",
+            f"uptime_in_seconds:{int(time.time() - self._started)}",
+            "", "# Clients", f"connected_clients:{len(self.connections)}",
+            f"maxclients:{self.config.limits.max_clients}",
+            "", "# Memory", f"used_memory:{tiers.l1.bytes}", f"maxmemory:{tiers.l1.max_bytes}",
+            "maxmemory_policy:allkeys-lru",
+            "", "# Persistence", "loading:0",
+            "", "# Stats", f"keyspace_hits:{hits}", f"keyspace_misses:{misses}",
+            f"evicted_keys:{sum(ns.evictions for ns in tiers.namespaces.all)}",
+            f"expired_keys:{sum(ns.expirations for ns in tiers.namespaces.all)}",
+            "", "# Replication", "role:master", "connected_slaves:0",
+            "", "# Sidecar", f"l2_configured:{int(l2 is not None)}",
+            f"l2_up:{int(bool(l2 and l2.up))}",
+            f"l2_pending_writes:{len(l2.pending) if l2 else 0}",
+            "", "# Keyspace",
+        ]
+        if len(tiers.l1):
+            lines.append(f"db0:keys={len(tiers.l1)},expires={expires},avg_ttl=0")
+        return "\r\n".join(lines) + "\r\n"
+
+
+# Status is re-exported for handlers that build nested replies
+__all__ = ["CacheConnection", "CacheService", "Status"]
