@@ -84,7 +84,7 @@ def sync_checks(path: str) -> None:
         assert client.client_getname() == "sync-test"
         assert isinstance(client.client_id(), int)
         pipe = client.pipeline(transaction=False)
-        for i in range(1000):
+        for _ in range(1000):
             pipe.incr("s:counter")
         assert pipe.execute()[-1] == 1000
         assert 0 < client.pttl("s:a") <= 50_000
