@@ -18,6 +18,8 @@ from collections.abc import Coroutine
 from time import perf_counter
 from typing import Any, cast
 
+import orjson
+
 from sidecar.cache import resp
 from sidecar.cache.commands import REDIS_VERSION, Commands, Reply, arity, unknown_command
 from sidecar.cache.config import CacheConfig
@@ -216,6 +218,11 @@ class CacheConnection(asyncio.Protocol):
         if name == b"QUIT":
             self.closing = True
             return resp.OK
+        if name == b"SIDECAR":
+            # operators' extension (`sidecar cache stats`): the /cache/stats JSON
+            if len(args) == 2 and args[1].upper() == b"STATS":
+                return bulk(orjson.dumps(self.service.stats()))
+            return error("ERR usage: SIDECAR STATS")
         if name == b"RESET":
             self.resp3, self.nil, self.name = False, resp.NIL2, None
             self.authed = self.password is None
@@ -323,7 +330,8 @@ class CacheService:
         self.config = config
         self.tiers = Tiers(config)
         self.commands = Commands(config, self.tiers, self._info)
-        names = [*self.commands.table, b"HELLO", b"AUTH", b"CLIENT", b"QUIT", b"RESET"]
+        names = [*self.commands.table, b"HELLO", b"AUTH", b"CLIENT", b"QUIT", b"RESET",
+                 b"SIDECAR"]
         self.latency = Latency(names)
         self.connections: set[CacheConnection] = set()
         self.protocol_errors = 0
