@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import OrderedDict
 from itertools import islice
@@ -22,7 +23,7 @@ from urllib.parse import urlsplit
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from sidecar.cache.config import CacheConfig
 
@@ -56,7 +57,7 @@ UNAVAILABLE: Final = _Unavailable()
 Fetched = tuple[bytes, float] | None | _Unavailable  # (value, expire_at) | miss | no answer
 
 
-def build_client(config: CacheConfig) -> Any:
+def build_client(config: CacheConfig, protocol: int = 2) -> Any:
     """One client object for every URL form; pool and timeouts from `cache.l2`."""
     assert config.redis is not None
     l2 = config.l2
@@ -66,6 +67,7 @@ def build_client(config: CacheConfig) -> Any:
         "socket_timeout": l2.timeout,
         "socket_connect_timeout": l2.connect_timeout,
         "retry": Retry(NoBackoff(), 0),
+        "protocol": protocol,
     }
     scheme = url.partition("://")[0]
     if scheme in ("redis+sentinel", "redis+cluster"):
@@ -78,6 +80,7 @@ def build_client(config: CacheConfig) -> Any:
 
             return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in hosts],
                                 password=password, max_connections=l2.pool_size,
+                                protocol=protocol,
                                 socket_timeout=l2.timeout,
                                 socket_connect_timeout=l2.connect_timeout)
         from redis.asyncio.sentinel import Sentinel
@@ -128,15 +131,20 @@ class RedisTier:
         self.reads = 0
         self.coalesced = 0  # reads that shared another read's round trip
         self.outages = 0
+        self.stale_reads = 0  # reads that overlapped an invalidation (see Tiers.read)
         self._replay_left = 0
         self._reads: dict[bytes, asyncio.Future[Fetched]] = {}
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._reconnecting: asyncio.Task[None] | None = None
         self._closing = False
-        # tracking (client-side caching invalidation) state; see tracking.py
+        # client-side caching (RESP3 tracking): an L1 entry validated in the current epoch
+        # while tracking is on stays fresh until Redis says the key changed
         self.epoch = 0
         self.tracking_ok = False
+        self.invalidations = 0  # bumped per invalidation message (see fetch)
+        self.on_invalidate: Any = None  # set by Tiers: callable(keys | None)
+        self._tracking: asyncio.Task[None] | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -151,6 +159,8 @@ class RedisTier:
                         redacted(self.url), exc)
             self._mark_down(exc)
         self._tasks.append(asyncio.get_running_loop().create_task(self._writer()))
+        if self._config.tracking:
+            self._restart_tracking()
 
     async def close(self, deadline: float) -> None:
         """Deliver what is pending until the deadline, then stop."""
@@ -159,7 +169,7 @@ class RedisTier:
             self._wake.set()
             await asyncio.sleep(0.01)
         self._closing = True
-        tasks = [*self._tasks, *([self._reconnecting] if self._reconnecting else [])]
+        tasks = [*self._tasks, *(t for t in (self._reconnecting, self._tracking) if t)]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -255,6 +265,7 @@ class RedisTier:
         future: asyncio.Future[Fetched] = asyncio.get_running_loop().create_future()
         self._reads[key] = future
         result: Fetched = UNAVAILABLE
+        invalidations = self.invalidations
         try:
             self.reads += 1
             async with asyncio.timeout(self._config.timeout):
@@ -266,6 +277,9 @@ class RedisTier:
                 result = None
             else:
                 result = (value, NEVER if pttl < 0 else time.monotonic() + pttl / 1000)
+            if invalidations != self.invalidations:
+                # a change may have raced this read: do not trust tracking for its result
+                self.stale_reads += 1
         except L2_ERRORS as exc:
             self.read_errors += 1
             self._mark_down(exc)
@@ -290,6 +304,56 @@ class RedisTier:
             self.epoch += 1  # invalidations may have been missed: old entries revalidate
             self._replay_left = len(self.pending)
             self._wake.set()
+            if self._config.tracking:
+                self._restart_tracking()
+
+    # --- tracking ------------------------------------------------------------------------------
+    def _restart_tracking(self) -> None:
+        if self._tracking is not None:
+            self._tracking.cancel()
+        self.tracking_ok = False
+        self._tracking = asyncio.get_running_loop().create_task(self._track())
+
+    async def _track(self) -> None:
+        """CLIENT TRACKING ON BCAST on a dedicated RESP3 connection: Redis pushes the name
+        of every key that changes (or null on a flush); L1 copies of them revalidate."""
+        if "cluster" in self.url.partition("://")[0]:
+            log.warning("cache.l2.tracking is not supported with Redis Cluster; "
+                        "max_staleness bounds L1 copies instead")
+            return
+        client = build_client(self._full_config, protocol=3)
+        conn: Any = None
+        try:
+            conn = await client.connection_pool.get_connection()
+            # redis-py routes RESP3 invalidation pushes to this parser hook
+            conn._parser.set_invalidation_push_handler(self._invalidated)
+            await conn.send_command("CLIENT", "TRACKING", "ON", "BCAST")
+            reply = await conn.read_response()
+            if reply not in (b"OK", "OK"):
+                raise RedisError(f"CLIENT TRACKING refused: {reply!r}")
+            self.epoch += 1  # copies validated before tracking began are not covered
+            self.tracking_ok = True
+            log.info("cache L2 tracking on: L1 copies live until Redis invalidates them")
+            while True:
+                await conn.read_response(push_request=True, timeout=math.inf)
+        except ResponseError as exc:  # e.g. a Redis older than 6: no tracking, cap applies
+            log.warning("cache L2 tracking unavailable: %s", exc)
+        except L2_ERRORS as exc:
+            self._mark_down(exc)
+        finally:
+            self.tracking_ok = False
+            if conn is not None:
+                with contextlib.suppress(*L2_ERRORS):
+                    await conn.disconnect()
+            with contextlib.suppress(*L2_ERRORS):
+                await client.aclose()
+
+    async def _invalidated(self, message: list[Any]) -> list[Any]:
+        self.invalidations += 1
+        keys = message[1] if len(message) > 1 else None
+        if self.on_invalidate is not None:
+            self.on_invalidate(keys)
+        return message
 
     def _mark_down(self, exc: BaseException) -> None:
         if self._closing:

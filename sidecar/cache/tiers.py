@@ -31,6 +31,8 @@ class Tiers:
         self.l2: RedisTier | None = RedisTier(config) if config.redis is not None else None
         self.staleness = config.l2.max_staleness
         self.seq = 0  # bumped on each local write (see Entry.seq)
+        if self.l2 is not None:
+            self.l2.on_invalidate = self._invalidate
 
     # --- reads ---------------------------------------------------------------------------------
     def fresh(self, entry: Entry, now: float) -> bool:
@@ -73,6 +75,7 @@ class Tiers:
         stale = self.l1.peek(key, now)
         ns = stale.ns if stale is not None else self.namespaces.of(key)
         start_seq = self.seq
+        invalidations = l2.invalidations
         result = await l2.fetch(key) if l2.up else UNAVAILABLE
         now = time.monotonic()
         current = self.l1.peek(key, now)
@@ -105,7 +108,9 @@ class Tiers:
         if count:
             ns.hits_l2 += 1
         if ns.l1:
-            self.l1.put(key, value, expire_at, now + self.staleness, l2.epoch, start_seq, ns)
+            # an invalidation during the read may concern it: then only the cap applies
+            epoch = l2.epoch if invalidations == l2.invalidations else -1
+            self.l1.put(key, value, expire_at, now + self.staleness, epoch, start_seq, ns)
         return value, expire_at
 
     async def lookup(self, key: bytes, count: bool = False) -> tuple[bytes, float] | None:
@@ -113,6 +118,15 @@ class Tiers:
         if isinstance(known, _Unknown):
             return await self.read(key, count)
         return known
+
+    def _invalidate(self, keys: list[bytes] | None) -> None:
+        """Redis says these keys changed (None: everything, a flush): revalidate copies."""
+        data = self.l1.data
+        entries = data.values() if keys is None else (data.get(k) for k in keys)
+        for entry in entries:
+            if entry is not None:
+                entry.fresh_until = 0.0
+                entry.epoch = -1
 
     # --- writes --------------------------------------------------------------------------------
     def write(self, key: bytes, value: bytes, expire_at: float, ns: Namespace) -> None:

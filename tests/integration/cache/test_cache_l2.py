@@ -240,3 +240,38 @@ async def test_redis_unreachable_at_start_serves_from_memory(short_tmp: Path) ->
             assert service.stats()["l2"]["up"] is False  # type: ignore[index]
         finally:
             await client.aclose()
+
+
+async def test_tracking_invalidates_copies_beyond_the_cap(
+        short_tmp: Path, redis_server: RedisServer) -> None:
+    # a staleness cap of an hour: only an invalidation from Redis can refresh B's copy
+    settings = {"redis": redis_server.url,
+                "l2": {**FAST, "max_staleness": "1h", "tracking": True}}
+    async with running_cache(short_tmp / "a.sock", **settings) as a, \
+            running_cache(short_tmp / "b.sock", **settings) as b:
+        l2b = b.tiers.l2
+        assert l2b is not None
+        await until(lambda: l2b.tracking_ok, "B's tracking connection is on")
+        ca = aioredis.Redis(unix_socket_path=str(short_tmp / "a.sock"))
+        cb = aioredis.Redis(unix_socket_path=str(short_tmp / "b.sock"))
+        direct = aioredis.Redis(unix_socket_path=redis_server.socket)
+        try:
+            await ca.set("sentiment:t", "old")
+            await until(flushed(a), "first write in Redis")
+            assert await cb.get("sentiment:t") == b"old"
+            reads = l2b.reads
+            assert await cb.get("sentiment:t") == b"old"
+            assert l2b.reads == reads  # served from L1, no Redis round trip
+            await ca.set("sentiment:t", "new")
+            await until(flushed(a), "second write in Redis")
+
+            async def b_sees_new() -> bool:
+                return await cb.get("sentiment:t") == b"new"
+
+            await until(b_sees_new, "B's copy invalidated by Redis")
+            await direct.set("sentiment:t", "direct")  # a writer that is not a sidecar
+            await until(lambda: l2b.invalidations >= 3, "invalidation for the direct write")
+            assert await cb.get("sentiment:t") == b"direct"
+        finally:
+            for client in (ca, cb, direct):
+                await client.aclose()
