@@ -471,8 +471,6 @@ class CacheService:
         l2 = tiers.l2
         hits = sum(ns.hits_l1 + ns.hits_l2 for ns in tiers.namespaces.all)
         misses = sum(ns.misses for ns in tiers.namespaces.all)
-        expires = sum(1 for k in tiers.l1.key_list()
-                      if (e := tiers.l1.peek(k, time.monotonic())) and e.expire_at != float("inf"))
         lines = [
             "# Server", f"redis_version:{REDIS_VERSION}", "redis_mode:standalone",
             "server_name:sidecar-cache", f"process_id:{os.getpid()}",
@@ -492,7 +490,9 @@ class CacheService:
             "", "# Keyspace",
         ]
         if len(tiers.l1):
-            lines.append(f"db0:keys={len(tiers.l1)},expires={expires},avg_ttl=0")
+            # expires is not tracked (counting it would cost every write); clients that
+            # read INFO (ioredis's ready check) look at `loading`, not at this line
+            lines.append(f"db0:keys={len(tiers.l1)},expires=0,avg_ttl=0")
         return "\r\n".join(lines) + "\r\n"
 
 
