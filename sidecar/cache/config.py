@@ -89,7 +89,7 @@ class L2Config(Strict):
     """How the Redis tier (`cache.redis`) is used."""
 
     # per-command timeout: a slower Redis counts as down and L1 answers
-    timeout: Duration = Field(default=0.25, gt=0)
+    timeout: Duration = Field(default=0.5, gt=0)
     connect_timeout: Duration = Field(default=1.0, gt=0)
     pool_size: int = Field(default=8, ge=1, le=1024)
     # reconnect with exponential backoff between these bounds
