@@ -43,6 +43,10 @@ class RespParser:
         self._want = 0  # arguments still missing from it
         self._size = 0  # bytes (with overhead) buffered for it
 
+    def idle(self) -> bool:
+        """No partial command held: the next bytes start a new command."""
+        return not self._buf and self._args is None
+
     def buffered(self) -> int:
         """Bytes held for incomplete input: the fuzz tests bound this."""
         return len(self._buf) + self._size
@@ -59,7 +63,7 @@ class RespParser:
         last = len(tokens) - 1  # tokens[last] is what follows the final CRLF
         out: list[Command] = []
         counts = _ARRAY_HEADERS
-        lengths = _BULK_HEADERS
+        lengths = BULK_HEADERS
         t = 0
         while t < last:
             count = counts.get(tokens[t])
@@ -184,7 +188,7 @@ class RespParser:
 # header token -> number, for the sizes clients send all the time; anything else (larger,
 # malformed, negative) misses the table and takes the exact path
 _ARRAY_HEADERS: Final = {b"*%d" % n: n for n in range(1, 1025)}
-_BULK_HEADERS: Final = {b"$%d" % n: n for n in range(16385)}
+BULK_HEADERS: Final = {b"$%d" % n: n for n in range(16385)}
 
 
 # --- replies -------------------------------------------------------------------------------
