@@ -23,7 +23,7 @@ import orjson
 from sidecar.cache import resp
 from sidecar.cache.commands import REDIS_VERSION, Commands, Reply, arity, unknown_command
 from sidecar.cache.config import CacheConfig
-from sidecar.cache.l2 import redacted
+from sidecar.cache.l2 import NEVER, redacted
 from sidecar.cache.resp import BULK_HEADERS, ProtocolError, RespParser, Status, bulk, error
 from sidecar.cache.stats import BOUNDS, Latency
 from sidecar.cache.tiers import Tiers
@@ -40,7 +40,7 @@ NOAUTH = error("NOAUTH Authentication required.")
 _PRE_AUTH = {b"AUTH", b"HELLO", b"QUIT", b"RESET"}
 # a client pipelining this many commands behind a slow (Redis) one stops being read
 _BACKLOG_PAUSE = 4096
-# GETs the fast lane takes from one read (bounds the split)
+# commands the fast lane takes from one read (bounds the split)
 _FAST_LANE_MAX = 256
 
 
@@ -101,7 +101,7 @@ class CacheConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.authed and not self._busy and not self.closing and self.parser.idle():
-            data = self._get_fast_lane(data)
+            data = self._fast_lane(data)
             if not data:
                 return
         try:
@@ -121,46 +121,68 @@ class CacheConnection(asyncio.Protocol):
             return
         self._run(commands, 0)
 
-    def _get_fast_lane(self, data: bytes) -> bytes:
-        """Answer the leading run of plain `GET key` L1 hits straight from the bytes, with no
-        command list, no dispatch: the cache's most frequent request, at its cheapest.
-        Stops at the first anything else and returns the rest for the general path;
-        replies stay in order because they are written before the rest is handled."""
-        tokens = data.split(b"\r\n", 5 * _FAST_LANE_MAX)
+    def _fast_lane(self, data: bytes) -> bytes:
+        """Answer the leading run of plain `GET key` (L1 hits) and `SET key value` (no
+        options) straight from the bytes: no command list, no dispatch. These two are the
+        cache's traffic. Stops at the first anything else (a miss, an option, a long value,
+        a partial command) and returns the rest for the general path; replies stay in order
+        because they are written before the rest is handled. Same semantics as the GET and
+        SET handlers, which it inlines."""
+        tokens = data.split(b"\r\n", 7 * _FAST_LANE_MAX)
         last = len(tokens) - 1
-        if last < 5 or tokens[0] != b"*2":
+        if last < 5:
             return data
         service = self.service
-        commands = service.commands
-        l1 = service.tiers.l1.data  # the GET handler's L1 hit path, inlined here
-        fresh = service.tiers.fresh
-        memory_only = service.tiers.l2 is None
+        tiers = service.tiers
+        l1 = tiers.l1.data
+        fresh = tiers.fresh
+        namespace_of = tiers.namespaces.of
+        write = tiers.write
+        memory_only = tiers.l2 is None
         now = time.monotonic()
-        commands.now = now
+        service.commands.now = now
         start = perf_counter()
         lengths = BULK_HEADERS
         out: list[bytes] = []
+        gets = sets = 0
         t = 0
-        while t + 4 < last and tokens[t] == b"*2" and tokens[t + 1] == b"$3":
+        while t + 4 < last and tokens[t + 1] == b"$3":
+            head = tokens[t]
             name = tokens[t + 2]
-            if name != b"GET" and name != b"get":  # two compares beat a tuple lookup
-                break
             key = tokens[t + 4]
             if lengths.get(tokens[t + 3]) != len(key):
                 break
-            entry = l1.get(key)
-            if entry is None or entry.expire_at <= now or not (
-                    memory_only or now < entry.fresh_until or fresh(entry, now)):
+            if head == b"*2" and (name == b"GET" or name == b"get"):
+                entry = l1.get(key)
+                if entry is None or entry.expire_at <= now or not (
+                        memory_only or now < entry.fresh_until or fresh(entry, now)):
+                    break
+                l1.move_to_end(key)
+                entry.ns.hits_l1 += 1
+                out.append(entry.reply)
+                gets += 1
+                t += 5
+            elif head == b"*3" and (name == b"SET" or name == b"set") and t + 6 < last:
+                value = tokens[t + 6]
+                if lengths.get(tokens[t + 5]) != len(value):
+                    break
+                ns = namespace_of(key)
+                if len(value) > ns.max_value_size:
+                    break  # the handler words the error
+                ttl = ns.ttl_ms if ns.max_ttl_ms is None else ns.ttl_for(None)
+                write(key, value, NEVER if ttl is None else now + ttl / 1000, ns)
+                out.append(resp.OK)
+                sets += 1
+                t += 7
+            else:
                 break
-            l1.move_to_end(key)
-            entry.ns.hits_l1 += 1
-            out.append(entry.reply)
-            t += 5
         if not out:
             return data
         assert self.transport is not None
         self.transport.write(b"".join(out))
-        self._record(b"GET", len(out), perf_counter() - start)
+        elapsed = perf_counter() - start
+        self._record(b"GET", gets, elapsed)
+        self._record(b"SET", sets, elapsed)
         if t == last and tokens[last] == b"":
             return b""
         return data[sum(map(len, tokens[:t])) + 2 * t:]

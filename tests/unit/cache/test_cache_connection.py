@@ -93,3 +93,16 @@ def test_protocol_error_after_fast_lane_replies() -> None:
     assert transport.data == (b"+OK\r\n$1\r\nv\r\n"
                               b"-ERR Protocol error: invalid bulk length\r\n")
     assert transport.closed
+
+
+def test_fast_lane_set_applies_namespace_policy() -> None:
+    service = CacheService(CacheConfig(unix=None, namespaces={
+        "small": {"ttl": "10s", "max_value_size": 4}}))
+    conn = CacheConnection(service, None, "test")
+    transport = FakeTransport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    conn.data_received(cmd(b"SET", b"small:a", b"1234") + cmd(b"SET", b"small:b", b"12345")
+                       + cmd(b"SET", b"small:c", b"1") + cmd(b"TTL", b"small:a"))
+    assert transport.data == (b"+OK\r\n-ERR value too large for namespace 'small' (max 4 bytes)"
+                              b"\r\n+OK\r\n:10\r\n")
+    assert service.stats()["namespaces"]["small"]["sets"] == 2  # type: ignore[index]
