@@ -350,6 +350,11 @@ class RedisTier:
             if invalidations != self.invalidations:
                 # a change may have raced this read: do not trust tracking for its result
                 self.stale_reads += 1
+        except ResponseError:
+            # Redis answered, with an error about this key (WRONGTYPE: some other program
+            # stored a hash there): a miss for us, and no reason to call Redis down
+            self.read_errors += 1
+            result = None
         except L2_ERRORS as exc:
             self.read_errors += 1
             self._mark_down(exc)
@@ -363,6 +368,8 @@ class RedisTier:
         try:
             async with asyncio.timeout(self._config.timeout):
                 return await self.client.execute_command(*args)
+        except ResponseError:
+            return UNAVAILABLE
         except L2_ERRORS as exc:
             self._mark_down(exc)
             return UNAVAILABLE

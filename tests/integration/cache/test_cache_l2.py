@@ -275,3 +275,20 @@ async def test_tracking_invalidates_copies_beyond_the_cap(
         finally:
             for client in (ca, cb, direct):
                 await client.aclose()
+
+
+async def test_foreign_key_type_in_redis_is_a_miss_not_an_outage(
+        short_tmp: Path, redis_server: RedisServer) -> None:
+    direct = aioredis.Redis(unix_socket_path=redis_server.socket)
+    await direct.hset("specs:hash", "f", "v")  # another program's data in the shared Redis
+    async with running_cache(short_tmp / "c.sock", redis=redis_server.url, l2=FAST) as service:
+        client = aioredis.Redis(unix_socket_path=str(short_tmp / "c.sock"))
+        try:
+            assert await client.get("specs:hash") is None
+            l2 = service.tiers.l2
+            assert l2 is not None
+            assert l2.up
+            assert l2.outages == 0
+        finally:
+            await client.aclose()
+            await direct.aclose()
