@@ -97,6 +97,10 @@ def build_client(config: CacheConfig, protocol: int = 2) -> Any:
     return aioredis.Redis(connection_pool=pool)
 
 
+_SET = b"*3\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
+_SET_PX = b"*5\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$2\r\nPX\r\n$%d\r\n%b\r\n"
+
+
 def _pack(*parts: bytes) -> bytes:
     return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%b\r\n" % (len(p), p) for p in parts)
 
@@ -273,9 +277,14 @@ class RedisTier:
             else:
                 ms = 0
             if op.kind == OP_SET:
-                assert op.value is not None
-                parts.append(_pack(b"SET", key, op.value, b"PX", b"%d" % ms) if ms
-                             else _pack(b"SET", key, op.value))
+                value = op.value
+                assert value is not None
+                if ms:  # the write this queue is mostly made of: one format call
+                    expiry = b"%d" % ms
+                    parts.append(_SET_PX % (len(key), key, len(value), value,
+                                            len(expiry), expiry))
+                else:
+                    parts.append(_SET % (len(key), key, len(value), value))
             elif op.kind == OP_DEL:
                 parts.append(_pack(b"DEL", key))
             elif ms:

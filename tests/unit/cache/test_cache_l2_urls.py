@@ -60,3 +60,15 @@ async def test_count_replies_across_read_boundaries() -> None:
         for _ in range(3):
             await asyncio.sleep(0)  # let the counter take this chunk on its own
     assert await counting == 1
+
+
+def test_set_templates() -> None:
+    from sidecar.cache.l2 import _SET, _SET_PX
+
+    plain = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\n\r\n\r\n"
+    packed = _SET % (1, b"k", 2, b"\r\n")
+    assert packed == plain
+    with_px = b"*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n$2\r\nPX\r\n$4\r\n1500\r\n"
+    packed = _SET_PX % (1, b"k", 1, b"v", 4, b"1500")
+    assert packed == with_px
+    assert _pack(b"SET", b"k", b"v", b"PX", b"1500") == with_px
