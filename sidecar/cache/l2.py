@@ -97,6 +97,8 @@ def build_client(config: CacheConfig, protocol: int = 2) -> Any:
     return aioredis.Redis(connection_pool=pool)
 
 
+_READ_BATCH = 256
+_GET_PTTL = b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n*2\r\n$4\r\nPTTL\r\n$%d\r\n%b\r\n"
 _SET = b"*3\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
 _SET_PX = b"*5\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$2\r\nPX\r\n$%d\r\n%b\r\n"
 
@@ -169,6 +171,9 @@ class RedisTier:
         self.on_invalidate: Any = None  # set by Tiers: callable(keys | None)
         self._tracking: asyncio.Task[None] | None = None
         self._write_conn: Any = None
+        self._read_conn: Any = None
+        self._read_queue: list[bytes] = []
+        self._read_wake = asyncio.Event()
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -183,6 +188,7 @@ class RedisTier:
                         redacted(self.url), exc)
             self._mark_down(exc)
         self._tasks.append(asyncio.get_running_loop().create_task(self._writer()))
+        self._tasks.append(asyncio.get_running_loop().create_task(self._reader()))
         if self._config.tracking:
             self._restart_tracking()
 
@@ -201,9 +207,10 @@ class RedisTier:
                 await task
         if self.pending:
             log.warning("cache L2: %d writes not delivered at shutdown", len(self.pending))
-        if self._write_conn is not None:
-            with contextlib.suppress(*L2_ERRORS):
-                await self._write_conn.disconnect()
+        for conn in (self._write_conn, self._read_conn):
+            if conn is not None:
+                with contextlib.suppress(*L2_ERRORS):
+                    await conn.disconnect()
         if self.client is not None:
             with contextlib.suppress(*L2_ERRORS):
                 await self.client.aclose()
@@ -341,6 +348,91 @@ class RedisTier:
         if shared is not None:
             self.coalesced += 1
             return await asyncio.shield(shared)
+        if getattr(self.client, "connection_pool", None) is not None:
+            # standalone/Sentinel: the reader task batches every waiting key into one
+            # round trip on its own connection
+            future: asyncio.Future[Fetched] = asyncio.get_running_loop().create_future()
+            self._reads[key] = future
+            self._read_queue.append(key)
+            self._read_wake.set()
+            self.reads += 1
+            try:
+                # the reader resolves every future (value, miss or UNAVAILABLE) within its
+                # own timeout; this bound only guards against a reader that died
+                return await asyncio.wait_for(asyncio.shield(future),
+                                              self._config.timeout * 2 + 1)
+            except TimeoutError:
+                return UNAVAILABLE
+        return await self._fetch_pipeline(key)
+
+    async def _reader(self) -> None:
+        while True:
+            await self._read_wake.wait()
+            self._read_wake.clear()
+            while self._read_queue and self.up:
+                keys = self._read_queue[:_READ_BATCH]
+                del self._read_queue[:_READ_BATCH]
+                invalidations = self.invalidations
+                try:
+                    results = await self._read_batch(keys)
+                except L2_ERRORS as exc:
+                    self.read_errors += 1
+                    self._mark_down(exc)
+                    results = [UNAVAILABLE] * len(keys)
+                if invalidations != self.invalidations:
+                    self.stale_reads += 1
+                for key, result in zip(keys, results, strict=True):
+                    future = self._reads.pop(key, None)
+                    if future is not None and not future.done():
+                        future.set_result(result)
+            if not self.up:  # nobody will answer these now: L1 or a miss
+                for key in self._read_queue:
+                    future = self._reads.pop(key, None)
+                    if future is not None and not future.done():
+                        future.set_result(UNAVAILABLE)
+                self._read_queue.clear()
+
+    async def _read_batch(self, keys: list[bytes]) -> list[Fetched]:
+        """GET and PTTL per key, packed here, replies parsed here (bulk or nil, then an
+        integer; an error reply such as WRONGTYPE is a miss)."""
+        pool = self.client.connection_pool
+        conn = self._read_conn
+        if conn is None:
+            conn = self._read_conn = await pool.get_connection()
+        try:
+            async with asyncio.timeout(self._config.timeout):
+                await conn.send_packed_command(
+                    b"".join(_GET_PTTL % (len(k), k, len(k), k) for k in keys),
+                    check_health=False)
+                reader: asyncio.StreamReader = conn._reader
+                now = time.monotonic()
+                results: list[Fetched] = []
+                for _ in keys:
+                    header = await reader.readuntil(b"\r\n")
+                    value: bytes | None = None
+                    if header[:1] == b"$":
+                        length = int(header[1:-2])
+                        if length >= 0:
+                            value = (await reader.readexactly(length + 2))[:-2]
+                    elif header[:1] != b"-":
+                        raise ConnectionError(f"unexpected reply from Redis: {header[:40]!r}")
+                    header = await reader.readuntil(b"\r\n")
+                    pttl = int(header[1:-2]) if header[:1] == b":" else -2
+                    if value is None or pttl == -2:  # -2: expired between GET and PTTL
+                        results.append(None)
+                    else:
+                        results.append((value, NEVER if pttl < 0 else now + pttl / 1000))
+                return results
+        except BaseException:
+            self._read_conn = None
+            with contextlib.suppress(Exception):
+                await conn.disconnect()
+            with contextlib.suppress(Exception):
+                await pool.release(conn)
+            raise
+
+    async def _fetch_pipeline(self, key: bytes) -> Fetched:
+        """Redis Cluster: redis-py routes the key to its node."""
         future: asyncio.Future[Fetched] = asyncio.get_running_loop().create_future()
         self._reads[key] = future
         result: Fetched = UNAVAILABLE
@@ -444,6 +536,7 @@ class RedisTier:
     def _mark_down(self, exc: BaseException) -> None:
         if self._closing:
             return
+        self._read_wake.set()  # the reader answers what waits with UNAVAILABLE
         if self.up:
             self.outages += 1
             log.warning("cache L2 %s down, serving from memory: %s", redacted(self.url), exc)
