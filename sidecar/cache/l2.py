@@ -18,14 +18,20 @@ import time
 from collections import OrderedDict
 from itertools import islice
 from typing import Any, Final
-from urllib.parse import urlsplit
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from sidecar.cache.config import CacheConfig
+from sidecar.cache.l2wire import (
+    GET_PTTL,
+    READ_BATCH,
+    SET,
+    SET_PX,
+    build_client,
+    count_replies,
+    pack,
+    redacted,
+)
 
 log = logging.getLogger("sidecar.cache.l2")
 
@@ -55,87 +61,6 @@ class _Unavailable:
 
 UNAVAILABLE: Final = _Unavailable()
 Fetched = tuple[bytes, float] | None | _Unavailable  # (value, expire_at) | miss | no answer
-
-
-def build_client(config: CacheConfig, protocol: int = 2) -> Any:
-    """One client object for every URL form; pool and timeouts from `cache.l2`."""
-    assert config.redis is not None
-    l2 = config.l2
-    url = config.redis
-    # fail fast: a retry inside redis-py would hold a client request while L1 could answer
-    common: dict[str, Any] = {
-        "socket_timeout": l2.timeout,
-        "socket_connect_timeout": l2.connect_timeout,
-        "retry": Retry(NoBackoff(), 0),
-        "protocol": protocol,
-    }
-    scheme = url.partition("://")[0]
-    if scheme in ("redis+sentinel", "redis+cluster"):
-        parts = urlsplit(url)
-        hosts = [_host_port(h, 26379 if scheme == "redis+sentinel" else 6379)
-                 for h in parts.netloc.rpartition("@")[2].split(",")]
-        password = parts.netloc.rpartition("@")[0].partition(":")[2] or None
-        if scheme == "redis+cluster":
-            from redis.asyncio.cluster import ClusterNode, RedisCluster
-
-            return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in hosts],
-                                password=password, max_connections=l2.pool_size,
-                                protocol=protocol,
-                                socket_timeout=l2.timeout,
-                                socket_connect_timeout=l2.connect_timeout)
-        from redis.asyncio.sentinel import Sentinel
-
-        path = [p for p in parts.path.split("/") if p]
-        if not path:
-            raise ValueError("redis+sentinel URL needs the master name: .../<master>[/db]")
-        db = int(path[1]) if len(path) > 1 else 0
-        sentinel = Sentinel(hosts, socket_timeout=l2.timeout,  # type: ignore[no-untyped-call]
-                            socket_connect_timeout=l2.connect_timeout)
-        return sentinel.master_for(path[0], password=password, db=db, **common)
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=l2.pool_size, timeout=l2.timeout, **common)
-    return aioredis.Redis(connection_pool=pool)
-
-
-_READ_BATCH = 256
-_GET_PTTL = b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n*2\r\n$4\r\nPTTL\r\n$%d\r\n%b\r\n"
-_SET = b"*3\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
-_SET_PX = b"*5\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$2\r\nPX\r\n$%d\r\n%b\r\n"
-
-
-def _pack(*parts: bytes) -> bytes:
-    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%b\r\n" % (len(p), p) for p in parts)
-
-
-async def _count_replies(reader: asyncio.StreamReader, expected: int) -> int:
-    """Read `expected` one-line replies; returns how many were errors (-...)."""
-    lines = errors = 0
-    previous = b"\n"  # as if a line had just ended: an error reply first is counted too
-    while lines < expected:
-        chunk = await reader.read(65536)
-        if not chunk:
-            raise ConnectionError("Redis closed the connection")
-        window = previous + chunk  # a CRLF may straddle two reads
-        lines += window.count(b"\r\n")
-        errors += window.count(b"\n-")
-        previous = chunk[-1:]
-    return errors
-
-
-def _host_port(text: str, default_port: int) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        return text, default_port
-    return host.strip("[]"), int(port)
-
-
-def redacted(url: str) -> str:
-    """The URL without its password, for banners and stats."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return parts._replace(netloc=netloc).geturl()
-    return url
 
 
 class RedisTier:
@@ -279,7 +204,7 @@ class RedisTier:
             if op.expire_at != NEVER:
                 ms = int((op.expire_at - now) * 1000)
                 if ms <= 0:  # expired while queued: Redis must not keep an older value
-                    parts.append(_pack(b"DEL", key))
+                    parts.append(pack(b"DEL", key))
                     continue
             else:
                 ms = 0
@@ -288,23 +213,23 @@ class RedisTier:
                 assert value is not None
                 if ms:  # the write this queue is mostly made of: one format call
                     expiry = b"%d" % ms
-                    parts.append(_SET_PX % (len(key), key, len(value), value,
+                    parts.append(SET_PX % (len(key), key, len(value), value,
                                             len(expiry), expiry))
                 else:
-                    parts.append(_SET % (len(key), key, len(value), value))
+                    parts.append(SET % (len(key), key, len(value), value))
             elif op.kind == OP_DEL:
-                parts.append(_pack(b"DEL", key))
+                parts.append(pack(b"DEL", key))
             elif ms:
-                parts.append(_pack(b"PEXPIRE", key, b"%d" % ms))
+                parts.append(pack(b"PEXPIRE", key, b"%d" % ms))
             else:
-                parts.append(_pack(b"PERSIST", key))
+                parts.append(pack(b"PERSIST", key))
         conn = self._write_conn
         if conn is None:
             conn = self._write_conn = await pool.get_connection()
         try:
             async with asyncio.timeout(self._config.timeout * 4):
                 await conn.send_packed_command(b"".join(parts), check_health=False)
-                errors = await _count_replies(conn._reader, len(parts))
+                errors = await count_replies(conn._reader, len(parts))
         except BaseException:
             self._write_conn = None
             with contextlib.suppress(Exception):
@@ -370,8 +295,8 @@ class RedisTier:
             await self._read_wake.wait()
             self._read_wake.clear()
             while self._read_queue and self.up:
-                keys = self._read_queue[:_READ_BATCH]
-                del self._read_queue[:_READ_BATCH]
+                keys = self._read_queue[:READ_BATCH]
+                del self._read_queue[:READ_BATCH]
                 invalidations = self.invalidations
                 try:
                     results = await self._read_batch(keys)
@@ -402,7 +327,7 @@ class RedisTier:
         try:
             async with asyncio.timeout(self._config.timeout):
                 await conn.send_packed_command(
-                    b"".join(_GET_PTTL % (len(k), k, len(k), k) for k in keys),
+                    b"".join(GET_PTTL % (len(k), k, len(k), k) for k in keys),
                     check_health=False)
                 reader: asyncio.StreamReader = conn._reader
                 now = time.monotonic()

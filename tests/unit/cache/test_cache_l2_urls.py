@@ -8,7 +8,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from sidecar.cache.config import CacheConfig
-from sidecar.cache.l2 import _count_replies, _pack, build_client, redacted
+from sidecar.cache.l2wire import SET, SET_PX, build_client, count_replies, pack, redacted
 
 
 def test_plain_tls_and_unix_urls() -> None:
@@ -47,12 +47,12 @@ def test_redacted() -> None:
 
 
 def test_pack_is_resp() -> None:
-    assert _pack(b"SET", b"k\r\n", b"") == b"*3\r\n$3\r\nSET\r\n$3\r\nk\r\n\r\n$0\r\n\r\n"
+    assert pack(b"SET", b"k\r\n", b"") == b"*3\r\n$3\r\nSET\r\n$3\r\nk\r\n\r\n$0\r\n\r\n"
 
 
 async def test_count_replies_across_read_boundaries() -> None:
     reader = asyncio.StreamReader()
-    counting = asyncio.create_task(_count_replies(reader, 4))
+    counting = asyncio.create_task(count_replies(reader, 4))
     # the CRLF of the second reply is split over two reads; the third is an error
     for chunk in (b"+OK\r\n:1\r", b"\n-OOM command not allowed\r\n", b":0\r\n"):
         assert not counting.done()
@@ -63,12 +63,10 @@ async def test_count_replies_across_read_boundaries() -> None:
 
 
 def test_set_templates() -> None:
-    from sidecar.cache.l2 import _SET, _SET_PX
-
     plain = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\n\r\n\r\n"
-    packed = _SET % (1, b"k", 2, b"\r\n")
+    packed = SET % (1, b"k", 2, b"\r\n")
     assert packed == plain
     with_px = b"*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n$2\r\nPX\r\n$4\r\n1500\r\n"
-    packed = _SET_PX % (1, b"k", 1, b"v", 4, b"1500")
+    packed = SET_PX % (1, b"k", 1, b"v", 4, b"1500")
     assert packed == with_px
-    assert _pack(b"SET", b"k", b"v", b"PX", b"1500") == with_px
+    assert pack(b"SET", b"k", b"v", b"PX", b"1500") == with_px
