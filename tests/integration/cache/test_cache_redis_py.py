@@ -81,6 +81,9 @@ def sync_checks(path: str) -> None:
     try:
         assert client.set("s:a", "1", ex=50)
         assert client.get("s:a") == b"1"
+        binary = bytes(range(256))
+        assert client.set(b"s:\x00bin\r\n", binary)
+        assert client.mget("s:a", b"s:\x00bin\r\n", "s:none") == [b"1", binary, None]
         assert client.client_getname() == "sync-test"
         assert isinstance(client.client_id(), int)
         pipe = client.pipeline(transaction=False)
