@@ -15,7 +15,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,20 @@ async def running_cache(socket_path: str | Path, **settings: Any) -> AsyncIterat
         yield service
     finally:
         await service.shutdown(asyncio.get_running_loop().time() + 5)
+
+
+async def wait_until(condition: Callable[[], bool | Awaitable[bool]], what: str,
+                     limit: float = 10.0) -> None:
+    """Poll a condition, bounded in time; AssertionError naming `what` if it never holds."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        result = condition()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"never happened: {what}")
 
 
 def redis_binary(name: str = "redis-server") -> str:

@@ -4,30 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import redis.asyncio as aioredis
 
 from sidecar.cache.server import CacheService
-from sidecar.cache.testing import RedisServer, running_cache
+from sidecar.cache.testing import RedisServer, running_cache, wait_until
 from sidecar.telemetry.metrics import REGISTRY
 
 FAST = {"backoff_min": 0.05, "backoff_max": 0.2, "timeout": 0.5}
-
-
-async def until(condition: Callable[[], bool | Awaitable[bool]], what: str,
-                limit: float = 10.0) -> None:
-    """Poll a condition, bounded in time; fails the test (with `what`) when it never holds."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        result = condition()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"never happened: {what}")
 
 
 def flushed(service: CacheService) -> Callable[[], bool]:
@@ -46,7 +32,7 @@ async def test_written_by_one_sidecar_read_by_another(
         direct = aioredis.Redis(unix_socket_path=redis_server.socket)
         try:
             await ca.set("embeddings:doc1", b"\x00vector\r\n", ex=300)
-            await until(flushed(a), "A's write reached Redis")
+            await wait_until(flushed(a), "A's write reached Redis")
             assert await direct.get("embeddings:doc1") == b"\x00vector\r\n"
             assert 299 <= await direct.ttl("embeddings:doc1") <= 300
             assert await cb.get("embeddings:doc1") == b"\x00vector\r\n"
@@ -56,7 +42,7 @@ async def test_written_by_one_sidecar_read_by_another(
             assert ns["hits"] == {"l1": 1, "l2": 1}
             # a delete through A removes the key from Redis too
             assert await ca.delete("embeddings:doc1") == 1
-            await until(flushed(a), "A's delete reached Redis")
+            await wait_until(flushed(a), "A's delete reached Redis")
             assert await direct.exists("embeddings:doc1") == 0
         finally:
             for client in (ca, cb, direct):
@@ -89,15 +75,15 @@ async def test_update_by_another_sidecar_seen_within_the_staleness_cap(
         cb = aioredis.Redis(unix_socket_path=str(short_tmp / "b.sock"))
         try:
             await ca.set("sentiment:t", "old")
-            await until(flushed(a), "first write in Redis")
+            await wait_until(flushed(a), "first write in Redis")
             assert await cb.get("sentiment:t") == b"old"  # now cached in B's L1
             await ca.set("sentiment:t", "new")
-            await until(flushed(a), "second write in Redis")
+            await wait_until(flushed(a), "second write in Redis")
 
             async def b_sees_new() -> bool:
                 return await cb.get("sentiment:t") == b"new"
 
-            await until(b_sees_new, "B serves the new value once its copy is stale")
+            await wait_until(b_sees_new, "B serves the new value once its copy is stale")
         finally:
             await ca.aclose()
             await cb.aclose()
@@ -133,7 +119,7 @@ async def test_redis_killed_mid_load_then_restarted(
         try:
             for i in range(200):
                 await client.set(f"categorization:k{i}", f"v{i}", ex=600)
-            await until(flushed(service), "initial writes in Redis")
+            await wait_until(flushed(service), "initial writes in Redis")
             assert REGISTRY.get_sample_value("sidecar_cache_backend_up") == 1.0
 
             errors: list[BaseException] = []
@@ -162,7 +148,7 @@ async def test_redis_killed_mid_load_then_restarted(
             workers = [asyncio.create_task(load(w)) for w in range(4)]
             await asyncio.sleep(0.2)
             redis_server.stop()  # kill -9, mid-load
-            await until(lambda: not l2.up, "outage detected")
+            await wait_until(lambda: not l2.up, "outage detected")
             assert REGISTRY.get_sample_value("sidecar_cache_backend_up") == 0.0
             hits_before = service.stats()["namespaces"]["categorization"]["hits"]["l1"]  # type: ignore[index]
             # writes during the outage, acknowledged from L1
@@ -175,7 +161,7 @@ async def test_redis_killed_mid_load_then_restarted(
             assert l2.pending  # waiting for Redis
 
             redis_server.start()  # empty (no persistence): everything must come from replay
-            await until(flushed(service), "replayed after Redis came back")
+            await wait_until(flushed(service), "replayed after Redis came back")
             stop.set()
             await asyncio.gather(*workers)
             assert errors == []
@@ -206,14 +192,14 @@ async def test_outage_queue_is_bounded_oldest_dropped(
         try:
             redis_server.stop()
             await client.set("probe", "1")
-            await until(lambda: not l2.up, "outage detected")
+            await wait_until(lambda: not l2.up, "outage detected")
             for i in range(25):
                 await client.set(f"q:{i}", i)
             assert len(l2.pending) == 10
             assert l2.dropped == 16  # 26 writes, 10 kept
             assert await client.get("q:0") == b"0"  # still served from L1
             redis_server.start()
-            await until(flushed(service), "replayed")
+            await wait_until(flushed(service), "replayed")
             direct = aioredis.Redis(unix_socket_path=redis_server.socket)
             try:
                 assert await direct.get("q:24") == b"24"
@@ -251,26 +237,26 @@ async def test_tracking_invalidates_copies_beyond_the_cap(
             running_cache(short_tmp / "b.sock", **settings) as b:
         l2b = b.tiers.l2
         assert l2b is not None
-        await until(lambda: l2b.tracking_ok, "B's tracking connection is on")
+        await wait_until(lambda: l2b.tracking_ok, "B's tracking connection is on")
         ca = aioredis.Redis(unix_socket_path=str(short_tmp / "a.sock"))
         cb = aioredis.Redis(unix_socket_path=str(short_tmp / "b.sock"))
         direct = aioredis.Redis(unix_socket_path=redis_server.socket)
         try:
             await ca.set("sentiment:t", "old")
-            await until(flushed(a), "first write in Redis")
+            await wait_until(flushed(a), "first write in Redis")
             assert await cb.get("sentiment:t") == b"old"
             reads = l2b.reads
             assert await cb.get("sentiment:t") == b"old"
             assert l2b.reads == reads  # served from L1, no Redis round trip
             await ca.set("sentiment:t", "new")
-            await until(flushed(a), "second write in Redis")
+            await wait_until(flushed(a), "second write in Redis")
 
             async def b_sees_new() -> bool:
                 return await cb.get("sentiment:t") == b"new"
 
-            await until(b_sees_new, "B's copy invalidated by Redis")
+            await wait_until(b_sees_new, "B's copy invalidated by Redis")
             await direct.set("sentiment:t", "direct")  # a writer that is not a sidecar
-            await until(lambda: l2b.invalidations >= 3, "invalidation for the direct write")
+            await wait_until(lambda: l2b.invalidations >= 3, "invalidation for the direct write")
             assert await cb.get("sentiment:t") == b"direct"
         finally:
             for client in (ca, cb, direct):

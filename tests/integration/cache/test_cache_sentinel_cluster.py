@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import random
 import socket
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from sidecar.cache.testing import RedisServer, redis_binary, running_cache
+from sidecar.cache.testing import RedisServer, redis_binary, running_cache, wait_until
 
 
 def free_port() -> int:
@@ -88,9 +87,7 @@ async def test_sentinel_url_writes_and_reads_through_the_master(
         direct = aioredis.Redis(unix_socket_path=master.socket)
         try:
             await client.set("specs:s", "via-sentinel", ex=100)
-            deadline = time.monotonic() + 10
-            while l2.pending and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
+            await wait_until(lambda: not l2.pending, "writes reached Redis")
             assert await direct.get("specs:s") == b"via-sentinel"
             await direct.set("specs:t", "from-master")
             assert await client.get("specs:t") == b"from-master"  # an L2 read
@@ -137,9 +134,7 @@ async def test_cluster_url_spreads_keys_over_nodes(short_tmp: Path, cluster: lis
         try:
             for i in range(30):
                 await client.set(f"embeddings:{i}", f"v{i}")
-            deadline = time.monotonic() + 10
-            while l2.pending and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
+            await wait_until(lambda: not l2.pending, "writes reached Redis")
             assert not l2.pending
             assert l2.write_errors == 0
             counts = []
