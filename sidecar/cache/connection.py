@@ -35,6 +35,7 @@ NOAUTH = error("NOAUTH Authentication required.")
 _PRE_AUTH = {b"AUTH", b"HELLO", b"QUIT", b"RESET"}
 # a client pipelining this many commands behind a slow (Redis) one stops being read
 _BACKLOG_PAUSE = 4096
+_BACKLOG_PAUSE_BYTES = 4 * 1024 * 1024
 # commands the fast lane takes from one read (bounds the split)
 _FAST_LANE_MAX = 256
 
@@ -62,6 +63,7 @@ class CacheConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._busy = False  # a coroutine reply is in flight
         self._backlog: list[list[bytes]] = []
+        self._backlog_bytes = 0
         self._paused = False
         self._writing_paused = False
 
@@ -108,6 +110,7 @@ class CacheConnection(asyncio.Protocol):
             return
         if self._busy:
             self._backlog.extend(commands)
+            self._backlog_bytes += len(data)
             self._update_reading()
             return
         self._run(commands, 0)
@@ -253,6 +256,7 @@ class CacheConnection(asyncio.Protocol):
         if self._backlog:
             rest.extend(self._backlog)
             self._backlog = []
+            self._backlog_bytes = 0
         self._update_reading()
         if rest:
             self._run(rest, 0)
@@ -260,7 +264,8 @@ class CacheConnection(asyncio.Protocol):
     def _update_reading(self) -> None:
         if self.transport is None or self.closed:
             return
-        pause = self._writing_paused or len(self._backlog) > _BACKLOG_PAUSE
+        pause = (self._writing_paused or len(self._backlog) > _BACKLOG_PAUSE
+                 or self._backlog_bytes > _BACKLOG_PAUSE_BYTES)
         if pause and not self._paused:
             self.transport.pause_reading()
             self._paused = True

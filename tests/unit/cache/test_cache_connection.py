@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -106,3 +108,34 @@ def test_fast_lane_set_applies_namespace_policy() -> None:
     assert transport.data == (b"+OK\r\n-ERR value too large for namespace 'small' (max 4 bytes)"
                               b"\r\n+OK\r\n:10\r\n")
     assert service.stats()["namespaces"]["small"]["sets"] == 2  # type: ignore[index]
+
+
+class PausableTransport(FakeTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.paused = False
+        self.pauses = 0
+
+    def pause_reading(self) -> None:
+        self.paused = True
+        self.pauses += 1
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+
+async def test_commands_behind_a_redis_read_keep_order_and_apply_backpressure() -> None:
+    # an L2 that is down: a GET that misses L1 still takes the async path (one task)
+    service = CacheService(CacheConfig(unix=None, redis="unix:///nonexistent/redis.sock"))
+    conn = CacheConnection(service, None, "test")
+    transport = PausableTransport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    conn.data_received(cmd(b"GET", b"missing") + cmd(b"SET", b"k", b"v"))
+    # while that reply is pending, a client keeps pipelining: 5,000 commands held back
+    conn.data_received(cmd(b"GET", b"k") * 5000)
+    assert transport.paused
+    assert transport.data == b""
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert not transport.paused
+    assert transport.data == b"$-1\r\n+OK\r\n" + b"$1\r\nv\r\n" * 5000
