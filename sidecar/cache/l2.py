@@ -42,7 +42,10 @@ _OP_OVERHEAD: Final = 96
 NEVER = float("inf")
 
 # errors that mean "Redis is not answering well", as opposed to bugs in this module
-L2_ERRORS: Final = (RedisError, OSError, TimeoutError, asyncio.TimeoutError)
+# EOFError: asyncio's IncompleteReadError when Redis closes mid-reply; ValueError: a reply
+# we could not parse (asyncio's LimitOverrunError is one too)
+L2_ERRORS: Final = (RedisError, OSError, TimeoutError, asyncio.TimeoutError, EOFError,
+                    ValueError)
 
 
 class PendingOp:
@@ -172,17 +175,27 @@ class RedisTier:
             self._wake.clear()
             while self.pending and self.up:
                 batch = list(islice(self.pending.items(), self._config.write_batch))
+                delivered = True
                 try:
                     await self._send(batch)
                 except L2_ERRORS as exc:
                     self.write_errors += 1
                     self._mark_down(exc)
                     break
+                except Exception:
+                    # a bug must neither stop the writer nor replay the same batch forever:
+                    # drop it (counted) and go on
+                    log.exception("cache L2 writer: unexpected error; batch dropped")
+                    self.write_errors += 1
+                    self.dropped += len(batch)
+                    delivered = False
                 for key, op in batch:
                     # a newer write for the key arrived meanwhile: it stays queued
                     if self.pending.get(key) is op:
                         del self.pending[key]
                         self.pending_bytes -= op.size
+                if not delivered:
+                    continue
                 self.written += len(batch)
                 if self._replay_left:
                     n = min(self._replay_left, len(batch))
@@ -303,6 +316,10 @@ class RedisTier:
                 except L2_ERRORS as exc:
                     self.read_errors += 1
                     self._mark_down(exc)
+                    results = [UNAVAILABLE] * len(keys)
+                except Exception:  # a bug must not stop the reader: these keys miss
+                    log.exception("cache L2 reader: unexpected error")
+                    self.read_errors += 1
                     results = [UNAVAILABLE] * len(keys)
                 if invalidations != self.invalidations:
                     self.stale_reads += 1
