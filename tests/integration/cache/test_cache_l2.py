@@ -278,3 +278,49 @@ async def test_foreign_key_type_in_redis_is_a_miss_not_an_outage(
         finally:
             await client.aclose()
             await direct.aclose()
+
+
+async def test_redis_killed_while_reads_are_in_flight(
+        short_tmp: Path, redis_server: RedisServer) -> None:
+    direct = aioredis.Redis(unix_socket_path=redis_server.socket)
+    await direct.mset({f"embeddings:r{i}": f"v{i}" for i in range(3000)})
+    await direct.aclose()
+    sock = str(short_tmp / "c.sock")
+    async with running_cache(sock, redis=redis_server.url, l2=FAST) as service:
+        l2 = service.tiers.l2
+        assert l2 is not None
+        errors: list[BaseException] = []
+        wrong: list[str] = []
+
+        async def reader(worker: int) -> None:
+            client = aioredis.Redis(unix_socket_path=sock)
+            try:
+                for n in range(750):  # every key once over 4 workers: all L1 misses
+                    i = worker * 750 + n
+                    try:
+                        value = await client.get(f"embeddings:r{i}")
+                    except Exception as exc:
+                        errors.append(exc)
+                        continue
+                    if value not in (f"v{i}".encode(), None):  # a miss is fine, a lie is not
+                        wrong.append(f"r{i}={value!r}")
+            finally:
+                await client.aclose()
+
+        workers = [asyncio.create_task(reader(w)) for w in range(4)]
+        await wait_until(lambda: l2.reads > 200, "reads under way")
+        redis_server.stop()
+        await asyncio.gather(*workers)
+        assert errors == []
+        assert wrong == []
+        assert not l2.up
+        redis_server.start()  # empty now; the reader must work again after the outage
+        await wait_until(lambda: l2.up, "reconnected")
+        client = aioredis.Redis(unix_socket_path=sock)
+        direct = aioredis.Redis(unix_socket_path=redis_server.socket)
+        try:
+            await direct.set("embeddings:new", "fresh")
+            assert await client.get("embeddings:new") == b"fresh"  # an L2 read again
+        finally:
+            await client.aclose()
+            await direct.aclose()
