@@ -139,3 +139,27 @@ async def test_commands_behind_a_redis_read_keep_order_and_apply_backpressure() 
         await asyncio.sleep(0)
     assert not transport.paused
     assert transport.data == b"$-1\r\n+OK\r\n" + b"$1\r\nv\r\n" * 5000
+
+
+garbage = st.lists(st.one_of(
+    st.binary(max_size=64),
+    st.sampled_from([b"*2\r\n", b"$3\r\nGET\r\n", b"$1\r\nk\r\n", b"*3\r\n$3\r\nSET\r\n",
+                     b"PING\r\n", b"$-1\r\n", b"*-1\r\n", b"\r\n", b"HELLO 3\r\n",
+                     b"CLIENT SETNAME x\r\n", b"SET a b EX 1\r\n", b"AUTH x\r\n"])),
+    max_size=30)
+
+
+@settings(max_examples=500, deadline=None)
+@given(garbage)
+def test_fuzz_connection_never_raises(chunks: list[bytes]) -> None:
+    conn, transport = connect()
+    for chunk in chunks:
+        conn.data_received(chunk)  # must not raise, whatever arrives
+        if transport.closed:
+            break
+    assert conn.parser.buffered() <= 64 * 1024 * 1024
+    # the service is unaffected: a new connection works
+    other, other_transport = CacheConnection(conn.service, None, "t"), FakeTransport()
+    other.connection_made(other_transport)  # type: ignore[arg-type]
+    other.data_received(b"PING\r\n")
+    assert other_transport.data == b"+PONG\r\n"
