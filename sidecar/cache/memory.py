@@ -74,21 +74,26 @@ class MemoryStore:
             seq: int, ns: Namespace) -> Entry | None:
         """Store; returns the entry, or None when the value is larger than the whole tier."""
         size = len(key) + len(value) + ENTRY_OVERHEAD
-        old = self.data.get(key)
+        data = self.data
+        old = data.get(key)
         if old is not None:
             if old.ns is ns and size <= self.max_bytes:
                 # overwrite in place: no allocation, no dict resize, one size delta
                 old.reply = b"$%d\r\n%b\r\n" % (len(value), value)
-                old.fresh_until, old.epoch, old.seq = fresh_until, epoch, seq
+                old.fresh_until = fresh_until
+                old.epoch = epoch
+                old.seq = seq
                 delta = size - old.size
-                old.size = size
-                self.bytes += delta
-                ns.bytes_l1 += delta
+                if delta:
+                    old.size = size
+                    self.bytes += delta
+                    ns.bytes_l1 += delta
+                    if delta > 0 and self.bytes > self.max_bytes:
+                        data.move_to_end(key)
+                        self._evict()
                 if old.expire_at != expire_at:
                     self.set_expiry(key, old, expire_at)
-                self.data.move_to_end(key)
-                if delta > 0 and self.bytes > self.max_bytes:
-                    self._evict()
+                data.move_to_end(key)
                 return old
             del self.data[key]
             self._account(old, -1)

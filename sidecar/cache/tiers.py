@@ -130,17 +130,18 @@ class Tiers:
 
     # --- writes --------------------------------------------------------------------------------
     def write(self, key: bytes, value: bytes, expire_at: float, ns: Namespace) -> None:
-        now = time.monotonic()
-        self.seq += 1
-        l2 = self.l2
+        self.seq = seq = self.seq + 1
         ns.sets += 1
+        l2 = self.l2
+        if l2 is None:  # memory only: nothing to revalidate, no queue
+            self.l1.put(key, value, expire_at, NEVER, 0, seq, ns)
+            return
         if ns.l1:
-            self.l1.put(key, value, expire_at, now + self.staleness,
-                        l2.epoch if l2 is not None else 0, self.seq, ns)
+            self.l1.put(key, value, expire_at, time.monotonic() + self.staleness, l2.epoch,
+                        seq, ns)
         else:
             self.l1.delete(key)
-        if l2 is not None:
-            l2.enqueue(key, OP_SET, value, expire_at)
+        l2.enqueue(key, OP_SET, value, expire_at)
 
     def delete(self, key: bytes) -> None:
         self.seq += 1
