@@ -324,3 +324,24 @@ async def test_redis_killed_while_reads_are_in_flight(
         finally:
             await client.aclose()
             await direct.aclose()
+
+
+async def test_shutdown_delivers_pending_writes(
+        short_tmp: Path, redis_server: RedisServer) -> None:
+    sock = str(short_tmp / "c.sock")
+    async with running_cache(sock, redis=redis_server.url, l2=FAST):
+        client = aioredis.Redis(unix_socket_path=sock)
+        try:
+            pipe = client.pipeline(transaction=False)
+            for i in range(2000):
+                pipe.set(f"specs:s{i}", i)
+            await pipe.execute()
+        finally:
+            await client.aclose()
+        # leaving the block shuts the service down at once: the queue must still land
+    direct = aioredis.Redis(unix_socket_path=redis_server.socket)
+    try:
+        assert await direct.dbsize() == 2000
+        assert await direct.get("specs:s1999") == b"1999"
+    finally:
+        await direct.aclose()
