@@ -75,6 +75,8 @@ class RedisServer:
         args = [redis_binary(), "--port", str(self.port), "--unixsocket", self.socket,
                 "--unixsocketperm", "700", "--save", "", "--appendonly", "no",
                 "--dir", str(self.dir), "--daemonize", "no", "--loglevel", "warning",
+                # DEBUG SLEEP makes a slow Redis for the outage tests
+                "--enable-debug-command", "local",
                 "--logfile", str(self.dir / "redis.log")]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)

@@ -345,3 +345,33 @@ async def test_shutdown_delivers_pending_writes(
         assert await direct.get("specs:s1999") == b"1999"
     finally:
         await direct.aclose()
+
+
+async def test_slow_redis_counts_as_down_and_l1_answers(
+        short_tmp: Path, redis_server: RedisServer) -> None:
+    sock = str(short_tmp / "c.sock")
+    settings = {"redis": redis_server.url, "l2": {**FAST, "timeout": 0.2}}
+    async with running_cache(sock, **settings) as service:
+        l2 = service.tiers.l2
+        assert l2 is not None
+        client = aioredis.Redis(unix_socket_path=sock)
+        blocker = aioredis.Redis(unix_socket_path=redis_server.socket, socket_timeout=10)
+        try:
+            await client.set("sentiment:a", "kept")
+            await wait_until(flushed(service), "first write in Redis")
+            sleeping = asyncio.create_task(blocker.execute_command("DEBUG", "SLEEP", "1.5"))
+            await asyncio.sleep(0.1)
+            await client.set("sentiment:b", "during")  # the writer's send times out
+            await wait_until(lambda: not l2.up, "slow Redis marked down")
+            assert await client.get("sentiment:a") == b"kept"  # L1, no waiting on Redis
+            assert await client.get("sentiment:b") == b"during"
+            await sleeping
+            await wait_until(flushed(service), "replayed once Redis answers again")
+            direct = aioredis.Redis(unix_socket_path=redis_server.socket)
+            try:
+                assert await direct.get("sentiment:b") == b"during"
+            finally:
+                await direct.aclose()
+        finally:
+            await client.aclose()
+            await blocker.aclose()
