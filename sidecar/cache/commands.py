@@ -380,18 +380,34 @@ class Commands:
     def _expire_cmd(self, args: list[bytes], name: str, unit: int) -> Reply:
         if len(args) < 3:
             return arity(name)
-        if len(args) > 3:
-            return error(f"ERR Unsupported option {args[3].decode('utf-8', 'replace')}")
+        flags = set()
+        for raw in args[3:]:
+            option = raw.upper()
+            if option not in (b"NX", b"XX", b"GT", b"LT"):
+                return error(f"ERR Unsupported option {raw.decode('utf-8', 'replace')}")
+            flags.add(option)
+        if b"NX" in flags and len(flags) > 1:
+            return error("ERR NX and XX, GT or LT options at the same time are not compatible")
+        if b"GT" in flags and b"LT" in flags:
+            return error("ERR GT and LT options at the same time are not compatible")
         number = _int(args[2])
         if number is None:
             return NOT_INT
         if abs(number) > 2**48:
             return error(f"ERR invalid expire time in '{name}' command")
-        return self._expire_async(args[1], number * unit)
+        return self._expire_async(args[1], number * unit, frozenset(flags))
 
-    async def _expire_async(self, key: bytes, ttl_ms: int) -> bytes:
-        if await self.tiers.lookup(key) is None:
+    async def _expire_async(self, key: bytes, ttl_ms: int, flags: frozenset[bytes]) -> bytes:
+        found = await self.tiers.lookup(key)
+        if found is None:
             return resp.ZERO
+        if flags:
+            current = found[1]  # NEVER: no expiry, which GT/LT treat as infinite
+            new = time.monotonic() + ttl_ms / 1000
+            if ((b"NX" in flags and current != NEVER) or (b"XX" in flags and current == NEVER)
+                    or (b"GT" in flags and not new > current)
+                    or (b"LT" in flags and not new < current)):
+                return resp.ZERO
         if ttl_ms <= 0:
             self.tiers.delete(key)
         else:

@@ -295,3 +295,24 @@ async def test_flushdb_when_allowed(cache_sock: str) -> None:
             assert await client.dbsize() == 0
         finally:
             await client.aclose()
+
+
+async def test_expire_options(cache: CacheService, cache_sock: str) -> None:
+    client = aioredis.Redis(unix_socket_path=cache_sock)
+    try:
+        await client.set("x:persistent", "v")
+        assert await client.expire("x:persistent", 100, xx=True) is False  # no TTL yet
+        assert await client.expire("x:persistent", 100, gt=True) is False  # no TTL = infinite
+        assert await client.expire("x:persistent", 100, nx=True) is True
+        assert await client.expire("x:persistent", 50, nx=True) is False
+        assert await client.expire("x:persistent", 50, gt=True) is False
+        assert await client.expire("x:persistent", 200, gt=True) is True
+        assert await client.expire("x:persistent", 300, lt=True) is False
+        assert await client.expire("x:persistent", 30, lt=True) is True
+        assert 29 <= await client.ttl("x:persistent") <= 30
+        with pytest.raises(redis.ResponseError, match="not compatible"):
+            await client.execute_command("EXPIRE", "x:persistent", "10", "NX", "GT")
+        with pytest.raises(redis.ResponseError, match="Unsupported option"):
+            await client.execute_command("EXPIRE", "x:persistent", "10", "SOON")
+    finally:
+        await client.aclose()
