@@ -44,6 +44,8 @@ class CacheConnection(asyncio.Protocol):
     def __init__(self, service: CacheService, password: str | None, listener: str) -> None:
         self.service = service
         limits = service.config.limits
+        # one command may carry several values of max_bulk (MSET): its total is bounded at
+        # 4x that, and never below 64 MiB
         self.parser = RespParser(limits.max_bulk, limits.max_array, limits.max_inline,
                                  max(4 * limits.max_bulk, 64 * 1024 * 1024))
         self.table = service.commands.table
