@@ -117,7 +117,7 @@ class CacheService:
             auth = ", AUTH" if config.tcp.password else ""
             where.append(f"tcp:{config.tcp.endpoint}{auth}")
         l2 = f"L2 {redacted(config.redis)}" if config.redis else "no L2 (memory only)"
-        return [f"cache  {'  '.join(where) or '(no listener)'}  "
+        return [f"cache      {'  '.join(where) or '(no listener)'}  "
                 f"(memory L1 {_mib(config.memory.max_bytes)}, {l2})"]
 
     def stats(self) -> dict[str, object]:
