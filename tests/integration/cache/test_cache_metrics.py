@@ -76,7 +76,7 @@ def test_describe_banner(short_tmp: Path) -> None:
     service = CacheService(CacheConfig(unix="./run/cache.sock",
                                        redis="redis://:secret@cache-host:6379/0"))
     assert service.describe() == [
-        "cache  unix:./run/cache.sock  (memory L1 64 MiB, L2 redis://:***@cache-host:6379/0)"]
+        "cache      unix:./run/cache.sock  (memory L1 64 MiB, L2 redis://:***@cache-host:6379/0)"]
 
 
 async def test_shutdown_removes_its_socket_file(cache_sock: str) -> None:
