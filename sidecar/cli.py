@@ -7,6 +7,7 @@ import sys
 import click
 
 from sidecar import __version__
+from sidecar.cache.cli import cache as cache_cli
 from sidecar.errors import ConfigError
 
 CONFIG_OPTION = click.option(
@@ -22,6 +23,9 @@ SET_OPTION = click.option(
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Local telemetry sidecar for LLM-agent applications."""
+
+
+main.add_command(cache_cli)
 
 
 @main.command()

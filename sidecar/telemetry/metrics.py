@@ -91,3 +91,167 @@ EXPORTER_LATENCY = Histogram(
 # --- daemon -------------------------------------------------------------------------------
 READY = Gauge("sidecar_ready", "1 when every listener is bound and every exporter started",
               registry=REGISTRY)
+
+# --- cache --------------------------------------------------------------------------------
+# The cache's hot path counts with plain ints on its own objects (a prometheus_client
+# `inc()` takes a lock and costs as much as an L1 GET); this collector turns them into
+# metric families at scrape time. Each running CacheService attaches one snapshot source.
+
+from collections.abc import Callable, Iterable  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+
+from prometheus_client.core import (  # noqa: E402
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector  # noqa: E402
+
+
+@dataclass(slots=True)
+class CacheNamespaceSample:
+    namespace: str
+    hits_l1: int = 0
+    hits_l2: int = 0
+    misses: int = 0
+    sets: int = 0
+    deletes: int = 0
+    evictions_l1: int = 0
+    expirations_l1: int = 0
+    items_l1: int = 0
+    bytes_l1: int = 0
+    saved_usd: float = 0.0
+
+
+@dataclass(slots=True)
+class CacheSample:
+    namespaces: list[CacheNamespaceSample] = field(default_factory=list)
+    backend_up: float | None = None  # None: no L2 configured
+    l2_pending: int = 0
+    l2_replayed: int = 0
+    l2_dropped: int = 0
+    l2_errors: int = 0
+    connections: int = 0
+    protocol_errors: int = 0
+    # command -> (upper bounds, cumulative-free bucket counts incl. +Inf, sum of seconds)
+    latency: dict[str, tuple[tuple[float, ...], list[int], float]] = field(default_factory=dict)
+
+
+class CacheCollector(Collector):
+    def __init__(self) -> None:
+        self._sources: list[Callable[[], CacheSample]] = []
+
+    def attach(self, source: Callable[[], CacheSample]) -> None:
+        self._sources.append(source)
+
+    def detach(self, source: Callable[[], CacheSample]) -> None:
+        if source in self._sources:
+            self._sources.remove(source)
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families([])
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families([source() for source in self._sources])
+
+    @staticmethod
+    def _families(samples: list[CacheSample]) -> list[Metric]:
+        ns_labels = ["namespace"]
+        tier_labels = ["namespace", "tier"]
+        hits = CounterMetricFamily("sidecar_cache_hits", "Cache lookups answered, by tier",
+                                   labels=tier_labels)
+        misses = CounterMetricFamily("sidecar_cache_misses", "Lookups with no value in any tier",
+                                     labels=ns_labels)
+        sets = CounterMetricFamily("sidecar_cache_sets", "Values written by clients",
+                                   labels=ns_labels)
+        deletes = CounterMetricFamily("sidecar_cache_deletes", "Keys deleted by clients",
+                                      labels=ns_labels)
+        evictions = CounterMetricFamily("sidecar_cache_evictions",
+                                        "Entries evicted to stay within the memory bound",
+                                        labels=tier_labels)
+        expirations = CounterMetricFamily("sidecar_cache_expirations",
+                                          "Entries removed because their TTL passed",
+                                          labels=tier_labels)
+        items = GaugeMetricFamily("sidecar_cache_items", "Entries held", labels=tier_labels)
+        size = GaugeMetricFamily("sidecar_cache_bytes", "Bytes held (keys, values, overhead)",
+                                 labels=tier_labels)
+        saved = CounterMetricFamily("sidecar_cache_saved_usd",
+                                    "Estimated USD saved: hits x the namespace's value_usd",
+                                    labels=ns_labels)
+        up = GaugeMetricFamily("sidecar_cache_backend_up",
+                               "1 when the Redis L2 answers, 0 while serving from memory only")
+        pending = GaugeMetricFamily("sidecar_cache_l2_pending_writes",
+                                    "Writes waiting to reach Redis (in flight or outage)")
+        replayed = CounterMetricFamily("sidecar_cache_l2_replayed_writes",
+                                       "Writes delivered to Redis after an outage")
+        dropped = CounterMetricFamily("sidecar_cache_l2_dropped_writes",
+                                      "Queued writes given up, oldest first, at the queue bound")
+        errors = CounterMetricFamily("sidecar_cache_l2_errors",
+                                     "Redis commands that failed or timed out")
+        conns = GaugeMetricFamily("sidecar_cache_connections", "Open client connections")
+        perrors = CounterMetricFamily("sidecar_cache_protocol_errors",
+                                      "Connections closed for breaking the protocol")
+        per_ns: dict[str, CacheNamespaceSample] = {}
+        latency: dict[str, tuple[tuple[float, ...], list[int], float]] = {}
+        any_l2 = False
+        up_value = 1.0
+        totals = CacheSample()
+        for sample in samples:
+            for row in sample.namespaces:
+                acc = per_ns.setdefault(row.namespace, CacheNamespaceSample(row.namespace))
+                for name in ("hits_l1", "hits_l2", "misses", "sets", "deletes", "evictions_l1",
+                             "expirations_l1", "items_l1", "bytes_l1", "saved_usd"):
+                    setattr(acc, name, getattr(acc, name) + getattr(row, name))
+            if sample.backend_up is not None:
+                any_l2 = True
+                up_value = min(up_value, sample.backend_up)
+            totals.l2_pending += sample.l2_pending
+            totals.l2_replayed += sample.l2_replayed
+            totals.l2_dropped += sample.l2_dropped
+            totals.l2_errors += sample.l2_errors
+            totals.connections += sample.connections
+            totals.protocol_errors += sample.protocol_errors
+            for command, (bounds, counts, total) in sample.latency.items():
+                if command in latency:
+                    _, acc_counts, acc_sum = latency[command]
+                    merged = [a + b for a, b in zip(acc_counts, counts, strict=True)]
+                    latency[command] = (bounds, merged, acc_sum + total)
+                else:
+                    latency[command] = (bounds, list(counts), total)
+        for ns, row in sorted(per_ns.items()):
+            hits.add_metric([ns, "l1"], row.hits_l1)
+            hits.add_metric([ns, "l2"], row.hits_l2)
+            misses.add_metric([ns], row.misses)
+            sets.add_metric([ns], row.sets)
+            deletes.add_metric([ns], row.deletes)
+            evictions.add_metric([ns, "l1"], row.evictions_l1)
+            expirations.add_metric([ns, "l1"], row.expirations_l1)
+            items.add_metric([ns, "l1"], row.items_l1)
+            size.add_metric([ns, "l1"], row.bytes_l1)
+            saved.add_metric([ns], row.saved_usd)
+        if any_l2:  # memory-only: no backend, so no alert on a backend that is "down"
+            up.add_metric([], up_value)
+        if samples:
+            pending.add_metric([], totals.l2_pending)
+            replayed.add_metric([], totals.l2_replayed)
+            dropped.add_metric([], totals.l2_dropped)
+            errors.add_metric([], totals.l2_errors)
+            conns.add_metric([], totals.connections)
+            perrors.add_metric([], totals.protocol_errors)
+        duration = HistogramMetricFamily("sidecar_cache_command_duration_seconds",
+                                         "Time from a parsed command to its reply",
+                                         labels=["command"])
+        for command, (bounds, counts, total) in sorted(latency.items()):
+            running = 0
+            buckets: list[tuple[str, float]] = []
+            for bound, count in zip((*bounds, float("inf")), counts, strict=True):
+                running += count
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), running))
+            duration.add_metric([command], buckets, total)
+        return [hits, misses, sets, deletes, evictions, expirations, items, size, saved, up,
+                pending, replayed, dropped, errors, conns, perrors, duration]
+
+
+CACHE_COLLECTOR = CacheCollector()
+REGISTRY.register(CACHE_COLLECTOR)
