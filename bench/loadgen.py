@@ -76,9 +76,9 @@ def _span(rng: random.Random, i: int, trace_id: bytes, parent: bytes, now: int,
         "tenant.id": tenant,
         "app.request_id": _uuid(rng),
         "session.id": _uuid(rng),
-        "user.id": f"user-{rng.randint(1, 50_000):06d}",
+        "user.id": f"user-{rng.randint(1, 50_000):06d}@{tenant}.customers.example.com",
         "thread.id": rng.randint(1, 64),
-        "code.function": f"app.agents.{agent}.pipeline.step_{i % 7}",
+        "code.function": f"app.agents.{agent}.pipeline.steps.run_step_{i % 7}",
     }
     kind = i % 3
     events: list[Span.Event] = []
@@ -182,11 +182,11 @@ def build_request(rng: random.Random, spans: int = SPANS_PER_REQUEST) -> bytes:
                 "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": agent,
                 "gen_ai.agent.id": f"asst_{rng.getrandbits(64):016x}", "tenant.id": tenant,
                 "app.request_id": _uuid(rng), "session.id": _uuid(rng),
-                "user.id": f"user-{rng.randint(1, 50_000):06d}",
+                "user.id": f"user-{rng.randint(1, 50_000):06d}@{tenant}.customers.example.com",
                 "app.feature": "ticket-triage", "app.plan": "enterprise",
                 "gen_ai.conversation.id": f"conv-{rng.getrandbits(64):016x}",
                 "app.steps": 9, "app.retry_count": 0,
-                "code.function": f"agents.{agent}.run", "thread.id": rng.randint(1, 64),
+                "code.function": f"app.agents.{agent}.runner.run", "thread.id": rng.randint(1, 64),
             }),
             status=Status(code=Status.STATUS_CODE_OK),
         ))
