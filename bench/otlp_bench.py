@@ -642,7 +642,12 @@ def print_report(summary: dict[str, Any], meta: dict[str, Any]) -> list[str]:
         f"  sidecar CPU at 10k spans/s {fmt(steady, '.1f'):>6}%   (target < "
         f"{TARGET_STEADY_CPU:.0f}% of one core)"
         f"  {verdict(None if steady is None else steady < TARGET_STEADY_CPU)}",
+        f"  CPU per span at 10k        {fmt(ratio(summary, '10k', 'cpu_us_per_span'), '.2f'):>6}x",
     ]
+    floor = summary.get("pyfloor", {}).get("10k", {}).get("cpu_pct_core")
+    if steady is not None and floor:
+        lines.append(f"  sidecar CPU at 10k / bare grpc.aio receiver (pyfloor) "
+                     f"{steady / floor:.2f}x  ({floor:.1f}% for pyfloor)")
     for line in lines:
         print(line)
     return lines
