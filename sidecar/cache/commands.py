@@ -16,8 +16,8 @@ from typing import Any, Final, Protocol
 
 from sidecar.cache import resp
 from sidecar.cache.config import CacheConfig
-from sidecar.cache.l2 import NEVER
 from sidecar.cache.namespaces import Namespace
+from sidecar.cache.ops import NEVER
 from sidecar.cache.resp import Status, bulk, error, integer
 from sidecar.cache.tiers import Tiers, _Unknown
 

@@ -21,7 +21,7 @@ import orjson
 
 from sidecar.cache import resp
 from sidecar.cache.commands import REDIS_VERSION, Reply, arity, unknown_command
-from sidecar.cache.l2 import NEVER
+from sidecar.cache.ops import NEVER
 from sidecar.cache.resp import BULK_HEADERS, ProtocolError, RespParser, bulk, error
 
 if TYPE_CHECKING:

@@ -30,16 +30,20 @@ from sidecar.cache.l2wire import (
     build_client,
     count_replies,
     pack,
+)
+from sidecar.cache.ops import (
+    NEVER,
+    OP_DEL,
+    OP_EXPIRE,
+    OP_SET,
+    UNAVAILABLE,
+    Fetched,
     redacted,
 )
 
 log = logging.getLogger("sidecar.cache.l2")
 
-OP_SET: Final = 0
-OP_DEL: Final = 1
-OP_EXPIRE: Final = 2  # expire_at NEVER = PERSIST
 _OP_OVERHEAD: Final = 96
-NEVER = float("inf")
 
 # errors that mean "Redis is not answering well", as opposed to bugs in this module
 # EOFError: asyncio's IncompleteReadError when Redis closes mid-reply; ValueError: a reply
@@ -56,14 +60,6 @@ class PendingOp:
         self.value = value
         self.expire_at = expire_at
         self.size = size
-
-
-class _Unavailable:
-    """Result of a read that could not reach Redis (distinct from a miss, which is None)."""
-
-
-UNAVAILABLE: Final = _Unavailable()
-Fetched = tuple[bytes, float] | None | _Unavailable  # (value, expire_at) | miss | no answer
 
 
 class RedisTier:

@@ -90,12 +90,3 @@ def _host_port(text: str, default_port: int) -> tuple[str, int]:
     if not sep:
         return text, default_port
     return host.strip("[]"), int(port)
-
-
-def redacted(url: str) -> str:
-    """The URL without its password, for banners and stats."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return parts._replace(netloc=netloc).geturl()
-    return url

@@ -14,7 +14,7 @@ import time
 from sidecar.cache.commands import REDIS_VERSION, Commands
 from sidecar.cache.config import CacheConfig
 from sidecar.cache.connection import CacheConnection
-from sidecar.cache.l2wire import redacted
+from sidecar.cache.ops import redacted
 from sidecar.cache.stats import BOUNDS, Latency
 from sidecar.cache.tiers import Tiers
 from sidecar.configtypes import split_endpoint

@@ -7,12 +7,15 @@ no await) for every L1 hit, which is what keeps the hot path fast."""
 from __future__ import annotations
 
 import time
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from sidecar.cache.config import CacheConfig
-from sidecar.cache.l2 import NEVER, OP_DEL, OP_EXPIRE, OP_SET, UNAVAILABLE, RedisTier
 from sidecar.cache.memory import Entry, MemoryStore
 from sidecar.cache.namespaces import Namespace, Namespaces
+from sidecar.cache.ops import NEVER, OP_DEL, OP_EXPIRE, OP_SET, UNAVAILABLE
+
+if TYPE_CHECKING:
+    from sidecar.cache.l2 import RedisTier
 
 
 class _Unknown:
@@ -28,7 +31,11 @@ class Tiers:
     def __init__(self, config: CacheConfig) -> None:
         self.namespaces = Namespaces(config)
         self.l1 = MemoryStore(config.memory.max_bytes)
-        self.l2: RedisTier | None = RedisTier(config) if config.redis is not None else None
+        self.l2: RedisTier | None = None
+        if config.redis is not None:
+            from sidecar.cache.l2 import RedisTier  # redis-py only when L2 is configured
+
+            self.l2 = RedisTier(config)
         self.staleness = config.l2.max_staleness
         self.seq = 0  # bumped on each local write (see Entry.seq)
         if self.l2 is not None:

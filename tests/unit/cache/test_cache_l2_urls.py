@@ -8,7 +8,8 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from sidecar.cache.config import CacheConfig
-from sidecar.cache.l2wire import SET, SET_PX, build_client, count_replies, pack, redacted
+from sidecar.cache.l2wire import SET, SET_PX, build_client, count_replies, pack
+from sidecar.cache.ops import redacted
 
 
 def test_plain_tls_and_unix_urls() -> None:
