@@ -562,6 +562,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]
             (r["delivered_ratio"] for r in good if r.get("delivered_ratio") is not None),
             default=None)
         entry["errors"] = [r["error"] for r in rs if not r["ok"]]
+        entry["failed_requests"] = sum(sum(r["errors"].values()) for r in good)
         out.setdefault(target, {})[scenario] = entry
     return out
 
@@ -614,6 +615,11 @@ def print_report(summary: dict[str, Any], meta: dict[str, Any]) -> list[str]:
             if e["ok_runs"] < e["runs"]:
                 lines.append(f"{'':18} ({e['runs'] - e['ok_runs']} run(s) failed: "
                              f"{e['errors'][0].splitlines()[0]})")
+    for target, scenarios in summary.items():
+        for scenario, e in scenarios.items():
+            if e.get("failed_requests"):
+                lines.append(f"NOTE: {target} {scenario}: {e['failed_requests']} requests failed "
+                             "(not retried; see the errors in the JSON)")
     busiest = max((e.get("background_cpu_pct") or 0.0 for t in summary.values()
                    for e in t.values()), default=0.0)
     lines.append("other % = CPU used by other processes on the machine during the window "
@@ -713,8 +719,12 @@ def main(argv: list[str] | None = None) -> int:
         profile_dir=args.profile)
     all_scenarios = {"10k": Scenario("10k", 10_000, 8),
                      "max": Scenario("max", 0, args.max_concurrency)}
-    scenarios = [all_scenarios[s] for s in args.scenarios.split(",") if s]
+    scenarios = [all_scenarios[s] for s in args.scenarios.split(",") if s in all_scenarios]
     targets = [t for t in args.targets.split(",") if t]
+    unknown = [t for t in targets if t not in ("rotel", "sidecar", "pyfloor")] + [
+        s for s in args.scenarios.split(",") if s and s not in all_scenarios]
+    if unknown:
+        parser.error(f"unknown target or scenario: {', '.join(unknown)}")
 
     meta: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -753,7 +763,9 @@ def main(argv: list[str] | None = None) -> int:
                               f"{result['cpu_us_per_span']:.1f} µs/span "
                               f"{result['cpu_pct_core']:.0f}% CPU "
                               f"{result['peak_rss_mib']:.0f} MiB "
-                              f"(other load {result['background_cpu_pct']:.0f}%)", file=sys.stderr)
+                              f"(other load {result['background_cpu_pct']:.0f}%)"
+                              + (f" errors: {result['errors']}" if result["errors"] else ""),
+                              file=sys.stderr)
                     else:
                         print("FAILED: " + result["error"], file=sys.stderr)
     finally:
