@@ -7,6 +7,10 @@ grpc-python cannot send a message that is already compressed, so the gzip path s
 gRPC wire protocol itself: a 5-byte prefix (compressed flag + length) before the message,
 `grpc-encoding: gzip`, status in the trailers. Unary calls only; many concurrent streams on
 one connection, which is re-opened lazily after it is lost or the peer sends GOAWAY.
+
+h2 closes its connection state machine on a received GOAWAY (python-hyper/h2#1181), so a
+GOAWAY fails every call in flight with UNAVAILABLE (retried by the chain), even the ones the
+peer would still have answered: a graceful server drain can cause duplicate deliveries.
 """
 
 from __future__ import annotations
@@ -131,6 +135,10 @@ class _Connection:
             if not call.done.done():
                 self.h2.end_stream(stream_id)
                 self.flush()
+            elif not self.closed:  # answered early: close our half so it frees a slot
+                with contextlib.suppress(h2.exceptions.H2Error):
+                    self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
+                    self.flush()
             await asyncio.shield(call.done)
         except h2.exceptions.StreamClosedError:
             # the peer answered (or reset) before taking the whole request
