@@ -223,12 +223,19 @@ class _Connection:
             with contextlib.suppress(h2.exceptions.H2Error):
                 self.h2.close_connection()
                 self.flush()
+            with contextlib.suppress(OSError, TimeoutError):  # let the GOAWAY out
+                async with asyncio.timeout(1):
+                    await self.writer.drain()
             self.abort("client closed")
+        # no wait for the TLS close_notify answer: grpc servers do not send one, and
+        # asyncio would wait up to its 30 s ssl_shutdown_timeout
+        self.writer.transport.abort()
         self._reader_task.cancel()
         with contextlib.suppress(asyncio.CancelledError, OSError):
             await self._reader_task
-        with contextlib.suppress(OSError, asyncio.CancelledError):
-            await self.writer.wait_closed()
+        with contextlib.suppress(OSError, TimeoutError):
+            async with asyncio.timeout(1):
+                await self.writer.wait_closed()
 
 
 class GrpcH2Client:
