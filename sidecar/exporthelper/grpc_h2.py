@@ -301,7 +301,7 @@ class GrpcH2Client:
 def _result(call: _Call) -> bytes:
     headers = dict(call.headers)
     http_status = headers.get(b":status", b"")
-    if http_status != b"200":
+    if http_status != b"200" and b"grpc-status" not in headers:  # not from a gRPC server
         status = int(http_status) if http_status.isdigit() else 0
         raise GrpcStatusError(_HTTP_TO_GRPC.get(status, grpc.StatusCode.UNKNOWN),
                               f"HTTP status {status}")
