@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
+from collections.abc import Iterable
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -27,6 +29,7 @@ from sidecar.errors import PermanentError, RetryableError, StartupError
 from sidecar.exporthelper import http
 from sidecar.exporthelper.chain import ExportChain
 from sidecar.exporthelper.compression import gzip_compress
+from sidecar.exporthelper.grpc_h2 import GrpcH2Client, GrpcStatusError, frame_message
 from sidecar.exporthelper.http import ExportResponse
 from sidecar.exporthelper.retry import RequestTooLargeError, retry_info_delay
 from sidecar.exporthelper.settings import ExporterSettings, TlsSettings
@@ -76,18 +79,25 @@ class OtlpConfig(ExporterSettings):
         return self.tls.insecure or self.endpoint.startswith("http://")
 
 
-def classify_grpc_error(error: grpc.aio.AioRpcError) -> PermanentError | RetryableError:
+def classify_grpc_error(error: grpc.aio.AioRpcError | GrpcStatusError,
+                        ) -> PermanentError | RetryableError:
+    """An error of either gRPC transport (grpc.aio or the h2 client), by its status."""
+    return classify_grpc_status(error.code(), error.details(), error.trailing_metadata())
+
+
+def classify_grpc_status(code: grpc.StatusCode, details: str | None,
+                         trailing_metadata: Iterable[object] | None,
+                         ) -> PermanentError | RetryableError:
     """OTLP spec: RESOURCE_EXHAUSTED is retryable only with a RetryInfo (throttling)."""
-    code = error.code()
-    message = f"gRPC {code.name}: {error.details()}"
-    delay = retry_info_delay(error.trailing_metadata())
+    message = f"gRPC {code.name}: {details}"
+    delay = retry_info_delay(trailing_metadata)
     if code in _RETRYABLE_CODES:
         return RetryableError(message, retry_after=delay)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         if delay is not None:
             return RetryableError(message, retry_after=delay)
         # grpc's own limit check: "Received message larger than max (N vs. M)"
-        if "larger than max" in (error.details() or ""):
+        if "larger than max" in (details or ""):
             return RequestTooLargeError(message)
     return PermanentError(message)
 
@@ -98,15 +108,21 @@ class GrpcSender:
         url = urlsplit(config.endpoint)
         host = f"[{url.hostname}]" if ":" in (url.hostname or "") else url.hostname
         self._target = f"{host}:{url.port or 4317}"
+        self._host, self._port = url.hostname or "", url.port or 4317
         # gRPC metadata keys must be lowercase
         self._metadata = tuple((k.lower(), v) for k, v in config.headers.items())
         self._channel: grpc.aio.Channel | None = None
         self._calls: dict[Signal, grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = {}
+        # gzip: ISA-L compresses and the h2 client sends the pre-compressed message
+        self._h2: GrpcH2Client | None = None
 
     async def start(self) -> None:
+        if self.config.compression == "gzip":
+            self._h2 = GrpcH2Client(self._host, self._port, ssl_context=self._ssl_context(),
+                                    user_agent=http.USER_AGENT)
+            return
         options = [("grpc.primary_user_agent", http.USER_AGENT)]
-        compression = (grpc.Compression.Gzip if self.config.compression == "gzip"
-                       else grpc.Compression.NoCompression)
+        compression = grpc.Compression.NoCompression  # gzip goes through self._h2
         if self.config.plaintext:
             self._channel = grpc.aio.insecure_channel(
                 self._target, options=options, compression=compression)
@@ -121,11 +137,29 @@ class GrpcSender:
         self._calls = {s: self._channel.unary_unary(method, None, None)
                        for s, (method, _, _) in _SERVICES.items()}
 
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if self.config.plaintext:
+            return None
+        for key in ("ca_file", "cert_file", "key_file"):
+            _read(self.config, key)  # names a missing file the way the grpc.aio path does
+        tls = self.config.tls
+        try:
+            context = ssl.create_default_context(cafile=tls.ca_file)
+            if tls.cert_file is not None and tls.key_file is not None:
+                context.load_cert_chain(tls.cert_file, tls.key_file)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError: a bad PEM
+            raise StartupError(f"tls: {exc}") from exc
+        context.set_alpn_protocols(["h2"])
+        return context
+
     async def send(self, batch: Batch) -> int:
         try:
-            answer: bytes = await self._calls[batch.signal](
-                batch.payload, timeout=self.config.timeout, metadata=self._metadata)
-        except grpc.aio.AioRpcError as exc:
+            if self._h2 is not None:
+                answer = await self._send_h2(batch)
+            else:
+                answer = await self._calls[batch.signal](
+                    batch.payload, timeout=self.config.timeout, metadata=self._metadata)
+        except (grpc.aio.AioRpcError, GrpcStatusError) as exc:
             raise classify_grpc_error(exc) from exc
         _, response_type, field = _SERVICES[batch.signal]
         try:
@@ -141,7 +175,18 @@ class GrpcSender:
                     extra={"rejected": rejected, "detail": response.partial_success.error_message})
         return rejected
 
+    async def _send_h2(self, batch: Batch) -> bytes:
+        assert self._h2 is not None
+        body = batch.payload
+        compressed = (await asyncio.to_thread(gzip_compress, body)
+                      if len(body) > _COMPRESS_OFF_LOOP else gzip_compress(body))
+        return await self._h2.unary(_SERVICES[batch.signal][0], frame_message(compressed, True),
+                                    timeout=self.config.timeout, metadata=self._metadata)
+
     async def close(self) -> None:
+        if self._h2 is not None:
+            await self._h2.close()
+            self._h2 = None
         if self._channel is not None:
             await self._channel.close(grace=None)
             self._channel = None

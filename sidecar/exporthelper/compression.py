@@ -1,4 +1,4 @@
-"""gzip helpers for HTTP bodies (gRPC compresses inside grpc's C core instead).
+"""gzip helpers for HTTP bodies and pre-compressed gRPC messages (`grpc_h2`).
 
 zlib runs in C and releases the GIL while it works. Level 1: on a 2,000-span request of
 LLM-like spans (530 B/span, random ids, 10 gen_ai attributes) it cost 3.8 µs/span for 25.2 %

@@ -66,7 +66,8 @@ async def send_one(s: GrpcSender | HttpSender) -> None:
         async with asyncio.timeout(10):
             await s.send(traces_batch(2))
     finally:
-        await s.close()
+        async with asyncio.timeout(10):  # closing must not wait out a TLS shutdown
+            await s.close()
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
