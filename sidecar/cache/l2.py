@@ -80,7 +80,6 @@ class RedisTier:
         self.reads = 0
         self.coalesced = 0  # reads that shared another read's round trip
         self.outages = 0
-        self.stale_reads = 0  # reads that overlapped an invalidation (see Tiers.read)
         self._replay_left = 0
         self._reads: dict[bytes, asyncio.Future[Fetched]] = {}
         self._wake = asyncio.Event()
@@ -273,9 +272,6 @@ class RedisTier:
             await pipe.execute()
 
     # --- reads -------------------------------------------------------------------------------
-    def pending_value(self, key: bytes) -> PendingOp | None:
-        return self.pending.get(key)
-
     async def fetch(self, key: bytes) -> Fetched:
         """Value and expiry from Redis; concurrent calls for one key share one round trip."""
         shared = self._reads.get(key)
@@ -306,7 +302,6 @@ class RedisTier:
             while self._read_queue and self.up:
                 keys = self._read_queue[:READ_BATCH]
                 del self._read_queue[:READ_BATCH]
-                invalidations = self.invalidations
                 try:
                     results = await self._read_batch(keys)
                 except L2_ERRORS as exc:
@@ -317,8 +312,6 @@ class RedisTier:
                     log.exception("cache L2 reader: unexpected error")
                     self.read_errors += 1
                     results = [UNAVAILABLE] * len(keys)
-                if invalidations != self.invalidations:
-                    self.stale_reads += 1
                 for key, result in zip(keys, results, strict=True):
                     future = self._reads.pop(key, None)
                     if future is not None and not future.done():
@@ -374,7 +367,6 @@ class RedisTier:
         future: asyncio.Future[Fetched] = asyncio.get_running_loop().create_future()
         self._reads[key] = future
         result: Fetched = UNAVAILABLE
-        invalidations = self.invalidations
         try:
             self.reads += 1
             async with asyncio.timeout(self._config.timeout):
@@ -386,9 +378,6 @@ class RedisTier:
                 result = None
             else:
                 result = (value, NEVER if pttl < 0 else time.monotonic() + pttl / 1000)
-            if invalidations != self.invalidations:
-                # a change may have raced this read: do not trust tracking for its result
-                self.stale_reads += 1
         except ResponseError:
             # Redis answered, with an error about this key (WRONGTYPE: some other program
             # stored a hash there): a miss for us, and no reason to call Redis down

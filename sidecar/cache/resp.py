@@ -197,10 +197,8 @@ OK: Final = b"+OK\r\n"
 PONG: Final = b"+PONG\r\n"
 NIL2: Final = b"$-1\r\n"
 NIL3: Final = b"_\r\n"
-NIL_ARRAY2: Final = b"*-1\r\n"
 ZERO: Final = b":0\r\n"
 ONE: Final = b":1\r\n"
-EMPTY_ARRAY: Final = b"*0\r\n"
 
 
 def bulk(value: bytes) -> bytes:
