@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from sidecar.admin import AdminServer
 from sidecar.cache.server import CacheService
+from sidecar.component import Lifecycle
 from sidecar.config import Config
 from sidecar.errors import StartupError
 from sidecar.pipeline.graph import Graph, build_graph
@@ -25,9 +26,7 @@ from sidecar.receivers.otlp_http import OtlpHttpReceiver
 log = logging.getLogger("sidecar")
 
 
-class Receiver(Protocol):
-    async def start(self) -> None: ...
-    async def shutdown(self, deadline: float) -> None: ...
+class Receiver(Lifecycle, Protocol):
     def describe(self) -> str: ...
 
 
