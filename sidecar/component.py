@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from sidecar.model import Batch, Signal
 
@@ -29,6 +29,7 @@ class Processor(Protocol):
     def process(self, batch: Batch) -> Batch: ...
 
 
+@runtime_checkable
 class Lifecycle(Protocol):
     async def start(self) -> None: ...
 
