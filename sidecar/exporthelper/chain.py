@@ -90,6 +90,10 @@ class ExportChain:
         self._accepting = False
         self._m = _Labels(name)
         self._m.capacity.set(self.queue.capacity_bytes)
+        # read at scrape time: the fill level costs nothing per request
+        queue = self.queue
+        self._m.queue_bytes.set_function(lambda: queue.size_bytes)
+        self._m.queue_items.set_function(lambda: queue.size_items)
 
     # --- ExporterComponent ------------------------------------------------------------
     def has_room(self, batch: Batch) -> bool:
@@ -102,7 +106,6 @@ class ExportChain:
             raise PipelineFullError(
                 f"exporter {self.name}: queue full ({self.queue.size_bytes} bytes)",
                 retry_after=max(self.settings.batch.max_delay, 1.0))
-        self._update_queue_gauges()
 
     async def start(self) -> None:
         try:
@@ -147,7 +150,6 @@ class ExportChain:
             log.warning("exporter %s: shutdown deadline reached; dropped undelivered data",
                         self.name, extra={"exporter": self.name,
                                           "dropped_items": sum(by_signal.values())})
-        self._update_queue_gauges()
         await self.sender.close()
 
     def describe(self) -> str:
@@ -270,8 +272,3 @@ class ExportChain:
             ticket.refs -= 1
             if ticket.refs == 0:
                 self.queue.ack(ticket.token)
-        self._update_queue_gauges()
-
-    def _update_queue_gauges(self) -> None:
-        self._m.queue_bytes.set(self.queue.size_bytes)
-        self._m.queue_items.set(self.queue.size_items)
