@@ -41,7 +41,10 @@ class Destination:
 
 def _file_lines(_sink: OtlpSink, path: Path) -> int:
     file = path / "out" / "traces.jsonl"
-    return sum(1 for _ in file.open()) if file.exists() else 0
+    if not file.exists():
+        return 0
+    with file.open() as lines:
+        return sum(1 for _ in lines)
 
 
 DESTINATIONS = {
