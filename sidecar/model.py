@@ -9,55 +9,31 @@ re-sending never walk spans in Python. The parsed message is materialised lazily
 
 from __future__ import annotations
 
-from enum import StrEnum
-from typing import TypeAlias
-
 from google.protobuf.message import DecodeError
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
-    ExportMetricsServiceRequest,
-)
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from sidecar.errors import BadInputError
+from sidecar.signals import REQUEST_TYPES, SIGNALS, ExportRequest, Signal
 
-ExportRequest: TypeAlias = (
-    ExportTraceServiceRequest | ExportLogsServiceRequest | ExportMetricsServiceRequest
-)
-
-
-class Signal(StrEnum):
-    TRACES = "traces"
-    LOGS = "logs"
-    METRICS = "metrics"
-
-
-REQUEST_TYPES: dict[Signal, type[ExportRequest]] = {
-    Signal.TRACES: ExportTraceServiceRequest,
-    Signal.LOGS: ExportLogsServiceRequest,
-    Signal.METRICS: ExportMetricsServiceRequest,
-}
+__all__ = ["REQUEST_TYPES", "Batch", "ExportRequest", "Signal", "count_items", "merge",
+           "parse_request"]
 
 
 def count_items(signal: Signal, request: ExportRequest) -> int:
     """Spans, log records or metric data points, as the OpenTelemetry Collector counts them.
     Loops over resources and scopes only; `len()` of a repeated field is O(1) in upb."""
+    resources, scopes, items = SIGNALS[signal].levels
     total = 0
-    if isinstance(request, ExportTraceServiceRequest):
-        for rs in request.resource_spans:
-            for ss in rs.scope_spans:
-                total += len(ss.spans)
-    elif isinstance(request, ExportLogsServiceRequest):
-        for rl in request.resource_logs:
-            for sl in rl.scope_logs:
-                total += len(sl.log_records)
-    else:
-        for rm in request.resource_metrics:
-            for sm in rm.scope_metrics:
-                for metric in sm.metrics:
-                    kind = metric.WhichOneof("data")
-                    if kind is not None:
-                        total += len(getattr(metric, kind).data_points)
+    if signal is not Signal.METRICS:
+        for resource in getattr(request, resources):
+            for scope in getattr(resource, scopes):
+                total += len(getattr(scope, items))
+        return total
+    for resource in getattr(request, resources):
+        for scope in getattr(resource, scopes):
+            for metric in getattr(scope, items):
+                kind = metric.WhichOneof("data")
+                if kind is not None:
+                    total += len(getattr(metric, kind).data_points)
     return total
 
 

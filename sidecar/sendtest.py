@@ -7,11 +7,7 @@ import urllib.request
 import grpc
 
 from sidecar.sample import agent_runs
-
-_GRPC_METHODS = {
-    "traces": "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
-    "logs": "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
-}
+from sidecar.signals import SIGNALS, Signal
 
 
 def send(endpoint: str, protocol: str, runs: int) -> tuple[int, int]:
@@ -26,7 +22,8 @@ def send(endpoint: str, protocol: str, runs: int) -> tuple[int, int]:
         with grpc.insecure_channel(target) as channel:
             for signal, bodies in payloads.items():
                 export = channel.unary_unary(
-                    _GRPC_METHODS[signal], request_serializer=None, response_deserializer=None)
+                    SIGNALS[Signal(signal)].grpc_method,
+                    request_serializer=None, response_deserializer=None)
                 for body in bodies:
                     export(body, timeout=10)
     else:

@@ -46,7 +46,6 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import AGGREGATION_TEMPORALITY_C
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from sidecar.exporthelper.compression import gzip_decompress
-from sidecar.exporthelper.retry import STATUS_DETAILS_KEY
 from sidecar.model import (
     REQUEST_TYPES,
     Batch,
@@ -64,6 +63,9 @@ Transport = Literal["grpc", "http"]
 # attempt is not counted as received, so retries do not look like duplicates
 Outcome = Literal["pending", "ok", "partial", "failed", "abandoned"]
 
+# The fake peer spells the wire names out itself (not from sidecar.signals), so a wrong
+# entry in the daemon's table fails tests instead of agreeing with itself.
+_STATUS_DETAILS_KEY = "grpc-status-details-bin"
 _SERVICES = {
     Signal.TRACES: "opentelemetry.proto.collector.trace.v1.TraceService",
     Signal.LOGS: "opentelemetry.proto.collector.logs.v1.LogsService",
@@ -348,7 +350,7 @@ class OtlpSink:
             if fault is not None and not (fault.partial or fault.rejected):
                 trailing: tuple[tuple[str, bytes], ...] = ()
                 if fault.retry_after is not None:
-                    trailing = ((STATUS_DETAILS_KEY, _status_with_retry_info(fault)),)
+                    trailing = ((_STATUS_DETAILS_KEY, _status_with_retry_info(fault)),)
                 await context.abort(fault.grpc_code, fault.message, trailing_metadata=trailing)
             return _success_body(signal, fault)
 

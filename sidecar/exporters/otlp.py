@@ -17,11 +17,6 @@ import aiohttp
 import grpc
 import grpc.aio
 from google.protobuf.message import DecodeError
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
-    ExportMetricsServiceResponse,
-)
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from pydantic import field_validator, model_validator
 
 from sidecar.component import BuildContext, ExporterComponent, ExporterFactory, register_exporter
@@ -30,21 +25,13 @@ from sidecar.exporthelper import http
 from sidecar.exporthelper.chain import ExportChain
 from sidecar.exporthelper.compression import gzip_compress
 from sidecar.exporthelper.grpc_h2 import GrpcH2Client, GrpcStatusError, frame_message
-from sidecar.exporthelper.http import ExportResponse
 from sidecar.exporthelper.retry import RequestTooLargeError, retry_info_delay
 from sidecar.exporthelper.settings import ExporterSettings, TlsSettings
 from sidecar.model import Batch, Signal
+from sidecar.signals import SIGNALS
 
 log = logging.getLogger(__name__)
 
-_SERVICES: dict[Signal, tuple[str, type[ExportResponse], str]] = {
-    Signal.TRACES: ("/opentelemetry.proto.collector.trace.v1.TraceService/Export",
-                    ExportTraceServiceResponse, "rejected_spans"),
-    Signal.LOGS: ("/opentelemetry.proto.collector.logs.v1.LogsService/Export",
-                  ExportLogsServiceResponse, "rejected_log_records"),
-    Signal.METRICS: ("/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
-                     ExportMetricsServiceResponse, "rejected_data_points"),
-}
 _RETRYABLE_CODES = frozenset({
     grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED,
     grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DATA_LOSS,
@@ -134,8 +121,8 @@ class GrpcSender:
             self._channel = grpc.aio.secure_channel(
                 self._target, credentials, options=options, compression=compression)
         # no serializers: requests and responses stay bytes
-        self._calls = {s: self._channel.unary_unary(method, None, None)
-                       for s, (method, _, _) in _SERVICES.items()}
+        self._calls = {s: self._channel.unary_unary(spec.grpc_method, None, None)
+                       for s, spec in SIGNALS.items()}
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         if self.config.plaintext:
@@ -161,16 +148,16 @@ class GrpcSender:
                     batch.payload, timeout=self.config.timeout, metadata=self._metadata)
         except (grpc.aio.AioRpcError, GrpcStatusError) as exc:
             raise classify_grpc_error(exc) from exc
-        _, response_type, field = _SERVICES[batch.signal]
+        spec = SIGNALS[batch.signal]
         try:
-            response = response_type.FromString(answer)
+            response = spec.response_type.FromString(answer)
         except DecodeError:
             # the peer said OK: the data is delivered even if its answer is unreadable
             log.warning("unreadable Export response from %s", self.config.endpoint)
             return 0
         if not response.HasField("partial_success"):
             return 0
-        rejected = int(getattr(response.partial_success, field))
+        rejected = int(getattr(response.partial_success, spec.rejected_field))
         log.warning("partial success from %s", self.config.endpoint,
                     extra={"rejected": rejected, "detail": response.partial_success.error_message})
         return rejected
@@ -180,7 +167,8 @@ class GrpcSender:
         body = batch.payload
         compressed = (await asyncio.to_thread(gzip_compress, body)
                       if len(body) > _COMPRESS_OFF_LOOP else gzip_compress(body))
-        return await self._h2.unary(_SERVICES[batch.signal][0], frame_message(compressed, True),
+        return await self._h2.unary(SIGNALS[batch.signal].grpc_method,
+                                    frame_message(compressed, True),
                                     timeout=self.config.timeout, metadata=self._metadata)
 
     async def close(self) -> None:

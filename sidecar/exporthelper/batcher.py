@@ -15,16 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from sidecar.model import Batch, ExportRequest, Signal, merge
+from sidecar.signals import SIGNALS
 
 T = TypeVar("T")
-
-# repeated-field names per level: request -> resource -> scope -> items
-_LEVELS: dict[Signal, tuple[str, str, str]] = {
-    Signal.TRACES: ("resource_spans", "scope_spans", "spans"),
-    Signal.LOGS: ("resource_logs", "scope_logs", "log_records"),
-    Signal.METRICS: ("resource_metrics", "scope_metrics", "metrics"),
-}
-
 
 @dataclass(slots=True)
 class Ticket(Generic[T]):
@@ -136,7 +129,7 @@ def _pieces(signal: Signal, parent: Any, level: int, max_items: int, max_bytes: 
     """Yield (message, items, bytes) copies of `parent` (a resource or scope container),
     each holding a run of its children that fits the limits. A single leaf larger than a
     limit goes alone: it cannot be split further."""
-    child_field = _LEVELS[signal][level]
+    child_field = SIGNALS[signal].levels[level]
     children = getattr(parent, child_field)
     if level == 2:
         sizes = [(c, _leaf_items(signal, c), _framed(c.ByteSize())) for c in children]
@@ -164,7 +157,7 @@ def _pieces(signal: Signal, parent: Any, level: int, max_items: int, max_bytes: 
 
 
 def _count(signal: Signal, container: Any, level: int) -> int:
-    child_field = _LEVELS[signal][level]
+    child_field = SIGNALS[signal].levels[level]
     if level == 2:
         if signal is not Signal.METRICS:
             return len(getattr(container, child_field))

@@ -10,39 +10,25 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import Mapping
-from typing import TypeAlias
 
 import aiohttp
 import orjson
 from google.protobuf.message import DecodeError
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
-    ExportMetricsServiceResponse,
-)
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from sidecar import __version__
 from sidecar.errors import PermanentError, RetryableError
 from sidecar.exporthelper.retry import RequestTooLargeError, parse_retry_after
 from sidecar.exporthelper.settings import TlsSettings
 from sidecar.model import Signal
+from sidecar.signals import SIGNALS, ExportResponse
 
 log = logging.getLogger(__name__)
 
-ExportResponse: TypeAlias = (
-    ExportTraceServiceResponse | ExportLogsServiceResponse | ExportMetricsServiceResponse
-)
+__all__ = ["ExportResponse"]
 
 USER_AGENT = f"sidecar/{__version__}"
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
 _HINTED_STATUS = frozenset({429, 503})
-
-_RESPONSE_TYPES: dict[Signal, tuple[type[ExportResponse], str, str]] = {
-    Signal.TRACES: (ExportTraceServiceResponse, "rejected_spans", "rejectedSpans"),
-    Signal.LOGS: (ExportLogsServiceResponse, "rejected_log_records", "rejectedLogRecords"),
-    Signal.METRICS: (ExportMetricsServiceResponse, "rejected_data_points", "rejectedDataPoints"),
-}
-
 
 def ssl_context(tls: TlsSettings) -> ssl.SSLContext:
     context = ssl.create_default_context(
@@ -77,7 +63,8 @@ def partial_success(signal: Signal, body: bytes, content_type: str) -> tuple[int
     """(rejected items, message) from an Export*ServiceResponse body; (0, "") if absent."""
     if not body:
         return 0, ""
-    response_type, field, json_field = _RESPONSE_TYPES[signal]
+    spec = SIGNALS[signal]
+    response_type, field, json_field = spec.response_type, spec.rejected_field, spec.rejected_json
     if "json" in content_type:
         try:
             doc = orjson.loads(body)

@@ -16,6 +16,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from sidecar.errors import PermanentError, RetryableError, SidecarError
 from sidecar.exporthelper.settings import RetrySettings
+from sidecar.signals import GRPC_STATUS_DETAILS_KEY
 
 T = TypeVar("T")
 
@@ -70,9 +71,6 @@ def parse_retry_after(value: str | None, now: Callable[[], float] = time.time,
     return max(when.timestamp() - now(), 0.0)
 
 
-STATUS_DETAILS_KEY = "grpc-status-details-bin"
-
-
 def retry_info_delay(trailing_metadata: Iterable[object] | None) -> float | None:
     """`google.rpc.RetryInfo.retry_delay` from a gRPC status' trailing metadata, given as
     (key, value) pairs (grpc.aio.Metadata iterates so)."""
@@ -80,7 +78,7 @@ def retry_info_delay(trailing_metadata: Iterable[object] | None) -> float | None
         if not isinstance(pair, tuple) or len(pair) != 2:
             continue
         key, value = pair
-        if key != STATUS_DETAILS_KEY or not isinstance(value, bytes):
+        if key != GRPC_STATUS_DETAILS_KEY or not isinstance(value, bytes):
             continue
         status = status_pb2.Status()
         try:

@@ -13,21 +13,10 @@ from typing import TYPE_CHECKING, Final
 from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
-    ExportLogsPartialSuccess,
-    ExportLogsServiceResponse,
-)
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
-    ExportMetricsPartialSuccess,
-    ExportMetricsServiceResponse,
-)
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTracePartialSuccess,
-    ExportTraceServiceResponse,
-)
 
 from sidecar.errors import PipelineFullError
 from sidecar.model import Batch, Signal
+from sidecar.signals import HTTP_PATHS, SIGNALS
 from sidecar.telemetry.metrics import RECEIVER_ACCEPTED, RECEIVER_BAD_REQUESTS, RECEIVER_REFUSED
 
 if TYPE_CHECKING:
@@ -39,39 +28,21 @@ log = logging.getLogger("sidecar.receivers.otlp")
 
 RECEIVER: Final = "otlp"
 
-GRPC_SERVICES: Final[dict[Signal, str]] = {
-    Signal.TRACES: "opentelemetry.proto.collector.trace.v1.TraceService",
-    Signal.LOGS: "opentelemetry.proto.collector.logs.v1.LogsService",
-    Signal.METRICS: "opentelemetry.proto.collector.metrics.v1.MetricsService",
-}
-HTTP_PATHS: Final[dict[str, Signal]] = {
-    "/v1/traces": Signal.TRACES,
-    "/v1/logs": Signal.LOGS,
-    "/v1/metrics": Signal.METRICS,
-}
-
-# Items in a response's partial_success are named per signal.
-_RESPONSES: dict[Signal, tuple[type[Message], type[Message], str]] = {
-    Signal.TRACES: (ExportTraceServiceResponse, ExportTracePartialSuccess, "rejected_spans"),
-    Signal.LOGS: (ExportLogsServiceResponse, ExportLogsPartialSuccess, "rejected_log_records"),
-    Signal.METRICS: (
-        ExportMetricsServiceResponse,
-        ExportMetricsPartialSuccess,
-        "rejected_data_points",
-    ),
-}
+__all__ = ["HTTP_PATHS"]
 
 # An empty Export*ServiceResponse serializes to zero bytes; built once so the hot path
 # never allocates a response message.
 EMPTY_RESPONSE: Final[dict[Signal, bytes]] = {
-    signal: response().SerializeToString() for signal, (response, _, _) in _RESPONSES.items()
+    signal: spec.response_type().SerializeToString() for signal, spec in SIGNALS.items()
 }
 
 
 def partial_success_response(signal: Signal, rejected: int, message: str) -> Message:
     """An Export*ServiceResponse telling the client `rejected` items were dropped for good."""
-    response, partial, field = _RESPONSES[signal]
-    return response(partial_success=partial(**{field: rejected}, error_message=message))
+    spec = SIGNALS[signal]
+    partial = spec.partial_success_type(
+        **{spec.rejected_field: rejected}, error_message=message)
+    return spec.response_type(partial_success=partial)  # type: ignore[arg-type]
 
 
 def retry_after_seconds(exc: PipelineFullError) -> int:

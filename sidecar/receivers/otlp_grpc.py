@@ -20,7 +20,6 @@ from sidecar.errors import BadInputError, PipelineFullError, StartupError
 from sidecar.model import Batch, Signal
 from sidecar.receivers.otlp_common import (
     EMPTY_RESPONSE,
-    GRPC_SERVICES,
     BadRequestCounters,
     Intake,
     InternalError,
@@ -28,13 +27,10 @@ from sidecar.receivers.otlp_common import (
     build_intakes,
     describe,
 )
+from sidecar.signals import GRPC_RETRY_INFO_KEY, GRPC_STATUS_DETAILS_KEY, SIGNALS
 
 TRANSPORT: Final = "grpc"
 SETTING: Final = "receivers.otlp.grpc.endpoint"
-# Where gRPC carries a serialized google.rpc.Status (what grpcio-status and the Go
-# Collector read), and a bare RetryInfo (what the OTel Python exporter reads).
-STATUS_DETAILS_KEY: Final = "grpc-status-details-bin"
-RETRY_INFO_KEY: Final = "google.rpc.retryinfo-bin"
 
 
 def _server_options(config: GrpcListenerConfig) -> list[tuple[str, Any]]:
@@ -76,8 +72,8 @@ class _ExportHandler:
         except PipelineFullError as exc:
             _, status = backpressure_status(self._signal, exc)
             trailers = (
-                (STATUS_DETAILS_KEY, status.SerializeToString()),
-                (RETRY_INFO_KEY, status.details[0].value),
+                (GRPC_STATUS_DETAILS_KEY, status.SerializeToString()),
+                (GRPC_RETRY_INFO_KEY, status.details[0].value),
             )
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, status.message, trailers)
         except InternalError as exc:
@@ -130,7 +126,7 @@ class OtlpGrpcReceiver:
 
     def _handlers(self) -> list[grpc.GenericRpcHandler[bytes, bytes]]:
         handlers = []
-        for signal, service in GRPC_SERVICES.items():
+        for signal, spec in SIGNALS.items():
             intake = self._intakes.get(signal)
             # A bound `async def` method: grpc.aio looks for a coroutine function, which an
             # object with an async __call__ is not.
@@ -140,7 +136,8 @@ class OtlpGrpcReceiver:
                 else _NoPipelineHandler(signal, self._bad).export
             )
             method = grpc.unary_unary_rpc_method_handler(behaviour)
-            handlers.append(grpc.method_handlers_generic_handler(service, {"Export": method}))
+            handlers.append(
+                grpc.method_handlers_generic_handler(spec.grpc_service, {"Export": method}))
         return handlers
 
     async def start(self) -> None:
