@@ -22,6 +22,11 @@ class Consumer(Protocol):
 
     async def consume(self, batch: Batch) -> None: ...
 
+    async def wait_for_room(self, nbytes: int) -> None:
+        """Return once a batch of `nbytes` would be admitted (a hint: `consume` may still
+        refuse if another client took the room first). Stream receivers stop reading their
+        socket, await this, then try again, instead of polling."""
+
 
 class Processor(Protocol):
     """A pure, synchronous transform: no I/O, no awaits."""
@@ -45,6 +50,8 @@ class ExporterComponent(Consumer, Lifecycle, Protocol):
     def has_room(self, batch: Batch) -> bool:
         """Whether `consume(batch)` would be admitted now (fan-out admits all or none)."""
         ...
+
+    async def wait_for_room(self, nbytes: int) -> None: ...
 
     def describe(self) -> str:
         """One line for the startup banner: where this exporter's data goes."""

@@ -99,6 +99,9 @@ class ExportChain:
     def has_room(self, batch: Batch) -> bool:
         return self._accepting and self.queue.has_room(batch.nbytes)
 
+    async def wait_for_room(self, nbytes: int) -> None:
+        await self.queue.wait_for_room(nbytes)
+
     async def consume(self, batch: Batch) -> None:
         if not self._accepting:
             raise PipelineFullError(f"exporter {self.name} is not running", retry_after=1.0)

@@ -48,6 +48,9 @@ class Queue(Protocol):
 
     def has_room(self, nbytes: int) -> bool: ...
 
+    async def wait_for_room(self, nbytes: int) -> None:
+        """Return once `has_room(nbytes)` is true, or the queue is sealed."""
+
     async def put(self, batch: Batch) -> bool:
         """Admit `batch` or return False at once when full. A durable queue returns only
         once the batch is safely stored, so the caller may acknowledge its client."""
@@ -91,6 +94,7 @@ class MemoryQueue:
         self._items = 0
         self._sealed = False
         self._wakeup = asyncio.Event()
+        self._room = asyncio.Event()  # set whenever bytes are freed or the queue is sealed
 
     @property
     def capacity_bytes(self) -> int:
@@ -112,6 +116,11 @@ class MemoryQueue:
         # An empty queue takes any one batch, so a batch larger than the whole bound is
         # still delivered instead of being refused forever (memory: capacity + one batch).
         return not self._sealed and (self._bytes == 0 or self._bytes + nbytes <= self._capacity)
+
+    async def wait_for_room(self, nbytes: int) -> None:
+        while not self._sealed and not self.has_room(nbytes):
+            self._room.clear()
+            await self._room.wait()
 
     async def put(self, batch: Batch) -> bool:
         return self.put_nowait(batch)
@@ -147,6 +156,7 @@ class MemoryQueue:
         lease = self._leased.pop(token)
         self._bytes -= lease.batch.nbytes
         self._items -= lease.batch.items
+        self._room.set()
 
     def nack(self, token: int) -> None:
         self._ready.appendleft(self._leased.pop(token))
@@ -155,6 +165,7 @@ class MemoryQueue:
     def seal(self) -> None:
         self._sealed = True
         self._wakeup.set()
+        self._room.set()
 
     async def close(self) -> list[Batch]:
         self.seal()

@@ -35,6 +35,10 @@ class Fanout:
         for exporter in self.exporters:
             await exporter.consume(batch)
 
+    async def wait_for_room(self, nbytes: int) -> None:
+        for exporter in self.exporters:
+            await exporter.wait_for_room(nbytes)
+
     def __repr__(self) -> str:
         names = ", ".join(e.name for e in self.exporters)
         return f"Fanout({self.signal.value} -> [{names}])"

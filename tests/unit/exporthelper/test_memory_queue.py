@@ -98,3 +98,28 @@ async def test_close_returns_everything_not_acked() -> None:
 def test_capacity_must_be_positive() -> None:
     with pytest.raises(ValueError, match="positive"):
         MemoryQueue(0)
+
+
+async def test_wait_for_room_resolves_when_an_ack_frees_enough_bytes() -> None:
+    batch = traces_batch(5)
+    queue = MemoryQueue(capacity_bytes=batch.nbytes * 2)
+    assert await queue.put(traces_batch(5))
+    assert await queue.put(traces_batch(5))
+    waiter = asyncio.create_task(queue.wait_for_room(batch.nbytes))
+    first = await queue.get()
+    assert first is not None
+    await asyncio.sleep(0.01)
+    assert not waiter.done()  # leased is still counted
+    queue.ack(first.token)
+    await asyncio.wait_for(waiter, 1)
+    assert queue.has_room(batch.nbytes)
+
+
+async def test_wait_for_room_returns_once_sealed() -> None:
+    queue = MemoryQueue(capacity_bytes=10)
+    assert await queue.put(traces_batch(5))
+    waiter = asyncio.create_task(queue.wait_for_room(10_000))
+    await asyncio.sleep(0.01)
+    assert not waiter.done()
+    queue.seal()
+    await asyncio.wait_for(waiter, 1)
