@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from sidecar.model import Batch, Signal
+from sidecar.configtypes import Strict
+from sidecar.model import Batch, Signal, Work
 
 if TYPE_CHECKING:
     from sidecar.exporthelper.settings import ExporterSettings
@@ -29,9 +29,19 @@ class Consumer(Protocol):
 
 
 class Processor(Protocol):
-    """A pure, synchronous transform: no I/O, no awaits."""
+    """A pure, synchronous transform of one request: no I/O, no awaits.
 
-    def process(self, batch: Batch) -> Batch: ...
+    `process` reads `work.payload` (bytes) and/or `work.message` (parsed on first use) and
+    may edit the message in place; it never serializes. `mutates` says whether it may edit:
+    the stage re-serializes after a mutating processor read the message, and never after a
+    read-only one (so a read-only processor must not edit). Raising fails the request with
+    an internal error to the client (nothing half-processed goes on)."""
+
+    name: str
+    mutates: bool
+    signals: frozenset[Signal]
+
+    def process(self, work: Work) -> None: ...
 
 
 @runtime_checkable
@@ -60,7 +70,7 @@ class ExporterComponent(Consumer, Lifecycle, Protocol):
 
 @dataclass(frozen=True, slots=True)
 class BuildContext:
-    storage_dir: Path
+    # the signals whose pipelines route to the component being built
     signals: frozenset[Signal] = field(default_factory=lambda: frozenset(Signal))
 
 
@@ -89,3 +99,43 @@ def exporter_factories() -> dict[str, ExporterFactory]:
     import sidecar.exporters  # noqa: F401
 
     return dict(_EXPORTERS)
+
+
+class ProcessorSettings(Strict):
+    """Base of every processor config (`processors.<type>`); the key selects the factory."""
+
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessorFactory:
+    type_name: str
+    config_type: type[ProcessorSettings]
+    # place in the fixed order of application (redaction 10, cost 20, span metrics 30):
+    # nothing unredacted reaches a later processor, whatever the YAML order
+    order: int
+    create: Callable[[ProcessorSettings], Processor]
+
+
+_PROCESSORS: dict[str, ProcessorFactory] = {}
+
+
+def register_processor(factory: ProcessorFactory) -> ProcessorFactory:
+    if factory.type_name in _PROCESSORS:
+        raise ValueError(f"processor type {factory.type_name!r} registered twice")
+    if any(f.order == factory.order for f in _PROCESSORS.values()):
+        raise ValueError(f"processor order {factory.order} taken")
+    _PROCESSORS[factory.type_name] = factory
+    return factory
+
+
+def unregister_processor(type_name: str) -> None:
+    """For tests that plant a processor type."""
+    _PROCESSORS.pop(type_name, None)
+
+
+def processor_factories() -> list[ProcessorFactory]:
+    """Every processor type, in order of application."""
+    import sidecar.processors  # noqa: F401  (registers the built-in types)
+
+    return sorted(_PROCESSORS.values(), key=lambda f: f.order)

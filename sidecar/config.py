@@ -14,7 +14,7 @@ import yaml
 from pydantic import Field, ValidationError
 
 from sidecar.cache.config import CacheConfig
-from sidecar.component import exporter_factories
+from sidecar.component import ProcessorSettings, exporter_factories, processor_factories
 from sidecar.configtypes import ByteSize, Duration, Endpoint, Strict
 from sidecar.errors import ConfigError, ConfigProblem
 from sidecar.exporthelper.settings import ExporterSettings
@@ -74,6 +74,9 @@ class Config(Strict):
     storage: StorageConfig = StorageConfig()
     receivers: ReceiversConfig = ReceiversConfig()
     exporters: dict[str, ExporterSettings] = Field(default_factory=dict)
+    # processor type -> settings; a type left out runs with its defaults (on, for the
+    # built-in redaction and cost). Applied in a fixed order, not the YAML order.
+    processors: dict[str, ProcessorSettings] = Field(default_factory=dict)
     pipelines: PipelinesConfig = PipelinesConfig()
     cache: CacheConfig = CacheConfig()
     admin: AdminConfig = AdminConfig()
@@ -188,6 +191,8 @@ def from_tree(tree: dict[str, Any], source: str = "<config>") -> Config:
         except ValidationError as exc:
             problems.extend(_problems_from(exc, source, where))
 
+    processors = _processors(tree.pop("processors", None), source, problems)
+
     config = None
     try:
         config = Config.model_validate(tree)
@@ -205,4 +210,29 @@ def from_tree(tree: dict[str, Any], source: str = "<config>") -> Config:
                         source, f"pipelines.{signal.value}", f"unknown exporter {name!r}"))
     if problems or config is None:
         raise ConfigError(problems)
-    return config.model_copy(update={"exporters": exporters})
+    return config.model_copy(update={"exporters": exporters, "processors": processors})
+
+
+def _processors(raw: Any, source: str, problems: list[ConfigProblem],
+                ) -> dict[str, ProcessorSettings]:
+    """Every processor type's settings: from the file where given, else its defaults."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        problems.append(ConfigProblem(
+            source, "processors", "must be a mapping of type -> settings"))
+        return {}
+    factories = {f.type_name: f for f in processor_factories()}
+    for name in raw:
+        if name not in factories:
+            known = ", ".join(sorted(factories)) or "none"
+            problems.append(ConfigProblem(
+                source, f"processors.{name}", f"unknown processor type (known: {known})"))
+    out: dict[str, ProcessorSettings] = {}
+    for name, factory in factories.items():
+        settings = raw.get(name)
+        try:
+            out[name] = factory.config_type.model_validate({} if settings is None else settings)
+        except ValidationError as exc:
+            problems.extend(_problems_from(exc, source, f"processors.{name}"))
+    return out

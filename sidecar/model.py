@@ -45,58 +45,56 @@ def parse_request(signal: Signal, payload: bytes) -> ExportRequest:
 
 
 class Batch:
-    """One OTLP request: serialized bytes and/or parsed message, plus its item count."""
+    """One OTLP request as serialized bytes, with its signal and item count. Immutable: every
+    exporter queue may hold the same Batch, so nothing can change it under another.
 
-    __slots__ = ("_message", "_payload", "items", "signal")
+    `message` parses the bytes afresh on each access: the caller owns that copy, and editing
+    it changes nothing here. Only the processing stage (`pipeline/stage.py`) changes
+    content, by building a new Batch from an edited message.
 
-    def __init__(
-        self,
-        signal: Signal,
-        items: int,
-        payload: bytes | None = None,
-        message: ExportRequest | None = None,
-    ) -> None:
-        if payload is None and message is None:
-            raise ValueError("a Batch needs a payload or a message")
-        self.signal = signal
-        self.items = items
-        self._payload = payload
-        self._message = message
+    A Batch made by a receiver may carry the message the receiver already decoded, for the
+    processing stage to take (`take_decoded`) instead of parsing again; the stage's output
+    never carries one, so queued batches hold bytes only (a parsed message takes ~3.4x the
+    bytes in memory: measured, bench/)."""
+
+    __slots__ = ("_decoded", "items", "payload", "signal")
+
+    signal: Signal
+    items: int
+    payload: bytes
+    _decoded: ExportRequest | None
+
+    def __init__(self, signal: Signal, items: int, payload: bytes,
+                 decoded: ExportRequest | None = None) -> None:
+        object.__setattr__(self, "signal", signal)
+        object.__setattr__(self, "items", items)
+        object.__setattr__(self, "payload", payload)
+        object.__setattr__(self, "_decoded", decoded)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Batch is immutable (tried to set {name!r})")
 
     @classmethod
     def from_bytes(cls, signal: Signal, payload: bytes) -> Batch:
-        """Validate and count a client's request (parsing in C), keeping only its bytes.
-
-        The parsed message is let go: it takes ~3.4x the bytes in memory, and a queued
-        batch holding it made a full 64 MiB queue cost ~4.4x that (measured, bench/).
-        A processor that needs the message parses it again, lazily."""
+        """Validate and count a client's request (parsing in C)."""
         message = parse_request(signal, payload)
-        return cls(signal, count_items(signal, message), payload=payload)
+        return cls(signal, count_items(signal, message), payload, message)
 
     @classmethod
     def from_message(cls, signal: Signal, message: ExportRequest) -> Batch:
-        return cls(signal, count_items(signal, message), message=message)
-
-    @property
-    def payload(self) -> bytes:
-        if self._payload is None:
-            assert self._message is not None
-            self._payload = self._message.SerializeToString()
-        return self._payload
+        """Serialize `message` now; the message itself must not be edited afterwards."""
+        return cls(signal, count_items(signal, message), message.SerializeToString(), message)
 
     @property
     def message(self) -> ExportRequest:
-        """The parsed request. A processor that mutates it must call `mark_changed()`."""
-        if self._message is None:
-            assert self._payload is not None
-            self._message = parse_request(self.signal, self._payload)
-        return self._message
+        """A fresh parse of the payload, owned by the caller."""
+        return parse_request(self.signal, self.payload)
 
-    def mark_changed(self) -> None:
-        """Drop the cached bytes after an in-place edit of `message`, and recount."""
-        self._payload = None
-        assert self._message is not None
-        self.items = count_items(self.signal, self._message)
+    def take_decoded(self) -> ExportRequest | None:
+        """The receiver's parse of this request, handed over once (processing stage only)."""
+        decoded = self._decoded
+        object.__setattr__(self, "_decoded", None)
+        return decoded
 
     @property
     def nbytes(self) -> int:
@@ -107,12 +105,36 @@ class Batch:
 
 
 def merge(batches: list[Batch]) -> Batch:
-    """Concatenate same-signal batches into one request without parsing them."""
+    """Concatenate same-signal batches into one request without parsing them (protobuf
+    merges repeated fields, so the bytes of two requests are one valid request)."""
     if len(batches) == 1:
         return batches[0]
     signal = batches[0].signal
-    return Batch(
-        signal,
-        sum(b.items for b in batches),
-        payload=b"".join(b.payload for b in batches),
-    )
+    return Batch(signal, sum(b.items for b in batches), b"".join(b.payload for b in batches))
+
+
+class Work:
+    """What processors see of one request in the processing stage: the client's bytes (for
+    cheap pre-scans that decide whether to look further) and a message parsed on first use.
+    The stage, not the processor, re-serializes and recounts after a mutating processor
+    touched the message, so bytes and message cannot drift apart."""
+
+    __slots__ = ("_message", "payload", "signal", "touched")
+
+    def __init__(self, signal: Signal, payload: bytes,
+                 decoded: ExportRequest | None = None) -> None:
+        self.signal = signal
+        self.payload = payload
+        self._message = decoded
+        self.touched = False  # `message` was read since the stage last reset this
+
+    @property
+    def parsed(self) -> bool:
+        return self._message is not None
+
+    @property
+    def message(self) -> ExportRequest:
+        self.touched = True
+        if self._message is None:
+            self._message = parse_request(self.signal, self.payload)
+        return self._message

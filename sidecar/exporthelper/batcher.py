@@ -188,5 +188,5 @@ def split(batch: Batch, max_items: int, max_bytes: int) -> list[Batch]:
     request: ExportRequest = batch.message
     out: list[Batch] = []
     for piece, items, _nbytes in _pieces(signal, request, 0, max_items, max_bytes):
-        out.append(Batch(signal, items, message=piece))
+        out.append(Batch(signal, items, piece.SerializeToString()))
     return out

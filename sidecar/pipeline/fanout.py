@@ -1,9 +1,11 @@
-"""One signal's path from receivers to exporters: processors in fixed order, then fan-out.
+"""One signal's path from receivers to exporters: the processing stage, then fan-out.
 
 Admission is all-or-nothing: a batch enters every exporter queue of its signal or none, so
 a full queue turns into backpressure to the client (who retries) rather than a silent gap
-in one destination. Enqueueing never awaits the network, so one slow exporter cannot stall
-delivery to another; it only refuses new work once its own queue is full."""
+in one destination. Room is checked before processing (no work for a request that cannot
+be taken) and again on the processed batch, whose size may differ, right before the puts.
+Enqueueing never awaits the network, so one slow exporter cannot stall delivery to another;
+it only refuses new work once its own queue is full."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from collections.abc import Sequence
 from sidecar.component import ExporterComponent, Processor
 from sidecar.errors import PipelineFullError
 from sidecar.model import Batch, Signal
+from sidecar.pipeline.stage import Stage
 
 
 class Fanout:
@@ -23,17 +26,23 @@ class Fanout:
     ) -> None:
         self.signal = signal
         self.exporters = tuple(exporters)
-        self.processors = tuple(processors)
+        self.stage = Stage(signal, processors)
 
-    async def consume(self, batch: Batch) -> None:
+    def _check_room(self, batch: Batch) -> None:
         for exporter in self.exporters:
             if not exporter.has_room(batch):
                 raise PipelineFullError(f"exporter {exporter.name!r} queue is full")
-        for processor in self.processors:
-            batch = processor.process(batch)
-        # Exporters share the processed batch: nothing after the processors mutates it.
+
+    async def consume(self, batch: Batch) -> None:
+        self._check_room(batch)
+        processed = self.stage.run(batch)
+        if processed is None:
+            return  # the processors removed every item: nothing to deliver
+        if processed is not batch:
+            self._check_room(processed)
+        # Exporters share the processed batch: it is immutable bytes.
         for exporter in self.exporters:
-            await exporter.consume(batch)
+            await exporter.consume(processed)
 
     async def wait_for_room(self, nbytes: int) -> None:
         for exporter in self.exporters:

@@ -1,12 +1,20 @@
 """Config -> pipeline graph. Exporters are built first and started first (downstream-first),
-so a receiver never hands data to something not yet running; on stop the order reverses."""
+so a receiver never hands data to something not yet running; on stop the order reverses.
+Processors are built once, in their fixed order, and each signal's stage takes those that
+apply to it."""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
 
-from sidecar.component import BuildContext, ExporterComponent, exporter_factories
+from sidecar.component import (
+    BuildContext,
+    ExporterComponent,
+    Processor,
+    exporter_factories,
+    processor_factories,
+)
 from sidecar.config import Config
 from sidecar.model import Signal
 from sidecar.pipeline.fanout import Fanout
@@ -16,6 +24,7 @@ from sidecar.pipeline.fanout import Fanout
 class Graph:
     exporters: dict[str, ExporterComponent]
     consumers: dict[Signal, Fanout]
+    processors: tuple[Processor, ...] = ()
 
     async def start(self) -> None:
         started: list[ExporterComponent] = []
@@ -34,18 +43,29 @@ class Graph:
         await asyncio.gather(*(e.shutdown(deadline) for e in self.exporters.values()))
 
 
+def build_processors(config: Config) -> tuple[Processor, ...]:
+    built = []
+    for factory in processor_factories():
+        settings = config.processors.get(factory.type_name) or factory.config_type()
+        if settings.enabled:
+            built.append(factory.create(settings))
+    return tuple(built)
+
+
 def build_graph(config: Config) -> Graph:
     """Build without I/O (also the `validate` dry run)."""
-    context = BuildContext(storage_dir=config.storage.dir)
     factories = exporter_factories()
-    used = {name for signal in Signal for name in config.exporters_for(signal)}
+    routes = {signal: config.exporters_for(signal) for signal in Signal}
     exporters: dict[str, ExporterComponent] = {}
     for name, settings in config.exporters.items():
-        if name in used:
+        signals = frozenset(s for s, names in routes.items() if name in names)
+        if signals:
+            context = BuildContext(signals=signals)
             exporters[name] = factories[settings.type].create(name, settings, context)
+    processors = build_processors(config)
     consumers = {
-        signal: Fanout(signal, [exporters[n] for n in config.exporters_for(signal)])
-        for signal in Signal
-        if config.exporters_for(signal)
+        signal: Fanout(signal, [exporters[n] for n in names], processors)
+        for signal, names in routes.items()
+        if names
     }
-    return Graph(exporters, consumers)
+    return Graph(exporters, consumers, processors)

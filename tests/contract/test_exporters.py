@@ -91,7 +91,7 @@ async def test_create_does_no_io_and_refuses_data_until_started(
     monkeypatch.chdir(tmp_path)  # relative default paths would land here
     factory = FACTORIES[type_name]
     config = factory.config_type.model_validate(minimal(type_name))
-    exporter = factory.create("contract", config, BuildContext(tmp_path))
+    exporter = factory.create("contract", config, BuildContext())
     assert isinstance(exporter, Lifecycle)
     assert exporter.name == "contract"
     assert isinstance(exporter.describe(), str)
@@ -109,7 +109,7 @@ def build(dest: Destination, sink: OtlpSink, path: Path, name: str) -> ExporterC
     factory = FACTORIES[dest.type_name]
     raw = {"type": dest.type_name, **dest.config(sink, path),
            "batch": {"max_delay": 0}, "retry": {"initial_interval": 0.01, "jitter": 0}}
-    return factory.create(name, factory.config_type.model_validate(raw), BuildContext(path))
+    return factory.create(name, factory.config_type.model_validate(raw), BuildContext())
 
 
 async def stop(exporter: ExporterComponent) -> None:

@@ -6,6 +6,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from sidecar.errors import BadInputError
 from sidecar.model import Batch, Signal, merge
 from sidecar.sample import agent_runs
+from sidecar.testing import metrics_batch
 
 
 def test_merge_concatenates_into_one_valid_request() -> None:
@@ -28,12 +29,22 @@ def test_counts_spans_logs_and_rejects_garbage() -> None:
         Batch.from_bytes(Signal.TRACES, b"\x0a\xff\xff\xff\xff\x0f garbage")
 
 
-def test_mark_changed_reserializes_and_recounts() -> None:
+def test_metric_points_are_counted_across_metric_kinds() -> None:
+    batch = metrics_batch(7)
+    message = batch.message
+    kinds = {m.WhichOneof("data") for rm in message.resource_metrics  # type: ignore[union-attr]
+             for sm in rm.scope_metrics for m in sm.metrics}
+    points = sum(len(getattr(m, m.WhichOneof("data")).data_points)
+                 for rm in message.resource_metrics  # type: ignore[union-attr]
+                 for sm in rm.scope_metrics for m in sm.metrics)
+    assert len(kinds) >= 1
+    assert points == 7
+    assert Batch.from_bytes(Signal.METRICS, batch.payload).items == 7
+
+
+def test_the_receivers_parse_is_handed_over_once() -> None:
     run = next(agent_runs(1, seed=2))
     batch = Batch.from_bytes(Signal.TRACES, run.traces.SerializeToString())
-    message = batch.message
-    assert isinstance(message, ExportTraceServiceRequest)
-    del message.resource_spans[0].scope_spans[0].spans[0]
-    batch.mark_changed()
-    assert batch.items == run.spans - 1
-    assert ExportTraceServiceRequest.FromString(batch.payload) == message
+    decoded = batch.take_decoded()
+    assert decoded == run.traces
+    assert batch.take_decoded() is None

@@ -25,7 +25,7 @@ def file_exporter(path: Path, **overrides: Any) -> ExportChain:
     raw: dict[str, Any] = {"type": "file", "path": str(path), "batch": {"max_delay": 0},
                            "queue": {"concurrency": 1}, **overrides}
     exporter = exporter_factories()["file"].create(
-        "local", FileConfig.model_validate(raw), BuildContext(path.parent))
+        "local", FileConfig.model_validate(raw), BuildContext())
     assert isinstance(exporter, ExportChain)
     return exporter
 

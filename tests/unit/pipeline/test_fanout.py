@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from sidecar.errors import PipelineFullError
-from sidecar.model import Batch, Signal
+from sidecar.model import Batch, Signal, Work
 from sidecar.pipeline.fanout import Fanout
 from sidecar.sample import agent_run
 
@@ -56,18 +57,46 @@ async def test_admission_is_all_or_nothing() -> None:
     assert len(tight.batches) == 1
 
 
+class Rename:
+    """A mutating processor: appends its tag to every span name."""
+
+    mutates = True
+    signals = frozenset({Signal.TRACES})
+
+    def __init__(self, name: str, seen: list[str]) -> None:
+        self.name = name
+        self.seen = seen
+
+    def process(self, work: Work) -> None:
+        self.seen.append(self.name)
+        message = work.message
+        assert isinstance(message, ExportTraceServiceRequest)
+        for rs in message.resource_spans:
+            for ss in rs.scope_spans:
+                for span in ss.spans:
+                    span.name += f"+{self.name}"
+
+
 async def test_processors_run_in_order_before_exporters() -> None:
     seen: list[str] = []
-
-    class Tag:
-        def __init__(self, name: str) -> None:
-            self.name = name
-
-        def process(self, batch: Batch) -> Batch:
-            seen.append(self.name)
-            return batch
-
     sink = BoundedCollector("sink", 10**6)
-    await Fanout(Signal.TRACES, [sink], [Tag("redact"), Tag("cost")]).consume(traces_batch())
+    fanout = Fanout(Signal.TRACES, [sink], [Rename("redact", seen), Rename("cost", seen)])
+    await fanout.consume(traces_batch())
     assert seen == ["redact", "cost"]
-    assert len(sink.batches) == 1
+    (delivered,) = sink.batches
+    message = delivered.message
+    assert isinstance(message, ExportTraceServiceRequest)
+    names = {s.name for rs in message.resource_spans for ss in rs.scope_spans for s in ss.spans}
+    assert names
+    assert all(n.endswith("+redact+cost") for n in names)
+
+
+async def test_a_processed_batch_that_grew_past_the_room_goes_nowhere() -> None:
+    batch = traces_batch()
+    roomy = BoundedCollector("roomy", 10**6)
+    exact = BoundedCollector("exact", batch.nbytes)  # room for the request as sent, not more
+    fanout = Fanout(Signal.TRACES, [roomy, exact], [Rename("longer-names", [])])
+    with pytest.raises(PipelineFullError, match="exact"):
+        await fanout.consume(batch)
+    assert roomy.batches == []
+    assert exact.batches == []

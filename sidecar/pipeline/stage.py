@@ -1,0 +1,45 @@
+"""The processing stage: runs one signal's processors over a request and owns parsing and
+re-serialisation, so no processor can leave bytes and message out of step.
+
+Per request: the message is parsed at most once (the receiver's parse is reused when it
+has one), re-serialised at most once (only when a mutating processor read it), items are
+recounted, and a new immutable `Batch` holding bytes only goes on to fan-out. Processors
+never see a Batch and nothing downstream ever sees the message they edited."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sidecar.component import Processor
+from sidecar.model import Batch, Signal, Work, count_items
+
+
+class Stage:
+    __slots__ = ("processors", "signal")
+
+    def __init__(self, signal: Signal, processors: Sequence[Processor] = ()) -> None:
+        self.signal = signal
+        self.processors = tuple(p for p in processors if signal in p.signals)
+
+    def run(self, batch: Batch) -> Batch | None:
+        """The processed request, or None when the processors left no items in it."""
+        decoded = batch.take_decoded()  # from here on `batch` holds bytes only
+        if not self.processors:
+            return batch
+        work = Work(batch.signal, batch.payload, decoded)
+        changed = False
+        for processor in self.processors:
+            work.touched = False
+            processor.process(work)
+            changed = changed or (processor.mutates and work.touched)
+        if not changed:
+            return batch
+        message = work.message
+        items = count_items(batch.signal, message)
+        if items == 0:
+            return None
+        return Batch(batch.signal, items, message.SerializeToString())
+
+    def __repr__(self) -> str:
+        names = ", ".join(p.name for p in self.processors)
+        return f"Stage({self.signal.value}: [{names}])"

@@ -1,0 +1,150 @@
+"""The processing stage owns parsing and re-serialisation (pipeline/stage.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from sidecar.model import Batch, ExportRequest, Signal, Work
+from sidecar.pipeline.stage import Stage
+from sidecar.sample import agent_run
+
+
+class Probe:
+    """A processor whose behaviour each test picks."""
+
+    def __init__(self, action: Callable[[Work], None], *, mutates: bool,
+                 signals: frozenset[Signal] = frozenset(Signal), name: str = "probe") -> None:
+        self.name = name
+        self.mutates = mutates
+        self.signals = signals
+        self.action = action
+        self.calls: list[Work] = []
+
+    def process(self, work: Work) -> None:
+        self.calls.append(work)
+        self.action(work)
+
+
+def traces() -> Batch:
+    return Batch.from_bytes(Signal.TRACES, agent_run().traces.SerializeToString())
+
+
+def spans_of(message: ExportRequest) -> list[str]:
+    assert isinstance(message, ExportTraceServiceRequest)
+    return [s.name for rs in message.resource_spans for ss in rs.scope_spans for s in ss.spans]
+
+
+def rename_all(work: Work) -> None:
+    message = work.message
+    assert isinstance(message, ExportTraceServiceRequest)
+    for rs in message.resource_spans:
+        for ss in rs.scope_spans:
+            for span in ss.spans:
+                span.name = "renamed"
+
+
+def drop_all(work: Work) -> None:
+    message = work.message
+    assert isinstance(message, ExportTraceServiceRequest)
+    del message.resource_spans[:]
+
+
+def test_without_processors_the_bytes_pass_and_the_receivers_parse_is_let_go() -> None:
+    batch = traces()
+    out = Stage(Signal.TRACES).run(batch)
+    assert out is not None
+    assert out.payload is batch.payload
+    assert out.take_decoded() is None  # queues hold bytes only
+
+
+def test_a_mutating_processor_gets_the_receivers_parse_and_its_edit_reaches_the_bytes() -> None:
+    batch = traces()
+    original_items = batch.items
+    probe = Probe(rename_all, mutates=True)
+    out = Stage(Signal.TRACES, [probe]).run(batch)
+    assert out is not None
+    assert probe.calls[0].parsed  # the receiver's parse was handed over: no second parse
+    assert set(spans_of(out.message)) == {"renamed"}
+    assert out.items == original_items
+    assert out.take_decoded() is None
+
+
+def test_items_are_recounted_and_an_emptied_request_goes_nowhere() -> None:
+    def keep_first(work: Work) -> None:
+        message = work.message
+        assert isinstance(message, ExportTraceServiceRequest)
+        del message.resource_spans[0].scope_spans[0].spans[1:]
+        del message.resource_spans[1:]
+
+    batch = traces()
+    assert batch.items > 1
+    out = Stage(Signal.TRACES, [Probe(keep_first, mutates=True)]).run(traces())
+    assert out is not None
+    assert out.items == 1
+    assert Stage(Signal.TRACES, [Probe(drop_all, mutates=True)]).run(traces()) is None
+
+
+def test_a_pre_scan_that_does_not_read_the_message_keeps_the_clients_bytes() -> None:
+    batch = traces()
+    found: list[bool] = []
+    probe = Probe(lambda work: found.append(b"sk-live-" in work.payload), mutates=True)
+    out = Stage(Signal.TRACES, [probe]).run(batch)
+    assert found == [False]
+    assert out is not None
+    assert out.payload is batch.payload
+
+
+def test_a_read_only_processor_never_causes_a_re_serialisation() -> None:
+    batch = traces()
+    seen: list[int] = []
+    probe = Probe(lambda work: seen.append(len(spans_of(work.message))), mutates=False)
+    out = Stage(Signal.TRACES, [probe]).run(batch)
+    assert out is not None
+    assert seen == [batch.items]
+    assert out.payload is batch.payload
+
+
+def test_the_message_is_parsed_once_for_all_processors() -> None:
+    # from raw bytes (no receiver parse): the first reader parses, the next sees its edit
+    batch = Batch(Signal.TRACES, 0, agent_run().traces.SerializeToString())
+    names: list[list[str]] = []
+    first = Probe(rename_all, mutates=True, name="first")
+    second = Probe(lambda work: names.append(spans_of(work.message)), mutates=False,
+                   name="second")
+    out = Stage(Signal.TRACES, [first, second]).run(batch)
+    assert out is not None
+    assert first.calls[0] is second.calls[0]
+    assert set(names[0]) == {"renamed"}
+    assert set(spans_of(out.message)) == {"renamed"}
+
+
+def test_processors_apply_only_to_their_signals() -> None:
+    traces_only = Probe(rename_all, mutates=True, signals=frozenset({Signal.TRACES}))
+    stage = Stage(Signal.LOGS, [traces_only])
+    logs = Batch.from_message(Signal.LOGS, agent_run().logs)
+    out = stage.run(logs)
+    assert out is not None
+    assert traces_only.calls == []
+    assert isinstance(out.message, ExportLogsServiceRequest)
+
+
+def test_a_processor_error_fails_the_request() -> None:
+    def boom(_work: Work) -> None:
+        raise ValueError("processor bug")
+
+    with pytest.raises(ValueError, match="processor bug"):
+        Stage(Signal.TRACES, [Probe(boom, mutates=True)]).run(traces())
+
+
+def test_a_batch_is_immutable_and_its_message_is_a_private_copy() -> None:
+    batch = traces()
+    with pytest.raises(AttributeError):
+        batch.payload = b""  # type: ignore[misc]
+    copy = batch.message
+    assert isinstance(copy, ExportTraceServiceRequest)
+    copy.resource_spans[0].scope_spans[0].spans[0].name = "edited"
+    assert "edited" not in spans_of(batch.message)
