@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sidecar.configtypes import split_endpoint
 from sidecar.errors import StartupError
+from sidecar.telemetry.health import HEALTH
 from sidecar.telemetry.metrics import READY, REGISTRY
 
 StatsProvider = Callable[[], dict[str, object]]
@@ -39,9 +40,14 @@ class AdminServer:
         return web.json_response({"status": "alive"})
 
     async def _readyz(self, _: web.Request) -> web.Response:
-        if self.ready:
-            return web.json_response({"status": "ready"})
-        return web.json_response({"status": "starting or stopping"}, status=503)
+        if not self.ready:
+            return web.json_response({"status": "starting or stopping"}, status=503)
+        problems = HEALTH.problems()
+        if problems:
+            # a component task died and was restarted: say which, for the operator
+            return web.json_response({"status": "degraded", "components": problems},
+                                     status=503)
+        return web.json_response({"status": "ready"})
 
     async def _cache(self, _: web.Request) -> web.Response:
         if self._cache_stats is None:

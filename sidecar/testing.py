@@ -45,6 +45,7 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AGGREGATION_TEMPORALITY_CUMULATIVE
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+from sidecar.errors import BadInputError
 from sidecar.exporthelper.compression import gzip_decompress
 from sidecar.model import (
     REQUEST_TYPES,
@@ -314,7 +315,15 @@ class OtlpSink:
         if missing:
             return Fault(grpc_code=grpc.StatusCode.UNAUTHENTICATED, http_status=401,
                          message=f"missing or wrong header(s): {', '.join(missing)}")
-        return self._script.popleft() if self._script else None
+        fault = self._script.popleft() if self._script else None
+        if fault is None:
+            # as a collector does: a body that does not parse is refused, never counted
+            try:
+                parse_request(request.signal, request.body)
+            except BadInputError as exc:
+                return Fault(grpc_code=grpc.StatusCode.INVALID_ARGUMENT, http_status=400,
+                             message=str(exc))
+        return fault
 
     async def _finish(self, request: ReceivedRequest, fault: Fault | None) -> None:
         request.fault = fault

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from sidecar.errors import BadInputError
 from sidecar.model import Batch, ExportRequest, Signal, merge
 from sidecar.signals import SIGNALS
 
@@ -29,8 +30,13 @@ class Ticket(Generic[T]):
 
 @dataclass(slots=True)
 class Request(Generic[T]):
+    """One export request: `batch` is the merged `members` (the queued batches, or one
+    piece of a split batch). The chain falls back to the members when the merged request
+    fails for good, so one client's bytes cannot cost another's."""
+
     batch: Batch
     tickets: list[Ticket[T]]
+    members: list[Batch]
 
 
 @dataclass(slots=True)
@@ -61,9 +67,13 @@ class Accumulator(Generic[T]):
         if batch.items > self.max_items or batch.nbytes > self.max_bytes:
             # too big on its own: send what is pending first to keep order, then the pieces
             out.extend(self._flush(batch.signal))
-            for piece in split(batch, self.max_items, self.max_bytes):
+            try:
+                pieces = split(batch, self.max_items, self.max_bytes)
+            except BadInputError:
+                pieces = [batch]  # cannot be parsed here: the sender decides what to do
+            for piece in pieces:
                 ticket.refs += 1
-                out.append(Request(piece, [ticket]))
+                out.append(Request(piece, [ticket], [piece]))
             return out
         pending = self._pending.get(batch.signal)
         if pending is not None and (pending.items + batch.items > self.max_items
@@ -99,7 +109,7 @@ class Accumulator(Generic[T]):
         pending = self._pending.pop(signal, None)
         if pending is None:
             return []
-        return [Request(merge(pending.batches), pending.tickets)]
+        return [Request(merge(pending.batches), pending.tickets, pending.batches)]
 
 
 # --- splitting (rare path: only batches larger than a limit) ------------------------------

@@ -16,17 +16,31 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from sidecar.errors import PermanentError, PipelineFullError, RetryableError, StartupError
+from sidecar.errors import (
+    BadInputError,
+    PermanentError,
+    PipelineFullError,
+    RetryableError,
+    StartupError,
+)
 from sidecar.exporthelper.batcher import Accumulator, Request, Ticket, split
 from sidecar.exporthelper.queue import MemoryQueue, Queue
-from sidecar.exporthelper.retry import Backoff, GiveUpError, RequestTooLargeError, retry_call
+from sidecar.exporthelper.retry import (
+    Backoff,
+    GiveUpError,
+    MalformedBatchError,
+    RequestTooLargeError,
+    retry_call,
+)
 from sidecar.exporthelper.settings import ExporterSettings
-from sidecar.model import Batch, Signal
+from sidecar.model import Batch, Signal, merge
 from sidecar.telemetry import metrics
+from sidecar.telemetry.health import supervised
 
 log = logging.getLogger(__name__)
 
-DROP_REASONS = ("permanent", "rejected", "retries_exhausted", "retry_disabled", "shutdown")
+DROP_REASONS = ("permanent", "malformed", "rejected", "retries_exhausted", "retry_disabled",
+                "shutdown", "internal_error")
 
 
 class Sender(Protocol):
@@ -117,17 +131,11 @@ class ExportChain:
             # senders name the setting relative to their config; the user needs the full path
             raise StartupError(f"exporters.{self.name}.{exc}") from exc
         self._accepting = True
-        self._tasks.append(asyncio.create_task(self._batch_loop(), name=f"{self.name}-batcher"))
+        component = f"exporter {self.name}"
+        self._tasks.append(supervised(component, f"{self.name}-batcher", self._batch_loop))
         self._tasks.extend(
-            asyncio.create_task(self._worker(), name=f"{self.name}-worker-{i}")
+            supervised(component, f"{self.name}-worker-{i}", self._worker)
             for i in range(self.settings.queue.concurrency))
-        for task in self._tasks:
-            task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("exporter %s: task %s failed", self.name, task.get_name(),
-                      exc_info=task.exception())
 
     async def shutdown(self, deadline: float) -> None:
         """Stop admitting, flush and deliver until `deadline` (loop time), then give up on
@@ -185,7 +193,16 @@ class ExportChain:
                 continue
             # take what is already queued without yielding: cheap merging under load
             while lease is not None:
-                for request in acc.add(lease.batch, lease.token, loop.time()):
+                try:
+                    requests = acc.add(lease.batch, lease.token, loop.time())
+                except Exception:
+                    # a bug must not strand the lease (its bytes would stay counted forever)
+                    log.exception("exporter %s: dropped %d items after an internal error",
+                                  self.name, lease.batch.items, extra={"exporter": self.name})
+                    self._m.dropped[lease.batch.signal, "internal_error"].inc(lease.batch.items)
+                    queue.ack(lease.token)
+                    requests = []
+                for request in requests:
                     await self._requests.put(request)
                 lease = queue.get_nowait()
             for request in acc.flush_due(loop.time()):
@@ -198,12 +215,25 @@ class ExportChain:
             if request is None:
                 self._requests.put_nowait(None)  # the slot we just emptied: never full
                 return
-            if await self._deliver(request.batch):
+            try:
+                done = await self._deliver(request.batch, request.members)
+            except Exception:
+                # a bug while handling one request must not end the worker (the queue
+                # would fill while the daemon keeps accepting): drop that request, counted
+                log.exception("exporter %s: dropped %d items after an internal error",
+                              self.name, request.batch.items, extra={"exporter": self.name})
+                self._m.dropped[request.batch.signal, "internal_error"].inc(request.batch.items)
+                done = True
+            if done:
                 self._release(request.tickets)
 
-    async def _deliver(self, batch: Batch) -> bool:
+    async def _deliver(self, batch: Batch, members: list[Batch]) -> bool:
         """Send with retries. True when done with the batch (delivered or dropped for
-        good); False when shutdown interrupted it, so it stays un-acked in the queue."""
+        good); False when shutdown interrupted it, so it stays un-acked in the queue.
+
+        `members` are the queued batches `batch` merges. When the merged request fails for
+        good, each member is sent on its own, so a member the destination (or our own
+        encoding) refuses costs only its own items."""
         m, signal = self._m, batch.signal
         m.batch_items.observe(batch.items)
         loop = asyncio.get_running_loop()
@@ -219,22 +249,31 @@ class ExportChain:
                 sleep=self._sleep, give_up_at=lambda: self._deadline, on_retry=on_retry)
         except RequestTooLargeError as exc:
             # the peer's size limit is below ours: halve and send each half (OTLP spec:
-            # never resend a 413 as is; splitting is allowed)
-            halves = split(batch, (batch.items + 1) // 2, batch.nbytes) if batch.items > 1 else []
+            # never resend a 413 as is; splitting is allowed) - by members while there are
+            # several, then by items, which needs a parse
+            if len(members) > 1:
+                half = len(members) // 2
+                parts = [members[:half], members[half:]]
+                log.warning("exporter %s: %s; sending %d requests in two halves", self.name,
+                            exc, len(members), extra={"exporter": self.name})
+                return all([await self._deliver(merge(p), p) for p in parts])
+            try:
+                halves = (split(batch, (batch.items + 1) // 2, batch.nbytes)
+                          if batch.items > 1 else [])
+            except BadInputError as parse_error:
+                return self._drop(batch, "malformed", parse_error)
             if len(halves) > 1:
                 log.warning("exporter %s: %s; splitting %d items", self.name, exc, batch.items,
                             extra={"exporter": self.name})
-                results = [await self._deliver(half) for half in halves]
-                return all(results)
-            m.dropped[signal, "permanent"].inc(batch.items)
-            log.error("exporter %s: dropped %d items: %s", self.name, batch.items, exc,
-                      extra={"exporter": self.name})
-            return True
+                return all([await self._deliver(h, [h]) for h in halves])
+            return self._drop(batch, "permanent", exc)
         except PermanentError as exc:
-            m.dropped[signal, "permanent"].inc(batch.items)
-            log.error("exporter %s: dropped %d items: %s", self.name, batch.items, exc,
-                      extra={"exporter": self.name})
-            return True
+            if len(members) > 1:
+                log.warning("exporter %s: %s; sending its %d merged requests one by one",
+                            self.name, exc, len(members), extra={"exporter": self.name})
+                return all([await self._deliver(one, [one]) for one in members])
+            reason = "malformed" if isinstance(exc, MalformedBatchError) else "permanent"
+            return self._drop(batch, reason, exc)
         except GiveUpError as exc:
             if exc.reason == "shutdown":
                 return False
@@ -246,6 +285,12 @@ class ExportChain:
         m.sent[signal].inc(batch.items - rejected)
         if rejected:
             m.dropped[signal, "rejected"].inc(rejected)
+        return True
+
+    def _drop(self, batch: Batch, reason: str, exc: Exception) -> bool:
+        self._m.dropped[batch.signal, reason].inc(batch.items)
+        log.error("exporter %s: dropped %d items: %s", self.name, batch.items, exc,
+                  extra={"exporter": self.name, "reason": reason})
         return True
 
     async def _attempt(self, batch: Batch) -> int:
@@ -262,6 +307,9 @@ class ExportChain:
         except (PermanentError, RetryableError):
             self._m.failed[batch.signal].inc(batch.items)
             raise
+        except BadInputError as exc:  # the batch does not parse: our encoding cannot work
+            self._m.failed[batch.signal].inc(batch.items)
+            raise MalformedBatchError(str(exc)) from exc
         except Exception as exc:
             # a sender bug must not kill the worker, and retrying a bug will not help
             self._m.failed[batch.signal].inc(batch.items)

@@ -29,6 +29,10 @@ class GiveUpError(SidecarError):
         self.reason = reason
 
 
+class MalformedBatchError(PermanentError):
+    """The batch itself cannot be parsed (or encoded) for this destination."""
+
+
 class RequestTooLargeError(PermanentError):
     """The peer refused the request for its size (HTTP 413, gRPC message too large): the
     chain splits it in halves instead of dropping it."""

@@ -91,6 +91,12 @@ EXPORTER_LATENCY = Histogram(
 # --- daemon -------------------------------------------------------------------------------
 READY = Gauge("sidecar_ready", "1 when every listener is bound and every exporter started",
               registry=REGISTRY)
+COMPONENT_RESTARTS = Counter(
+    "sidecar_component_restarts",
+    "Component tasks that died from an unexpected error and were restarted",
+    ["component"],
+    registry=REGISTRY,
+)
 
 # --- cache --------------------------------------------------------------------------------
 # The cache's hot path counts with plain ints on its own objects (a prometheus_client

@@ -1,0 +1,180 @@
+"""ExportChain with an in-process Sender: what the shared layer does on each outcome."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any
+
+import pytest
+
+from sidecar.errors import PermanentError, PipelineFullError, RetryableError
+from sidecar.exporthelper.chain import ExportChain
+from sidecar.exporthelper.settings import ExporterSettings
+from sidecar.model import Batch, parse_request
+from sidecar.telemetry.health import HEALTH
+from sidecar.telemetry.metrics import REGISTRY
+from sidecar.testing import traces_batch
+
+
+def metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+class Peer:
+    """A Sender that answers like a strict destination: refuses bytes that do not parse,
+    otherwise follows its script (an exception to raise, or None for success)."""
+
+    def __init__(self, *script: Exception | None) -> None:
+        self.script: deque[Exception | None] = deque(script)
+        self.delivered: list[Batch] = []
+        self.attempts = 0
+        self.closed = False
+
+    async def start(self) -> None: ...
+
+    async def send(self, batch: Batch) -> int:
+        self.attempts += 1
+        outcome = self.script.popleft() if self.script else None
+        if outcome is not None:
+            raise outcome
+        parse_request(batch.signal, batch.payload)
+        self.delivered.append(batch)
+        return 0
+
+    async def close(self) -> None:
+        self.closed = True
+
+    def describe(self) -> str:
+        return "peer"
+
+    def items(self) -> int:
+        return sum(b.items for b in self.delivered)
+
+
+def settings(**overrides: Any) -> ExporterSettings:
+    raw: dict[str, Any] = {"type": "test", "batch": {"max_delay": 0},
+                           "retry": {"initial_interval": 0.001, "jitter": 0},
+                           "queue": {"concurrency": 1}}
+    raw.update(overrides)
+    return ExporterSettings.model_validate(raw)
+
+
+async def no_sleep(_delay: float) -> None:
+    await asyncio.sleep(0)
+
+
+async def drain(chain: ExportChain, within: float = 5.0) -> None:
+    await chain.shutdown(asyncio.get_running_loop().time() + within)
+
+
+async def test_delivers_and_counts_every_item() -> None:
+    peer = Peer()
+    chain = ExportChain("u-ok", settings(), peer)
+    await chain.start()
+    batches = [traces_batch(3, seed=i) for i in range(4)]
+    for batch in batches:
+        await chain.consume(batch)
+    await drain(chain)
+    assert peer.items() == 12
+    assert peer.closed
+    assert metric("sidecar_exporter_sent_items_total", exporter="u-ok", signal="traces") == 12
+
+
+async def test_retryable_errors_are_retried_until_delivered() -> None:
+    peer = Peer(RetryableError("503"), RetryableError("503"))
+    chain = ExportChain("u-retry", settings(), peer, sleep=no_sleep)
+    await chain.start()
+    await chain.consume(traces_batch(2))
+    await drain(chain)
+    assert peer.attempts == 3
+    assert peer.items() == 2
+    assert metric("sidecar_exporter_retries_total", exporter="u-retry", signal="traces") == 2
+
+
+async def test_a_permanent_error_drops_only_that_request() -> None:
+    peer = Peer(PermanentError("400"))
+    chain = ExportChain("u-perm", settings(), peer)
+    await chain.start()
+    await chain.consume(traces_batch(2, seed=1))
+    await chain.consume(traces_batch(3, seed=2))
+    await drain(chain)
+    assert peer.items() == 3
+    assert metric("sidecar_exporter_dropped_items_total", exporter="u-perm", signal="traces",
+                  reason="permanent") == 2
+
+
+async def test_a_sender_bug_drops_the_request_and_the_worker_goes_on() -> None:
+    peer = Peer(KeyError("bug"))
+    chain = ExportChain("u-bug", settings(), peer)
+    await chain.start()
+    await chain.consume(traces_batch(2, seed=1))
+    await chain.consume(traces_batch(3, seed=2))
+    await drain(chain)
+    assert peer.items() == 3
+
+
+async def test_a_bug_in_the_chain_itself_costs_one_request_not_the_worker() -> None:
+    class Flaky(ExportChain):
+        failures = 1
+
+        async def _deliver(self, batch: Batch, members: list[Batch]) -> bool:
+            if self.failures:
+                self.failures -= 1
+                raise RuntimeError("bug while handling an error")
+            return await super()._deliver(batch, members)
+
+    peer = Peer()
+    chain = Flaky("u-internal", settings(), peer)
+    await chain.start()
+    await chain.consume(traces_batch(2, seed=1))
+    await chain.consume(traces_batch(3, seed=2))
+    await drain(chain)
+    assert peer.items() == 3
+    assert metric("sidecar_exporter_dropped_items_total", exporter="u-internal",
+                  signal="traces", reason="internal_error") == 2
+    assert chain.queue.size_bytes == 0  # the dropped request was acked, not stranded
+
+
+async def test_a_dead_batching_task_is_restarted_and_named_in_health() -> None:
+    HEALTH.clear()
+
+    class CrashOnce(ExportChain):
+        crashed = False
+
+        async def _batch_loop(self) -> None:
+            if not self.crashed:
+                self.crashed = True
+                raise RuntimeError("batcher bug")
+            await super()._batch_loop()
+
+    peer = Peer()
+    chain = CrashOnce("u-restart", settings(), peer)
+    await chain.start()
+    await chain.consume(traces_batch(4))
+    async with asyncio.timeout(5):
+        while peer.items() < 4:  # noqa: ASYNC110 - bounded by the timeout
+            await asyncio.sleep(0.01)
+    assert "exporter u-restart" in HEALTH.problems()
+    assert "batcher bug" in HEALTH.problems()["exporter u-restart"]
+    assert metric("sidecar_component_restarts_total", component="exporter u-restart") == 1
+    await drain(chain)
+    HEALTH.clear()
+
+
+async def test_a_full_queue_is_backpressure_and_shutdown_counts_what_is_left() -> None:
+    peer = Peer(*[RetryableError("down")] * 1000)
+    batch = traces_batch(5)
+    chain = ExportChain("u-full", settings(queue={"max_bytes": batch.nbytes * 2,
+                                                  "concurrency": 1}), peer, sleep=no_sleep)
+    await chain.start()
+    admitted = 0
+    with pytest.raises(PipelineFullError):  # noqa: PT012 - the loop ends at the refusal
+        for seed in range(10):
+            await chain.consume(traces_batch(5, seed=seed))
+            admitted += 1
+    assert admitted == 2
+    await drain(chain, within=0.2)
+    assert peer.items() == 0
+    assert metric("sidecar_exporter_dropped_items_total", exporter="u-full", signal="traces",
+                  reason="shutdown") == 10
