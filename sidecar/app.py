@@ -72,6 +72,10 @@ class Daemon:
             await self.shutdown(grace=1.0)
             raise
 
+    def undelivered_items(self) -> int:
+        """Items accepted from clients and not yet delivered (queued or in flight)."""
+        return sum(e.pending_items() for e in self.graph.exporters.values())
+
     def request_stop(self) -> None:
         self._stop.set()
 
@@ -151,7 +155,9 @@ def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
 
 
 def install_signal_handlers(daemon: Daemon) -> None:
-    """First SIGTERM/SIGINT drains; a second one exits at once (uvicorn does the same)."""
+    """First SIGTERM/SIGINT drains; a second one exits at once (uvicorn does the same),
+    saying how many items that loses. SIGHUP (a closed terminal sends it) is logged and
+    otherwise ignored until hot reload exists: it must not cost acknowledged data."""
     loop = asyncio.get_running_loop()
     count = 0
 
@@ -159,11 +165,19 @@ def install_signal_handlers(daemon: Daemon) -> None:
         nonlocal count
         count += 1
         if count > 1:
-            log.warning("second signal: exiting without draining")
+            lost = daemon.undelivered_items()
+            log.warning("second signal: exiting without draining; %d undelivered items lost",
+                        lost, extra={"lost_items": lost})
             os._exit(1)
         log.info("signal received, draining", extra={"signal": signal.Signals(signum).name})
         daemon.request_stop()
 
+    def hangup() -> None:
+        log.warning("SIGHUP received and ignored: configuration reload is not supported yet "
+                    "(restart the daemon to apply a new config)")
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, handle, sig)
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGHUP, hangup)

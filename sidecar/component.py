@@ -63,6 +63,10 @@ class ExporterComponent(Consumer, Lifecycle, Protocol):
 
     async def wait_for_room(self, nbytes: int) -> None: ...
 
+    def pending_items(self) -> int:
+        """Items accepted and not yet delivered or dropped."""
+        ...
+
     def describe(self) -> str:
         """One line for the startup banner: where this exporter's data goes."""
         ...

@@ -163,6 +163,9 @@ class ExportChain:
                                           "dropped_items": sum(by_signal.values())})
         await self.sender.close()
 
+    def pending_items(self) -> int:
+        return self.queue.size_items
+
     def describe(self) -> str:
         return f"{self.name} ({self.settings.type}) -> {self.sender.describe()}"
 

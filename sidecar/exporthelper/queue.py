@@ -20,16 +20,13 @@ from sidecar.model import Batch
 
 @dataclass(frozen=True, slots=True)
 class Lease:
-    """A batch handed to a consumer; `token` acks or nacks it."""
+    """A batch handed to a consumer; `token` acks it."""
 
     batch: Batch
     token: int
 
 
 class Queue(Protocol):
-    # True when un-acked data outlives close() (on disk); False when close() loses it
-    durable: bool
-
     @property
     def capacity_bytes(self) -> int: ...
 
@@ -66,9 +63,6 @@ class Queue(Protocol):
         """Done with the leased batch (delivered or deliberately dropped): forget it.
         Acks arrive in any order: several workers deliver concurrently."""
 
-    def nack(self, token: int) -> None:
-        """Hand the leased batch out again, before anything newer."""
-
     def seal(self) -> None:
         """Admit nothing more; `get` keeps handing out what is left, then returns None."""
 
@@ -80,8 +74,6 @@ class Queue(Protocol):
 
 class MemoryQueue:
     """A FIFO bounded in bytes. Lost on exit, so the chain counts leftovers as dropped."""
-
-    durable = False
 
     def __init__(self, capacity_bytes: int) -> None:
         if capacity_bytes <= 0:
@@ -157,10 +149,6 @@ class MemoryQueue:
         self._bytes -= lease.batch.nbytes
         self._items -= lease.batch.items
         self._room.set()
-
-    def nack(self, token: int) -> None:
-        self._ready.appendleft(self._leased.pop(token))
-        self._wakeup.set()
 
     def seal(self) -> None:
         self._sealed = True

@@ -41,20 +41,6 @@ async def test_leased_batches_count_until_acked() -> None:
     assert queue.has_room(first.nbytes)
 
 
-async def test_nack_hands_the_batch_out_again_before_newer_ones() -> None:
-    queue = MemoryQueue(1 << 20)
-    a, b = traces_batch(1, seed=1), traces_batch(1, seed=2)
-    await queue.put(a)
-    await queue.put(b)
-    lease = queue.get_nowait()
-    assert lease is not None
-    queue.nack(lease.token)
-    again = queue.get_nowait()
-    assert again is not None
-    assert again.batch is a
-    assert again.token == lease.token
-
-
 async def test_get_times_out_with_none_and_wakes_on_put() -> None:
     queue = MemoryQueue(1 << 20)
     assert await queue.get(timeout=0.01) is None

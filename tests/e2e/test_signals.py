@@ -1,0 +1,59 @@
+"""Signals to the real daemon under load: SIGHUP loses nothing; a second SIGTERM says what
+it costs."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+from pathlib import Path
+
+from sidecar.model import Signal
+from sidecar.testing import OtlpSink
+from tests.e2e.test_lifecycle import send_runs
+from tests.helpers.daemon import DaemonProcess
+
+
+def upstream(sink: OtlpSink) -> dict[str, object]:
+    return {"type": "otlp", "protocol": "grpc", "endpoint": sink.grpc_endpoint,
+            "retry": {"initial_interval": "50ms", "max_interval": "200ms"}}
+
+
+async def test_sighup_under_load_keeps_the_daemon_and_every_span(short_tmp: Path) -> None:
+    async with OtlpSink() as sink:
+        sink.stall()  # everything acknowledged is still queued when SIGHUP comes
+        daemon = DaemonProcess(short_tmp, exporters={"upstream": upstream(sink)})
+        await daemon.start()
+        assert daemon.proc is not None
+        sending = asyncio.create_task(send_runs(daemon.grpc_endpoint, 60, seed=3))
+        await asyncio.sleep(0.2)
+        daemon.proc.send_signal(signal.SIGHUP)
+        acknowledged = await sending
+        acknowledged += await send_runs(daemon.grpc_endpoint, 5, seed=4)  # still serving
+        await asyncio.sleep(0.2)
+        assert daemon.proc.poll() is None, "SIGHUP must not stop the daemon"
+        sink.resume()
+        code, _, err = await daemon.stop(timeout=30)
+        assert code == 0, err
+        assert "SIGHUP" in err
+        assert sink.items(Signal.TRACES) == acknowledged
+
+
+async def test_a_second_sigterm_exits_at_once_and_says_how_much_is_lost(
+        short_tmp: Path) -> None:
+    async with OtlpSink() as sink:
+        sink.stall()
+        daemon = DaemonProcess(short_tmp, exporters={"upstream": upstream(sink)})
+        await daemon.start()
+        assert daemon.proc is not None
+        acknowledged = await send_runs(daemon.grpc_endpoint, 20, seed=5)
+        daemon.terminate()
+        await asyncio.sleep(0.3)
+        assert daemon.proc.poll() is None  # draining, waiting for the stalled peer
+        daemon.proc.send_signal(signal.SIGTERM)
+        code, _, err = await daemon.stop(timeout=10)
+        sink.resume()
+        assert code == 1
+        match = re.search(r"(\d+) undelivered items lost", err)
+        assert match is not None, err
+        assert int(match.group(1)) == acknowledged
