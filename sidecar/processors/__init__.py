@@ -1,2 +1,14 @@
-"""Built-in processor types (pure, synchronous transforms of a request). Importing this
-package registers each one by type name; `pipeline/stage.py` applies them in order."""
+"""Built-in processor types. Importing this package registers each one by type name.
+
+Writing a processor (`pipeline/stage.py` runs it):
+
+1. a settings class subclassing `component.ProcessorSettings` (it has `enabled`; make the
+   default what an empty config should do);
+2. a class with `name`, `mutates` (may it edit the message?), `signals` (which pipelines it
+   applies to) and `process(work)`: read `work.payload` (bytes, for a cheap pre-scan) and/or
+   `work.message` (parsed on first use, shared with the other processors of the request),
+   edit the message in place if `mutates`; never serialize, never do I/O;
+3. `register_processor(ProcessorFactory("type", Settings, order, create))` in its module,
+   with `order` its fixed place (redaction 10, cost 20, span metrics 30), and an import
+   here.
+"""
