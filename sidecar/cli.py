@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import NoReturn
 
 import click
 
@@ -18,6 +19,15 @@ SET_OPTION = click.option(
     "--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
     help="Override one config key (repeatable), e.g. --set admin.endpoint=127.0.0.1:9999",
 )
+
+
+def _fail(messages: list[str], code: int) -> NoReturn:
+    """One `error: ...` line per message on stderr, then exit with `code`."""
+    from sidecar.config import printable
+
+    for message in messages:
+        click.echo(f"error: {printable(message)}", err=True)
+    sys.exit(code)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -47,9 +57,7 @@ def validate(config_path: str | None, overrides: tuple[str, ...]) -> None:
 
         build_daemon(cfg)
     except ConfigError as exc:
-        for problem in exc.problems:
-            click.echo(f"error: {problem}", err=True)
-        sys.exit(1)
+        _fail([str(problem) for problem in exc.problems], 1)
     click.echo(f"{config_path or '<defaults>'}: configuration is valid")
 
 
@@ -69,16 +77,13 @@ def run(config_path: str | None, overrides: tuple[str, ...], log_format: str | N
     try:
         cfg = config_module.load(config_path, overrides)
     except ConfigError as exc:
-        for problem in exc.problems:
-            click.echo(f"error: {problem}", err=True)
-        sys.exit(1)
+        _fail([str(problem) for problem in exc.problems], 1)
     fmt = log_format or cfg.service.log_format
     setup_logging("json" if fmt == "json" else "text", cfg.service.log_level)
     try:
         run_event_loop(run_app(cfg, lambda line: click.echo(line)))
     except StartupError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        _fail([str(exc)], 2)
 
 
 @main.command("send-test")

@@ -12,6 +12,10 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError
+from yaml.composer import ComposerError
+from yaml.error import Mark, MarkedYAMLError
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.reader import ReaderError
 
 from sidecar.cache.config import CacheConfig
 from sidecar.component import ProcessorSettings, exporter_factories, processor_factories
@@ -86,41 +90,223 @@ class Config(Strict):
         return self.pipelines.exporters_for(signal, list(self.exporters))
 
 
-_REF = re.compile(r"\$\{(env|file):([^}:]+)(?::-([^}]*))?\}")
+# `${scheme:body}` or, with `$$`, an escaped literal `${`; `[^}]*` keeps this linear
+_REF = re.compile(r"(\$?)\$\{([^}]*)(\}?)")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # what the Collector's env provider takes
+_SCHEMES = ("env", "file")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# a config is a few hundred values; these bound what hostile YAML (deep nesting, aliases of
+# aliases) can make the loader, the expansion and the validation do
+_MAX_DEPTH = 64
+_MAX_VALUES = 100_000
+_MAX_FILE_BYTES = 8 * 1024 * 1024  # --config
+_MAX_SECRET_BYTES = 1024 * 1024  # ${file:...}
 
 
-def _expand(value: Any, path: str, source: str, problems: list[ConfigProblem]) -> Any:
-    """Replace ${env:NAME}, ${env:NAME:-default} and ${file:PATH} in every string."""
-    if isinstance(value, dict):
-        return {k: _expand(v, f"{path}.{k}" if path else str(k), source, problems)
-                for k, v in value.items()}
-    if isinstance(value, list):
-        return [_expand(v, f"{path}.{i}", source, problems) for i, v in enumerate(value)]
-    if not isinstance(value, str) or "${" not in value:
-        return value
+def printable(text: str) -> str:
+    """`text` with control characters escaped, so a problem prints as one harmless line."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
-    def substitute(match: re.Match[str]) -> str:
-        kind, name, default = match.group(1), match.group(2), match.group(3)
-        if kind == "env":
-            if name in os.environ:
-                return os.environ[name]
-            if default is not None:
-                return default
-            problems.append(ConfigProblem(source, path, f"environment variable {name} is not set"))
-            return ""
+
+def _problem(source: str, path: str, message: str) -> ConfigProblem:
+    return ConfigProblem(printable(source), printable(path), printable(message))
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader whose composer (it recurses per level) refuses nesting beyond _MAX_DEPTH."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.depth = 0
+
+    def compose_node(self, parent: Node | None, index: int) -> Node | None:
+        self.depth += 1
         try:
-            return Path(name).read_text().strip()
-        except OSError as exc:
-            problems.append(ConfigProblem(source, path, f"cannot read {name}: {exc.strerror}"))
-            return ""
+            if self.depth > _MAX_DEPTH:
+                raise ComposerError(None, None, f"nested deeper than {_MAX_DEPTH} levels",
+                                    self.get_mark())
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
-    return _REF.sub(substitute, value)
+
+def _parse_yaml(text: str) -> tuple[Any, list[tuple[str, Mark, Mark]]]:
+    """The document, and every duplicated mapping key as (key path, first, repeat)."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        duplicates = _duplicate_keys(node) if node is not None else []
+        return (loader.construct_document(node) if node is not None else None), duplicates
+    finally:
+        loader.dispose()
+
+
+def _duplicate_keys(root: Node) -> list[tuple[str, Mark, Mark]]:
+    # PyYAML keeps the last of two equal keys without a word; the Collector refuses them.
+    # Walks the node graph once (aliases are visited once), merge keys (`<<`) excepted.
+    found: list[tuple[str, Mark, Mark]] = []
+    seen_nodes: set[int] = set()
+    stack: list[tuple[Node, str]] = [(root, "")]
+    while stack:
+        node, path = stack.pop()
+        if id(node) in seen_nodes:
+            continue
+        seen_nodes.add(id(node))
+        if isinstance(node, MappingNode):
+            first: dict[tuple[str, str], Mark] = {}
+            for key, value in node.value:
+                if not isinstance(key, ScalarNode):
+                    continue
+                where = f"{path}.{key.value}" if path else str(key.value)
+                if key.tag != "tag:yaml.org,2002:merge":
+                    earlier = first.setdefault((key.tag, key.value), key.start_mark)
+                    if earlier is not key.start_mark:
+                        found.append((where, earlier, key.start_mark))
+                stack.append((value, where))
+        elif isinstance(node, SequenceNode):
+            stack.extend((item, f"{path}.{i}" if path else str(i))
+                         for i, item in enumerate(node.value))
+    return sorted(found, key=lambda d: d[2].index)
+
+
+def _at(source: str, mark: Mark) -> str:
+    return f"{source}:{mark.line + 1}:{mark.column + 1}"
+
+
+def _yaml_problem(exc: yaml.YAMLError, source: str, text: str, path: str = "") -> ConfigProblem:
+    """One line: `FILE:LINE:COL: invalid YAML: <problem> (<context> at line L, column C)`."""
+    if isinstance(exc, MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        message = exc.problem or exc.context or "cannot parse"
+        began = exc.context_mark
+        # the context is worth a mention where it points elsewhere (an unclosed bracket)
+        if exc.problem and exc.context and began is not None and began is not mark:
+            message += f" ({exc.context} at line {began.line + 1}, column {began.column + 1})"
+        where = _at(source, mark) if mark is not None and not path else source
+    elif isinstance(exc, ReaderError):
+        position = int(exc.position)
+        line = text.count("\n", 0, position) + 1
+        column = position - (text.rfind("\n", 0, position) + 1) + 1
+        where = source if path else f"{source}:{line}:{column}"
+        message = f"unacceptable character #x{int(exc.character):04x}: {exc.reason}"
+    else:
+        where, message = source, str(exc)
+    return _problem(where, path, "invalid YAML: " + " ".join(message.split()))
+
+
+def _read_text(path: Path, source: str, limit: int) -> str:
+    """The file's text: UTF-8 (a BOM is allowed), at most `limit` bytes; else ConfigError."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(limit + 1)  # bounded: `--config /dev/zero` must not hang
+    except OSError as exc:
+        raise ConfigError([_problem(source, "", f"cannot read: {exc.strerror or exc}")]) from exc
+    if len(data) > limit:
+        raise ConfigError([_problem(source, "", f"larger than {limit // 1024 // 1024} MiB")])
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError([_problem(
+            f"{source}:{line}", "",
+            f"not UTF-8: byte 0x{data[exc.start]:02x} at offset {exc.start} ({exc.reason})",
+        )]) from None
+
+
+class _Expander:
+    """Replaces ${env:NAME}, ${env:NAME:-default} and ${file:PATH} in every string, and `$${`
+    by a literal `${`; a malformed or unknown reference is a problem naming the key path.
+    Copies the tree, so aliases become copies: `_MAX_VALUES` bounds the copy."""
+
+    def __init__(self, source: str, problems: list[ConfigProblem]) -> None:
+        self.source = source
+        self.problems = problems
+        self.budget = _MAX_VALUES
+        self.active: set[int] = set()  # containers being copied: meeting one again is a cycle
+        self.refused = False  # the tree's shape is unusable: validating it would only add noise
+
+    def expand(self, value: Any, path: str = "", depth: int = 0) -> Any:
+        if self.budget == 0:
+            if not self.refused:
+                self.refuse("", f"more than {_MAX_VALUES} values (after expanding YAML aliases)")
+            return None
+        self.budget -= 1
+        if isinstance(value, dict | list):
+            if depth >= _MAX_DEPTH:
+                self.refuse(path, f"nested deeper than {_MAX_DEPTH} levels")
+                return None
+            if id(value) in self.active:
+                self.refuse(path, "a YAML alias refers to a value that contains it")
+                return None
+            self.active.add(id(value))
+            try:
+                if isinstance(value, dict):
+                    return {k: self.expand(v, f"{path}.{k}" if path else str(k), depth + 1)
+                            for k, v in value.items()}
+                return [self.expand(v, f"{path}.{i}" if path else str(i), depth + 1)
+                        for i, v in enumerate(value)]
+            finally:
+                self.active.discard(id(value))
+        if not isinstance(value, str) or "${" not in value:
+            return value
+        return _REF.sub(lambda match: self.substitute(match, path), value)
+
+    def problem(self, path: str, message: str) -> None:
+        self.problems.append(_problem(self.source, path, message))
+
+    def refuse(self, path: str, message: str) -> None:
+        self.problem(path, message)
+        self.refused = True
+
+    def substitute(self, match: re.Match[str], path: str) -> str:
+        escaped, body, closed = match.group(1), match.group(2), match.group(3)
+        if escaped:
+            return "${" + body + closed
+        ref = match.group(0) if len(match.group(0)) <= 60 else match.group(0)[:57] + "..."
+        scheme, colon, rest = body.partition(":")
+        if not closed:
+            self.problem(path, f"{ref!r}: reference is not closed with '}}'")
+        elif "${" in body:
+            self.problem(path, f"{ref!r}: nested references are not supported")
+        elif not colon:
+            self.problem(path, f"{ref!r}: reference needs a scheme, e.g. "
+                               f"${{env:{body or 'NAME'}}}")
+        elif scheme not in _SCHEMES:
+            known = ", ".join(_SCHEMES)
+            self.problem(path, f"{ref!r}: unknown reference scheme {scheme!r} (known: {known})")
+        elif scheme == "env":
+            name, has_default, default = rest.partition(":-")
+            if not name:
+                self.problem(path, f"{ref!r}: empty environment variable name")
+            elif not _ENV_NAME.fullmatch(name):
+                self.problem(path, f"{ref!r}: invalid environment variable name {name!r}")
+            elif name in os.environ:
+                return os.environ[name]
+            elif has_default:
+                return default
+            else:
+                self.problem(path, f"environment variable {name} is not set")
+        elif not rest:
+            self.problem(path, f"{ref!r}: empty file path")
+        else:
+            try:
+                return _read_text(Path(rest), rest, _MAX_SECRET_BYTES).strip()
+            except ConfigError as exc:
+                self.problems.extend(_problem(self.source, path, str(p)) for p in exc.problems)
+        return ""
 
 
 def _apply_set(tree: dict[str, Any], assignment: str) -> None:
     key, sep, raw = assignment.partition("=")
     if not sep or not key:
-        raise ConfigError([ConfigProblem("--set", assignment, "expected key.path=value")])
+        raise ConfigError([_problem("--set", assignment, "expected key.path=value")])
+    try:
+        value, duplicates = _parse_yaml(raw) if raw else (None, [])
+    except yaml.YAMLError as exc:
+        raise ConfigError([_yaml_problem(exc, "--set", raw, key)]) from None
+    if duplicates:
+        raise ConfigError([_problem("--set", f"{key}.{where}", "duplicate key")
+                           for where, _, _ in duplicates])
     node = tree
     parts = key.split(".")
     for part in parts[:-1]:
@@ -129,7 +315,7 @@ def _apply_set(tree: dict[str, Any], assignment: str) -> None:
             child = {}
             node[part] = child
         node = child
-    node[parts[-1]] = yaml.safe_load(raw) if raw else None
+    node[parts[-1]] = value
 
 
 def _problems_from(exc: ValidationError, source: str, prefix: str = "") -> list[ConfigProblem]:
@@ -140,56 +326,75 @@ def _problems_from(exc: ValidationError, source: str, prefix: str = "") -> list[
         message = err["msg"]
         if err["type"] == "extra_forbidden":
             message = "unknown key"
-        out.append(ConfigProblem(source, path, message))
+        elif err["type"] == "value_error":
+            message = message.removeprefix("Value error, ")
+        out.append(_problem(source, path, message))
     return out
 
 
 def load(path: str | Path | None = None, overrides: tuple[str, ...] | list[str] = ()) -> Config:
     source = str(path) if path is not None else "<defaults>"
+    problems: list[ConfigProblem] = []
     tree: Any = {}
     if path is not None:
+        text = _read_text(Path(path), source, _MAX_FILE_BYTES)
         try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise ConfigError([ConfigProblem(source, "", f"cannot read: {exc.strerror}")]) from exc
-        try:
-            tree = yaml.safe_load(text) or {}
+            tree, duplicates = _parse_yaml(text)
         except yaml.YAMLError as exc:
-            raise ConfigError([ConfigProblem(source, "", f"invalid YAML: {exc}")]) from exc
+            raise ConfigError([_yaml_problem(exc, source, text)]) from None
+        tree = tree if tree is not None else {}
         if not isinstance(tree, dict):
-            raise ConfigError([ConfigProblem(source, "", "top level must be a mapping")])
+            raise ConfigError([_problem(source, "", "top level must be a mapping")])
+        problems.extend(
+            _problem(_at(source, repeat), key, f"duplicate key (first at line {first.line + 1})")
+            for key, first, repeat in duplicates)
     for assignment in overrides:
-        _apply_set(tree, assignment)
-    return from_tree(tree, source)
+        try:
+            _apply_set(tree, assignment)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    try:
+        config = from_tree(tree, source)
+    except ConfigError as exc:
+        raise ConfigError([*problems, *exc.problems]) from None
+    if problems:
+        raise ConfigError(problems)
+    return config
 
 
 def from_tree(tree: dict[str, Any], source: str = "<config>") -> Config:
     problems: list[ConfigProblem] = []
-    tree = _expand(tree, "", source, problems)
+    expander = _Expander(source, problems)
+    tree = expander.expand(tree)
+    if expander.refused:
+        raise ConfigError(problems)
+    # a key whose reference failed was given "": its validation error would only repeat that
+    unresolved = {p.path for p in problems}
 
     raw_exporters = tree.pop("exporters", None)
     if raw_exporters is None:
         raw_exporters = DEFAULT_EXPORTERS
     exporters: dict[str, ExporterSettings] = {}
     if not isinstance(raw_exporters, dict):
-        problems.append(ConfigProblem(source, "exporters", "must be a mapping of name -> settings"))
+        problems.append(_problem(source, "exporters", "must be a mapping of name -> settings"))
         raw_exporters = {}
     factories = exporter_factories()
     for name, raw in raw_exporters.items():
         where = f"exporters.{name}"
         if not isinstance(raw, dict) or "type" not in raw:
-            problems.append(ConfigProblem(source, where, "needs a 'type'"))
+            problems.append(_problem(source, where, "needs a 'type'"))
             continue
         factory = factories.get(str(raw["type"]))
         if factory is None:
             known = ", ".join(sorted(factories))
-            problems.append(ConfigProblem(
+            problems.append(_problem(
                 source, f"{where}.type", f"unknown exporter type {raw['type']!r} (known: {known})"))
             continue
         try:
             exporters[str(name)] = factory.config_type.model_validate(raw)
         except ValidationError as exc:
-            problems.extend(_problems_from(exc, source, where))
+            problems.extend(p for p in _problems_from(exc, source, where)
+                            if p.path not in unresolved)
 
     processors = _processors(tree.pop("processors", None), source, problems)
 
@@ -197,7 +402,7 @@ def from_tree(tree: dict[str, Any], source: str = "<config>") -> Config:
     try:
         config = Config.model_validate(tree)
     except ValidationError as exc:
-        problems.extend(_problems_from(exc, source))
+        problems.extend(p for p in _problems_from(exc, source) if p.path not in unresolved)
 
     # checked on the raw tree so a problem elsewhere does not hide a dangling reference
     raw_pipelines = tree.get("pipelines")
@@ -205,8 +410,9 @@ def from_tree(tree: dict[str, Any], source: str = "<config>") -> Config:
         for signal in Signal:
             names = raw_pipelines.get(signal.value)
             for name in names if isinstance(names, list) else ():
-                if name not in raw_exporters:
-                    problems.append(ConfigProblem(
+                # not a string: the model reports the type
+                if isinstance(name, str) and name not in raw_exporters:
+                    problems.append(_problem(
                         source, f"pipelines.{signal.value}", f"unknown exporter {name!r}"))
     if problems or config is None:
         raise ConfigError(problems)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 import orjson
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from sidecar.component import BuildContext, ExporterComponent, ExporterFactory, register_exporter
 from sidecar.configtypes import ByteSize, Strict
@@ -37,7 +37,17 @@ class FileConfig(ExporterSettings):
     type: Literal["file"] = "file"
     path: Path = Path("./data/export")  # a directory
     rotation: RotationSettings | None = RotationSettings()  # null: never rotate
-    compression: Literal["gzip", "none"] = "none"  # lines stay greppable
+    # lines are written uncompressed (greppable, `tail -f`-able): only "none" is accepted,
+    # so a `gzip` copied from an otlp exporter is an error instead of silently ignored
+    compression: Literal["none"] = "none"
+
+    @field_validator("compression", mode="before")
+    @classmethod
+    def _uncompressed(cls, value: object) -> object:
+        if value != "none":
+            raise ValueError(f"{value!r} is not supported: the file exporter writes "
+                             "uncompressed lines (only 'none' is accepted)")
+        return value
 
 
 def to_otlp_json(batch: Batch) -> dict[str, Any]:

@@ -7,9 +7,22 @@ from __future__ import annotations
 
 import platform
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+)
 
 from sidecar import __version__
+
+# prometheus_client adds a `_created` sample beside every counter and histogram by default,
+# doubling the series scraped; Prometheus does not need them. Switched off here, on import of
+# the registry, so it holds however the process started (console script, `python -m`, tests),
+# whatever PROMETHEUS_DISABLE_CREATED_SERIES says. The switch is process-wide.
+disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated in prometheus_client
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
