@@ -595,6 +595,18 @@ def test_deep_values_next_to_other_problems_are_bad_input() -> None:
             decode_request(Signal.TRACES, body)
 
 
+@pytest.mark.parametrize("body", [
+    b'{"resourceSpans": [{"resource": {"attributes": [{"key": "\\ud800"}]}}]}',  # lone surrogate
+    b'{"resourceSpans": [{"resource": {"attributes": [{"key": "\\udc00\\ud800"}]}}]}',
+    b'{"resourceSpans": [{"resource": {"attributes": [{"key": "\xff"}]}}]}',  # not UTF-8
+])
+def test_strings_protobuf_cannot_hold_are_bad_input(body: bytes) -> None:
+    """upb checks that strings are UTF-8 when parsing; orjson already refuses JSON strings
+    that cannot be (a stdlib json parser would let lone surrogates through)."""
+    with pytest.raises(BadInputError, match="malformed OTLP traces JSON"):
+        decode_request(Signal.TRACES, body)
+
+
 def leaf_values() -> st.SearchStrategy[dict[str, Any]]:
     """AnyValue leaves, valid and not: the spellings clients send and the ones they should not."""
     text = st.text(max_size=6)
