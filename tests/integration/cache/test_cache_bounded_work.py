@@ -38,7 +38,7 @@ async def test_multi_key_commands_in_slices_answer_as_one(
         assert await client.mget(keys) == [b"v" + k if i % 2 == 0 else None
                                            for i, k in enumerate(keys)]
         assert await client.exists(*keys) == (N + 1) // 2
-        assert await client.mset({k: b"w" for k in keys}) is True
+        assert await client.mset(dict.fromkeys(keys, b"w")) is True
         assert await client.exists(*keys) == N
         assert await client.delete(*keys[:-5]) == N - 5
         assert await client.unlink(*keys) == 5

@@ -119,7 +119,7 @@ def test_too_long_pattern_is_refused_with_a_clear_error(
         pair: tuple[redis.Redis, redis.Redis]) -> None:
     ours, _ = pair
     before = orjson.loads(ours.execute_command("SIDECAR", "STATS"))["limit_errors"]
-    with pytest.raises(redis.ResponseError, match="pattern too long .*max 4096 bytes"):
+    with pytest.raises(redis.ResponseError, match=r"pattern too long .*max 4096 bytes"):
         ours.scan(0, match=b"[a" * 12_000)
     with pytest.raises(redis.ResponseError, match="pattern too long"):
         ours.scan(0, match=b"?" * 4097)

@@ -163,4 +163,4 @@ def test_evicted_and_rejected_keys_give_their_slot_back() -> None:
     found = scan_all(store, 100)
     assert sorted(found) == sorted(store.data)
     assert b"A" not in found
-    assert len(store._slots) <= 4  # noqa: SLF001 - slots are reused, not leaked
+    assert store.scan(4, 100, 0.0) == (0, [])  # slots are reused: all within the first 4
