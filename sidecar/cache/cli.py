@@ -7,7 +7,8 @@ They speak RESP over the cache's unix socket (the same path the daemon listens o
 from __future__ import annotations
 
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 import orjson
@@ -58,20 +59,40 @@ def _run(ctx: click.Context, *args: str | bytes) -> Any:
         client.close()
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _remember(name: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    def callback(ctx: click.Context, _param: click.Parameter, value: Any) -> None:
+        # the group and its subcommands share ctx.obj: given after the subcommand wins
+        if value is not None:
+            ctx.ensure_object(dict)[name] = value
+
+    return callback
+
+
+def _where(command: F) -> F:
+    """--config and --socket, accepted before the subcommand and after it."""
+    command = click.option(
+        "--socket", default=None, metavar="PATH", expose_value=False,
+        callback=_remember("socket"),
+        help=f"Cache socket (overrides --config; default {DEFAULT_SOCKET}).")(command)
+    return click.option(
+        "--config", type=click.Path(dir_okay=False), default=None, expose_value=False,
+        callback=_remember("config"),
+        help="Daemon config: the cache socket is its cache.unix.")(command)
+
+
 @click.group()
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="Daemon config: the cache socket is its cache.unix.")
-@click.option("--socket", "socket_path", default=None, metavar="PATH",
-              help=f"Cache socket (overrides --config; default {DEFAULT_SOCKET}).")
+@_where
 @click.pass_context
-def cache(ctx: click.Context, config_path: str | None, socket_path: str | None) -> None:
+def cache(ctx: click.Context) -> None:
     """Inspect and edit the shared cache of a running sidecar."""
     ctx.ensure_object(dict)
-    ctx.obj["config"] = config_path
-    ctx.obj["socket"] = socket_path
 
 
 @cache.command()
+@_where
 @click.option("--json", "as_json", is_flag=True, help="Print the raw /cache/stats JSON.")
 @click.pass_context
 def stats(ctx: click.Context, as_json: bool) -> None:
@@ -103,6 +124,7 @@ def stats(ctx: click.Context, as_json: bool) -> None:
 
 
 @cache.command()
+@_where
 @click.argument("key")
 @click.pass_context
 def get(ctx: click.Context, key: str) -> None:
@@ -116,6 +138,7 @@ def get(ctx: click.Context, key: str) -> None:
 
 
 @cache.command(name="set")
+@_where
 @click.argument("key")
 @click.argument("value")
 @click.option("--ex", type=click.IntRange(min=1), default=None, metavar="SECONDS",
@@ -131,6 +154,7 @@ def set_(ctx: click.Context, key: str, value: str, ex: int | None) -> None:
 
 
 @cache.command(name="del")
+@_where
 @click.argument("key")
 @click.pass_context
 def delete(ctx: click.Context, key: str) -> None:

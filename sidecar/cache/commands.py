@@ -6,22 +6,30 @@ Error texts are Redis's own, word for word: client libraries match on them."""
 
 from __future__ import annotations
 
-import fnmatch
-import re
+import asyncio
 import time
-import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Generator
 from typing import Any, Final, Protocol
 
 from sidecar.cache import resp
 from sidecar.cache.config import CacheConfig
+from sidecar.cache.glob import Glob
 from sidecar.cache.namespaces import Namespace
 from sidecar.cache.ops import NEVER
 from sidecar.cache.resp import Status, bulk, error, integer
 from sidecar.cache.tiers import Tiers, _Unknown
 
 REDIS_VERSION: Final = "7.2.0"  # what we tell clients (HELLO, INFO): the feature level we speak
+# SCAN: a larger COUNT is taken as this (COUNT is a hint in Redis too), so one call visits at
+# most this many keys; MATCH patterns longer than MAX_PATTERN bytes are refused
+SCAN_MAX_COUNT: Final = 1000
+MAX_PATTERN: Final = 4096
+# byte comparisons a SCAN MATCH does before it lets the event loop run other work
+_GLOB_SLICE: Final = 1 << 20
+# MGET MSET DEL UNLINK EXISTS with more keys than this run in slices of this many keys, and
+# the event loop serves other clients between slices (so such a call is not atomic)
+SLICE_KEYS: Final = 1024
 Reply = bytes | Coroutine[Any, Any, bytes]
 
 
@@ -92,8 +100,8 @@ class Commands:
         self.namespaces = tiers.namespaces
         self.info_text = info
         self.started = time.time()
-        self._scans: OrderedDict[int, list[bytes]] = OrderedDict()
-        self._scan_ids = 0
+        self._globs: OrderedDict[bytes, Glob] = OrderedDict()  # a SCAN loop repeats its MATCH
+        self.limit_errors = 0  # commands refused for a limit (a SCAN MATCH pattern too long)
         t: dict[bytes, Handler] = {
             b"GET": self.get, b"SET": self.set, b"MGET": self.mget, b"MSET": self.mset,
             b"GETEX": self.getex, b"GETDEL": self.getdel, b"DEL": self.delete,
@@ -142,6 +150,8 @@ class Commands:
     def mget(self, client: Client, args: list[bytes]) -> Reply:
         if len(args) < 2:
             return arity("mget")
+        if len(args) > SLICE_KEYS + 1:
+            return self._mget_sliced(client, args)
         now = time.monotonic()
         known = self.tiers.known
         values: list[bytes | None] = []
@@ -159,8 +169,6 @@ class Commands:
 
     async def _mget_async(self, client: Client, args: list[bytes], values: list[bytes | None],
                           missing: list[int]) -> bytes:
-        import asyncio
-
         found = await asyncio.gather(*(self.tiers.read(args[i + 1]) for i in missing))
         for i, item in zip(missing, found, strict=True):
             values[i] = None if item is None else item[0]
@@ -233,15 +241,58 @@ class Commands:
     def mset(self, client: Client, args: list[bytes]) -> Reply:
         if len(args) < 3 or len(args) % 2 == 0:
             return arity("mset")
-        pairs = list(zip(args[1::2], args[2::2], strict=True))
-        for key, value in pairs:
-            ns = self.namespaces.of(key)
+        if len(args) > 2 * SLICE_KEYS + 1:
+            return self._mset_sliced(args)
+        return self._mset_check(args[1:]) or self._mset_write(args[1:])
+
+    def _mset_check(self, flat: list[bytes]) -> bytes:
+        """The error for the first value too large for its namespace, else b""."""
+        of = self.namespaces.of
+        for key, value in zip(flat[::2], flat[1::2], strict=True):
+            ns = of(key)
             if len(value) > ns.max_value_size:
                 return self._too_big(ns)
-        for key, value in pairs:
-            ns = self.namespaces.of(key)
+        return b""
+
+    def _mset_write(self, flat: list[bytes]) -> bytes:
+        of = self.namespaces.of
+        for key, value in zip(flat[::2], flat[1::2], strict=True):
+            ns = of(key)
             self.tiers.write(key, value, self._expiry(ns, None), ns)
         return resp.OK
+
+    async def _mset_sliced(self, args: list[bytes]) -> bytes:
+        # every value is checked before the first write, as in the unsliced case
+        step = 2 * SLICE_KEYS
+        for start in range(1, len(args), step):
+            refused = self._mset_check(args[start:start + step])
+            if refused:
+                return refused
+            await asyncio.sleep(0)
+        for start in range(1, len(args), step):
+            self._mset_write(args[start:start + step])
+            await asyncio.sleep(0)
+        return resp.OK
+
+    async def _in_slices(self, client: Client, args: list[bytes],
+                         handler: Handler) -> list[bytes]:
+        """Run a multi-key command as one command per SLICE_KEYS keys; their replies."""
+        replies: list[bytes] = []
+        for start in range(1, len(args), SLICE_KEYS):
+            reply = handler(client, [args[0], *args[start:start + SLICE_KEYS]])
+            replies.append(reply if isinstance(reply, bytes) else await reply)
+            await asyncio.sleep(0)
+        return replies
+
+    async def _mget_sliced(self, client: Client, args: list[bytes]) -> bytes:
+        replies = await self._in_slices(client, args, self.mget)
+        # each reply is an array: one header for all, then their elements
+        return b"*%d\r\n" % (len(args) - 1) + b"".join(
+            r[r.index(b"\r\n") + 2:] for r in replies)
+
+    async def _sum_sliced(self, client: Client, args: list[bytes], handler: Handler) -> bytes:
+        replies = await self._in_slices(client, args, handler)
+        return integer(sum(int(r[1:-2]) for r in replies))
 
     def getex(self, client: Client, args: list[bytes]) -> Reply:
         if len(args) < 2:
@@ -337,11 +388,15 @@ class Commands:
     def delete(self, client: Client, args: list[bytes]) -> Reply:
         if len(args) < 2:
             return arity(args[0].decode().lower())
+        if len(args) > SLICE_KEYS + 1:
+            return self._sum_sliced(client, args, self.delete)
         return self._count_then(args[1:], self.tiers.delete)
 
     def exists(self, client: Client, args: list[bytes]) -> Reply:
         if len(args) < 2:
             return arity("exists")
+        if len(args) > SLICE_KEYS + 1:
+            return self._sum_sliced(client, args, self.exists)
         return self._count_then(args[1:], None)
 
     def _count_then(self, keys: list[bytes], action: Callable[[bytes], None] | None) -> Reply:
@@ -492,67 +547,89 @@ class Commands:
         cursor = _int(args[1])
         if cursor is None or cursor < 0:
             return error("ERR invalid cursor")
-        pattern: re.Pattern[str] | None = None
+        glob: Glob | None = None
         count = 10
+        type_string = False
         i = 2
         while i < len(args):
             opt = args[i].upper()
             if i + 1 >= len(args):
                 return SYNTAX
             if opt == b"MATCH":
-                glob = args[i + 1].decode("latin-1")
-                pattern = re.compile(fnmatch.translate(glob.replace("[^", "[!")), re.DOTALL)
+                if len(args[i + 1]) > MAX_PATTERN:
+                    self.limit_errors += 1
+                    return error(f"ERR MATCH pattern too long for the sidecar cache "
+                                 f"(max {MAX_PATTERN} bytes)")
+                glob = self._glob(args[i + 1])
             elif opt == b"COUNT":
                 parsed = _int(args[i + 1])
                 if parsed is None:
                     return NOT_INT
                 if parsed < 1:
                     return SYNTAX
-                count = parsed
+                count = min(parsed, SCAN_MAX_COUNT)
             elif opt == b"TYPE":
                 if args[i + 1].lower() != b"string":
                     return resp.encode([b"0", []], client.resp3)
+                type_string = True
             else:
                 return SYNTAX
             i += 2
         if self.l2 is not None and self.l2.up:
-            return self._scan_l2(client, args)
-        return self._scan_l1(client, cursor, pattern, count)
+            return self._scan_l2(client, cursor, glob, count, type_string)
+        return self._scan_l1(client, cursor, glob, count)
 
-    async def _scan_l2(self, client: Client, args: list[bytes]) -> bytes:
-        assert self.l2 is not None
-        result = await self.l2.run("SCAN", *args[1:])
-        if isinstance(result, list | tuple) and len(result) == 2:
-            cursor, keys = result
-            return resp.encode([str(cursor).encode() if isinstance(cursor, int) else cursor,
-                                list(keys)], client.resp3)
-        return self._scan_l1(client, 0, None, 1 << 30)
-
-    def _scan_l1(self, client: Client, cursor: int, pattern: re.Pattern[str] | None,
-                 count: int) -> bytes:
-        # A cursor names a snapshot of the key set (sorted by hash, like Redis's table
-        # order) plus a position in it: every key present for the whole scan is returned,
-        # and a key deleted meanwhile is filtered out when its turn comes.
-        session, position = cursor >> 32, cursor & 0xFFFFFFFF
-        keys = self._scans.get(session) if cursor else None
-        if keys is None:
-            self._scan_ids = (self._scan_ids % 0x7FFFFFFF) + 1
-            session, position = self._scan_ids, 0
-            keys = sorted(self.l1.key_list(), key=zlib.crc32)
-            self._scans[session] = keys
-            while len(self._scans) > 64:
-                self._scans.popitem(last=False)
-        now = time.monotonic()
-        chunk = keys[position:position + count]
-        position += len(chunk)
-        found = [k for k in chunk if self.l1.peek(k, now) is not None
-                 and (pattern is None or pattern.match(k.decode("latin-1")))]
-        if position >= len(keys):
-            self._scans.pop(session, None)
-            next_cursor = 0
+    def _glob(self, pattern: bytes) -> Glob:
+        globs = self._globs
+        glob = globs.get(pattern)
+        if glob is None:
+            glob = globs[pattern] = Glob(pattern)
+            if len(globs) > 64:
+                globs.popitem(last=False)
         else:
-            next_cursor = (session << 32) | position
-        return resp.encode([str(next_cursor).encode(), found], client.resp3)
+            globs.move_to_end(pattern)
+        return glob
+
+    async def _scan_l2(self, client: Client, cursor: int, glob: Glob | None, count: int,
+                       type_string: bool) -> bytes:
+        assert self.l2 is not None
+        args: list[bytes | int] = [b"SCAN", cursor, b"COUNT", count]
+        if glob is not None:
+            args += [b"MATCH", glob.pattern]
+        if type_string:
+            args += [b"TYPE", b"string"]
+        result = await self.l2.run(*args)
+        if isinstance(result, list | tuple) and len(result) == 2:
+            next_cursor, keys = result
+            return _scan_reply(client, b"%d" % next_cursor if isinstance(next_cursor, int)
+                               else next_cursor, list(keys))
+        # Redis went away: answer from L1, as without an L2
+        reply = self._scan_l1(client, cursor, glob, count)
+        return reply if isinstance(reply, bytes) else await reply
+
+    def _scan_l1(self, client: Client, cursor: int, glob: Glob | None, count: int) -> Reply:
+        # bounded by COUNT: see MemoryStore.scan for the cursor and its guarantee
+        next_cursor, keys = self.l1.scan(cursor, count, time.monotonic())
+        cursor_text = b"%d" % next_cursor
+        if glob is None or glob.match_all or not keys:
+            return _scan_reply(client, cursor_text, keys)
+        run = glob.filter(keys, _GLOB_SLICE)
+        try:
+            next(run)
+        except StopIteration as done:
+            return _scan_reply(client, cursor_text, done.value)
+        return self._scan_slices(client, cursor_text, run)
+
+    @staticmethod
+    async def _scan_slices(client: Client, cursor: bytes,
+                           run: Generator[None, None, list[bytes]]) -> bytes:
+        # a costly pattern (long keys): matched in slices, the loop runs other work between
+        while True:
+            await asyncio.sleep(0)
+            try:
+                next(run)
+            except StopIteration as done:
+                return _scan_reply(client, cursor, done.value)
 
     def flush(self, client: Client, args: list[bytes]) -> Reply:
         name = args[0].decode().upper()
@@ -620,6 +697,10 @@ class Commands:
     def _too_big(ns: Namespace) -> bytes:
         return error(f"ERR value too large for namespace '{ns.name}' "
                      f"(max {ns.max_value_size} bytes)")
+
+
+def _scan_reply(client: Client, cursor: bytes, keys: list[bytes]) -> bytes:
+    return b"*2\r\n" + bulk(cursor) + resp.array_of_bulks(list(keys), client.nil)
 
 
 def _to_ttl_ms(option: bytes, number: int) -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections import OrderedDict
 from itertools import islice
@@ -22,12 +21,14 @@ from typing import Any, Final
 from redis.exceptions import RedisError, ResponseError
 
 from sidecar.cache.config import CacheConfig
+from sidecar.cache.l2conn import ErrorReply, L2ReplyError, RawConnection, read_reply
 from sidecar.cache.l2wire import (
     GET_PTTL,
     READ_BATCH,
     SET,
     SET_PX,
-    build_client,
+    Backend,
+    build_backend,
     count_replies,
     pack,
 )
@@ -68,7 +69,8 @@ class RedisTier:
         self.url = config.redis
         self._full_config = config
         self._config = config.l2
-        self.client: Any = None
+        self.client: Any = None  # redis-py: pings, raw commands, Cluster routing
+        self._backend: Backend | None = None
         self.up = False
         self.pending: OrderedDict[bytes, PendingOp] = OrderedDict()
         self.pending_bytes = 0
@@ -93,15 +95,17 @@ class RedisTier:
         self.invalidations = 0  # bumped per invalidation message (see fetch)
         self.on_invalidate: Any = None  # set by Tiers: callable(keys | None)
         self._tracking: asyncio.Task[None] | None = None
-        self._write_conn: Any = None
-        self._read_conn: Any = None
+        # the fast path's own connections (standalone, Sentinel), opened when first needed
+        self._write_conn: RawConnection | None = None
+        self._read_conn: RawConnection | None = None
         self._read_queue: list[bytes] = []
         self._read_wake = asyncio.Event()
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         """Connect if Redis answers; if not, start degraded (memory) and keep trying."""
-        self.client = build_client(self._full_config)
+        self._backend = build_backend(self._full_config)
+        self.client = self._backend.client
         try:
             async with asyncio.timeout(self._config.connect_timeout + self._config.timeout):
                 await self.client.ping()
@@ -132,11 +136,16 @@ class RedisTier:
             log.warning("cache L2: %d writes not delivered at shutdown", len(self.pending))
         for conn in (self._write_conn, self._read_conn):
             if conn is not None:
-                with contextlib.suppress(*L2_ERRORS):
-                    await conn.disconnect()
-        if self.client is not None:
-            with contextlib.suppress(*L2_ERRORS):
-                await self.client.aclose()
+                await conn.close()
+        self._write_conn = self._read_conn = None
+        if self._backend is not None:
+            await self._backend.aclose()
+
+    async def _connect(self) -> RawConnection:
+        assert self._backend is not None
+        assert self._backend.locate is not None
+        async with asyncio.timeout(self._config.connect_timeout):
+            return await RawConnection.open(await self._backend.locate())
 
     # --- writes ------------------------------------------------------------------------------
     def enqueue(self, key: bytes, kind: int, value: bytes | None, expire_at: float) -> None:
@@ -198,8 +207,8 @@ class RedisTier:
                     self.replayed += n
 
     async def _send(self, batch: list[tuple[bytes, PendingOp]]) -> None:
-        pool = getattr(self.client, "connection_pool", None)
-        if pool is None:  # Redis Cluster: keys live on different nodes; redis-py routes them
+        assert self._backend is not None
+        if self._backend.locate is None:  # Redis Cluster: redis-py routes the keys
             await self._send_pipeline(batch)
             return
         # Standalone and Sentinel: one held connection, the batch packed here in one buffer,
@@ -233,17 +242,14 @@ class RedisTier:
                 parts.append(pack(b"PERSIST", key))
         conn = self._write_conn
         if conn is None:
-            conn = self._write_conn = await pool.get_connection()
+            conn = self._write_conn = await self._connect()
         try:
             async with asyncio.timeout(self._config.timeout * 4):
-                await conn.send_packed_command(b"".join(parts), check_health=False)
-                errors = await count_replies(conn._reader, len(parts))
+                conn.writer.write(b"".join(parts))
+                errors = await count_replies(conn.reader, len(parts))
         except BaseException:
             self._write_conn = None
-            with contextlib.suppress(Exception):
-                await conn.disconnect()
-            with contextlib.suppress(Exception):
-                await pool.release(conn)
+            await conn.close()
             raise
         if errors:  # e.g. OOM on the Redis side: not retryable, counted and logged
             self.write_errors += errors
@@ -278,7 +284,8 @@ class RedisTier:
         if shared is not None:
             self.coalesced += 1
             return await asyncio.shield(shared)
-        if getattr(self.client, "connection_pool", None) is not None:
+        assert self._backend is not None
+        if self._backend.locate is not None:
             # standalone/Sentinel: the reader task batches every waiting key into one
             # round trip on its own connection
             future: asyncio.Future[Fetched] = asyncio.get_running_loop().create_future()
@@ -326,16 +333,13 @@ class RedisTier:
     async def _read_batch(self, keys: list[bytes]) -> list[Fetched]:
         """GET and PTTL per key, packed here, replies parsed here (bulk or nil, then an
         integer; an error reply such as WRONGTYPE is a miss)."""
-        pool = self.client.connection_pool
         conn = self._read_conn
         if conn is None:
-            conn = self._read_conn = await pool.get_connection()
+            conn = self._read_conn = await self._connect()
         try:
             async with asyncio.timeout(self._config.timeout):
-                await conn.send_packed_command(
-                    b"".join(GET_PTTL % (len(k), k, len(k), k) for k in keys),
-                    check_health=False)
-                reader: asyncio.StreamReader = conn._reader
+                conn.writer.write(b"".join(GET_PTTL % (len(k), k, len(k), k) for k in keys))
+                reader = conn.reader
                 now = time.monotonic()
                 results: list[Fetched] = []
                 for _ in keys:
@@ -356,10 +360,7 @@ class RedisTier:
                 return results
         except BaseException:
             self._read_conn = None
-            with contextlib.suppress(Exception):
-                await conn.disconnect()
-            with contextlib.suppress(Exception):
-                await pool.release(conn)
+            await conn.close()
             raise
 
     async def _fetch_pipeline(self, key: bytes) -> Fetched:
@@ -422,43 +423,45 @@ class RedisTier:
     async def _track(self) -> None:
         """CLIENT TRACKING ON BCAST on a dedicated RESP3 connection: Redis pushes the name
         of every key that changes (or null on a flush); L1 copies of them revalidate."""
-        if "cluster" in self.url.partition("://")[0]:
+        assert self._backend is not None
+        if self._backend.locate is None:
             log.warning("cache.l2.tracking is not supported with Redis Cluster; "
                         "max_staleness bounds L1 copies instead")
             return
-        client = build_client(self._full_config, protocol=3)
-        conn: Any = None
+        conn: RawConnection | None = None
         try:
-            conn = await client.connection_pool.get_connection()
-            # redis-py routes RESP3 invalidation pushes to this parser hook
-            conn._parser.set_invalidation_push_handler(self._invalidated)
-            await conn.send_command("CLIENT", "TRACKING", "ON", "BCAST")
-            reply = await conn.read_response()
-            if reply not in (b"OK", "OK"):
-                raise RedisError(f"CLIENT TRACKING refused: {reply!r}")
+            async with asyncio.timeout(self._config.connect_timeout + self._config.timeout):
+                conn = await RawConnection.open(await self._backend.locate(), resp3=True)
+                conn.writer.write(pack(b"CLIENT", b"TRACKING", b"ON", b"BCAST"))
+                reply = await read_reply(conn.reader)
+                while isinstance(reply, list) and reply[:1] != [b"OK"]:  # a push first
+                    reply = await read_reply(conn.reader)
+            if isinstance(reply, ErrorReply):  # e.g. a Redis older than 6: the cap applies
+                log.warning("cache L2 tracking unavailable: %s", reply)
+                return
+            if reply != b"OK":
+                raise ResponseError(f"CLIENT TRACKING refused: {reply!r}")
             self.epoch += 1  # copies validated before tracking began are not covered
             self.tracking_ok = True
             log.info("cache L2 tracking on: L1 copies live until Redis invalidates them")
             while True:
-                await conn.read_response(push_request=True, timeout=math.inf)
-        except ResponseError as exc:  # e.g. a Redis older than 6: no tracking, cap applies
+                message = await read_reply(conn.reader)
+                if isinstance(message, list) and message[:1] == [b"invalidate"]:
+                    self._invalidated(message)
+        except L2ReplyError as exc:  # HELLO 3 refused (a Redis older than 6): the cap applies
             log.warning("cache L2 tracking unavailable: %s", exc)
         except L2_ERRORS as exc:
             self._mark_down(exc)
         finally:
             self.tracking_ok = False
             if conn is not None:
-                with contextlib.suppress(*L2_ERRORS):
-                    await conn.disconnect()
-            with contextlib.suppress(*L2_ERRORS):
-                await client.aclose()
+                await conn.close()
 
-    async def _invalidated(self, message: list[Any]) -> list[Any]:
+    def _invalidated(self, message: list[Any]) -> None:
         self.invalidations += 1
         keys = message[1] if len(message) > 1 else None
         if self.on_invalidate is not None:
             self.on_invalidate(keys)
-        return message
 
     def _mark_down(self, exc: BaseException) -> None:
         if self._closing:

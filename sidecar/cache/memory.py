@@ -2,12 +2,18 @@
 
 Expiry is lazy (checked on access) plus an active sweep from a heap of expiry times, so
 keys nobody reads again still give their memory back. Times are `time.monotonic()`
-seconds; a wall-clock jump cannot expire or resurrect entries."""
+seconds; a wall-clock jump cannot expire or resurrect entries.
+
+SCAN walks slots, not the LRU order (which every hit changes): each entry holds a slot in
+`_slots` from its insert to its removal, freed slots are reused, and a cursor is a slot
+index. A key present for a whole scan keeps its slot, so it is returned; a call costs
+O(COUNT) plus one `bytearray.find` over empty slots."""
 
 from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
+from collections.abc import Iterable
 
 from sidecar.cache.namespaces import Namespace
 
@@ -20,7 +26,7 @@ NEVER = float("inf")
 class Entry:
     # `reply` is the value already encoded as a RESP bulk string: a GET hit writes it as is,
     # so formatting happens once per write instead of once per read
-    __slots__ = ("epoch", "expire_at", "fresh_until", "ns", "reply", "seq", "size")
+    __slots__ = ("epoch", "expire_at", "fresh_until", "ns", "reply", "seq", "size", "slot")
 
     def __init__(self, value: bytes, expire_at: float, fresh_until: float, epoch: int,
                  seq: int, ns: Namespace, size: int) -> None:
@@ -32,6 +38,7 @@ class Entry:
         self.seq = seq  # write sequence number: an older L2 read never overwrites it
         self.ns = ns
         self.size = size
+        self.slot = 0  # set by MemoryStore.put
 
     @property
     def value(self) -> bytes:
@@ -40,7 +47,7 @@ class Entry:
 
 
 class MemoryStore:
-    __slots__ = ("_heap", "bytes", "data", "max_bytes")
+    __slots__ = ("_free", "_heap", "_slots", "_used", "bytes", "data", "max_bytes")
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
@@ -48,6 +55,9 @@ class MemoryStore:
         # public for the GET fast path in commands.py (one dict lookup, no method call)
         self.data: OrderedDict[bytes, Entry] = OrderedDict()
         self._heap: list[tuple[float, bytes]] = []
+        self._slots: list[bytes | None] = []  # slot -> key (see scan)
+        self._used = bytearray()  # 1 where _slots holds a key: holes are skipped by find()
+        self._free: list[int] = []
 
     def __len__(self) -> int:
         return len(self.data)
@@ -97,9 +107,24 @@ class MemoryStore:
                 return old
             del self.data[key]
             self._account(old, -1)
-        if size > self.max_bytes:
+            if size > self.max_bytes:
+                self._release(old.slot)
+                return None
+            slot = old.slot  # a rewritten key keeps its place in a running SCAN
+        elif size > self.max_bytes:
             return None
+        else:
+            free = self._free
+            if free:
+                slot = free.pop()
+                self._slots[slot] = key
+                self._used[slot] = 1
+            else:
+                slot = len(self._slots)
+                self._slots.append(key)
+                self._used.append(1)
         entry = Entry(value, expire_at, fresh_until, epoch, seq, ns, size)
+        entry.slot = slot
         self.data[key] = entry
         self._account(entry, 1)
         if expire_at != NEVER:
@@ -117,16 +142,38 @@ class MemoryStore:
         entry = self.data.pop(key, None)
         if entry is not None:
             self._account(entry, -1)
+            self._release(entry.slot)
         return entry
 
-    def clear(self) -> None:
-        for entry in self.data.values():
-            self._account(entry, -1)
+    def clear(self, namespaces: Iterable[Namespace]) -> None:
+        """Drop everything; `namespaces` are all the namespaces entries can be in (their
+        L1 counters go to zero without visiting each entry)."""
         self.data.clear()
         self._heap.clear()
+        self._slots.clear()
+        self._used.clear()
+        self._free.clear()
+        self.bytes = 0
+        for ns in namespaces:
+            ns.bytes_l1 = 0
+            ns.items_l1 = 0
 
-    def key_list(self) -> list[bytes]:
-        return list(self.data)
+    def scan(self, cursor: int, count: int, now: float) -> tuple[int, list[bytes]]:
+        """Up to `count` slots from `cursor` on: (next cursor, 0 when done; live keys)."""
+        used, slots, data = self._used, self._slots, self.data
+        keys: list[bytes] = []
+        i = cursor
+        for _ in range(count):
+            i = used.find(1, i)
+            if i < 0:
+                return 0, keys
+            key = slots[i]
+            assert key is not None
+            entry = data.get(key)
+            if entry is not None and entry.expire_at > now:
+                keys.append(key)
+            i += 1
+        return (i if used.find(1, i) >= 0 else 0), keys
 
     def sweep(self, now: float, budget: int = 2000) -> int:
         """Remove up to `budget` expired entries; returns how many were removed."""
@@ -149,6 +196,12 @@ class MemoryStore:
     def _remove(self, key: bytes, entry: Entry) -> None:
         del self.data[key]
         self._account(entry, -1)
+        self._release(entry.slot)
+
+    def _release(self, slot: int) -> None:
+        self._slots[slot] = None
+        self._used[slot] = 0
+        self._free.append(slot)
 
     def _account(self, entry: Entry, sign: int) -> None:
         self.bytes += sign * entry.size
@@ -161,4 +214,5 @@ class MemoryStore:
         while self.bytes > self.max_bytes and data:
             _, entry = data.popitem(last=False)
             self._account(entry, -1)
+            self._release(entry.slot)
             entry.ns.evictions += 1

@@ -150,6 +150,7 @@ class CacheService:
                 "tracking": l2.tracking_ok},
             "connections": len(self.connections),
             "protocol_errors": self.protocol_errors,
+            "limit_errors": self.commands.limit_errors,
             "namespaces": namespaces,
             "latency": latency,
         }

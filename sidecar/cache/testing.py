@@ -60,11 +60,13 @@ def redis_binary(name: str = "redis-server") -> str:
 class RedisServer:
     """A private redis-server: `start()`, `stop()` (kill), `start()` again on the same socket."""
 
-    def __init__(self, directory: Path | None = None, port: int = 0) -> None:
+    def __init__(self, directory: Path | None = None, port: int = 0,
+                 extra_args: list[str] | None = None) -> None:
         self._own_dir = directory is None
         self.dir = directory or Path(tempfile.mkdtemp(prefix="rs-", dir="/tmp"))
         self.socket = str(self.dir / "redis.sock")
         self.port = port
+        self.extra_args = extra_args or []  # e.g. --requirepass, --tls-port
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -77,7 +79,7 @@ class RedisServer:
                 "--dir", str(self.dir), "--daemonize", "no", "--loglevel", "warning",
                 # DEBUG SLEEP makes a slow Redis for the outage tests
                 "--enable-debug-command", "local",
-                "--logfile", str(self.dir / "redis.log")]
+                "--logfile", str(self.dir / "redis.log"), *self.extra_args]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
@@ -88,7 +90,7 @@ class RedisServer:
             with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as probe:
                 probe.connect(self.socket)
                 probe.sendall(b"PING\r\n")
-                if probe.recv(16).startswith(b"+PONG"):
+                if probe.recv(16).startswith((b"+PONG", b"-NOAUTH")):
                     return
             time.sleep(0.02)
         raise RuntimeError("redis-server did not start within 10 s")

@@ -169,7 +169,7 @@ class Tiers:
             self.l2.enqueue(key, OP_EXPIRE, None, expire_at)
 
     def clear(self) -> None:
-        self.l1.clear()
+        self.l1.clear(self.namespaces.all)
         if self.l2 is not None:
             self.l2.pending.clear()
             self.l2.pending_bytes = 0

@@ -85,3 +85,82 @@ def test_namespace_lookup_and_ttl_policy() -> None:
     assert capped.ttl_for(10 * 60_000) == 120_000
     assert capped.ttl_for(1000) == 1000
     assert spaces.default.ttl_for(None) is None
+
+
+def scan_all(store: MemoryStore, count: int, now: float = 0.0) -> list[bytes]:
+    found: list[bytes] = []
+    cursor, calls = 0, 0
+    while True:
+        cursor, keys = store.scan(cursor, count, now)
+        assert len(keys) <= count
+        found += keys
+        calls += 1
+        assert calls < 100_000
+        if cursor == 0:
+            return found
+
+
+def test_scan_visits_at_most_count_slots_per_call() -> None:
+    store = MemoryStore(max_bytes=1 << 30)
+    space = ns()
+    for i in range(1000):
+        store.put(b"k%d" % i, b"v", NEVER, NEVER, 0, 0, space)
+    cursor, keys = store.scan(0, 10, 0.0)
+    assert cursor != 0
+    assert len(keys) == 10
+    assert sorted(scan_all(store, 7)) == sorted(b"k%d" % i for i in range(1000))
+
+
+def test_scan_returns_keys_present_throughout_despite_churn() -> None:
+    store = MemoryStore(max_bytes=1 << 30)
+    space = ns()
+    stable = [b"stable:%d" % i for i in range(500)]
+    for key in stable:
+        store.put(key, b"v", NEVER, NEVER, 0, 0, space)
+    for i in range(500):
+        store.put(b"churn:%d" % i, b"v", NEVER, NEVER, 0, 0, space)
+    seen: list[bytes] = []
+    cursor, step = 0, 0
+    while True:
+        cursor, keys = store.scan(cursor, 5, 0.0)
+        seen += keys
+        # between calls: deletes free slots that new keys reuse, hits reorder the LRU,
+        # rewrites change sizes, and the byte bound evicts nothing stable
+        store.delete(b"churn:%d" % step)
+        store.put(b"new:%d" % step, b"v", NEVER, NEVER, 0, 0, space)
+        assert store.get(stable[step % 500], 0.0) is not None
+        store.put(stable[(step * 7) % 500], b"w" * (step % 50), NEVER, NEVER, 0, 0, space)
+        step += 1
+        if cursor == 0:
+            break
+    assert set(stable) <= set(seen)
+    assert all(k.startswith((b"stable:", b"churn:", b"new:")) for k in seen)
+
+
+def test_scan_skips_expired_and_restarts_clean_after_clear() -> None:
+    space = ns()
+    store = MemoryStore(max_bytes=1 << 30)
+    store.put(b"old", b"v", 5.0, NEVER, 0, 0, space)
+    store.put(b"live", b"v", NEVER, NEVER, 0, 0, space)
+    assert scan_all(store, 10, now=10.0) == [b"live"]
+    store.clear([space])
+    assert store.scan(0, 10, 0.0) == (0, [])
+    assert space.items_l1 == 0
+    assert space.bytes_l1 == 0
+    assert store.bytes == 0
+    store.put(b"again", b"v", NEVER, NEVER, 0, 0, space)
+    assert scan_all(store, 10) == [b"again"]
+    assert store.scan(10**12, 10, 0.0) == (0, [])  # any cursor is safe: nothing to look up
+
+
+def test_evicted_and_rejected_keys_give_their_slot_back() -> None:
+    space = ns()
+    entry_size = 1 + 10 + ENTRY_OVERHEAD
+    store = MemoryStore(max_bytes=3 * entry_size)
+    for i in range(100):
+        store.put(b"%c" % (65 + i % 26), b"x" * 10, NEVER, NEVER, 0, 0, space)
+    store.put(b"A", b"x" * 10_000, NEVER, NEVER, 0, 0, space)  # too large: A goes away
+    found = scan_all(store, 100)
+    assert sorted(found) == sorted(store.data)
+    assert b"A" not in found
+    assert store.scan(4, 100, 0.0) == (0, [])  # slots are reused: all within the first 4
