@@ -169,6 +169,7 @@ class CacheService:
             l2_errors=0 if l2 is None else l2.read_errors + l2.write_errors,
             connections=len(self.connections),
             protocol_errors=self.protocol_errors,
+            limit_errors=self.commands.limit_errors,
             latency={name.decode().lower(): (BOUNDS, list(h.counts), h.total)
                      for name, h in self.latency.by_command.items() if h.total or any(h.counts)},
         )

@@ -153,6 +153,7 @@ class CacheSample:
     l2_errors: int = 0
     connections: int = 0
     protocol_errors: int = 0
+    limit_errors: int = 0
     # command -> (upper bounds, cumulative-free bucket counts incl. +Inf, sum of seconds)
     latency: dict[str, tuple[tuple[float, ...], list[int], float]] = field(default_factory=dict)
 
@@ -211,6 +212,9 @@ class CacheCollector(Collector):
         conns = GaugeMetricFamily("sidecar_cache_connections", "Open client connections")
         perrors = CounterMetricFamily("sidecar_cache_protocol_errors",
                                       "Connections closed for breaking the protocol")
+        lerrors = CounterMetricFamily("sidecar_cache_limit_errors",
+                                      "Commands refused for exceeding a limit "
+                                      "(e.g. a SCAN MATCH pattern too long)")
         per_ns: dict[str, CacheNamespaceSample] = {}
         latency: dict[str, tuple[tuple[float, ...], list[int], float]] = {}
         any_l2 = False
@@ -231,6 +235,7 @@ class CacheCollector(Collector):
             totals.l2_errors += sample.l2_errors
             totals.connections += sample.connections
             totals.protocol_errors += sample.protocol_errors
+            totals.limit_errors += sample.limit_errors
             for command, (bounds, counts, total) in sample.latency.items():
                 if command in latency:
                     _, acc_counts, acc_sum = latency[command]
@@ -258,6 +263,7 @@ class CacheCollector(Collector):
             errors.add_metric([], totals.l2_errors)
             conns.add_metric([], totals.connections)
             perrors.add_metric([], totals.protocol_errors)
+            lerrors.add_metric([], totals.limit_errors)
         duration = HistogramMetricFamily("sidecar_cache_command_duration_seconds",
                                          "Time from a parsed command to its reply",
                                          labels=["command"])
@@ -269,7 +275,7 @@ class CacheCollector(Collector):
                 buckets.append(("+Inf" if bound == float("inf") else repr(bound), running))
             duration.add_metric([command], buckets, total)
         return [hits, misses, sets, deletes, evictions, expirations, items, size, saved, up,
-                pending, replayed, dropped, errors, conns, perrors, duration]
+                pending, replayed, dropped, errors, conns, perrors, lerrors, duration]
 
 
 CACHE_COLLECTOR = CacheCollector()

@@ -83,3 +83,15 @@ async def test_shutdown_removes_its_socket_file(cache_sock: str) -> None:
     async with running_cache(cache_sock):
         assert await asyncio.to_thread(os.path.exists, cache_sock)
     assert not await asyncio.to_thread(os.path.exists, cache_sock)
+
+
+async def test_limit_refusals_are_counted_in_metrics(cache: CacheService, cache_sock: str,
+                                                      ) -> None:
+    client = aioredis.Redis(unix_socket_path=cache_sock)
+    try:
+        with pytest.raises(aioredis.ResponseError, match="too long"):
+            await client.scan(0, match="a" * 5000)
+    finally:
+        await client.aclose()
+    assert value("sidecar_cache_limit_errors_total") == 1
+    assert cache.stats()["limit_errors"] == 1
