@@ -41,6 +41,7 @@ from sidecar.cache.ops import (
     Fetched,
     redacted,
 )
+from sidecar.telemetry.health import supervised
 
 log = logging.getLogger("sidecar.cache.l2")
 
@@ -114,8 +115,9 @@ class RedisTier:
             log.warning("cache L2 %s unreachable at start, serving from memory: %s",
                         redacted(self.url), exc)
             self._mark_down(exc)
-        self._tasks.append(asyncio.get_running_loop().create_task(self._writer()))
-        self._tasks.append(asyncio.get_running_loop().create_task(self._reader()))
+        # supervised: a bug that escapes their own handlers restarts them (counted, /readyz)
+        self._tasks.append(supervised("cache", "cache-l2-writer", self._writer))
+        self._tasks.append(supervised("cache", "cache-l2-reader", self._reader))
         if self._config.tracking:
             self._restart_tracking()
 

@@ -20,6 +20,7 @@ from sidecar.cache.tiers import Tiers
 from sidecar.configtypes import split_endpoint
 from sidecar.errors import StartupError
 from sidecar.net.listeners import bind_tcp, bind_unix, remove_unix, socket_inode
+from sidecar.telemetry.health import supervised
 from sidecar.telemetry.metrics import CACHE_COLLECTOR, CacheNamespaceSample, CacheSample
 
 log = logging.getLogger("sidecar.cache")
@@ -69,7 +70,7 @@ class CacheService:
             raise
         if self.tiers.l2 is not None:
             await self.tiers.l2.start()
-        self._sweeper = loop.create_task(self._sweep())
+        self._sweeper = supervised("cache", "cache-sweeper", self._sweep)
         CACHE_COLLECTOR.attach(self.sample)
 
     async def shutdown(self, deadline: float) -> None:
