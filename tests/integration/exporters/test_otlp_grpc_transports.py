@@ -1,0 +1,126 @@
+"""`protocol: grpc` has two transports, picked by `compression`: gzip goes through the h2
+client (sidecar/exporthelper/grpc_h2.py), none through grpc.aio. Every option must behave
+the same on both, so each check here runs on both against a real peer: the grpc.aio
+OtlpSink, or a raw HTTP/2 server for answers a grpc server never gives."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import h2.errors
+import pytest
+from export_helpers import TcpProxy
+from raw_h2 import Peer, RawH2Server, Stream
+
+from sidecar.errors import PermanentError, RetryableError
+from sidecar.exporters.otlp import GrpcSender, OtlpConfig
+from sidecar.model import Signal
+from sidecar.testing import OtlpSink, traces_batch
+
+TRANSPORTS = {"h2": "gzip", "aio": "none"}
+# fast keepalive so a dead peer shows within a second or two (grpc-core pings at most
+# once a second)
+KEEPALIVE = {"time": 0.2, "timeout": 0.5}
+
+
+@pytest.fixture(params=sorted(TRANSPORTS))
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def config(endpoint: str, transport: str, **overrides: Any) -> OtlpConfig:
+    return OtlpConfig.model_validate({
+        "type": "otlp", "endpoint": endpoint, "protocol": "grpc",
+        "compression": TRANSPORTS[transport], "timeout": 10, **overrides})
+
+
+def sender(endpoint: str, transport: str, **overrides: Any) -> GrpcSender:
+    return GrpcSender(config(endpoint, transport, **overrides))
+
+
+async def send_one(endpoint: str, transport: str, **overrides: Any) -> int:
+    s = sender(endpoint, transport, **overrides)
+    await s.start()
+    try:
+        async with asyncio.timeout(20):
+            return await s.send(traces_batch(1))
+    finally:
+        await s.close()
+
+
+# --- endpoint, metadata, deadline ------------------------------------------------------
+
+async def test_ipv6_literal_endpoints(transport: str) -> None:
+    async with OtlpSink(host="::1") as sink:
+        for host in ("[::1]", "[0:0:0:0:0:0:0:1]"):
+            assert await send_one(f"http://{host}:{sink.grpc_port}", transport) == 0
+        assert sink.items(Signal.TRACES) == 2
+
+
+async def test_timeout_reaches_the_peer_as_the_deadline(sink: OtlpSink, transport: str) -> None:
+    await send_one(sink.grpc_endpoint, transport, timeout=7)
+    (request,) = sink.requests
+    assert request.deadline is not None
+    assert 5 < request.deadline <= 7
+
+
+# --- answers ---------------------------------------------------------------------------
+
+def _headers_only(status: int) -> Any:
+    def respond(peer: Peer, stream: Stream) -> None:
+        peer.h2.send_headers(stream.stream_id, [(":status", str(status))], end_stream=True)
+    return respond
+
+
+def _reset(code: h2.errors.ErrorCodes) -> Any:
+    def respond(peer: Peer, stream: Stream) -> None:
+        peer.h2.reset_stream(stream.stream_id, code)
+    return respond
+
+
+
+@pytest.mark.parametrize(("answer", "error", "code"), [
+    (_headers_only(503), RetryableError, "UNAVAILABLE"),
+    (_headers_only(429), RetryableError, "UNAVAILABLE"),
+    (_headers_only(404), PermanentError, "UNIMPLEMENTED"),
+    (_headers_only(500), PermanentError, "UNKNOWN"),
+    (_reset(h2.errors.ErrorCodes.REFUSED_STREAM), RetryableError, "UNAVAILABLE"),
+    (_reset(h2.errors.ErrorCodes.CANCEL), RetryableError, "CANCELLED"),
+    (_reset(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM), PermanentError, "RESOURCE_EXHAUSTED"),
+    (_reset(h2.errors.ErrorCodes.INTERNAL_ERROR), PermanentError, "INTERNAL"),
+], ids=["http-503", "http-429", "http-404", "http-500", "rst-refused", "rst-cancel",
+        "rst-calm", "rst-internal"])
+async def test_non_grpc_answers_classify_alike(
+        transport: str, answer: Any, error: type[Exception], code: str) -> None:
+    async with RawH2Server(answer) as server:
+        with pytest.raises(error, match=f"^gRPC {code}:"):
+            await send_one(server.endpoint, transport)
+
+
+# --- reconnect -------------------------------------------------------------------------
+
+async def test_reconnects_after_the_server_restarts(transport: str) -> None:
+    async with OtlpSink() as first, TcpProxy(first.grpc_port) as proxy:
+        s = sender(proxy.endpoint, transport)
+        await s.start()
+        try:
+            await s.send(traces_batch(3, seed=1))
+            await first.stop()  # GOAWAY and close: the client's connection is gone
+            async with OtlpSink() as second:
+                proxy.upstream_port = second.grpc_port
+                # the call may meet the dying connection once (UNAVAILABLE: retryable);
+                # then it must reconnect
+                for _attempt in range(2):
+                    try:
+                        await s.send(traces_batch(4, seed=2))
+                        break
+                    except RetryableError:
+                        continue
+                assert second.items(Signal.TRACES) == 4
+                await s.send(traces_batch(5, seed=3))
+                assert second.items(Signal.TRACES) == 9
+        finally:
+            await s.close()
+        assert first.items(Signal.TRACES) == 3
+        assert proxy.connections == 2
