@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import ssl
 from collections.abc import Iterable
 from typing import Literal
@@ -22,7 +23,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceResponse,
 )
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
-from pydantic import field_validator, model_validator
+from pydantic import ValidationInfo, field_validator, model_validator
 
 from sidecar.component import BuildContext, ExporterComponent, ExporterFactory, register_exporter
 from sidecar.errors import PermanentError, RetryableError, StartupError
@@ -51,6 +52,12 @@ _RETRYABLE_CODES = frozenset({
 })
 # gzip above this size runs in a thread (zlib drops the GIL) so the loop stays responsive
 _COMPRESS_OFF_LOOP = 256 * 1024
+# gRPC metadata (doc/PROTOCOL-HTTP2.md in grpc/grpc): what both transports can send alike
+_METADATA_KEY = re.compile(r"[0-9a-z_.-]+")
+_METADATA_VALUE = re.compile(r"[\x20-\x7e]*")  # printable ASCII
+# set by the transport; HTTP/2 forbids the connection-specific ones
+_TRANSPORT_HEADERS = frozenset({"content-type", "te", "host", "connection", "keep-alive",
+                                "proxy-connection", "transfer-encoding", "upgrade"})
 
 
 class OtlpConfig(ExporterSettings):
@@ -66,17 +73,59 @@ class OtlpConfig(ExporterSettings):
         url = urlsplit(value)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError(f"expected http://host:port or https://host:port, got {value!r}")
+        try:
+            port = url.port
+        except ValueError:
+            port = 0
+        if port == 0:
+            raise ValueError(f"port must be a number from 1 to 65535, got {value!r}")
         return value.rstrip("/")
 
+    @field_validator("headers")
+    @classmethod
+    def _grpc_metadata(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        if info.data.get("protocol") != "grpc":
+            return value
+        seen: set[str] = set()
+        for name, raw in value.items():
+            key = name.lower()
+            problem = _metadata_problem(key, raw.strip())
+            if problem is None and key in seen:
+                problem = "given twice (gRPC metadata keys are lowercase)"
+            if problem is not None:
+                raise ValueError(f"{name!r}: {problem}")
+            seen.add(key)
+        return value
+
     @model_validator(mode="after")
-    def _grpc_tls(self) -> OtlpConfig:
-        if self.protocol == "grpc" and self.tls.insecure_skip_verify:
+    def _grpc_only(self) -> OtlpConfig:
+        if self.protocol != "grpc":
+            return self
+        if self.tls.insecure_skip_verify:
             raise ValueError("tls.insecure_skip_verify is not supported with protocol: grpc")
+        url = urlsplit(self.endpoint)
+        if url.path or url.query or url.fragment or "@" in url.netloc:
+            raise ValueError(f"endpoint: protocol grpc takes scheme://host:port only, got "
+                             f"{self.endpoint!r}")
         return self
 
     @property
     def plaintext(self) -> bool:
         return self.tls.insecure or self.endpoint.startswith("http://")
+
+
+def _metadata_problem(key: str, value: str) -> str | None:
+    if not _METADATA_KEY.fullmatch(key):
+        return "not a gRPC metadata key (letters, digits, '-', '_' and '.')"
+    if key.startswith("grpc-"):
+        return "grpc-* keys are reserved for gRPC itself"
+    if key.endswith("-bin"):
+        return "binary (-bin) metadata is not supported"
+    if key in _TRANSPORT_HEADERS:
+        return "set by the gRPC transport, not configurable"
+    if not _METADATA_VALUE.fullmatch(value):
+        return "the value must be printable ASCII"
+    return None
 
 
 def classify_grpc_error(error: grpc.aio.AioRpcError | GrpcStatusError,
@@ -109,8 +158,11 @@ class GrpcSender:
         host = f"[{url.hostname}]" if ":" in (url.hostname or "") else url.hostname
         self._target = f"{host}:{url.port or 4317}"
         self._host, self._port = url.hostname or "", url.port or 4317
-        # gRPC metadata keys must be lowercase
-        self._metadata = tuple((k.lower(), v) for k, v in config.headers.items())
+        # gRPC metadata keys are lowercase; values lose surrounding whitespace as HTTP/2
+        # field values do (h2 strips it); `user-agent` replaces ours on both transports
+        metadata = {k.lower(): v.strip() for k, v in config.headers.items()}
+        self._user_agent = metadata.pop("user-agent", http.USER_AGENT)
+        self._metadata = tuple(metadata.items())
         self._channel: grpc.aio.Channel | None = None
         self._calls: dict[Signal, grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = {}
         # gzip: ISA-L compresses and the h2 client sends the pre-compressed message
@@ -119,9 +171,9 @@ class GrpcSender:
     async def start(self) -> None:
         if self.config.compression == "gzip":
             self._h2 = GrpcH2Client(self._host, self._port, ssl_context=self._ssl_context(),
-                                    user_agent=http.USER_AGENT)
+                                    user_agent=self._user_agent)
             return
-        options = [("grpc.primary_user_agent", http.USER_AGENT)]
+        options = [("grpc.primary_user_agent", self._user_agent)]
         compression = grpc.Compression.NoCompression  # gzip goes through self._h2
         if self.config.plaintext:
             self._channel = grpc.aio.insecure_channel(

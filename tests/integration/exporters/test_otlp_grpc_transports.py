@@ -58,6 +58,22 @@ async def test_ipv6_literal_endpoints(transport: str) -> None:
         assert sink.items(Signal.TRACES) == 2
 
 
+
+async def test_user_agent_header_replaces_ours(sink: OtlpSink, transport: str) -> None:
+    await send_one(sink.grpc_endpoint, transport, headers={"User-Agent": "acme-agent/2.0"})
+    (request,) = sink.requests
+    # grpc.aio appends its own product tokens after the configured one
+    assert request.headers["user-agent"].split()[0] == "acme-agent/2.0"
+    assert "sidecar" not in request.headers["user-agent"]
+
+
+async def test_metadata_values_are_trimmed(sink: OtlpSink, transport: str) -> None:
+    # e.g. a secret read with ${file:...} that ends in a newline
+    await send_one(sink.grpc_endpoint, transport, headers={"x-api-key": " s3cret\n"})
+    (request,) = sink.requests
+    assert request.headers["x-api-key"] == "s3cret"
+
+
 async def test_timeout_reaches_the_peer_as_the_deadline(sink: OtlpSink, transport: str) -> None:
     await send_one(sink.grpc_endpoint, transport, timeout=7)
     (request,) = sink.requests
