@@ -169,8 +169,11 @@ class GrpcSender:
         self._h2: GrpcH2Client | None = None
 
     async def start(self) -> None:
+        # built for both transports: grpc.aio would take unusable PEM files and fail every
+        # call with a retryable UNAVAILABLE instead of refusing to start
+        ssl_context = self._ssl_context()
         if self.config.compression == "gzip":
-            self._h2 = GrpcH2Client(self._host, self._port, ssl_context=self._ssl_context(),
+            self._h2 = GrpcH2Client(self._host, self._port, ssl_context=ssl_context,
                                     user_agent=self._user_agent)
             return
         options = [("grpc.primary_user_agent", self._user_agent)]
@@ -195,12 +198,18 @@ class GrpcSender:
         for key in ("ca_file", "cert_file", "key_file"):
             _read(self.config, key)  # names a missing file the way the grpc.aio path does
         tls = self.config.tls
-        try:
+        try:  # ssl.SSLError is an OSError: a bad PEM
             context = ssl.create_default_context(cafile=tls.ca_file)
-            if tls.cert_file is not None and tls.key_file is not None:
-                context.load_cert_chain(tls.cert_file, tls.key_file)
-        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError: a bad PEM
-            raise StartupError(f"tls: {exc}") from exc
+        except (OSError, ValueError) as exc:
+            raise StartupError(f"tls.ca_file: {tls.ca_file}: {exc}") from exc
+        if tls.cert_file is not None and tls.key_file is not None:
+            try:
+                # no password: an encrypted key fails here instead of OpenSSL prompting
+                # on the terminal
+                context.load_cert_chain(tls.cert_file, tls.key_file, password=_no_password)
+            except (OSError, ValueError) as exc:
+                raise StartupError(f"tls.cert_file, tls.key_file: {exc} (expected a PEM "
+                                   f"certificate and its unencrypted key)") from exc
         context.set_alpn_protocols(["h2"])
         return context
 
@@ -283,6 +292,10 @@ class HttpSender:
 
     def describe(self) -> str:
         return f"otlp/http {self.config.endpoint}/v1/{{signal}}"
+
+
+def _no_password() -> bytes:
+    return b""
 
 
 def _read(config: OtlpConfig, key: Literal["ca_file", "cert_file", "key_file"]) -> bytes | None:
