@@ -52,6 +52,7 @@ _RETRYABLE_CODES = frozenset({
 })
 # gzip above this size runs in a thread (zlib drops the GIL) so the loop stays responsive
 _COMPRESS_OFF_LOOP = 256 * 1024
+_LOCAL_LIMIT = "CLIENT: Received message larger than max"
 # gRPC metadata (doc/PROTOCOL-HTTP2.md in grpc/grpc): what both transports can send alike
 _METADATA_KEY = re.compile(r"[0-9a-z_.-]+")
 _METADATA_VALUE = re.compile(r"[\x20-\x7e]*")  # printable ASCII
@@ -145,8 +146,10 @@ def classify_grpc_status(code: grpc.StatusCode, details: str | None,
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         if delay is not None:
             return RetryableError(message, retry_after=delay)
-        # grpc's own limit check: "Received message larger than max (N vs. M)"
-        if "larger than max" in (details or ""):
+        # grpc's own limit check: "Received message larger than max (N vs. M)". grpc-core
+        # marks the side that refused: "CLIENT:" is our limit on the answer, so the peer
+        # took the request and sending it again (split) would deliver it twice
+        if "larger than max" in (details or "") and _LOCAL_LIMIT not in (details or ""):
             return RequestTooLargeError(message)
     return PermanentError(message)
 
@@ -223,9 +226,8 @@ class GrpcSender:
         except (grpc.aio.AioRpcError, GrpcStatusError) as exc:
             raise classify_grpc_error(exc) from exc
         _, response_type, field = _SERVICES[batch.signal]
-        try:
-            response = response_type.FromString(answer)
-        except DecodeError:
+        response = _parse(response_type, answer)
+        if response is None:
             # the peer said OK: the data is delivered even if its answer is unreadable
             log.warning("unreadable Export response from %s", self.config.endpoint)
             return 0
@@ -236,7 +238,7 @@ class GrpcSender:
                     extra={"rejected": rejected, "detail": response.partial_success.error_message})
         return rejected
 
-    async def _send_h2(self, batch: Batch) -> bytes:
+    async def _send_h2(self, batch: Batch) -> bytes | None:
         assert self._h2 is not None
         body = batch.payload
         compressed = (await asyncio.to_thread(gzip_compress, body)
@@ -292,6 +294,18 @@ class HttpSender:
 
     def describe(self) -> str:
         return f"otlp/http {self.config.endpoint}/v1/{{signal}}"
+
+
+def _parse(response_type: type[ExportResponse], answer: bytes | None,
+           ) -> ExportResponse | None:
+    """The Export response; None if there is none (both transports give None for an OK
+    without a message) or it does not parse."""
+    if answer is None:
+        return None
+    try:
+        return response_type.FromString(answer)
+    except DecodeError:
+        return None
 
 
 def _no_password() -> bytes:

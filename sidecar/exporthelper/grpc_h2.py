@@ -182,10 +182,16 @@ class _Connection:
                                               event.stream_id)
             if call:
                 call.data += event.data or b""
-                if len(call.data) > MAX_RESPONSE + 5:
+                size = (int.from_bytes(call.data[1:5], "big") if len(call.data) >= 5
+                        else 0)
+                size = max(size, len(call.data) - 5)
+                if size > MAX_RESPONSE:
                     self.h2.reset_stream(event.stream_id, h2.errors.ErrorCodes.CANCEL)
+                    # grpc-core's wording, so both transports classify it alike
                     self._finish(event.stream_id, GrpcStatusError(
-                        grpc.StatusCode.RESOURCE_EXHAUSTED, "response larger than max"))
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"CLIENT: Received message larger than max ({size} vs. "
+                        f"{MAX_RESPONSE})"))
         elif isinstance(event, h2.events.StreamEnded) and event.stream_id is not None:
             self._finish(event.stream_id, None)
         elif isinstance(event, h2.events.StreamReset) and event.stream_id is not None:
@@ -275,9 +281,11 @@ class GrpcH2Client:
             return self._conn
 
     async def unary(self, path: str, framed: bytes, *, timeout: float,
-                    metadata: Sequence[tuple[str, str]] = (), gzip: bool = True) -> bytes:
+                    metadata: Sequence[tuple[str, str]] = (), gzip: bool = True,
+                    ) -> bytes | None:
         """Send one length-prefixed message (`frame_message`) and return the answer's
-        message bytes, or raise GrpcStatusError."""
+        message bytes (None, as grpc.aio gives, when an OK answer has no readable
+        message), or raise GrpcStatusError."""
         headers = [*self._base, (b":path", path.encode()), *self._tail,
                    (b"grpc-timeout", timeout_header(timeout).encode())]
         if gzip:
@@ -298,7 +306,7 @@ class GrpcH2Client:
             self._conn = None
 
 
-def _result(call: _Call) -> bytes:
+def _result(call: _Call) -> bytes | None:
     headers = dict(call.headers)
     http_status = headers.get(b":status", b"")
     if http_status != b"200" and b"grpc-status" not in headers:  # not from a gRPC server
@@ -309,14 +317,14 @@ def _result(call: _Call) -> bytes:
     trailers = dict(call.trailers) if call.trailers else headers
     raw_status = trailers.get(b"grpc-status")
     if raw_status is None or not raw_status.isdigit():
-        raise GrpcStatusError(grpc.StatusCode.INTERNAL, "missing grpc-status")
+        raise GrpcStatusError(grpc.StatusCode.UNKNOWN, "missing grpc-status")
     code = _CODES.get(int(raw_status), grpc.StatusCode.UNKNOWN)
     if code is not grpc.StatusCode.OK:
         message = unquote(trailers.get(b"grpc-message", b"").decode("ascii", "replace"))
         raise GrpcStatusError(code, message, _metadata(call.trailers or call.headers))
     data = call.data
     if len(data) < 5 or int.from_bytes(data[1:5], "big") != len(data) - 5:
-        raise GrpcStatusError(grpc.StatusCode.INTERNAL, "malformed response message")
+        return None  # the peer said OK; what it took is delivered
     message_bytes = bytes(data[5:])
     if data[0] == 1:
         if headers.get(b"grpc-encoding") != b"gzip":

@@ -8,13 +8,16 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import grpc
+import grpc.aio
 import h2.errors
 import pytest
-from export_helpers import TcpProxy
+from export_helpers import TcpProxy, metric
 from raw_h2 import Peer, RawH2Server, Stream
 
 from sidecar.errors import PermanentError, RetryableError
 from sidecar.exporters.otlp import GrpcSender, OtlpConfig
+from sidecar.exporthelper.chain import ExportChain
 from sidecar.model import Signal
 from sidecar.testing import OtlpSink, traces_batch
 
@@ -96,6 +99,12 @@ def _reset(code: h2.errors.ErrorCodes) -> Any:
 
 
 
+def _no_grpc_status(peer: Peer, stream: Stream) -> None:
+    peer.h2.send_headers(stream.stream_id, [(":status", "200"),
+                                            ("content-type", "application/grpc")])
+    peer.h2.send_data(stream.stream_id, b"\0\0\0\0\0", end_stream=True)
+
+
 @pytest.mark.parametrize(("answer", "error", "code"), [
     (_headers_only(503), RetryableError, "UNAVAILABLE"),
     (_headers_only(429), RetryableError, "UNAVAILABLE"),
@@ -105,13 +114,65 @@ def _reset(code: h2.errors.ErrorCodes) -> Any:
     (_reset(h2.errors.ErrorCodes.CANCEL), RetryableError, "CANCELLED"),
     (_reset(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM), PermanentError, "RESOURCE_EXHAUSTED"),
     (_reset(h2.errors.ErrorCodes.INTERNAL_ERROR), PermanentError, "INTERNAL"),
+    (_no_grpc_status, PermanentError, "UNKNOWN"),
 ], ids=["http-503", "http-429", "http-404", "http-500", "rst-refused", "rst-cancel",
-        "rst-calm", "rst-internal"])
+        "rst-calm", "rst-internal", "no-grpc-status"])
 async def test_non_grpc_answers_classify_alike(
         transport: str, answer: Any, error: type[Exception], code: str) -> None:
     async with RawH2Server(answer) as server:
         with pytest.raises(error, match=f"^gRPC {code}:"):
             await send_one(server.endpoint, transport)
+
+
+def _ok_without_message(peer: Peer, stream: Stream) -> None:
+    peer.h2.send_headers(stream.stream_id, [(":status", "200"),
+                                            ("content-type", "application/grpc"),
+                                            ("grpc-status", "0")], end_stream=True)
+
+
+def _ok_with_malformed_message(peer: Peer, stream: Stream) -> None:
+    peer.h2.send_headers(stream.stream_id, [(":status", "200"),
+                                            ("content-type", "application/grpc")])
+    peer.h2.send_data(stream.stream_id, b"\0\0\0\0\x09abc")  # says 9 bytes, has 3
+    peer.h2.send_headers(stream.stream_id, [("grpc-status", "0")], end_stream=True)
+
+
+@pytest.mark.parametrize("answer", [_ok_without_message, _ok_with_malformed_message],
+                         ids=["no-message", "malformed-message"])
+async def test_ok_without_a_readable_answer_counts_as_delivered(
+        transport: str, answer: Any) -> None:
+    async with RawH2Server(answer) as server:
+        assert await send_one(server.endpoint, transport) == 0
+
+
+async def test_an_answer_over_the_size_limit_is_dropped_not_split(transport: str) -> None:
+    """The peer took the data (it answered), so splitting and sending again would
+    deliver it twice."""
+    calls = 0
+
+    async def export(_body: bytes, _context: object) -> bytes:
+        nonlocal calls
+        calls += 1
+        return b"\x0a" + b"x" * (5 * 1024 * 1024)  # 5 MiB, over grpc's 4 MiB default
+
+    server = grpc.aio.server(options=[("grpc.max_send_message_length", -1)])
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+        "opentelemetry.proto.collector.trace.v1.TraceService",
+        {"Export": grpc.unary_unary_rpc_method_handler(export)})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        name = f"big-answer-{transport}"
+        cfg = config(f"http://127.0.0.1:{port}", transport, batch={"max_delay": 0})
+        exporter = ExportChain(name, cfg, GrpcSender(cfg))
+        await exporter.start()
+        await exporter.consume(traces_batch(8, resources=2))
+        await exporter.shutdown(asyncio.get_running_loop().time() + 10)
+    finally:
+        await server.stop(grace=None)
+    assert calls == 1
+    assert metric("sidecar_exporter_dropped_items_total", exporter=name, signal="traces",
+                  reason="permanent") == 16
 
 
 # --- reconnect -------------------------------------------------------------------------

@@ -152,3 +152,19 @@ def test_grpc_metadata_that_both_transports_send() -> None:
     cfg = OtlpConfig.model_validate({"type": "otlp", "endpoint": "http://c:4317",
                                      "headers": headers})
     assert cfg.headers == headers  # normalized by the sender, not in the config
+
+
+@pytest.mark.parametrize(("details", "split"), [
+    ("Received message larger than max (500 vs. 100)", True),  # older grpc servers
+    ("SERVER: Received message larger than max (500 vs. 100)", True),
+    ("grpc: received message larger than max (500 vs. 100)", True),  # grpc-go
+    # our own limit on the answer: the peer took the request, splitting would resend it
+    ("Stream removed (CLIENT: Received message larger than max (5242881 vs. 4194304))", False),
+    ("CLIENT: Received message larger than max (5242881 vs. 4194304)", False),  # h2 client
+])
+def test_only_the_peers_size_limit_asks_for_a_split(details: str, split: bool) -> None:
+    error = classify_grpc_error(grpc.aio.AioRpcError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.aio.Metadata(), grpc.aio.Metadata(),
+        details=details))
+    assert isinstance(error, RequestTooLargeError) == split
+    assert isinstance(error, PermanentError)
