@@ -44,6 +44,7 @@ _RST_TO_GRPC = {h2.errors.ErrorCodes.REFUSED_STREAM: grpc.StatusCode.UNAVAILABLE
                 h2.errors.ErrorCodes.ENHANCE_YOUR_CALM: grpc.StatusCode.RESOURCE_EXHAUSTED,
                 h2.errors.ErrorCodes.INADEQUATE_SECURITY: grpc.StatusCode.PERMISSION_DENIED}
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
+_LOOPBACK = ("127.0.0.1", "::1")
 
 
 class GrpcStatusError(Exception):
@@ -260,13 +261,27 @@ class GrpcH2Client:
         self._conn: _Connection | None = None
         self._lock = asyncio.Lock()
 
+    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        # "localhost" is loopback (RFC 6761): grpc-core's resolver gives both loopback
+        # addresses whatever /etc/hosts says, so a server on ::1 only is reached alike
+        hosts = _LOOPBACK if self.host.lower() == "localhost" else (self.host,)
+        error = OSError(f"no address for {self.host}")
+        for host in hosts:
+            try:
+                return await asyncio.open_connection(
+                    host, self.port, ssl=self.ssl_context,
+                    server_hostname=self.host if self.ssl_context else None)
+            except ssl.SSLError:
+                raise  # a peer answered: the next address would not change that
+            except OSError as exc:
+                error = exc
+        raise error
+
     async def _connection(self) -> _Connection:
         async with self._lock:
             if self._conn is None or self._conn.closed:
                 try:
-                    reader, writer = await asyncio.open_connection(
-                        self.host, self.port, ssl=self.ssl_context,
-                        server_hostname=self.host if self.ssl_context else None)
+                    reader, writer = await self._open()
                 except OSError as exc:  # ssl.SSLError included
                     raise GrpcStatusError(grpc.StatusCode.UNAVAILABLE,
                                           f"failed to connect to {self.host}:{self.port}: "

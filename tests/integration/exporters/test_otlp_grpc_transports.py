@@ -62,6 +62,13 @@ async def test_ipv6_literal_endpoints(transport: str) -> None:
 
 
 
+async def test_localhost_reaches_a_server_on_ipv6_loopback(transport: str) -> None:
+    # grpc-core resolves "localhost" to both loopback addresses whatever /etc/hosts says
+    async with OtlpSink(host="::1") as sink:
+        assert await send_one(f"http://localhost:{sink.grpc_port}", transport) == 0
+        assert sink.items(Signal.TRACES) == 1
+
+
 async def test_user_agent_header_replaces_ours(sink: OtlpSink, transport: str) -> None:
     await send_one(sink.grpc_endpoint, transport, headers={"User-Agent": "acme-agent/2.0"})
     (request,) = sink.requests
