@@ -30,7 +30,7 @@ from sidecar.errors import PermanentError, RetryableError, StartupError
 from sidecar.exporthelper import http
 from sidecar.exporthelper.chain import ExportChain
 from sidecar.exporthelper.compression import gzip_compress
-from sidecar.exporthelper.grpc_h2 import GrpcH2Client, GrpcStatusError, frame_message
+from sidecar.exporthelper.grpc_h2 import MAX_RESPONSE, GrpcH2Client, GrpcStatusError, frame_message
 from sidecar.exporthelper.http import ExportResponse
 from sidecar.exporthelper.retry import RequestTooLargeError, retry_info_delay
 from sidecar.exporthelper.settings import ExporterSettings, TlsSettings
@@ -179,7 +179,16 @@ class GrpcSender:
             self._h2 = GrpcH2Client(self._host, self._port, ssl_context=ssl_context,
                                     user_agent=self._user_agent)
             return
-        options = [("grpc.primary_user_agent", self._user_agent)]
+        retry = self.config.retry
+        options: list[tuple[str, str | int]] = [
+            ("grpc.primary_user_agent", self._user_agent),
+            ("grpc.max_receive_message_length", MAX_RESPONSE),  # the h2 client's limit
+            # grpc.aio backs off reconnecting on its own (1 s growing to 120 s) and fails
+            # calls fast meanwhile; bounded by the retry settings, a peer that is back is
+            # reached by the next retry, as the h2 client (which connects per call) does
+            ("grpc.initial_reconnect_backoff_ms", _millis(retry.initial_interval)),
+            ("grpc.max_reconnect_backoff_ms", _millis(retry.max_interval)),
+        ]
         compression = grpc.Compression.NoCompression  # gzip goes through self._h2
         if self.config.plaintext:
             self._channel = grpc.aio.insecure_channel(
@@ -306,6 +315,10 @@ def _parse(response_type: type[ExportResponse], answer: bytes | None,
         return response_type.FromString(answer)
     except DecodeError:
         return None
+
+
+def _millis(seconds: float) -> int:
+    return max(int(seconds * 1000), 100)  # never a reconnect loop without a pause
 
 
 def _no_password() -> bytes:

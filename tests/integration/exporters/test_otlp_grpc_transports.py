@@ -6,6 +6,7 @@ OtlpSink, or a raw HTTP/2 server for answers a grpc server never gives."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 import grpc
@@ -208,3 +209,38 @@ async def test_reconnects_after_the_server_restarts(transport: str) -> None:
             await s.close()
         assert first.items(Signal.TRACES) == 3
         assert proxy.connections == 2
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_reconnect_waits_no_longer_than_the_retry_backoff(transport: str) -> None:
+    """grpc.aio has a reconnect backoff of its own (1 s growing to 120 s) behind the
+    exporter's retries; it must not hold the exporter back once the peer is up again."""
+    async with OtlpSink() as sink, TcpProxy(_closed_port()) as proxy:
+        s = sender(proxy.endpoint, transport, timeout=2,
+                   retry={"initial_interval": 0.05, "max_interval": 0.2})
+        await s.start()
+        try:
+            loop = asyncio.get_running_loop()
+            outage_ends = loop.time() + 3.3  # grpc's own backoff has grown past 2 s by then
+            while loop.time() < outage_ends:
+                with pytest.raises(RetryableError):
+                    await s.send(traces_batch(1))
+                await asyncio.sleep(0.05)
+            proxy.upstream_port = sink.grpc_port
+            back = loop.time()
+            for _attempt in range(100):  # bounded: 100 x 50 ms
+                try:
+                    await s.send(traces_batch(1))
+                    break
+                except RetryableError:
+                    await asyncio.sleep(0.05)
+            recovered_after = loop.time() - back
+        finally:
+            await s.close()
+    assert sink.items(Signal.TRACES) == 1
+    assert recovered_after < 0.8  # 0.2 s max_interval plus connect time, with room
