@@ -8,9 +8,12 @@ gRPC wire protocol itself: a 5-byte prefix (compressed flag + length) before the
 `grpc-encoding: gzip`, status in the trailers. Unary calls only; many concurrent streams on
 one connection, which is re-opened lazily after it is lost or the peer sends GOAWAY.
 
-h2 closes its connection state machine on a received GOAWAY (python-hyper/h2#1181), so a
-GOAWAY fails every call in flight with UNAVAILABLE (retried by the chain), even the ones the
-peer would still have answered: a graceful server drain can cause duplicate deliveries.
+GOAWAY (RFC 9113 §6.8): streams above its last_stream_id were not processed and fail at
+once with UNAVAILABLE (retried by the chain); streams up to it may still be answered, so
+they keep their connection until they end, and new calls go to a new connection. h2 closes
+its connection state machine on a received GOAWAY and then refuses those answers
+(python-hyper/h2#1181, still so in h2 4.4), so `_Connection` splits the received bytes
+into frames and never hands a GOAWAY to h2.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
+from hyperframe.exceptions import HyperframeError
+from hyperframe.frame import GoAwayFrame
 
 from sidecar.exporthelper.compression import gzip_decompress
 
@@ -45,6 +50,8 @@ _RST_TO_GRPC = {h2.errors.ErrorCodes.REFUSED_STREAM: grpc.StatusCode.UNAVAILABLE
                 h2.errors.ErrorCodes.INADEQUATE_SECURITY: grpc.StatusCode.PERMISSION_DENIED}
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
 _LOOPBACK = ("127.0.0.1", "::1")
+_MAX_STREAM_ID = 2**31 - 1
+_OPEN_ATTEMPTS = 3  # connections tried for one call when each goes away before it starts
 
 
 class GrpcStatusError(Exception):
@@ -86,6 +93,11 @@ class _Call:
             self.done.set_exception(error)
 
 
+class _Unusable(Exception):
+    """The connection takes no new stream (closed, or draining after a GOAWAY); nothing
+    was sent, so the call can go on another connection."""
+
+
 class _Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
@@ -93,10 +105,18 @@ class _Connection:
             client_side=True, header_encoding=None))
         self.calls: dict[int, _Call] = {}
         self.closed = False
+        # after a GOAWAY: no new streams; those up to its last_stream_id may still finish
+        self.draining = False
+        self._last_stream_id = _MAX_STREAM_ID
+        self._inbound = bytearray()  # received bytes not yet split into whole frames
         self._changed = asyncio.Event()
         self.h2.initiate_connection()
         self.flush()
         self._reader_task = asyncio.create_task(self._read_loop())
+
+    @property
+    def usable(self) -> bool:
+        return not self.closed and not self.draining
 
     def flush(self) -> None:
         data = self.h2.data_to_send()
@@ -112,11 +132,11 @@ class _Connection:
         self._changed = asyncio.Event()
 
     async def call(self, headers: list[tuple[bytes, bytes]], body: bytes) -> _Call:
-        while (not self.closed and self.h2.open_outbound_streams
+        while (self.usable and self.h2.open_outbound_streams
                >= self.h2.remote_settings.max_concurrent_streams):
             await self._wait_changed()
-        if self.closed:
-            raise GrpcStatusError(grpc.StatusCode.UNAVAILABLE, "connection closed")
+        if not self.usable:
+            raise _Unusable
         stream_id = self.h2.get_next_available_stream_id()
         call = self.calls[stream_id] = _Call()
         try:
@@ -155,6 +175,7 @@ class _Connection:
                 with contextlib.suppress(h2.exceptions.H2Error):
                     self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
                     self.flush()
+                self._close_if_drained()
             raise
         return call
 
@@ -162,14 +183,72 @@ class _Connection:
         reason = "connection closed by peer"
         try:
             while data := await self.reader.read(_READ_SIZE):
-                for event in self.h2.receive_data(data):
-                    self._handle(event)
+                for part in self._split(data):
+                    if isinstance(part, GoAwayFrame):
+                        self._goaway(part)
+                    else:
+                        for event in self.h2.receive_data(part):
+                            self._handle(event)
                 self.flush()
+                self._close_if_drained()
                 if self.closed:
                     return
         except (OSError, h2.exceptions.ProtocolError) as exc:
             reason = f"connection lost: {exc}"
+        except HyperframeError as exc:
+            reason = f"malformed GOAWAY from peer: {exc}"
         self.abort(reason)
+
+    def _split(self, data: bytes) -> list[bytes | GoAwayFrame]:
+        """`data` as runs of whole frames for h2, with each GOAWAY taken out: h2 closes
+        its state machine on a received GOAWAY (python-hyper/h2#1181) and would then
+        refuse the answers still due on the streams the GOAWAY lets finish."""
+        buf = self._inbound
+        buf += data
+        out: list[bytes | GoAwayFrame] = []
+        start = pos = 0
+        while len(buf) - pos >= 9:
+            length = int.from_bytes(buf[pos:pos + 3], "big")
+            if length > self.h2.max_inbound_frame_size:  # do not buffer it whole
+                raise h2.exceptions.FrameTooLargeError(f"frame of {length} bytes")
+            end = pos + 9 + length
+            if end > len(buf):
+                break
+            if buf[pos + 3] == GoAwayFrame.type:
+                if pos > start:
+                    out.append(bytes(buf[start:pos]))
+                frame, _ = GoAwayFrame.parse_frame_header(memoryview(bytes(buf[pos:pos + 9])))
+                frame.parse_body(memoryview(bytes(buf[pos + 9:end])))
+                assert isinstance(frame, GoAwayFrame)
+                out.append(frame)
+                start = end
+            pos = end
+        if pos > start:
+            out.append(bytes(buf[start:pos]))
+        del buf[:pos]
+        return out
+
+    def _goaway(self, frame: GoAwayFrame) -> None:
+        """Streams above last_stream_id were not processed: fail them (retryable). Those
+        up to it finish as they would have; the connection closes once they have."""
+        self.draining = True
+        self._last_stream_id = min(self._last_stream_id, frame.last_stream_id)
+        reason = f"GOAWAY from peer ({_error_name(frame.error_code)})"
+        for stream_id in [s for s in self.calls if s > self._last_stream_id]:
+            self._finish(stream_id, GrpcStatusError(
+                grpc.StatusCode.UNAVAILABLE, f"{reason}: not processed"))
+            with contextlib.suppress(h2.exceptions.H2Error):
+                self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
+        self._wake()
+
+    def _close_if_drained(self) -> None:
+        if self.draining and not self.calls and not self.closed:
+            with contextlib.suppress(h2.exceptions.H2Error):
+                self.h2.close_connection()  # our GOAWAY, as RFC 9113 asks
+                self.flush()
+            self.closed = True
+            self._wake()
+            self.writer.close()
 
     def _handle(self, event: h2.events.Event) -> None:
         call = self.calls.get(getattr(event, "stream_id", 0) or 0)
@@ -200,8 +279,6 @@ class _Connection:
                                     grpc.StatusCode.INTERNAL)
             self._finish(event.stream_id, GrpcStatusError(
                 code, f"stream reset by peer ({event.error_code!r})"))
-        elif isinstance(event, h2.events.ConnectionTerminated):
-            self.abort(f"GOAWAY from peer ({event.error_code!r})")
         elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
             self._wake()
 
@@ -223,7 +300,8 @@ class _Connection:
             call.fail(GrpcStatusError(grpc.StatusCode.UNAVAILABLE, reason))
         self.calls.clear()
         self._wake()
-        self.writer.close()
+        # no flush of what is still buffered: the peer may have stopped reading
+        self.writer.transport.abort()
 
     async def close(self) -> None:
         if not self.closed:
@@ -259,6 +337,7 @@ class GrpcH2Client:
                       (b"grpc-accept-encoding", b"gzip,identity"),
                       (b"user-agent", user_agent.encode())]
         self._conn: _Connection | None = None
+        self._draining: set[_Connection] = set()  # after a GOAWAY, until their calls end
         self._lock = asyncio.Lock()
 
     async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -279,7 +358,11 @@ class GrpcH2Client:
 
     async def _connection(self) -> _Connection:
         async with self._lock:
-            if self._conn is None or self._conn.closed:
+            if self._conn is None or not self._conn.usable:
+                if self._conn is not None and not self._conn.closed:
+                    self._draining.add(self._conn)
+                self._draining = {c for c in self._draining if not c.closed}
+                self._conn = None
                 try:
                     reader, writer = await self._open()
                 except OSError as exc:  # ssl.SSLError included
@@ -308,17 +391,26 @@ class GrpcH2Client:
         headers.extend((k.encode(), v.encode()) for k, v in metadata)
         try:
             async with asyncio.timeout(timeout):
-                conn = await self._connection()
-                call = await conn.call(headers, framed)
+                for _attempt in range(_OPEN_ATTEMPTS):
+                    conn = await self._connection()
+                    try:
+                        call = await conn.call(headers, framed)
+                        break
+                    except _Unusable:  # GOAWAY or lost before our stream opened
+                        continue
+                else:
+                    raise GrpcStatusError(grpc.StatusCode.UNAVAILABLE,
+                                          "every new connection went away at once")
         except TimeoutError as exc:
             raise GrpcStatusError(grpc.StatusCode.DEADLINE_EXCEEDED,
                                   "Deadline Exceeded") from exc
         return _result(call)
 
     async def close(self) -> None:
-        if self._conn is not None:
-            await self._conn.close()
-            self._conn = None
+        for conn in [*self._draining, *([self._conn] if self._conn else [])]:
+            await conn.close()
+        self._draining.clear()
+        self._conn = None
 
 
 def _result(call: _Call) -> bytes | None:
@@ -349,6 +441,13 @@ def _result(call: _Call) -> bytes | None:
         except ValueError as exc:
             raise GrpcStatusError(grpc.StatusCode.INTERNAL, f"bad response: {exc}") from exc
     return message_bytes
+
+
+def _error_name(code: int) -> str:
+    try:
+        return h2.errors.ErrorCodes(code).name
+    except ValueError:
+        return f"error code {code}"
 
 
 def _metadata(pairs: Iterable[tuple[bytes, bytes]]) -> Metadata:

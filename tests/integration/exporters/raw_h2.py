@@ -40,6 +40,7 @@ class Peer:
         self.h2 = h2.connection.H2Connection(config=h2.config.H2Configuration(
             client_side=False, header_encoding="utf-8"))
         self.streams: dict[int, Stream] = {}
+        self.closed = asyncio.Event()  # the connection ended (either side)
 
     def flush(self) -> None:
         if not self.writer.is_closing():
@@ -109,6 +110,7 @@ class RawH2Server:
         except (OSError, h2.exceptions.ProtocolError):
             pass
         finally:
+            peer.closed.set()
             writer.close()
 
     async def _event(self, peer: Peer, event: h2.events.Event) -> None:

@@ -15,6 +15,7 @@ import pytest
 from export_helpers import TcpProxy, h2_frames
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from raw_h2 import Peer, RawH2Server, Stream
 
 from sidecar.errors import PermanentError, RetryableError
 from sidecar.exporters.otlp import GrpcSender, OtlpConfig
@@ -127,3 +128,93 @@ async def test_unknown_method_maps_to_unimplemented(sink: OtlpSink) -> None:
     finally:
         await client.close()
     assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+# --- GOAWAY: h2 closes its state machine on one (python-hyper/h2#1181), so the client
+# keeps GOAWAY frames away from h2 and drains the connection itself
+
+def client(server: RawH2Server) -> GrpcH2Client:
+    port = int(server.endpoint.rsplit(":", 1)[1])
+    return GrpcH2Client("127.0.0.1", port, ssl_context=None, user_agent="t/1")
+
+
+async def unary(c: GrpcH2Client, timeout: float = 10) -> bytes | None:
+    return await c.unary("/x.Service/Export", frame_message(b"", False), timeout=timeout,
+                         gzip=False)
+
+
+async def test_goaway_fails_only_streams_above_its_last_stream_id() -> None:
+    held: list[tuple[Peer, Stream]] = []
+
+    def respond(peer: Peer, stream: Stream) -> None:
+        if peer.number > 0:
+            peer.ok(stream.stream_id)
+        else:
+            held.append((peer, stream))
+            if len(held) == 2:
+                peer.goaway(last_stream_id=held[0][1].stream_id)
+
+    async with RawH2Server(respond) as server:
+        c = client(server)
+        try:
+            taken = asyncio.create_task(unary(c))
+            await server.wait_for_streams(1)
+            # not taken by the peer: fails at once (retryable), not at the 10 s deadline
+            with pytest.raises(GrpcStatusError, match="not processed") as refused:
+                async with asyncio.timeout(5):
+                    await unary(c)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            # the draining connection takes no new call; a new connection does
+            assert await unary(c) == b""
+            assert len(server.peers) == 2
+            assert not taken.done()
+            peer, stream = held[0]
+            peer.ok(stream.stream_id)  # answered after the GOAWAY
+            assert await taken == b""
+            # drained: the client closes the old connection
+            async with asyncio.timeout(5):
+                await server.peers[0].closed.wait()
+            assert await unary(c) == b""
+            assert len(server.peers) == 2
+        finally:
+            await c.close()
+    assert [s.connection for s in server.streams] == [0, 0, 1, 1]
+
+
+async def test_goaway_then_close_fails_the_rest_retryable() -> None:
+    def respond(peer: Peer, stream: Stream) -> None:
+        peer.goaway(last_stream_id=stream.stream_id)
+        peer.writer.close()  # and never answers the stream it said it may process
+
+    async with RawH2Server(respond) as server:
+        c = client(server)
+        try:
+            with pytest.raises(GrpcStatusError) as info:
+                await unary(c)
+        finally:
+            await c.close()
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.parametrize("frame", [
+    b"\x00\x00\x02\x07\x00\x00\x00\x00\x00\x00\x00",  # GOAWAY with a 2-byte body
+    b"\x00\x00\x08\x07\x00\x00\x00\x00\x03" + bytes(8),  # GOAWAY on a stream
+    b"\xff\xff\xff\x00\x00\x00\x00\x00\x01",  # announces a 16 MiB frame
+], ids=["short-goaway", "goaway-on-stream", "huge-frame"])
+async def test_hostile_frames_drop_the_connection_not_the_client(frame: bytes) -> None:
+    def respond(peer: Peer, stream: Stream) -> None:
+        if peer.number == 0:
+            peer.writer.write(frame)
+        else:
+            peer.ok(stream.stream_id)
+
+    async with RawH2Server(respond) as server:
+        c = client(server)
+        try:
+            with pytest.raises(GrpcStatusError) as info:
+                async with asyncio.timeout(5):
+                    await unary(c)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert await unary(c) == b""  # reconnects
+        finally:
+            await c.close()

@@ -13,7 +13,7 @@ import grpc
 import grpc.aio
 import h2.errors
 import pytest
-from export_helpers import TcpProxy, metric
+from export_helpers import RecordingSleep, TcpProxy, goaway_last_ids, metric
 from raw_h2 import Peer, RawH2Server, Stream
 
 from sidecar.errors import PermanentError, RetryableError
@@ -244,3 +244,66 @@ async def test_reconnect_waits_no_longer_than_the_retry_backoff(transport: str) 
             await s.close()
     assert sink.items(Signal.TRACES) == 1
     assert recovered_after < 0.8  # 0.2 s max_interval plus connect time, with room
+
+
+# --- GOAWAY ----------------------------------------------------------------------------
+
+async def test_graceful_server_stop_lets_calls_in_flight_finish(transport: str) -> None:
+    """A collector that drains sends GOAWAY and still answers the calls it took: those
+    must succeed, not fail and be sent again (a duplicate delivery)."""
+    async with OtlpSink() as sink, TcpProxy(sink.grpc_port) as proxy:
+        s = sender(proxy.endpoint, transport)
+        await s.start()
+        try:
+            sink.stall()
+            sends = [asyncio.create_task(s.send(traces_batch(2, seed=i))) for i in range(3)]
+            await sink.wait_for_requests(3)
+            stopping = asyncio.create_task(sink.stop_grpc(grace=10))
+            # grpc servers drain in two steps: GOAWAY(2^31-1) and a PING, then
+            # GOAWAY(last stream id); answer only once the client has both
+            await proxy.wait_until(
+                lambda: any(i < 2**31 - 1 for i in goaway_last_ids(proxy.to_client[0])))
+            sink.resume()
+            async with asyncio.timeout(10):
+                results = await asyncio.gather(*sends, return_exceptions=True)
+                await stopping
+        finally:
+            await s.close()
+    assert results == [0, 0, 0]
+    assert [r.outcome for r in sink.requests] == ["ok"] * 3
+    assert proxy.connections == 1
+
+
+async def test_goaway_fails_only_the_streams_the_peer_did_not_take(transport: str) -> None:
+    taken: list[int] = []
+
+    def respond(peer: Peer, stream: Stream) -> None:
+        if peer.number > 0:
+            peer.ok(stream.stream_id)
+            return
+        taken.append(stream.stream_id)
+        if len(taken) == 2:  # GOAWAY naming the first stream, then answer that one
+            peer.goaway(last_stream_id=taken[0])
+            peer.ok(taken[0])
+
+    async with RawH2Server(respond) as server:
+        name = f"goaway-last-{transport}"
+        sleep = RecordingSleep()
+        cfg = config(server.endpoint, transport, batch={"max_delay": 0},
+                     queue={"concurrency": 2})
+        exporter = ExportChain(name, cfg, GrpcSender(cfg), sleep=sleep)
+        await exporter.start()
+        await exporter.consume(traces_batch(1, seed=1))
+        await server.wait_for_streams(1)
+        await exporter.consume(traces_batch(1, seed=2))
+        await exporter.shutdown(asyncio.get_running_loop().time() + 10)
+        delivered = sorted(s.message for s in server.streams if s.connection > 0
+                           or s.stream_id == taken[0])
+    # each batch reached the peer exactly once: the first on the old connection, after
+    # the GOAWAY; the second (not taken) again on a new one
+    assert delivered == sorted([traces_batch(1, seed=1).payload,
+                                traces_batch(1, seed=2).payload])
+    assert len(server.peers) == 2
+    assert metric("sidecar_exporter_sent_items_total", exporter=name, signal="traces") == 2
+    assert metric("sidecar_exporter_dropped_items_total", exporter=name, signal="traces",
+                  reason="permanent") == 0
