@@ -23,14 +23,23 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceResponse,
 )
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
-from pydantic import ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from sidecar.component import BuildContext, ExporterComponent, ExporterFactory, register_exporter
+from sidecar.configtypes import Duration, Strict
 from sidecar.errors import PermanentError, RetryableError, StartupError
 from sidecar.exporthelper import http
 from sidecar.exporthelper.chain import ExportChain
 from sidecar.exporthelper.compression import gzip_compress
-from sidecar.exporthelper.grpc_h2 import MAX_RESPONSE, GrpcH2Client, GrpcStatusError, frame_message
+from sidecar.exporthelper.grpc_h2 import (
+    KEEPALIVE_TIME,
+    KEEPALIVE_TIMEOUT,
+    MAX_RESPONSE,
+    GrpcH2Client,
+    GrpcStatusError,
+    Keepalive,
+    frame_message,
+)
 from sidecar.exporthelper.http import ExportResponse
 from sidecar.exporthelper.retry import RequestTooLargeError, retry_info_delay
 from sidecar.exporthelper.settings import ExporterSettings, TlsSettings
@@ -61,12 +70,21 @@ _TRANSPORT_HEADERS = frozenset({"content-type", "te", "host", "connection", "kee
                                 "proxy-connection", "transfer-encoding", "upgrade"})
 
 
+class KeepaliveSettings(Strict):
+    """gRPC only: a PING once nothing was received for `time`, on an idle or a busy
+    connection; no answer within `timeout` drops the connection. Both transports."""
+
+    time: Duration = Field(default=KEEPALIVE_TIME, gt=0)
+    timeout: Duration = Field(default=KEEPALIVE_TIMEOUT, gt=0)
+
+
 class OtlpConfig(ExporterSettings):
     type: Literal["otlp"] = "otlp"
     endpoint: str  # http://host:4317 or https://host:4317; HTTP posts to {endpoint}/v1/{signal}
     protocol: Literal["grpc", "http"] = "grpc"
     headers: dict[str, str] = {}
     tls: TlsSettings = TlsSettings()
+    keepalive: KeepaliveSettings = KeepaliveSettings()
 
     @field_validator("endpoint")
     @classmethod
@@ -101,6 +119,8 @@ class OtlpConfig(ExporterSettings):
     @model_validator(mode="after")
     def _grpc_only(self) -> OtlpConfig:
         if self.protocol != "grpc":
+            if "keepalive" in self.model_fields_set:
+                raise ValueError("keepalive is for protocol: grpc (HTTP has no pings)")
             return self
         if self.tls.insecure_skip_verify:
             raise ValueError("tls.insecure_skip_verify is not supported with protocol: grpc")
@@ -176,10 +196,12 @@ class GrpcSender:
         # call with a retryable UNAVAILABLE instead of refusing to start
         ssl_context = self._ssl_context()
         if self.config.compression == "gzip":
+            keepalive = self.config.keepalive
             self._h2 = GrpcH2Client(self._host, self._port, ssl_context=ssl_context,
-                                    user_agent=self._user_agent)
+                                    user_agent=self._user_agent,
+                                    keepalive=Keepalive(keepalive.time, keepalive.timeout))
             return
-        retry = self.config.retry
+        retry, keepalive = self.config.retry, self.config.keepalive
         options: list[tuple[str, str | int]] = [
             ("grpc.primary_user_agent", self._user_agent),
             ("grpc.max_receive_message_length", MAX_RESPONSE),  # the h2 client's limit
@@ -188,6 +210,13 @@ class GrpcSender:
             # reached by the next retry, as the h2 client (which connects per call) does
             ("grpc.initial_reconnect_backoff_ms", _millis(retry.initial_interval)),
             ("grpc.max_reconnect_backoff_ms", _millis(retry.max_interval)),
+            # the h2 client's keepalive (grpc_h2.Keepalive); grpc-core applies its ping
+            # timeout, not keepalive_timeout_ms alone, to keepalive pings (grpc 1.85)
+            ("grpc.keepalive_time_ms", _millis(keepalive.time)),
+            ("grpc.keepalive_timeout_ms", _millis(keepalive.timeout)),
+            ("grpc.http2.ping_timeout_ms", _millis(keepalive.timeout)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
         ]
         compression = grpc.Compression.NoCompression  # gzip goes through self._h2
         if self.config.plaintext:
@@ -318,7 +347,7 @@ def _parse(response_type: type[ExportResponse], answer: bytes | None,
 
 
 def _millis(seconds: float) -> int:
-    return max(int(seconds * 1000), 100)  # never a reconnect loop without a pause
+    return max(int(seconds * 1000), 100)  # never a reconnect or ping loop without a pause
 
 
 def _no_password() -> bytes:

@@ -21,8 +21,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 import ssl
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from urllib.parse import unquote
 
 import grpc
@@ -36,8 +38,12 @@ from hyperframe.frame import GoAwayFrame
 
 from sidecar.exporthelper.compression import gzip_decompress
 
+log = logging.getLogger(__name__)
+
 Metadata = tuple[tuple[str, str | bytes], ...]
 MAX_RESPONSE = 4 * 1024 * 1024  # grpc's default max_receive_message_length
+KEEPALIVE_TIME = 30.0  # seconds without anything received before a PING
+KEEPALIVE_TIMEOUT = 10.0  # seconds the PING may go unanswered before the connection drops
 _READ_SIZE = 256 * 1024
 # https://github.com/grpc/grpc/blob/master/doc/http-grpc-status-mapping.md
 _HTTP_TO_GRPC = {400: grpc.StatusCode.INTERNAL, 401: grpc.StatusCode.UNAUTHENTICATED,
@@ -93,14 +99,27 @@ class _Call:
             self.done.set_exception(error)
 
 
+@dataclass(slots=True)
+class Keepalive:
+    """grpc-core's keepalive: a PING once nothing was received for `time` seconds, on an
+    idle or a busy connection; no answer within `timeout` drops the connection (calls
+    fail UNAVAILABLE, the next call reconnects). A GOAWAY "too_many_pings" doubles
+    `time`, as grpc-core does."""
+
+    time: float = KEEPALIVE_TIME
+    timeout: float = KEEPALIVE_TIMEOUT
+
+
 class _Unusable(Exception):
     """The connection takes no new stream (closed, or draining after a GOAWAY); nothing
     was sent, so the call can go on another connection."""
 
 
 class _Connection:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 keepalive: Keepalive) -> None:
         self.reader, self.writer = reader, writer
+        self.keepalive = keepalive  # shared by the client's connections
         self.h2 = h2.connection.H2Connection(config=h2.config.H2Configuration(
             client_side=True, header_encoding=None))
         self.calls: dict[int, _Call] = {}
@@ -110,9 +129,13 @@ class _Connection:
         self._last_stream_id = _MAX_STREAM_ID
         self._inbound = bytearray()  # received bytes not yet split into whole frames
         self._changed = asyncio.Event()
+        self._last_read = asyncio.get_running_loop().time()
+        self._pings = 0
+        self._ping_ack: asyncio.Future[None] | None = None
         self.h2.initiate_connection()
         self.flush()
         self._reader_task = asyncio.create_task(self._read_loop())
+        self._pinger = asyncio.create_task(self._keepalive_loop())
 
     @property
     def usable(self) -> bool:
@@ -181,8 +204,10 @@ class _Connection:
 
     async def _read_loop(self) -> None:
         reason = "connection closed by peer"
+        loop = asyncio.get_running_loop()
         try:
             while data := await self.reader.read(_READ_SIZE):
+                self._last_read = loop.time()
                 for part in self._split(data):
                     if isinstance(part, GoAwayFrame):
                         self._goaway(part)
@@ -198,6 +223,29 @@ class _Connection:
         except HyperframeError as exc:
             reason = f"malformed GOAWAY from peer: {exc}"
         self.abort(reason)
+
+    async def _keepalive_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self.closed:
+            idle_until = self._last_read + self.keepalive.time
+            if idle_until > loop.time():
+                await asyncio.sleep(idle_until - loop.time())
+                continue
+            self._pings += 1
+            payload = self._pings.to_bytes(8, "big")
+            ack = self._ping_ack = loop.create_future()
+            try:
+                self.h2.ping(payload)
+            except h2.exceptions.H2Error:  # the connection is closing
+                return
+            self.flush()
+            timeout = self.keepalive.timeout
+            try:
+                async with asyncio.timeout(timeout):
+                    await ack
+            except TimeoutError:
+                self.abort(f"keepalive ping not answered within {timeout:g}s")
+                return
 
     def _split(self, data: bytes) -> list[bytes | GoAwayFrame]:
         """`data` as runs of whole frames for h2, with each GOAWAY taken out: h2 closes
@@ -234,6 +282,11 @@ class _Connection:
         self.draining = True
         self._last_stream_id = min(self._last_stream_id, frame.last_stream_id)
         reason = f"GOAWAY from peer ({_error_name(frame.error_code)})"
+        if (frame.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+                and frame.additional_data == b"too_many_pings"):
+            self.keepalive.time *= 2
+            log.warning("peer asked for fewer pings (GOAWAY too_many_pings): keepalive "
+                        "time is now %gs", self.keepalive.time)
         for stream_id in [s for s in self.calls if s > self._last_stream_id]:
             self._finish(stream_id, GrpcStatusError(
                 grpc.StatusCode.UNAVAILABLE, f"{reason}: not processed"))
@@ -248,6 +301,7 @@ class _Connection:
                 self.flush()
             self.closed = True
             self._wake()
+            self._pinger.cancel()
             self.writer.close()
 
     def _handle(self, event: h2.events.Event) -> None:
@@ -281,6 +335,11 @@ class _Connection:
                 code, f"stream reset by peer ({event.error_code!r})"))
         elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
             self._wake()
+        elif isinstance(event, h2.events.PingAckReceived):
+            ack = self._ping_ack
+            if (ack is not None and not ack.done()
+                    and event.ping_data == self._pings.to_bytes(8, "big")):
+                ack.set_result(None)
 
     def _finish(self, stream_id: int, error: GrpcStatusError | None) -> None:
         call = self.calls.pop(stream_id, None)
@@ -300,6 +359,8 @@ class _Connection:
             call.fail(GrpcStatusError(grpc.StatusCode.UNAVAILABLE, reason))
         self.calls.clear()
         self._wake()
+        if self._pinger is not asyncio.current_task():
+            self._pinger.cancel()
         # no flush of what is still buffered: the peer may have stopped reading
         self.writer.transport.abort()
 
@@ -316,8 +377,11 @@ class _Connection:
         # asyncio would wait up to its 30 s ssl_shutdown_timeout
         self.writer.transport.abort()
         self._reader_task.cancel()
+        self._pinger.cancel()
         with contextlib.suppress(asyncio.CancelledError, OSError):
             await self._reader_task
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._pinger
         with contextlib.suppress(OSError, TimeoutError):
             async with asyncio.timeout(1):
                 await self.writer.wait_closed()
@@ -327,8 +391,9 @@ class GrpcH2Client:
     """Unary gRPC calls on one lazily (re)opened HTTP/2 connection."""
 
     def __init__(self, host: str, port: int, *, ssl_context: ssl.SSLContext | None,
-                 user_agent: str) -> None:
+                 user_agent: str, keepalive: Keepalive | None = None) -> None:
         self.host, self.port, self.ssl_context = host, port, ssl_context
+        self.keepalive = keepalive or Keepalive()
         authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self._base = [(b":method", b"POST"),
                       (b":scheme", b"https" if ssl_context else b"http"),
@@ -375,7 +440,7 @@ class GrpcH2Client:
                         writer.close()
                         raise GrpcStatusError(grpc.StatusCode.UNAVAILABLE,
                                               f"peer did not negotiate h2 (ALPN {alpn!r})")
-                self._conn = _Connection(reader, writer)
+                self._conn = _Connection(reader, writer, self.keepalive)
             return self._conn
 
     async def unary(self, path: str, framed: bytes, *, timeout: float,

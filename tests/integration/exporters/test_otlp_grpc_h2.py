@@ -20,7 +20,7 @@ from raw_h2 import Peer, RawH2Server, Stream
 from sidecar.errors import PermanentError, RetryableError
 from sidecar.exporters.otlp import GrpcSender, OtlpConfig
 from sidecar.exporthelper.compression import gzip_decompress
-from sidecar.exporthelper.grpc_h2 import GrpcH2Client, GrpcStatusError, frame_message
+from sidecar.exporthelper.grpc_h2 import GrpcH2Client, GrpcStatusError, Keepalive, frame_message
 from sidecar.model import Batch, Signal
 from sidecar.testing import OtlpSink, traces_batch
 
@@ -218,3 +218,24 @@ async def test_hostile_frames_drop_the_connection_not_the_client(frame: bytes) -
             assert await unary(c) == b""  # reconnects
         finally:
             await c.close()
+
+
+async def test_too_many_pings_doubles_the_keepalive_time(sink: OtlpSink) -> None:
+    """A grpc server takes a PING on an idle connection only every 2 hours by default and
+    answers more with GOAWAY too_many_pings; grpc-core then doubles its keepalive time,
+    and so does the h2 client."""
+    c = GrpcH2Client("127.0.0.1", sink.grpc_port, ssl_context=None, user_agent="t/1",
+                     keepalive=Keepalive(time=0.1, timeout=5))
+    path = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+    message = frame_message(traces_batch(1).payload, False)
+    try:
+        await c.unary(path, message, timeout=5, gzip=False)
+        for _ in range(200):  # bounded: 10 s
+            if c.keepalive.time != 0.1:
+                break
+            await asyncio.sleep(0.05)
+        assert c.keepalive.time == 0.2
+        await c.unary(path, message, timeout=5, gzip=False)  # on a new connection
+    finally:
+        await c.close()
+    assert sink.items(Signal.TRACES) == 2

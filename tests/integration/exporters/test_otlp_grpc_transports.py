@@ -62,7 +62,6 @@ async def test_ipv6_literal_endpoints(transport: str) -> None:
         assert sink.items(Signal.TRACES) == 2
 
 
-
 async def test_localhost_reaches_a_server_on_ipv6_loopback(transport: str) -> None:
     # grpc-core resolves "localhost" to both loopback addresses whatever /etc/hosts says
     async with OtlpSink(host="::1") as sink:
@@ -89,7 +88,7 @@ async def test_timeout_reaches_the_peer_as_the_deadline(sink: OtlpSink, transpor
     await send_one(sink.grpc_endpoint, transport, timeout=7)
     (request,) = sink.requests
     assert request.deadline is not None
-    assert 5 < request.deadline <= 7
+    assert 5 < request.deadline <= 7.1  # grpc-core rounds the grpc-timeout header up
 
 
 # --- answers ---------------------------------------------------------------------------
@@ -104,7 +103,6 @@ def _reset(code: h2.errors.ErrorCodes) -> Any:
     def respond(peer: Peer, stream: Stream) -> None:
         peer.h2.reset_stream(stream.stream_id, code)
     return respond
-
 
 
 def _no_grpc_status(peer: Peer, stream: Stream) -> None:
@@ -307,3 +305,53 @@ async def test_goaway_fails_only_the_streams_the_peer_did_not_take(transport: st
     assert metric("sidecar_exporter_sent_items_total", exporter=name, signal="traces") == 2
     assert metric("sidecar_exporter_dropped_items_total", exporter=name, signal="traces",
                   reason="permanent") == 0
+
+
+# --- keepalive -------------------------------------------------------------------------
+
+async def test_unanswered_keepalive_fails_the_call_in_flight(
+        sink: OtlpSink, transport: str) -> None:
+    async with TcpProxy(sink.grpc_port) as proxy:
+        s = sender(proxy.endpoint, transport, timeout=30, keepalive=KEEPALIVE)
+        await s.start()
+        try:
+            await s.send(traces_batch(1, seed=1))
+            sink.stall()
+            call = asyncio.create_task(s.send(traces_batch(1, seed=2)))
+            await sink.wait_for_requests(2)
+            proxy.pause()  # the peer hangs: no answer, no close
+            # far sooner than the 30 s call timeout, and not DEADLINE_EXCEEDED
+            with pytest.raises(RetryableError, match=r"^gRPC UNAVAILABLE:"):
+                async with asyncio.timeout(10):
+                    await call
+            proxy.resume()
+            sink.resume()
+            # on a new connection; grpc-core may route one more call to the transport it
+            # is still closing (UNAVAILABLE, retried by the chain)
+            for _attempt in range(2):
+                try:
+                    await s.send(traces_batch(1, seed=3))
+                    break
+                except RetryableError:
+                    continue
+        finally:
+            await s.close()
+        assert proxy.connections == 2
+    assert traces_batch(1, seed=3).payload in [r.body for r in sink.accepted]
+
+
+async def test_unanswered_keepalive_drops_an_idle_connection(
+        sink: OtlpSink, transport: str) -> None:
+    async with TcpProxy(sink.grpc_port) as proxy:
+        s = sender(proxy.endpoint, transport, keepalive=KEEPALIVE)
+        await s.start()
+        try:
+            await s.send(traces_batch(1, seed=1))
+            proxy.pause()
+            await proxy.wait_until(lambda: proxy.client_closed == 1)
+            proxy.resume()
+            await s.send(traces_batch(1, seed=2))
+        finally:
+            await s.close()
+        assert proxy.connections == 2
+    assert sink.items(Signal.TRACES) == 2

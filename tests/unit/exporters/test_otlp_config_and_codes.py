@@ -168,3 +168,17 @@ def test_only_the_peers_size_limit_asks_for_a_split(details: str, split: bool) -
         details=details))
     assert isinstance(error, RequestTooLargeError) == split
     assert isinstance(error, PermanentError)
+
+
+def test_keepalive_defaults_and_grpc_only() -> None:
+    cfg = OtlpConfig.model_validate({"type": "otlp", "endpoint": "http://c:4317"})
+    assert (cfg.keepalive.time, cfg.keepalive.timeout) == (30.0, 10.0)
+    cfg = OtlpConfig.model_validate({"type": "otlp", "endpoint": "http://c:4317",
+                                     "keepalive": {"time": "1m", "timeout": "5s"}})
+    assert (cfg.keepalive.time, cfg.keepalive.timeout) == (60.0, 5.0)
+    with pytest.raises(ValidationError, match="keepalive is for protocol: grpc"):
+        OtlpConfig.model_validate({"type": "otlp", "endpoint": "http://c:4318",
+                                   "protocol": "http", "keepalive": {"time": "1m"}})
+    with pytest.raises(ValidationError, match="greater than 0"):
+        OtlpConfig.model_validate({"type": "otlp", "endpoint": "http://c:4317",
+                                   "keepalive": {"timeout": 0}})
