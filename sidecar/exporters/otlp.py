@@ -303,7 +303,12 @@ class HttpSender:
         self._headers = {"Content-Type": "application/x-protobuf", **config.headers}
         if config.compression == "gzip":
             self._headers["Content-Encoding"] = "gzip"
-        self._urls = {s: f"{config.endpoint}/v1/{s.value}" for s in Signal}
+        base = config.endpoint
+        if config.plaintext:
+            # tls.insecure: plaintext even to an https:// endpoint, as with gRPC (aiohttp
+            # would speak TLS to an https URL, only unverified)
+            base = urlsplit(base)._replace(scheme="http").geturl()
+        self._urls = {s: f"{base}/v1/{s.value}" for s in Signal}
 
     async def start(self) -> None:
         if not self.config.plaintext:

@@ -48,7 +48,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
                     "-days", "2", "-subj", "/CN=sidecar-test-ca"], check=True,
                    capture_output=True)
     server = _issue(d, "server", ca, ca_key,
-                    "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
+                    "subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost\n"
+                    "extendedKeyUsage=serverAuth\n")
     client = _issue(d, "client", ca, ca_key, "extendedKeyUsage=clientAuth\n")
     return Pki(ca, *server, *client)
 
@@ -97,6 +98,24 @@ async def test_mutual_tls(pki: Pki, protocol: str) -> None:
     async with OtlpSink(tls=tls) as sink:
         await send_one(sender(protocol, sink, ca_file=str(pki.ca),
                               cert_file=str(pki.client_cert), key_file=str(pki.client_key)))
+        assert sink.items(Signal.TRACES) == 2
+
+
+@pytest.mark.parametrize("protocol", GRPC)
+async def test_tls_to_an_ipv6_literal(pki: Pki, protocol: str) -> None:
+    async with OtlpSink(tls=SinkTls(pki.server_cert, pki.server_key), host="::1") as sink:
+        assert sink.grpc_endpoint.startswith("https://[::1]:")
+        await send_one(sender(protocol, sink, ca_file=str(pki.ca)))
+        assert sink.items(Signal.TRACES) == 2
+
+
+@pytest.mark.parametrize("protocol", sorted(TRANSPORTS))
+async def test_insecure_sends_plaintext_to_an_https_endpoint(protocol: str) -> None:
+    async with OtlpSink() as sink:
+        endpoint = (sink.http_endpoint if protocol == "http" else sink.grpc_endpoint)
+        cfg = tls_config(protocol, endpoint.replace("http://", "https://"), insecure=True)
+        assert not cfg.endpoint.startswith("http://")
+        await send_one(GrpcSender(cfg) if cfg.protocol == "grpc" else HttpSender(cfg))
         assert sink.items(Signal.TRACES) == 2
 
 
