@@ -6,7 +6,8 @@ CPU in `make bench`); ISA-L level 1 (`gzip_compress`) gzips the same bytes in ~1
 grpc-python cannot send a message that is already compressed, so the gzip path speaks the
 gRPC wire protocol itself: a 5-byte prefix (compressed flag + length) before the message,
 `grpc-encoding: gzip`, status in the trailers. Unary calls only; many concurrent streams on
-one connection, which is re-opened lazily after it is lost or the peer sends GOAWAY.
+one connection, which is re-opened lazily after it is lost, the peer sends GOAWAY, or a
+keepalive PING goes unanswered (`Keepalive`, the values grpc.aio gets too).
 
 GOAWAY (RFC 9113 §6.8): streams above its last_stream_id were not processed and fail at
 once with UNAVAILABLE (retried by the chain); streams up to it may still be answered, so
@@ -302,7 +303,10 @@ class _Connection:
             self.closed = True
             self._wake()
             self._pinger.cancel()
-            self.writer.close()
+            if self.writer.transport.get_write_buffer_size():
+                self.writer.transport.abort()  # the peer stopped reading: do not wait
+            else:
+                self.writer.close()
 
     def _handle(self, event: h2.events.Event) -> None:
         call = self.calls.get(getattr(event, "stream_id", 0) or 0)
