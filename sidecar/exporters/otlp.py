@@ -210,8 +210,9 @@ class GrpcSender:
             # reached by the next retry, as the h2 client (which connects per call) does
             ("grpc.initial_reconnect_backoff_ms", _millis(retry.initial_interval)),
             ("grpc.max_reconnect_backoff_ms", _millis(retry.max_interval)),
-            # the h2 client's keepalive (grpc_h2.Keepalive); grpc-core applies its ping
-            # timeout, not keepalive_timeout_ms alone, to keepalive pings (grpc 1.85)
+            # the h2 client's keepalive (grpc_h2.Keepalive). grpc 1.85 times keepalive
+            # pings out by grpc.http2.ping_timeout_ms (60 s by default): with
+            # keepalive_timeout_ms alone a hung peer went unnoticed
             ("grpc.keepalive_time_ms", _millis(keepalive.time)),
             ("grpc.keepalive_timeout_ms", _millis(keepalive.timeout)),
             ("grpc.http2.ping_timeout_ms", _millis(keepalive.timeout)),
