@@ -131,6 +131,7 @@ class ReceivedRequest:
     compressed: bool  # HTTP body arrived with Content-Encoding: gzip
     at: float  # event-loop time of arrival
     path: str = ""
+    deadline: float | None = None  # gRPC: seconds the call had left on arrival
     outcome: Outcome = "pending"
     fault: Fault | None = None
     _message: ExportRequest | None = field(default=None, repr=False)
@@ -147,12 +148,15 @@ class ReceivedRequest:
 
 
 class OtlpSink:
-    """A real OTLP/gRPC + OTLP/HTTP server on 127.0.0.1 with ephemeral ports."""
+    """A real OTLP/gRPC + OTLP/HTTP server on loopback (`host`: 127.0.0.1 or ::1) with
+    ephemeral ports."""
 
     def __init__(self, *, require_headers: dict[str, str] | None = None,
-                 grpc_max_receive: int = 4 * 1024 * 1024, tls: SinkTls | None = None) -> None:
+                 grpc_max_receive: int = 4 * 1024 * 1024, tls: SinkTls | None = None,
+                 host: str = "127.0.0.1") -> None:
         self.requests: list[ReceivedRequest] = []
         self.tls = tls
+        self.host = host
         # running totals, so waiting on thousands of requests stays linear
         self._accepted_items = dict.fromkeys(Signal, 0)
         self.require_headers = {k.lower(): v for k, v in (require_headers or {}).items()}
@@ -183,9 +187,10 @@ class OtlpSink:
                 "Export": grpc.unary_unary_rpc_method_handler(self._grpc_handler(signal))})
             for signal, service in _SERVICES.items()])
         if self.tls is None:
-            self.grpc_port = server.add_insecure_port("127.0.0.1:0")
+            self.grpc_port = server.add_insecure_port(f"{self._netloc}:0")
         else:
-            self.grpc_port = server.add_secure_port("127.0.0.1:0", self.tls.grpc_credentials())
+            self.grpc_port = server.add_secure_port(f"{self._netloc}:0",
+                                                    self.tls.grpc_credentials())
         await server.start()
         self._grpc = server
 
@@ -194,7 +199,7 @@ class OtlpSink:
         # auto_decompress off: the sink checks that gzip bodies really are gzip
         runner = web.AppRunner(app, auto_decompress=False, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0,
+        site = web.TCPSite(runner, self.host, 0,
                            ssl_context=self.tls.ssl_context() if self.tls else None)
         await site.start()
         self._runner = runner
@@ -202,20 +207,30 @@ class OtlpSink:
 
     async def stop(self) -> None:
         self._running.set()  # release stalled handlers so they answer before we go
-        if self._grpc is not None:
-            await self._grpc.stop(grace=0.5)
-            self._grpc = None
+        await self.stop_grpc(grace=0.5)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
 
+    async def stop_grpc(self, grace: float) -> None:
+        """Stop the gRPC server as a collector drains: GOAWAY to every client, then calls
+        in flight have `grace` seconds to finish. Stalled calls stay stalled until
+        `resume()`, so a test can answer them after the clients saw the GOAWAY."""
+        if self._grpc is not None:
+            await self._grpc.stop(grace=grace)
+            self._grpc = None
+
     @property
     def grpc_endpoint(self) -> str:
-        return f"{self._scheme}://127.0.0.1:{self.grpc_port}"
+        return f"{self._scheme}://{self._netloc}:{self.grpc_port}"
 
     @property
     def http_endpoint(self) -> str:
-        return f"{self._scheme}://127.0.0.1:{self.http_port}"
+        return f"{self._scheme}://{self._netloc}:{self.http_port}"
+
+    @property
+    def _netloc(self) -> str:
+        return f"[{self.host}]" if ":" in self.host else self.host
 
     @property
     def _scheme(self) -> str:
@@ -346,7 +361,8 @@ class OtlpSink:
             headers = {k.lower(): v if isinstance(v, str) else v.hex()
                        for k, v in context.invocation_metadata() or ()}
             request = ReceivedRequest("grpc", signal, body, headers, False,
-                                      asyncio.get_running_loop().time(), path=service_path)
+                                      asyncio.get_running_loop().time(), path=service_path,
+                                      deadline=context.time_remaining())
             try:
                 fault = await self._record(request)
             except asyncio.CancelledError:  # grpc cancels the handler when the client gives up

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import ssl
 from collections.abc import Iterable
 from typing import Literal
@@ -17,15 +18,25 @@ import aiohttp
 import grpc
 import grpc.aio
 from google.protobuf.message import DecodeError
-from pydantic import field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from sidecar.component import BuildContext, ExporterComponent, ExporterFactory, register_exporter
+from sidecar.configtypes import Duration, Strict
 from sidecar.errors import PermanentError, RetryableError, StartupError
 from sidecar.exporthelper import http
 from sidecar.exporthelper.chain import ExportChain
 from sidecar.exporthelper.compression import gzip_compress
-from sidecar.exporthelper.grpc_h2 import GrpcH2Client, GrpcStatusError, frame_message
-from sidecar.exporthelper.retry import RequestTooLargeError, retry_info_delay
+from sidecar.exporthelper.grpc_h2 import (
+    KEEPALIVE_TIME,
+    KEEPALIVE_TIMEOUT,
+    MAX_RESPONSE,
+    GrpcH2Client,
+    GrpcStatusError,
+    Keepalive,
+    frame_message,
+)
+from sidecar.exporthelper.http import ExportResponse
+from sidecar.exporthelper.retry import NoResendError, RequestTooLargeError, retry_info_delay
 from sidecar.exporthelper.settings import ExporterSettings, TlsSettings
 from sidecar.model import Batch, Signal
 from sidecar.signals import SIGNALS
@@ -38,6 +49,21 @@ _RETRYABLE_CODES = frozenset({
 })
 # gzip above this size runs in a thread (zlib drops the GIL) so the loop stays responsive
 _COMPRESS_OFF_LOOP = 256 * 1024
+_LOCAL_LIMIT = "CLIENT: Received message larger than max"
+# gRPC metadata (doc/PROTOCOL-HTTP2.md in grpc/grpc): what both transports can send alike
+_METADATA_KEY = re.compile(r"[0-9a-z_.-]+")
+_METADATA_VALUE = re.compile(r"[\x20-\x7e]*")  # printable ASCII
+# set by the transport; HTTP/2 forbids the connection-specific ones
+_TRANSPORT_HEADERS = frozenset({"content-type", "te", "host", "connection", "keep-alive",
+                                "proxy-connection", "transfer-encoding", "upgrade"})
+
+
+class KeepaliveSettings(Strict):
+    """gRPC only: a PING once nothing was received for `time`, on an idle or a busy
+    connection; no answer within `timeout` drops the connection. Both transports."""
+
+    time: Duration = Field(default=KEEPALIVE_TIME, gt=0)
+    timeout: Duration = Field(default=KEEPALIVE_TIMEOUT, gt=0)
 
 
 class OtlpConfig(ExporterSettings):
@@ -46,6 +72,7 @@ class OtlpConfig(ExporterSettings):
     protocol: Literal["grpc", "http"] = "grpc"
     headers: dict[str, str] = {}
     tls: TlsSettings = TlsSettings()
+    keepalive: KeepaliveSettings = KeepaliveSettings()
 
     @field_validator("endpoint")
     @classmethod
@@ -53,17 +80,61 @@ class OtlpConfig(ExporterSettings):
         url = urlsplit(value)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError(f"expected http://host:port or https://host:port, got {value!r}")
+        try:
+            port = url.port
+        except ValueError:
+            port = 0
+        if port == 0:
+            raise ValueError(f"port must be a number from 1 to 65535, got {value!r}")
         return value.rstrip("/")
 
+    @field_validator("headers")
+    @classmethod
+    def _grpc_metadata(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        if info.data.get("protocol") != "grpc":
+            return value
+        seen: set[str] = set()
+        for name, raw in value.items():
+            key = name.lower()
+            problem = _metadata_problem(key, raw.strip())
+            if problem is None and key in seen:
+                problem = "given twice (gRPC metadata keys are lowercase)"
+            if problem is not None:
+                raise ValueError(f"{name!r}: {problem}")
+            seen.add(key)
+        return value
+
     @model_validator(mode="after")
-    def _grpc_tls(self) -> OtlpConfig:
-        if self.protocol == "grpc" and self.tls.insecure_skip_verify:
+    def _grpc_only(self) -> OtlpConfig:
+        if self.protocol != "grpc":
+            if "keepalive" in self.model_fields_set:
+                raise ValueError("keepalive is for protocol: grpc (HTTP has no pings)")
+            return self
+        if self.tls.insecure_skip_verify:
             raise ValueError("tls.insecure_skip_verify is not supported with protocol: grpc")
+        url = urlsplit(self.endpoint)
+        if url.path or url.query or url.fragment or "@" in url.netloc:
+            raise ValueError(f"endpoint: protocol grpc takes scheme://host:port only, got "
+                             f"{self.endpoint!r}")
         return self
 
     @property
     def plaintext(self) -> bool:
         return self.tls.insecure or self.endpoint.startswith("http://")
+
+
+def _metadata_problem(key: str, value: str) -> str | None:
+    if not _METADATA_KEY.fullmatch(key):
+        return "not a gRPC metadata key (letters, digits, '-', '_' and '.')"
+    if key.startswith("grpc-"):
+        return "grpc-* keys are reserved for gRPC itself"
+    if key.endswith("-bin"):
+        return "binary (-bin) metadata is not supported"
+    if key in _TRANSPORT_HEADERS:
+        return "set by the gRPC transport, not configurable"
+    if not _METADATA_VALUE.fullmatch(value):
+        return "the value must be printable ASCII"
+    return None
 
 
 def classify_grpc_error(error: grpc.aio.AioRpcError | GrpcStatusError,
@@ -83,7 +154,11 @@ def classify_grpc_status(code: grpc.StatusCode, details: str | None,
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         if delay is not None:
             return RetryableError(message, retry_after=delay)
-        # grpc's own limit check: "Received message larger than max (N vs. M)"
+        # grpc's own limit check: "Received message larger than max (N vs. M)". grpc-core
+        # marks the side that refused: "CLIENT:" is our limit on the answer, so the peer
+        # took the request and sending it again (split) would deliver it twice
+        if _LOCAL_LIMIT in (details or ""):
+            return NoResendError(message)
         if "larger than max" in (details or ""):
             return RequestTooLargeError(message)
     return PermanentError(message)
@@ -96,19 +171,44 @@ class GrpcSender:
         host = f"[{url.hostname}]" if ":" in (url.hostname or "") else url.hostname
         self._target = f"{host}:{url.port or 4317}"
         self._host, self._port = url.hostname or "", url.port or 4317
-        # gRPC metadata keys must be lowercase
-        self._metadata = tuple((k.lower(), v) for k, v in config.headers.items())
+        # gRPC metadata keys are lowercase; values lose surrounding whitespace as HTTP/2
+        # field values do (h2 strips it); `user-agent` replaces ours on both transports
+        metadata = {k.lower(): v.strip() for k, v in config.headers.items()}
+        self._user_agent = metadata.pop("user-agent", http.USER_AGENT)
+        self._metadata = tuple(metadata.items())
         self._channel: grpc.aio.Channel | None = None
         self._calls: dict[Signal, grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = {}
         # gzip: ISA-L compresses and the h2 client sends the pre-compressed message
         self._h2: GrpcH2Client | None = None
 
     async def start(self) -> None:
+        # built for both transports: grpc.aio would take unusable PEM files and fail every
+        # call with a retryable UNAVAILABLE instead of refusing to start
+        ssl_context = self._ssl_context()
         if self.config.compression == "gzip":
-            self._h2 = GrpcH2Client(self._host, self._port, ssl_context=self._ssl_context(),
-                                    user_agent=http.USER_AGENT)
+            keepalive = self.config.keepalive
+            self._h2 = GrpcH2Client(self._host, self._port, ssl_context=ssl_context,
+                                    user_agent=self._user_agent,
+                                    keepalive=Keepalive(keepalive.time, keepalive.timeout))
             return
-        options = [("grpc.primary_user_agent", http.USER_AGENT)]
+        retry, keepalive = self.config.retry, self.config.keepalive
+        options: list[tuple[str, str | int]] = [
+            ("grpc.primary_user_agent", self._user_agent),
+            ("grpc.max_receive_message_length", MAX_RESPONSE),  # the h2 client's limit
+            # grpc.aio backs off reconnecting on its own (1 s growing to 120 s) and fails
+            # calls fast meanwhile; bounded by the retry settings, a peer that is back is
+            # reached by the next retry, as the h2 client (which connects per call) does
+            ("grpc.initial_reconnect_backoff_ms", _millis(retry.initial_interval)),
+            ("grpc.max_reconnect_backoff_ms", _millis(retry.max_interval)),
+            # the h2 client's keepalive (grpc_h2.Keepalive). grpc 1.85 times keepalive
+            # pings out by grpc.http2.ping_timeout_ms (60 s by default): with
+            # keepalive_timeout_ms alone a hung peer went unnoticed
+            ("grpc.keepalive_time_ms", _millis(keepalive.time)),
+            ("grpc.keepalive_timeout_ms", _millis(keepalive.timeout)),
+            ("grpc.http2.ping_timeout_ms", _millis(keepalive.timeout)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+        ]
         compression = grpc.Compression.NoCompression  # gzip goes through self._h2
         if self.config.plaintext:
             self._channel = grpc.aio.insecure_channel(
@@ -130,12 +230,18 @@ class GrpcSender:
         for key in ("ca_file", "cert_file", "key_file"):
             _read(self.config, key)  # names a missing file the way the grpc.aio path does
         tls = self.config.tls
-        try:
+        try:  # ssl.SSLError is an OSError: a bad PEM
             context = ssl.create_default_context(cafile=tls.ca_file)
-            if tls.cert_file is not None and tls.key_file is not None:
-                context.load_cert_chain(tls.cert_file, tls.key_file)
-        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError: a bad PEM
-            raise StartupError(f"tls: {exc}") from exc
+        except (OSError, ValueError) as exc:
+            raise StartupError(f"tls.ca_file: {tls.ca_file}: {exc}") from exc
+        if tls.cert_file is not None and tls.key_file is not None:
+            try:
+                # no password: an encrypted key fails here instead of OpenSSL prompting
+                # on the terminal
+                context.load_cert_chain(tls.cert_file, tls.key_file, password=_no_password)
+            except (OSError, ValueError) as exc:
+                raise StartupError(f"tls.cert_file, tls.key_file: {exc} (expected a PEM "
+                                   f"certificate and its unencrypted key)") from exc
         context.set_alpn_protocols(["h2"])
         return context
 
@@ -149,9 +255,8 @@ class GrpcSender:
         except (grpc.aio.AioRpcError, GrpcStatusError) as exc:
             raise classify_grpc_error(exc) from exc
         spec = SIGNALS[batch.signal]
-        try:
-            response = spec.response_type.FromString(answer)
-        except DecodeError:
+        response = _parse(spec.response_type, answer)
+        if response is None:
             # the peer said OK: the data is delivered even if its answer is unreadable
             log.warning("unreadable Export response from %s", self.config.endpoint)
             return 0
@@ -162,7 +267,7 @@ class GrpcSender:
                     extra={"rejected": rejected, "detail": response.partial_success.error_message})
         return rejected
 
-    async def _send_h2(self, batch: Batch) -> bytes:
+    async def _send_h2(self, batch: Batch) -> bytes | None:
         assert self._h2 is not None
         body = batch.payload
         compressed = (await asyncio.to_thread(gzip_compress, body)
@@ -190,7 +295,12 @@ class HttpSender:
         self._headers = {"Content-Type": "application/x-protobuf", **config.headers}
         if config.compression == "gzip":
             self._headers["Content-Encoding"] = "gzip"
-        self._urls = {s: f"{config.endpoint}/v1/{s.value}" for s in Signal}
+        base = config.endpoint
+        if config.plaintext:
+            # tls.insecure: plaintext even to an https:// endpoint, as with gRPC (aiohttp
+            # would speak TLS to an https URL, only unverified)
+            base = urlsplit(base)._replace(scheme="http").geturl()
+        self._urls = {s: f"{base}/v1/{s.value}" for s in Signal}
 
     async def start(self) -> None:
         if not self.config.plaintext:
@@ -219,6 +329,26 @@ class HttpSender:
 
     def describe(self) -> str:
         return f"otlp/http {self.config.endpoint}/v1/{{signal}}"
+
+
+def _parse(response_type: type[ExportResponse], answer: bytes | None,
+           ) -> ExportResponse | None:
+    """The Export response; None if there is none (both transports give None for an OK
+    without a message) or it does not parse."""
+    if answer is None:
+        return None
+    try:
+        return response_type.FromString(answer)
+    except DecodeError:
+        return None
+
+
+def _millis(seconds: float) -> int:
+    return max(int(seconds * 1000), 100)  # never a reconnect or ping loop without a pause
+
+
+def _no_password() -> bytes:
+    return b""
 
 
 def _read(config: OtlpConfig, key: Literal["ca_file", "cert_file", "key_file"]) -> bytes | None:

@@ -29,6 +29,7 @@ from sidecar.exporthelper.retry import (
     Backoff,
     GiveUpError,
     MalformedBatchError,
+    NoResendError,
     RequestTooLargeError,
     retry_call,
 )
@@ -271,7 +272,7 @@ class ExportChain:
                 return all([await self._deliver(h, [h]) for h in halves])
             return self._drop(batch, "permanent", exc)
         except PermanentError as exc:
-            if len(members) > 1:
+            if len(members) > 1 and not isinstance(exc, NoResendError):
                 log.warning("exporter %s: %s; sending its %d merged requests one by one",
                             self.name, exc, len(members), extra={"exporter": self.name})
                 return all([await self._deliver(one, [one]) for one in members])

@@ -29,6 +29,11 @@ class GiveUpError(SidecarError):
         self.reason = reason
 
 
+class NoResendError(PermanentError):
+    """The peer may already have taken the request (e.g. its answer was over our limit):
+    sending it again, whole or in parts, could deliver it twice."""
+
+
 class MalformedBatchError(PermanentError):
     """The batch itself cannot be parsed (or encoded) for this destination."""
 

@@ -47,12 +47,19 @@ def _file_lines(_sink: OtlpSink, path: Path) -> int:
         return sum(1 for _ in lines)
 
 
-DESTINATIONS = {
-    "otlp-grpc": Destination(
-        "otlp", lambda s, _p: {"endpoint": s.grpc_endpoint, "protocol": "grpc"},
+def _otlp_grpc(compression: str) -> Destination:
+    # the two gRPC transports: gzip goes through the h2 client, none through grpc.aio
+    return Destination(
+        "otlp", lambda s, _p: {"endpoint": s.grpc_endpoint, "protocol": "grpc",
+                               "compression": compression},
         lambda s, _p: s.items(Signal.TRACES),
         Fault(grpc_code=grpc.StatusCode.INVALID_ARGUMENT),
-        Fault(grpc_code=grpc.StatusCode.UNAVAILABLE, retry_after=0.05)),
+        Fault(grpc_code=grpc.StatusCode.UNAVAILABLE, retry_after=0.05))
+
+
+DESTINATIONS = {
+    "otlp-grpc-gzip": _otlp_grpc("gzip"),
+    "otlp-grpc-none": _otlp_grpc("none"),
     "otlp-http": Destination(
         "otlp", lambda s, _p: {"endpoint": s.http_endpoint, "protocol": "http"},
         lambda s, _p: s.items(Signal.TRACES),

@@ -16,12 +16,20 @@ from sidecar.exporthelper.chain import ExportChain
 from sidecar.model import Batch, Signal
 from sidecar.testing import Fault, OtlpSink, logs_batch, metrics_batch, traces_batch
 
-PROTOCOLS = ["grpc", "http"]
+# protocol grpc has two transports, picked by `compression`: gzip goes through the h2
+# client (sidecar/exporthelper/grpc_h2.py), none through grpc.aio. Both get every check.
+TRANSPORTS: dict[str, dict[str, str]] = {
+    "grpc-h2": {"protocol": "grpc", "compression": "gzip"},
+    "grpc-aio": {"protocol": "grpc", "compression": "none"},
+    "http": {"protocol": "http"},
+}
+PROTOCOLS = list(TRANSPORTS)
+GRPC = ["grpc-h2", "grpc-aio"]
 
 
 def config(protocol: str, endpoint: str, **overrides: Any) -> OtlpConfig:
     raw: dict[str, Any] = {
-        "type": "otlp", "endpoint": endpoint, "protocol": protocol, "timeout": 5,
+        "type": "otlp", "endpoint": endpoint, **TRANSPORTS[protocol], "timeout": 5,
         "batch": {"max_delay": 0}, "retry": {"initial_interval": 0.5, "multiplier": 2,
                                              "jitter": 0.0},
     }
@@ -35,9 +43,9 @@ def config(protocol: str, endpoint: str, **overrides: Any) -> OtlpConfig:
 
 def chain(name: str, protocol: str, sink: OtlpSink, sleep: Any = asyncio.sleep,
           **overrides: Any) -> ExportChain:
-    endpoint = sink.grpc_endpoint if protocol == "grpc" else sink.http_endpoint
+    endpoint = sink.http_endpoint if protocol == "http" else sink.grpc_endpoint
     cfg = config(protocol, endpoint, **overrides)
-    sender = GrpcSender(cfg) if protocol == "grpc" else HttpSender(cfg)
+    sender = GrpcSender(cfg) if cfg.protocol == "grpc" else HttpSender(cfg)
     return ExportChain(name, cfg, sender, sleep=sleep, rand=lambda: 0.5)
 
 
@@ -45,8 +53,8 @@ async def stop(exporter: ExportChain, within: float = 10.0) -> None:
     await exporter.shutdown(asyncio.get_running_loop().time() + within)
 
 
-@pytest.mark.parametrize("compression", ["gzip", "none"])
-@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize(("protocol", "compression"), [
+    ("grpc-h2", "gzip"), ("grpc-aio", "none"), ("http", "gzip"), ("http", "none")])
 async def test_each_batch_arrives_with_identical_bytes(
         sink: OtlpSink, protocol: str, compression: str) -> None:
     exporter = chain(f"ident-{protocol}-{compression}", protocol, sink, compression=compression)
@@ -135,8 +143,8 @@ async def test_missing_credentials_are_a_permanent_drop(protocol: str) -> None:
 
 
 @pytest.mark.parametrize(("protocol", "fault"), [
-    ("grpc", Fault(grpc_code=grpc.StatusCode.UNAVAILABLE, retry_after=3)),
-    ("grpc", Fault(grpc_code=grpc.StatusCode.RESOURCE_EXHAUSTED, retry_after=3)),
+    *((t, Fault(grpc_code=grpc.StatusCode.UNAVAILABLE, retry_after=3)) for t in GRPC),
+    *((t, Fault(grpc_code=grpc.StatusCode.RESOURCE_EXHAUSTED, retry_after=3)) for t in GRPC),
     ("http", Fault(http_status=429, retry_after=3)),
     ("http", Fault(http_status=503, retry_after=3)),
 ])
@@ -172,7 +180,7 @@ async def test_retry_after_as_http_date(sink: OtlpSink) -> None:
 
 
 @pytest.mark.parametrize(("protocol", "fault"), [
-    ("grpc", Fault(grpc_code=grpc.StatusCode.UNAVAILABLE)),
+    *((t, Fault(grpc_code=grpc.StatusCode.UNAVAILABLE)) for t in GRPC),
     ("http", Fault(http_status=502)),
     ("http", Fault(http_status=429)),
 ])
@@ -190,9 +198,10 @@ async def test_retries_back_off_exponentially_without_a_hint(
 
 
 @pytest.mark.parametrize(("protocol", "fault"), [
-    ("grpc", Fault(grpc_code=grpc.StatusCode.INVALID_ARGUMENT)),
-    ("grpc", Fault(grpc_code=grpc.StatusCode.RESOURCE_EXHAUSTED)),  # no RetryInfo
-    ("grpc", Fault(grpc_code=grpc.StatusCode.UNAUTHENTICATED)),
+    *((t, Fault(grpc_code=code)) for t in GRPC for code in (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,  # no RetryInfo
+        grpc.StatusCode.UNAUTHENTICATED)),
     ("http", Fault(http_status=400)),
     ("http", Fault(http_status=403)),
     ("http", Fault(http_status=500)),
@@ -231,11 +240,12 @@ async def test_partial_success_is_counted_not_retried(sink: OtlpSink, protocol: 
                   reason="rejected") == 3
 
 
-async def test_retries_stop_after_max_elapsed(sink: OtlpSink) -> None:
+@pytest.mark.parametrize("protocol", GRPC)
+async def test_retries_stop_after_max_elapsed(sink: OtlpSink, protocol: str) -> None:
     sleep = RecordingSleep()
-    name = "elapsed"
+    name = f"elapsed-{protocol}"
     # the recording sleep does not move the loop clock, so bound by attempts: 0.5+1+2 > 3
-    exporter = chain(name, "grpc", sink, sleep=sleep, retry={"max_elapsed": 3})
+    exporter = chain(name, protocol, sink, sleep=sleep, retry={"max_elapsed": 3})
     sink.fail_next(100, grpc_code=grpc.StatusCode.UNAVAILABLE)
     await exporter.start()
     await exporter.consume(traces_batch(3))
@@ -305,10 +315,11 @@ async def test_shutdown_deadline_drops_and_counts_what_is_left(
     assert metric("sidecar_exporter_queue_size_bytes", exporter=name) == 0
 
 
-async def test_a_slow_exporter_does_not_hold_up_another() -> None:
+@pytest.mark.parametrize("protocol", GRPC)
+async def test_a_slow_exporter_does_not_hold_up_another(protocol: str) -> None:
     async with OtlpSink() as slow_sink, OtlpSink() as fast_sink:
-        slow = chain("slow", "grpc", slow_sink)
-        fast = chain("fast", "http", fast_sink)
+        slow = chain(f"slow-{protocol}", protocol, slow_sink)
+        fast = chain(f"fast-{protocol}", "http", fast_sink)
         await slow.start()
         await fast.start()
         slow_sink.stall()
@@ -350,7 +361,7 @@ def closed_port() -> int:
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 async def test_refused_connection_is_retryable(protocol: str) -> None:
     cfg = config(protocol, f"http://127.0.0.1:{closed_port()}", timeout=2)
-    sender = GrpcSender(cfg) if protocol == "grpc" else HttpSender(cfg)
+    sender = GrpcSender(cfg) if cfg.protocol == "grpc" else HttpSender(cfg)
     await sender.start()
     try:
         with pytest.raises(RetryableError):
@@ -384,7 +395,7 @@ async def test_grpc_gzip_shrinks_the_bytes_on_the_wire(sink: OtlpSink) -> None:
 
         server = await asyncio.start_server(relay, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        cfg = config("grpc", f"http://127.0.0.1:{port}", compression=compression)
+        cfg = config("grpc-h2", f"http://127.0.0.1:{port}", compression=compression)
         sender = GrpcSender(cfg)
         await sender.start()
         await sender.send(batch)
@@ -409,10 +420,11 @@ async def test_http_413_splits_the_request_in_halves(sink: OtlpSink) -> None:
     assert metric("sidecar_exporter_sent_items_total", exporter=name, signal="traces") == 20
 
 
-async def test_grpc_message_over_the_peer_limit_is_split() -> None:
+@pytest.mark.parametrize("protocol", GRPC)
+async def test_grpc_message_over_the_peer_limit_is_split(protocol: str) -> None:
     one_span = traces_batch(1).nbytes
     async with OtlpSink(grpc_max_receive=one_span * 12) as sink:
-        exporter = chain("too-large-grpc", "grpc", sink)
+        exporter = chain(f"too-large-{protocol}", protocol, sink)
         await exporter.start()
         await exporter.consume(traces_batch(40))
         await stop(exporter)

@@ -90,3 +90,95 @@ def test_grpc_target_from_endpoint() -> None:
     assert target("http://collector:4317") == "collector:4317"
     assert target("https://collector") == "collector:4317"
     assert target("http://[::1]:5317") == "[::1]:5317"
+
+
+@pytest.mark.parametrize("endpoint", ["http://c:99999", "http://c:0", "http://c:abc",
+                                      "https://c:-1"])
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_endpoint_port_must_be_a_valid_port(endpoint: str, protocol: str) -> None:
+    with pytest.raises(ValidationError, match="port must be a number from 1 to 65535"):
+        OtlpConfig.model_validate({"type": "otlp", "endpoint": endpoint, "protocol": protocol})
+
+
+@pytest.mark.parametrize("endpoint", ["http://c:4317/v1", "http://c:4317?tenant=a",
+                                      "http://c:4317#x", "http://user:pw@c:4317"])
+def test_grpc_endpoint_is_scheme_host_and_port_only(endpoint: str) -> None:
+    # both transports would silently drop the rest
+    with pytest.raises(ValidationError, match="protocol grpc takes scheme://host:port only"):
+        OtlpConfig.model_validate({"type": "otlp", "endpoint": endpoint})
+
+
+def test_http_endpoint_may_have_a_path_prefix() -> None:
+    cfg = OtlpConfig.model_validate({"type": "otlp", "endpoint": "https://v.example/otlp/",
+                                     "protocol": "http"})
+    assert cfg.endpoint == "https://v.example/otlp"
+
+
+@pytest.mark.parametrize(("key", "value", "problem"), [
+    ("bad key", "v", "not a gRPC metadata key"),
+    ("", "v", "not a gRPC metadata key"),
+    (":authority", "x", "not a gRPC metadata key"),
+    ("grpc-timeout", "1S", "reserved for gRPC"),
+    ("grpc-encoding", "identity", "reserved for gRPC"),
+    ("x-trace-bin", "abc", "binary"),
+    ("te", "gzip", "set by the gRPC transport"),
+    ("Host", "evil", "set by the gRPC transport"),
+    ("connection", "close", "set by the gRPC transport"),
+    ("content-type", "text/plain", "set by the gRPC transport"),
+    ("x-key", "a\nb", "printable ASCII"),
+    ("x-key", "naïve", "printable ASCII"),
+])
+def test_grpc_metadata_both_transports_cannot_send_is_refused(
+        key: str, value: str, problem: str) -> None:
+    with pytest.raises(ValidationError, match=problem) as info:
+        OtlpConfig.model_validate({"type": "otlp", "endpoint": "http://c:4317",
+                                   "headers": {key: value}})
+    assert info.value.errors()[0]["loc"] == ("headers",)
+    # the same headers are fine for HTTP, which has its own rules
+    if key != "":
+        OtlpConfig.model_validate({"type": "otlp", "endpoint": "http://c:4318",
+                                   "protocol": "http", "headers": {key: "v"}})
+
+
+def test_grpc_metadata_keys_differing_in_case_only_are_refused() -> None:
+    with pytest.raises(ValidationError, match="given twice"):
+        OtlpConfig.model_validate({"type": "otlp", "endpoint": "http://c:4317",
+                                   "headers": {"X-Key": "a", "x-key": "b"}})
+
+
+def test_grpc_metadata_that_both_transports_send() -> None:
+    headers = {"Authorization": "Bearer abc", "x_tenant": "a", "x.dot": "1",
+               "User-Agent": "acme/1", "x-api-key": " trailing newline\n"}
+    cfg = OtlpConfig.model_validate({"type": "otlp", "endpoint": "http://c:4317",
+                                     "headers": headers})
+    assert cfg.headers == headers  # normalized by the sender, not in the config
+
+
+@pytest.mark.parametrize(("details", "split"), [
+    ("Received message larger than max (500 vs. 100)", True),  # older grpc servers
+    ("SERVER: Received message larger than max (500 vs. 100)", True),
+    ("grpc: received message larger than max (500 vs. 100)", True),  # grpc-go
+    # our own limit on the answer: the peer took the request, splitting would resend it
+    ("Stream removed (CLIENT: Received message larger than max (5242881 vs. 4194304))", False),
+    ("CLIENT: Received message larger than max (5242881 vs. 4194304)", False),  # h2 client
+])
+def test_only_the_peers_size_limit_asks_for_a_split(details: str, split: bool) -> None:
+    error = classify_grpc_error(grpc.aio.AioRpcError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.aio.Metadata(), grpc.aio.Metadata(),
+        details=details))
+    assert isinstance(error, RequestTooLargeError) == split
+    assert isinstance(error, PermanentError)
+
+
+def test_keepalive_defaults_and_grpc_only() -> None:
+    cfg = OtlpConfig.model_validate({"type": "otlp", "endpoint": "http://c:4317"})
+    assert (cfg.keepalive.time, cfg.keepalive.timeout) == (30.0, 10.0)
+    cfg = OtlpConfig.model_validate({"type": "otlp", "endpoint": "http://c:4317",
+                                     "keepalive": {"time": "1m", "timeout": "5s"}})
+    assert (cfg.keepalive.time, cfg.keepalive.timeout) == (60.0, 5.0)
+    with pytest.raises(ValidationError, match="keepalive is for protocol: grpc"):
+        OtlpConfig.model_validate({"type": "otlp", "endpoint": "http://c:4318",
+                                   "protocol": "http", "keepalive": {"time": "1m"}})
+    with pytest.raises(ValidationError, match="greater than 0"):
+        OtlpConfig.model_validate({"type": "otlp", "endpoint": "http://c:4317",
+                                   "keepalive": {"timeout": 0}})

@@ -10,6 +10,7 @@ import pytest
 
 from sidecar.errors import PermanentError, PipelineFullError, RetryableError
 from sidecar.exporthelper.chain import ExportChain
+from sidecar.exporthelper.retry import NoResendError
 from sidecar.exporthelper.settings import ExporterSettings
 from sidecar.model import Batch, parse_request
 from sidecar.telemetry.health import HEALTH
@@ -178,3 +179,26 @@ async def test_a_full_queue_is_backpressure_and_shutdown_counts_what_is_left() -
     assert peer.items() == 0
     assert metric("sidecar_exporter_dropped_items_total", exporter="u-full", signal="traces",
                   reason="shutdown") == 10
+
+
+async def test_a_merged_request_the_peer_may_have_taken_is_never_resent_in_parts() -> None:
+    peer = Peer(NoResendError("answer over our limit"))
+    chain = ExportChain("u-noresend", settings(batch={"max_delay": 0.2}), peer)
+    await chain.start()
+    await chain.consume(traces_batch(2, seed=1))
+    await chain.consume(traces_batch(3, seed=2))
+    await drain(chain)
+    assert peer.attempts == 1  # one merged request, not its two members again
+    assert metric("sidecar_exporter_dropped_items_total", exporter="u-noresend",
+                  signal="traces", reason="permanent") == 5
+
+
+async def test_a_refused_merged_request_is_resent_as_its_members() -> None:
+    peer = Peer(PermanentError("400: one member is bad"))
+    chain = ExportChain("u-members", settings(batch={"max_delay": 0.2}), peer)
+    await chain.start()
+    await chain.consume(traces_batch(2, seed=1))
+    await chain.consume(traces_batch(3, seed=2))
+    await drain(chain)
+    assert peer.attempts == 3
+    assert [b.items for b in peer.delivered] == [2, 3]
