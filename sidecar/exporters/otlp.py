@@ -238,7 +238,7 @@ class GrpcSender:
             try:
                 # no password: an encrypted key fails here instead of OpenSSL prompting
                 # on the terminal
-                context.load_cert_chain(tls.cert_file, tls.key_file, password=_no_password)
+                context.load_cert_chain(tls.cert_file, tls.key_file, password=http.no_password)
             except (OSError, ValueError) as exc:
                 raise StartupError(f"tls.cert_file, tls.key_file: {exc} (expected a PEM "
                                    f"certificate and its unencrypted key)") from exc
@@ -345,10 +345,6 @@ def _parse(response_type: type[ExportResponse], answer: bytes | None,
 
 def _millis(seconds: float) -> int:
     return max(int(seconds * 1000), 100)  # never a reconnect or ping loop without a pause
-
-
-def _no_password() -> bytes:
-    return b""
 
 
 def _read(config: OtlpConfig, key: Literal["ca_file", "cert_file", "key_file"]) -> bytes | None:

@@ -30,11 +30,16 @@ USER_AGENT = f"sidecar/{__version__}"
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
 _HINTED_STATUS = frozenset({429, 503})
 
+def no_password() -> bytes:
+    return b""
+
+
 def ssl_context(tls: TlsSettings) -> ssl.SSLContext:
     context = ssl.create_default_context(
         cafile=str(tls.ca_file) if tls.ca_file is not None else None)
     if tls.cert_file is not None and tls.key_file is not None:
-        context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+        # no password: an encrypted key fails here instead of OpenSSL prompting
+        context.load_cert_chain(str(tls.cert_file), str(tls.key_file), password=no_password)
     if tls.insecure_skip_verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE

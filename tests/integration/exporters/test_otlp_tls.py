@@ -178,3 +178,14 @@ async def test_unusable_tls_files_fail_start_on_both_grpc_transports(
     with pytest.raises(StartupError, match=r"^exporters\.secure\.tls"):
         async with asyncio.timeout(10):
             await exporter.start()
+
+
+@pytest.mark.parametrize("case", ["cert-not-pem", "key-not-pem", "key-of-another-cert",
+                                  "key-encrypted"])
+async def test_unusable_tls_files_fail_start_over_http(
+        bad_pem: dict[str, dict[str, str]], case: str) -> None:
+    cfg = tls_config("http", "https://127.0.0.1:1", **bad_pem[case])
+    exporter = ExportChain("secure-http", cfg, HttpSender(cfg))
+    with pytest.raises(StartupError, match=r"^exporters\.secure-http\.tls"):
+        async with asyncio.timeout(10):
+            await exporter.start()
