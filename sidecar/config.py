@@ -40,6 +40,9 @@ class OtlpReceiverConfig(Strict):
 
 
 class ReceiversConfig(Strict):
+    """One section per receiver type, named as registered (`component.receiver_factories`);
+    `app.build_receivers` builds each section that is not `null` with its factory."""
+
     otlp: OtlpReceiverConfig = OtlpReceiverConfig()
 
 

@@ -43,7 +43,6 @@ from sidecar.receivers.otlp_common import (
 )
 
 TRANSPORT: Final = "http"
-SETTING: Final = "receivers.otlp.http.endpoint"
 # Idle keep-alive connections are closed after this; OTel SDKs reconnect transparently.
 KEEPALIVE_TIMEOUT: Final = 120.0
 
@@ -170,14 +169,19 @@ def _status_response(
 
 
 class OtlpHttpReceiver:
-    def __init__(self, config: HttpListenerConfig, consumers: Mapping[Signal, Consumer]) -> None:
+    """`name` is the receiver's config section: the `receiver` label on its metrics."""
+
+    def __init__(self, name: str, config: HttpListenerConfig,
+                 consumers: Mapping[Signal, Consumer]) -> None:
+        self.name = name
         self._config = config
+        self._setting = f"receivers.{name}.{TRANSPORT}.endpoint"
         self._limit = config.max_body_size
-        self._intakes = build_intakes(TRANSPORT, consumers)
+        self._intakes = build_intakes(name, TRANSPORT, consumers)
         self._routes = {
             path: _Route(signal, self._intakes.get(signal)) for path, signal in HTTP_PATHS.items()
         }
-        self._bad = BadRequestCounters(TRANSPORT)
+        self._bad = BadRequestCounters(name, TRANSPORT)
         self._web: web.Server | None = None
         self._server: asyncio.Server | None = None
         self._port: int | None = None
@@ -204,7 +208,7 @@ class OtlpHttpReceiver:
         except OSError as exc:
             # asyncio rewrites strerror into a long sentence; the errno says it plainly
             reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
-            raise StartupError(f"{SETTING}: {endpoint}: {reason}") from None
+            raise StartupError(f"{self._setting}: {endpoint}: {reason}") from None
         self._web, self._server = handler, server
         self._port = int(server.sockets[0].getsockname()[1])
 
@@ -224,7 +228,7 @@ class OtlpHttpReceiver:
         await server.wait_closed()
 
     def describe(self) -> str:
-        return describe(TRANSPORT, self._config.endpoint, self._port, self._intakes)
+        return describe(self.name, TRANSPORT, self._config.endpoint, self._port, self._intakes)
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         content_type = request.content_type
