@@ -15,7 +15,7 @@ from typing import Final
 
 import orjson
 from aiohttp import HttpVersion11, web
-from aiohttp.web_protocol import RequestPayloadError
+from aiohttp.web import RequestPayloadError
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
@@ -124,15 +124,18 @@ async def _read_compressed(request: web.BaseRequest, encoding: str, limit: int) 
     return bytes(out)
 
 
-async def _send_continue(request: web.BaseRequest) -> None:
+def _send_continue(request: web.BaseRequest) -> None:
     """curl and some HTTP clients wait (about a second) for this before sending a large
     body. Sent only after the request passed every check that needs no body, so a refused
-    request is refused before its body is uploaded. Same as aiohttp's router does."""
+    request is refused before its body is uploaded. Written straight to the transport,
+    before any of the response, so aiohttp's writer never counts it as the response having
+    started (its router resets the writer's private byte count instead)."""
     if request.version == HttpVersion11 and request.headers.get("Expect", "").lower() == (
         "100-continue"
     ):
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        request.writer.output_size = 0
+        transport = request.transport
+        if transport is not None:
+            transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
 
 class _Route:
@@ -243,7 +246,7 @@ class OtlpHttpReceiver:
             length = request.content_length
             if length is not None and length > self._limit and encoding in _IDENTITY:
                 raise _TooLarge
-            await _send_continue(request)
+            _send_continue(request)
             body = await read_body(request, encoding, self._limit)
             if fmt is Format.PROTOBUF:
                 batch = Batch.from_bytes(route.signal, body)
