@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from sidecar.cache.config import CacheConfig
 from sidecar.component import exporter_factories
@@ -32,6 +32,18 @@ class HttpListenerConfig(Strict):
     endpoint: Endpoint = "127.0.0.1:4318"
     # measured after decompression, as the OTLP spec asks
     max_body_size: ByteSize = Field(default=20 * 1024 * 1024, gt=0)
+    # a body must arrive whole within this (408 otherwise): a stalled upload holds memory
+    body_timeout: Duration = Field(default=30.0, gt=0)
+    # request-body bytes held at once across all connections; above it, 503 + Retry-After
+    max_in_flight_bytes: ByteSize = Field(default=64 * 1024 * 1024, gt=0)
+
+    @model_validator(mode="after")
+    def _budget_fits_a_body(self) -> HttpListenerConfig:
+        if self.max_in_flight_bytes < self.max_body_size:
+            raise ValueError(
+                f"max_in_flight_bytes ({self.max_in_flight_bytes}) must be at least "
+                f"max_body_size ({self.max_body_size}), or no largest body is ever read")
+        return self
 
 
 class OtlpReceiverConfig(Strict):
