@@ -7,6 +7,7 @@ decompressed bytes as they are produced, and a gzip bomb stops at the limit."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import zlib
 from collections.abc import Mapping
@@ -320,7 +321,10 @@ class OtlpHttpReceiver:
                     raise _TooLarge
                 hold.grow_to(length)
             _send_continue(request)
-            async with asyncio.timeout(self._config.body_timeout):
+            # A body already here whole (most are: it came with the headers) needs no timer.
+            timer = (contextlib.nullcontext() if request.content.is_eof()
+                     else asyncio.timeout(self._config.body_timeout))
+            async with timer:
                 body = await read_body(request, encoding, self._limit, hold)
             if fmt is Format.PROTOBUF:
                 batch = Batch.from_bytes(route.signal, body)
