@@ -337,12 +337,14 @@ class OtlpHttpReceiver:
             self._bad.inc("too_large")
             message = f"request body exceeds {self._limit} bytes (after decompression)"
             response = _error(fmt, content_type, 413, CODE_RESOURCE_EXHAUSTED, message)
+            # Closed once answered: the rest of the body is never kept (aiohttp reads and
+            # drops it for up to its lingering time, so the client gets the answer).
             response.force_close()
             return response
         except _OverBudget:
             self._bad.inc("in_flight_limit")
-            message = (f"receiver is reading {self._budget.capacity} bytes of request bodies "
-                       f"already, retry in {_BUSY_RETRY_AFTER}s")
+            message = (f"request bodies in flight would exceed {self._budget.capacity} bytes, "
+                       f"retry in {_BUSY_RETRY_AFTER}s")
             status = rpc_status(CODE_UNAVAILABLE, message, _BUSY_RETRY_AFTER)
             response = _status_response(fmt, content_type, 503, status)
             response.headers["Retry-After"] = str(_BUSY_RETRY_AFTER)
