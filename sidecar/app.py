@@ -12,36 +12,30 @@ import signal
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from sidecar.admin import AdminServer
 from sidecar.cache.server import CacheService
-from sidecar.component import Lifecycle
+from sidecar.component import BuildContext, ReceiverComponent, receiver_factories
 from sidecar.config import Config
 from sidecar.errors import StartupError
 from sidecar.pipeline.graph import Graph, build_graph
-from sidecar.receivers.otlp_grpc import OtlpGrpcReceiver
-from sidecar.receivers.otlp_http import OtlpHttpReceiver
 
 log = logging.getLogger("sidecar")
-
-
-class Receiver(Lifecycle, Protocol):
-    def describe(self) -> str: ...
 
 
 @dataclass
 class Daemon:
     config: Config
     graph: Graph
-    receivers: list[Receiver]
+    receivers: list[ReceiverComponent]
     cache: CacheService | None
     admin: AdminServer | None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _started: list[str] = field(default_factory=list)
 
     def banner(self) -> list[str]:
-        lines = [r.describe() for r in self.receivers]
+        lines = [line for r in self.receivers for line in r.describe()]
         if self.cache is not None:
             lines.extend(self.cache.describe())
         if self.admin is not None:
@@ -113,17 +107,24 @@ def _ensure_writable_dir(path: Path, setting: str) -> None:
 def build_daemon(config: Config) -> Daemon:
     """Build every component without I/O. `sidecar validate` stops here."""
     graph = build_graph(config)
-    receivers: list[Receiver] = []
-    otlp = config.receivers.otlp
-    if otlp.grpc is not None:
-        receivers.append(OtlpGrpcReceiver(otlp.grpc, graph.consumers))
-    if otlp.http is not None:
-        receivers.append(OtlpHttpReceiver(otlp.http, graph.consumers))
+    receivers = build_receivers(config, graph)
     cache = CacheService(config.cache) if config.cache.unix is not None else None
     admin = None
     if config.admin.endpoint is not None:
         admin = AdminServer(config.admin.endpoint, cache.stats if cache is not None else None)
     return Daemon(config, graph, receivers, cache, admin)
+
+
+def build_receivers(config: Config, graph: Graph) -> list[ReceiverComponent]:
+    """One receiver per section under `receivers:`, by the factory registered for its name;
+    a section set to `null` is off."""
+    factories = receiver_factories()
+    context = BuildContext(signals=frozenset(graph.consumers))
+    receivers: list[ReceiverComponent] = []
+    for name, section in config.receivers:
+        if section is not None:
+            receivers.append(factories[name].create(name, section, graph.consumers, context))
+    return receivers
 
 
 async def run(config: Config, echo: Callable[[str], None]) -> None:

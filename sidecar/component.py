@@ -1,12 +1,12 @@
-"""Contracts between pipeline stages, and the registry of exporter types.
+"""Contracts between pipeline stages, and the registries of receiver and exporter types.
 
 Data moves one way: a receiver holds only the `Consumer` of its signal; processors are pure
-functions of a batch; exporters are built by factories registered by type name
+functions of a batch; receivers and exporters are built by factories registered by type name
 (OpenTelemetry Collector: component = config + factory + implementation)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -14,6 +14,8 @@ from sidecar.configtypes import Strict
 from sidecar.model import Batch, Signal, Work
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from sidecar.exporthelper.settings import ExporterSettings
 
 
@@ -143,3 +145,46 @@ def processor_factories() -> list[ProcessorFactory]:
     import sidecar.processors  # noqa: F401  (registers the built-in types)
 
     return sorted(_PROCESSORS.values(), key=lambda f: f.order)
+
+
+# --- receivers -------------------------------------------------------------------------------
+
+class ReceiverComponent(Lifecycle, Protocol):
+    """What the daemon sees of a receiver: lifecycle plus its banner lines. Its `name` (the
+    config section, e.g. "otlp") is the `receiver` label on its metrics."""
+
+    name: str
+
+    def describe(self) -> list[str]:
+        """One banner line per listener, with the address actually bound once started."""
+        ...
+
+
+ReceiverCreate = Callable[
+    [str, "BaseModel", Mapping[Signal, Consumer], BuildContext], ReceiverComponent]
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiverFactory:
+    """`type_name` is also the receiver's section under `receivers:` in the config."""
+
+    type_name: str
+    config_type: type[BaseModel]
+    create: ReceiverCreate
+
+
+_RECEIVERS: dict[str, ReceiverFactory] = {}
+
+
+def register_receiver(factory: ReceiverFactory) -> ReceiverFactory:
+    if factory.type_name in _RECEIVERS:
+        raise ValueError(f"receiver type {factory.type_name!r} registered twice")
+    _RECEIVERS[factory.type_name] = factory
+    return factory
+
+
+def receiver_factories() -> dict[str, ReceiverFactory]:
+    # Importing the package registers every built-in receiver type.
+    import sidecar.receivers  # noqa: F401
+
+    return dict(_RECEIVERS)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 from yaml.composer import ComposerError
 from yaml.error import Mark, MarkedYAMLError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -36,6 +36,18 @@ class HttpListenerConfig(Strict):
     endpoint: Endpoint = "127.0.0.1:4318"
     # measured after decompression, as the OTLP spec asks
     max_body_size: ByteSize = Field(default=20 * 1024 * 1024, gt=0)
+    # a body must arrive whole within this (408 otherwise): a stalled upload holds memory
+    body_timeout: Duration = Field(default=30.0, gt=0)
+    # request-body bytes held at once across all connections; above it, 503 + Retry-After
+    max_in_flight_bytes: ByteSize = Field(default=64 * 1024 * 1024, gt=0)
+
+    @model_validator(mode="after")
+    def _budget_fits_a_body(self) -> HttpListenerConfig:
+        if self.max_in_flight_bytes < self.max_body_size:
+            raise ValueError(
+                f"max_in_flight_bytes ({self.max_in_flight_bytes}) must be at least "
+                f"max_body_size ({self.max_body_size}), or no largest body is ever read")
+        return self
 
 
 class OtlpReceiverConfig(Strict):
@@ -44,6 +56,9 @@ class OtlpReceiverConfig(Strict):
 
 
 class ReceiversConfig(Strict):
+    """One section per receiver type, named as registered (`component.receiver_factories`);
+    `app.build_receivers` builds each section that is not `null` with its factory."""
+
     otlp: OtlpReceiverConfig = OtlpReceiverConfig()
 
 

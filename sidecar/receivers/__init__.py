@@ -1,0 +1,6 @@
+"""Built-in receiver types. Importing this package registers each one by type name, which
+is also its section under `receivers:` in the config."""
+
+from sidecar.receivers import otlp
+
+__all__ = ["otlp"]

@@ -24,9 +24,7 @@ if TYPE_CHECKING:
 
     from sidecar.component import Consumer
 
-log = logging.getLogger("sidecar.receivers.otlp")
-
-RECEIVER: Final = "otlp"
+log = logging.getLogger("sidecar.receivers")
 
 __all__ = ["HTTP_PATHS"]
 
@@ -74,24 +72,27 @@ CODE_INVALID_ARGUMENT: Final[int] = code_pb2.INVALID_ARGUMENT
 CODE_RESOURCE_EXHAUSTED: Final[int] = code_pb2.RESOURCE_EXHAUSTED
 CODE_NOT_FOUND: Final[int] = code_pb2.NOT_FOUND
 CODE_INTERNAL: Final[int] = code_pb2.INTERNAL
+CODE_UNAVAILABLE: Final[int] = code_pb2.UNAVAILABLE
+CODE_DEADLINE_EXCEEDED: Final[int] = code_pb2.DEADLINE_EXCEEDED
 
 
 class Intake:
-    """One signal's way into the pipeline for one transport: consume, count, and turn
-    backpressure into an exception the transport maps to its own status.
+    """One signal's way into the pipeline for one receiver transport: consume, count, and
+    turn backpressure into an exception the transport maps to its own status.
 
+    `receiver` is the receiver's name (its config section), the `receiver` metric label.
     Counter children are taken once here so the hot path is one `inc()`."""
 
     __slots__ = ("_accepted", "_backpressure", "_bad_input", "_internal", "consumer", "signal")
 
-    def __init__(self, transport: str, signal: Signal, consumer: Consumer) -> None:
+    def __init__(self, receiver: str, transport: str, signal: Signal, consumer: Consumer) -> None:
         self.signal = signal
         self.consumer = consumer
-        self._accepted = RECEIVER_ACCEPTED.labels(RECEIVER, transport, signal.value)
+        self._accepted = RECEIVER_ACCEPTED.labels(receiver, transport, signal.value)
         refused = RECEIVER_REFUSED
-        self._backpressure = refused.labels(RECEIVER, transport, signal.value, "backpressure")
-        self._bad_input = refused.labels(RECEIVER, transport, signal.value, "bad_input")
-        self._internal = refused.labels(RECEIVER, transport, signal.value, "internal_error")
+        self._backpressure = refused.labels(receiver, transport, signal.value, "backpressure")
+        self._bad_input = refused.labels(receiver, transport, signal.value, "bad_input")
+        self._internal = refused.labels(receiver, transport, signal.value, "internal_error")
 
     async def deliver(self, batch: Batch) -> None:
         """Hand the batch on. Raises `PipelineFullError` (counted) for the client to retry,
@@ -124,28 +125,33 @@ class InternalError(Exception):
 
 
 class BadRequestCounters:
-    """`RECEIVER_BAD_REQUESTS` children for one transport, created on first use per reason."""
+    """`RECEIVER_BAD_REQUESTS` children for one receiver transport, created on first use
+    per reason."""
 
-    __slots__ = ("_children", "_transport")
+    __slots__ = ("_children", "_receiver", "_transport")
 
-    def __init__(self, transport: str) -> None:
+    def __init__(self, receiver: str, transport: str) -> None:
+        self._receiver = receiver
         self._transport = transport
         self._children: dict[str, Counter] = {}
 
     def inc(self, reason: str) -> None:
         child = self._children.get(reason)
         if child is None:
-            child = RECEIVER_BAD_REQUESTS.labels(RECEIVER, self._transport, reason)
+            child = RECEIVER_BAD_REQUESTS.labels(self._receiver, self._transport, reason)
             self._children[reason] = child
         child.inc()
 
 
-def build_intakes(transport: str, consumers: Mapping[Signal, Consumer]) -> dict[Signal, Intake]:
-    return {signal: Intake(transport, signal, c) for signal, c in consumers.items()}
+def build_intakes(
+    receiver: str, transport: str, consumers: Mapping[Signal, Consumer]
+) -> dict[Signal, Intake]:
+    return {signal: Intake(receiver, transport, signal, c) for signal, c in consumers.items()}
 
 
 def describe(
-    transport: str, endpoint: str, port: int | None, signals: Mapping[Signal, object]
+    receiver: str, transport: str, endpoint: str, port: int | None,
+    signals: Mapping[Signal, object],
 ) -> str:
     """The startup banner line, e.g. `otlp/grpc  127.0.0.1:4317  traces logs metrics`,
     with the port actually bound once started (the config may say 0)."""
@@ -154,4 +160,4 @@ def describe(
         host, _, _ = endpoint.rpartition(":")
         address = f"{host}:{port}"
     names = " ".join(s.value for s in Signal if s in signals) or "(no pipelines)"
-    return f"{RECEIVER}/{transport}  {address}  {names}"
+    return f"{receiver}/{transport}  {address}  {names}"

@@ -30,7 +30,6 @@ from sidecar.receivers.otlp_common import (
 from sidecar.signals import GRPC_RETRY_INFO_KEY, GRPC_STATUS_DETAILS_KEY, SIGNALS
 
 TRANSPORT: Final = "grpc"
-SETTING: Final = "receivers.otlp.grpc.endpoint"
 
 
 def _server_options(config: GrpcListenerConfig) -> list[tuple[str, Any]]:
@@ -111,10 +110,15 @@ def _bind_problem(host: str, port: int) -> str | None:
 
 
 class OtlpGrpcReceiver:
-    def __init__(self, config: GrpcListenerConfig, consumers: Mapping[Signal, Consumer]) -> None:
+    """`name` is the receiver's config section: the `receiver` label on its metrics."""
+
+    def __init__(self, name: str, config: GrpcListenerConfig,
+                 consumers: Mapping[Signal, Consumer]) -> None:
+        self.name = name
         self._config = config
-        self._intakes = build_intakes(TRANSPORT, consumers)
-        self._bad = BadRequestCounters(TRANSPORT)
+        self._setting = f"receivers.{name}.{TRANSPORT}.endpoint"
+        self._intakes = build_intakes(name, TRANSPORT, consumers)
+        self._bad = BadRequestCounters(name, TRANSPORT)
         self._server: aio.Server | None = None
         self._port: int | None = None
 
@@ -145,7 +149,7 @@ class OtlpGrpcReceiver:
         host, port = split_endpoint(endpoint)
         problem = _bind_problem(host, port)
         if problem is not None:
-            raise StartupError(f"{SETTING}: {endpoint}: {problem}")
+            raise StartupError(f"{self._setting}: {endpoint}: {problem}")
         server = aio.server(handlers=self._handlers(), options=_server_options(self._config))
         try:
             bound = server.add_insecure_port(endpoint)
@@ -153,7 +157,7 @@ class OtlpGrpcReceiver:
             bound = 0  # lost a race for the port since the probe; same answer
         if not bound:
             await server.stop(None)
-            raise StartupError(f"{SETTING}: {endpoint}: cannot bind this address")
+            raise StartupError(f"{self._setting}: {endpoint}: cannot bind this address")
         await server.start()
         self._server = server
         self._port = bound
@@ -167,4 +171,4 @@ class OtlpGrpcReceiver:
         await server.stop(grace)
 
     def describe(self) -> str:
-        return describe(TRANSPORT, self._config.endpoint, self._port, self._intakes)
+        return describe(self.name, TRANSPORT, self._config.endpoint, self._port, self._intakes)

@@ -7,6 +7,7 @@ decompressed bytes as they are produced, and a gzip bomb stops at the limit."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import zlib
 from collections.abc import Mapping
@@ -15,7 +16,7 @@ from typing import Final
 
 import orjson
 from aiohttp import HttpVersion11, web
-from aiohttp.web_protocol import RequestPayloadError
+from aiohttp.web import RequestPayloadError
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
@@ -26,10 +27,12 @@ from sidecar.errors import BadInputError, PipelineFullError, StartupError
 from sidecar.model import Batch, Signal
 from sidecar.otlp_json import decode_request
 from sidecar.receivers.otlp_common import (
+    CODE_DEADLINE_EXCEEDED,
     CODE_INTERNAL,
     CODE_INVALID_ARGUMENT,
     CODE_NOT_FOUND,
     CODE_RESOURCE_EXHAUSTED,
+    CODE_UNAVAILABLE,
     EMPTY_RESPONSE,
     HTTP_PATHS,
     BadRequestCounters,
@@ -43,9 +46,11 @@ from sidecar.receivers.otlp_common import (
 )
 
 TRANSPORT: Final = "http"
-SETTING: Final = "receivers.otlp.http.endpoint"
 # Idle keep-alive connections are closed after this; OTel SDKs reconnect transparently.
 KEEPALIVE_TIMEOUT: Final = 120.0
+# Retry-After (seconds) when the in-flight body budget is spent: bodies are read in well
+# under a second on loopback, so the room comes back soon.
+_BUSY_RETRY_AFTER: Final = 1
 
 
 class Format(Enum):
@@ -68,38 +73,92 @@ class _TooLarge(Exception):
     pass
 
 
-async def read_body(request: web.BaseRequest, encoding: str, limit: int) -> bytes:
-    """The request body, decompressed, never holding more than `limit` + 1 bytes of it.
-    Raises `_TooLarge`, or `BadInputError` for a corrupt, truncated or cut-off body."""
+def _input_limit(limit: int) -> int:
+    """Valid deflate never grows data by more than a few bytes per 16 KiB block, so more
+    compressed input than this cannot fit the limit; it also ends a stream of empty gzip
+    members that would otherwise keep us reading forever."""
+    return limit + limit // 64 + 1024
+
+
+class _OverBudget(Exception):
+    pass
+
+
+class InFlightBudget:
+    """Request-body bytes held at once across every connection of one listener. A request
+    takes its share as its body arrives (all of a Content-Length up front) and gives it back
+    when it is answered; one that would go over is refused instead of being read."""
+
+    __slots__ = ("capacity", "used")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+
+
+class _Hold:
+    """One request's share of the budget; it only grows until `release`."""
+
+    __slots__ = ("_budget", "held")
+
+    def __init__(self, budget: InFlightBudget) -> None:
+        self._budget = budget
+        self.held = 0
+
+    def grow_to(self, nbytes: int) -> None:
+        extra = nbytes - self.held
+        if extra <= 0:
+            return
+        budget = self._budget
+        if budget.used + extra > budget.capacity:
+            raise _OverBudget
+        budget.used += extra
+        self.held = nbytes
+
+    def release(self) -> None:
+        self._budget.used -= self.held
+        self.held = 0
+
+
+async def read_body(request: web.BaseRequest, encoding: str, limit: int, hold: _Hold) -> bytes:
+    """The request body, decompressed, never holding more than `limit` + 1 bytes of it,
+    growing `hold` as it arrives. Raises `_TooLarge`, `_OverBudget`, or `BadInputError` for
+    a corrupt, truncated or cut-off body (the client sent less, or went away)."""
     try:
         if encoding in _IDENTITY:
-            return await _read_plain(request, limit)
-        return await _read_compressed(request, encoding, limit)
-    except (asyncio.IncompleteReadError, RequestPayloadError) as exc:
-        raise BadInputError(f"request body ended early: {exc}", "truncated") from exc
+            return await _read_plain(request, limit, hold)
+        return await _read_compressed(request, encoding, limit, hold)
+    except (asyncio.IncompleteReadError, RequestPayloadError, ConnectionError) as exc:
+        # aiohttp keeps a disconnect's exception on the request's stream, and its traceback
+        # holds these frames, which hold the body read so far: a reference cycle that only
+        # the cycle collector frees, and it runs by object count, not bytes. Drop the frames.
+        exc.__traceback__ = None
+        reason = str(exc) or type(exc).__name__
+    raise BadInputError(f"request body ended early: {reason}", "truncated")
 
 
-async def _read_plain(request: web.BaseRequest, limit: int) -> bytes:
+async def _read_plain(request: web.BaseRequest, limit: int, hold: _Hold) -> bytes:
     content = request.content
     length = request.content_length
     if length is not None:
         if length > limit:
             raise _TooLarge
+        hold.grow_to(length)
         return await content.readexactly(length) if length else b""
     chunks = bytearray()
     async for chunk in content.iter_any():
         chunks += chunk
         if len(chunks) > limit:
             raise _TooLarge
+        hold.grow_to(len(chunks))
     return bytes(chunks)
 
 
-async def _read_compressed(request: web.BaseRequest, encoding: str, limit: int) -> bytes:
+async def _read_compressed(
+    request: web.BaseRequest, encoding: str, limit: int, hold: _Hold
+) -> bytes:
     out = bytearray()
-    # Valid deflate never grows data by more than a few bytes per 16 KiB block, so more
-    # compressed input than this cannot fit the limit; it also ends a stream of empty gzip
-    # members that would otherwise keep us reading forever.
-    input_limit = limit + limit // 64 + 1024
+    input_limit = _input_limit(limit)
     seen = 0
     inflater = zlib.decompressobj(_DECOMPRESS_WBITS)
     try:
@@ -118,6 +177,7 @@ async def _read_compressed(request: web.BaseRequest, encoding: str, limit: int) 
                 data = inflater.unused_data if inflater.eof else b""
                 if data:
                     inflater = zlib.decompressobj(_DECOMPRESS_WBITS)
+            hold.grow_to(len(out))
         if not inflater.eof:
             raise BadInputError(f"truncated {encoding} body", "bad_encoding")
     except zlib.error as exc:
@@ -125,15 +185,18 @@ async def _read_compressed(request: web.BaseRequest, encoding: str, limit: int) 
     return bytes(out)
 
 
-async def _send_continue(request: web.BaseRequest) -> None:
+def _send_continue(request: web.BaseRequest) -> None:
     """curl and some HTTP clients wait (about a second) for this before sending a large
-    body. Sent only after the request passed every check that needs no body, so a refused
-    request is refused before its body is uploaded. Same as aiohttp's router does."""
+    body. Sent only after the request passed every check that needs no body (the budget
+    too), so a refused request is refused before its body is uploaded. Written straight to
+    the transport, before any of the response, so aiohttp's writer never counts it as the
+    response having started."""
     if request.version == HttpVersion11 and request.headers.get("Expect", "").lower() == (
         "100-continue"
     ):
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        request.writer.output_size = 0
+        transport = request.transport
+        if transport is not None:
+            transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
 
 class _Route:
@@ -170,14 +233,20 @@ def _status_response(
 
 
 class OtlpHttpReceiver:
-    def __init__(self, config: HttpListenerConfig, consumers: Mapping[Signal, Consumer]) -> None:
+    """`name` is the receiver's config section: the `receiver` label on its metrics."""
+
+    def __init__(self, name: str, config: HttpListenerConfig,
+                 consumers: Mapping[Signal, Consumer]) -> None:
+        self.name = name
         self._config = config
+        self._setting = f"receivers.{name}.{TRANSPORT}.endpoint"
         self._limit = config.max_body_size
-        self._intakes = build_intakes(TRANSPORT, consumers)
+        self._intakes = build_intakes(name, TRANSPORT, consumers)
         self._routes = {
             path: _Route(signal, self._intakes.get(signal)) for path, signal in HTTP_PATHS.items()
         }
-        self._bad = BadRequestCounters(TRANSPORT)
+        self._bad = BadRequestCounters(name, TRANSPORT)
+        self._budget = InFlightBudget(config.max_in_flight_bytes)
         self._web: web.Server | None = None
         self._server: asyncio.Server | None = None
         self._port: int | None = None
@@ -204,7 +273,7 @@ class OtlpHttpReceiver:
         except OSError as exc:
             # asyncio rewrites strerror into a long sentence; the errno says it plainly
             reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
-            raise StartupError(f"{SETTING}: {endpoint}: {reason}") from None
+            raise StartupError(f"{self._setting}: {endpoint}: {reason}") from None
         self._web, self._server = handler, server
         self._port = int(server.sockets[0].getsockname()[1])
 
@@ -224,7 +293,7 @@ class OtlpHttpReceiver:
         await server.wait_closed()
 
     def describe(self) -> str:
-        return describe(TRANSPORT, self._config.endpoint, self._port, self._intakes)
+        return describe(self.name, TRANSPORT, self._config.endpoint, self._port, self._intakes)
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         content_type = request.content_type
@@ -234,13 +303,29 @@ class OtlpHttpReceiver:
             return checked
         route, intake, encoding = checked
         assert fmt is not None  # _check_headers refused other content types
+        hold = _Hold(self._budget)
+        try:
+            return await self._handle_body(request, route, intake, fmt, content_type, encoding,
+                                           hold)
+        finally:
+            hold.release()
 
+    async def _handle_body(
+        self, request: web.BaseRequest, route: _Route, intake: Intake, fmt: Format,
+        content_type: str, encoding: str, hold: _Hold,
+    ) -> web.StreamResponse:
         try:
             length = request.content_length
-            if length is not None and length > self._limit and encoding in _IDENTITY:
-                raise _TooLarge
-            await _send_continue(request)
-            body = await read_body(request, encoding, self._limit)
+            if length is not None:
+                if length > (self._limit if encoding in _IDENTITY else _input_limit(self._limit)):
+                    raise _TooLarge
+                hold.grow_to(length)
+            _send_continue(request)
+            # A body already here whole (most are: it came with the headers) needs no timer.
+            timer = (contextlib.nullcontext() if request.content.is_eof()
+                     else asyncio.timeout(self._config.body_timeout))
+            async with timer:
+                body = await read_body(request, encoding, self._limit, hold)
             if fmt is Format.PROTOBUF:
                 batch = Batch.from_bytes(route.signal, body)
                 rejected, why = 0, ""
@@ -252,7 +337,23 @@ class OtlpHttpReceiver:
             self._bad.inc("too_large")
             message = f"request body exceeds {self._limit} bytes (after decompression)"
             response = _error(fmt, content_type, 413, CODE_RESOURCE_EXHAUSTED, message)
-            # Do not spend time reading (or lingering on) the rest of an oversize body.
+            # Closed once answered: the rest of the body is never kept (aiohttp reads and
+            # drops it for up to its lingering time, so the client gets the answer).
+            response.force_close()
+            return response
+        except _OverBudget:
+            self._bad.inc("in_flight_limit")
+            message = (f"request bodies in flight would exceed {self._budget.capacity} bytes, "
+                       f"retry in {_BUSY_RETRY_AFTER}s")
+            status = rpc_status(CODE_UNAVAILABLE, message, _BUSY_RETRY_AFTER)
+            response = _status_response(fmt, content_type, 503, status)
+            response.headers["Retry-After"] = str(_BUSY_RETRY_AFTER)
+            response.force_close()
+            return response
+        except TimeoutError:
+            self._bad.inc("timeout")
+            message = f"request body did not arrive within {self._config.body_timeout:g}s"
+            response = _error(fmt, content_type, 408, CODE_DEADLINE_EXCEEDED, message)
             response.force_close()
             return response
         except BadInputError as exc:

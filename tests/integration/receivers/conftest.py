@@ -31,6 +31,7 @@ def consumers() -> Consumers:
 @pytest.fixture
 async def grpc_receiver(consumers: Consumers) -> AsyncIterator[OtlpGrpcReceiver]:
     receiver = OtlpGrpcReceiver(
+        "otlp",
         GrpcListenerConfig(endpoint="127.0.0.1:0", max_recv_msg_size=1024 * 1024), consumers
     )
     await receiver.start()
@@ -41,7 +42,7 @@ async def grpc_receiver(consumers: Consumers) -> AsyncIterator[OtlpGrpcReceiver]
 @pytest.fixture
 async def http_receiver(consumers: Consumers) -> AsyncIterator[OtlpHttpReceiver]:
     receiver = OtlpHttpReceiver(
-        HttpListenerConfig(endpoint="127.0.0.1:0", max_body_size=1024 * 1024), consumers
+        "otlp", HttpListenerConfig(endpoint="127.0.0.1:0", max_body_size=1024 * 1024), consumers
     )
     await receiver.start()
     yield receiver

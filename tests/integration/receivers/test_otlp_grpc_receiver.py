@@ -202,6 +202,7 @@ async def test_sdk_exporter_retries_after_backpressure(
 
 async def test_signal_without_pipeline_is_unimplemented(consumers: Consumers) -> None:
     receiver = OtlpGrpcReceiver(
+        "otlp",
         GrpcListenerConfig(endpoint="127.0.0.1:0"), {Signal.TRACES: consumers[Signal.TRACES]}
     )
     await receiver.start()
@@ -218,7 +219,7 @@ async def test_signal_without_pipeline_is_unimplemented(consumers: Consumers) ->
 
 
 async def test_pipeline_bug_is_internal_and_logged(caplog: pytest.LogCaptureFixture) -> None:
-    receiver = OtlpGrpcReceiver(GrpcListenerConfig(endpoint="127.0.0.1:0"),
+    receiver = OtlpGrpcReceiver("otlp", GrpcListenerConfig(endpoint="127.0.0.1:0"),
                                 {Signal.TRACES: BrokenConsumer()})
     await receiver.start()
     try:
@@ -253,7 +254,7 @@ async def test_oversize_message_is_refused_by_grpc(
 
 async def test_port_in_use_is_a_startup_error(grpc_receiver: OtlpGrpcReceiver) -> None:
     endpoint = f"127.0.0.1:{grpc_receiver.bound_port}"
-    second = OtlpGrpcReceiver(GrpcListenerConfig(endpoint=endpoint), {})
+    second = OtlpGrpcReceiver("otlp", GrpcListenerConfig(endpoint=endpoint), {})
     with pytest.raises(StartupError) as err:
         await second.start()
     assert str(err.value) == f"receivers.otlp.grpc.endpoint: {endpoint}: address already in use"
@@ -261,7 +262,7 @@ async def test_port_in_use_is_a_startup_error(grpc_receiver: OtlpGrpcReceiver) -
 
 async def test_shutdown_finishes_in_flight_rpcs_and_refuses_new_ones() -> None:
     gated = GatedConsumer()
-    receiver = OtlpGrpcReceiver(GrpcListenerConfig(endpoint="127.0.0.1:0"),
+    receiver = OtlpGrpcReceiver("otlp", GrpcListenerConfig(endpoint="127.0.0.1:0"),
                                 {Signal.TRACES: gated})
     await receiver.start()
     loop = asyncio.get_running_loop()

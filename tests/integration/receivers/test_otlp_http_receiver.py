@@ -376,7 +376,7 @@ async def test_sdk_exporter_retries_after_429(
 
 
 async def test_pipeline_bug_is_500_and_logged(caplog: pytest.LogCaptureFixture) -> None:
-    receiver = OtlpHttpReceiver(HttpListenerConfig(endpoint="127.0.0.1:0"),
+    receiver = OtlpHttpReceiver("otlp", HttpListenerConfig(endpoint="127.0.0.1:0"),
                                 {Signal.LOGS: BrokenConsumer()})
     await receiver.start()
     try:
@@ -392,7 +392,7 @@ async def test_pipeline_bug_is_500_and_logged(caplog: pytest.LogCaptureFixture) 
 
 async def test_signal_without_pipeline_is_404(consumers: Consumers) -> None:
     receiver = OtlpHttpReceiver(
-        HttpListenerConfig(endpoint="127.0.0.1:0"), {Signal.LOGS: consumers[Signal.LOGS]}
+        "otlp", HttpListenerConfig(endpoint="127.0.0.1:0"), {Signal.LOGS: consumers[Signal.LOGS]}
     )
     await receiver.start()
     try:
@@ -411,13 +411,13 @@ async def test_signal_without_pipeline_is_404(consumers: Consumers) -> None:
 async def test_port_in_use_is_a_startup_error(http_receiver: OtlpHttpReceiver) -> None:
     endpoint = f"127.0.0.1:{http_receiver.bound_port}"
     with pytest.raises(StartupError) as err:
-        await OtlpHttpReceiver(HttpListenerConfig(endpoint=endpoint), {}).start()
+        await OtlpHttpReceiver("otlp", HttpListenerConfig(endpoint=endpoint), {}).start()
     assert str(err.value) == f"receivers.otlp.http.endpoint: {endpoint}: address already in use"
 
 
 async def test_shutdown_finishes_in_flight_requests_and_stops_listening() -> None:
     gated = GatedConsumer()
-    receiver = OtlpHttpReceiver(HttpListenerConfig(endpoint="127.0.0.1:0"),
+    receiver = OtlpHttpReceiver("otlp", HttpListenerConfig(endpoint="127.0.0.1:0"),
                                 {Signal.TRACES: gated})
     await receiver.start()
     port = receiver.bound_port

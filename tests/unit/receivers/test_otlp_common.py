@@ -52,7 +52,9 @@ def test_partial_success_names_the_signal_items() -> None:
 
 def test_banner_lists_signals_in_a_fixed_order() -> None:
     signals = {Signal.METRICS: 1, Signal.TRACES: 1}
-    line = describe("grpc", "127.0.0.1:4317", None, signals)
+    line = describe("otlp", "grpc", "127.0.0.1:4317", None, signals)
     assert line == "otlp/grpc  127.0.0.1:4317  traces metrics"
     # the bound port replaces a configured 0
-    assert describe("http", "[::1]:0", 4318, {}) == "otlp/http  [::1]:4318  (no pipelines)"
+    assert describe("otlp", "http", "[::1]:0", 4318, {}) == "otlp/http  [::1]:4318  (no pipelines)"
+    # the receiver's name, not a fixed "otlp"
+    assert describe("edge", "http", "127.0.0.1:1", None, {}).startswith("edge/http  ")
