@@ -15,15 +15,26 @@ from typing import Any
 
 import aiohttp
 import pytest
-from receiver_helpers import CapturingConsumer
 
 from sidecar.component import BuildContext, Lifecycle, ReceiverComponent, receiver_factories
 from sidecar.config import ReceiversConfig
 from sidecar.errors import StartupError
-from sidecar.model import Signal
+from sidecar.model import Batch, Signal
 from sidecar.signals import SIGNALS
 from sidecar.telemetry.metrics import REGISTRY
 from sidecar.testing import traces_batch
+
+
+class CapturingConsumer:
+    """Keeps every batch it is handed."""
+
+    def __init__(self) -> None:
+        self.batches: list[Batch] = []
+
+    async def consume(self, batch: Batch) -> None:
+        self.batches.append(batch)
+
+    async def wait_for_room(self, nbytes: int) -> None: ...
 
 FACTORIES = receiver_factories()
 
