@@ -146,4 +146,14 @@ class CacheConfig(Strict):
             scheme = self.redis.partition("://")[0]
             if scheme not in ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster"):
                 raise ValueError(f"redis: unsupported URL scheme {scheme!r}")
+            if scheme == "redis+cluster" and self.l2.tracking:
+                raise ValueError("l2.tracking is not supported with redis+cluster "
+                                 "(max_staleness bounds L1 copies instead)")
+        else:
+            # accepted and ignored would be an error in disguise: memory is the only tier
+            off = [n for n, p in {"default": self.default, **self.namespaces}.items()
+                   if not p.l1]
+            if off:
+                raise ValueError(f"namespaces {', '.join(off)}: l1: false needs cache.redis "
+                                 "(without an L2, memory is the only place a value can live)")
         return self

@@ -105,6 +105,18 @@ class OtlpConfig(ExporterSettings):
         return value
 
     @model_validator(mode="after")
+    def _tls_used(self) -> OtlpConfig:
+        # TLS files on a plaintext endpoint would be accepted and ignored: say so instead
+        if self.plaintext:
+            given = sorted(k for k in self.tls.model_fields_set
+                           if k != "insecure" and getattr(self.tls, k))
+            if given:
+                why = "tls.insecure is true" if self.tls.insecure else "the endpoint is http://"
+                raise ValueError(f"tls.{', tls.'.join(given)} have no effect: {why} "
+                                 "(plaintext); use an https:// endpoint")
+        return self
+
+    @model_validator(mode="after")
     def _grpc_only(self) -> OtlpConfig:
         if self.protocol != "grpc":
             if "keepalive" in self.model_fields_set:

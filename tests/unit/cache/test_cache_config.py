@@ -45,3 +45,14 @@ def test_remote_tcp_with_password_is_accepted() -> None:
     config = CacheConfig.model_validate(
         {"tcp": {"endpoint": "0.0.0.0:6380", "allow_remote": True, "password": "s3cret"}})
     assert config.tcp is not None
+
+
+def test_settings_that_would_be_ignored_are_errors() -> None:
+    with pytest.raises(ValidationError, match=r"namespaces specs: l1: false needs cache\.redis"):
+        CacheConfig.model_validate({"namespaces": {"specs": {"l1": False}}})
+    assert not CacheConfig.model_validate(
+        {"redis": "redis://127.0.0.1:6379/0", "namespaces": {"specs": {"l1": False}}},
+    ).namespaces["specs"].l1
+    with pytest.raises(ValidationError, match="tracking is not supported with redis"):
+        CacheConfig.model_validate({"redis": "redis+cluster://127.0.0.1:7000",
+                                    "l2": {"tracking": True}})

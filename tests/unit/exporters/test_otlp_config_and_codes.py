@@ -182,3 +182,17 @@ def test_keepalive_defaults_and_grpc_only() -> None:
     with pytest.raises(ValidationError, match="greater than 0"):
         OtlpConfig.model_validate({"type": "otlp", "endpoint": "http://c:4317",
                                    "keepalive": {"timeout": 0}})
+
+
+@pytest.mark.parametrize("tls", [{"ca_file": "/etc/ssl/ca.pem"},
+                                 {"cert_file": "/c.pem", "key_file": "/k.pem"},
+                                 {"insecure_skip_verify": True}])
+def test_tls_settings_on_a_plaintext_endpoint_are_errors(tls: dict[str, object]) -> None:
+    with pytest.raises(ValidationError, match="have no effect"):
+        OtlpConfig.model_validate({"endpoint": "http://collector:4318", "protocol": "http",
+                                   "tls": tls})
+    with pytest.raises(ValidationError, match=r"tls\.insecure is true"):
+        OtlpConfig.model_validate({"endpoint": "https://collector:4318", "protocol": "http",
+                                   "tls": {**tls, "insecure": True}})
+    assert OtlpConfig.model_validate({"endpoint": "https://collector:4318", "protocol": "http",
+                                      "tls": tls})
