@@ -101,6 +101,27 @@ EXPORTER_LATENCY = Histogram(
     registry=REGISTRY,
 )
 
+# --- redact -------------------------------------------------------------------------------
+REDACT_REDACTIONS = Counter(
+    "sidecar_redact_redactions",
+    "Values or spans of text redacted (masked, hashed or dropped), per rule",
+    ["signal", "rule"],
+    registry=REGISTRY,
+)
+REDACT_REQUESTS = Counter(
+    "sidecar_redact_requests",
+    "Requests seen by the redaction processor: skipped (the pre-scan found nothing that "
+    "could match) or walked",
+    ["signal", "outcome"],
+    registry=REGISTRY,
+)
+REDACT_FAILURES = Counter(
+    "sidecar_redact_failures",
+    "Requests refused because redaction raised (nothing of them was exported)",
+    ["signal"],
+    registry=REGISTRY,
+)
+
 # --- daemon -------------------------------------------------------------------------------
 READY = Gauge("sidecar_ready", "1 when every listener is bound and every exporter started",
               registry=REGISTRY)

@@ -76,15 +76,18 @@ def test_processors_apply_in_fixed_order_whatever_the_yaml_says(two_processors: 
         "exporters": {"a": {"type": "file", "path": "/tmp/never-a"}},
     })
     graph = build_graph(cfg)
-    assert [p.name for p in graph.processors] == ["first", "second"]
+    # the built-in redact (order 10) is on by default and runs first
+    assert [p.name for p in graph.processors] == ["redact", "first", "second"]
     assert [p.name for p in graph.consumers[Signal.TRACES].stage.processors] == [
-        "first", "second"]
-    assert [p.name for p in graph.consumers[Signal.LOGS].stage.processors] == ["second"]
+        "redact", "first", "second"]
+    assert [p.name for p in graph.consumers[Signal.LOGS].stage.processors] == [
+        "redact", "second"]
 
 
 def test_a_processor_left_out_runs_with_its_defaults(two_processors: None) -> None:
     graph = build_graph(config_module.from_tree({}))
-    assert [p.name for p in graph.processors] == ["first"]  # test_second is off by default
+    # test_second is off by default; redact is on
+    assert [p.name for p in graph.processors] == ["redact", "first"]
 
 
 def test_unknown_processor_types_and_bad_settings_are_config_errors(

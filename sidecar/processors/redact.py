@@ -1,0 +1,495 @@
+"""The `redact` processor: secrets are masked, hashed or dropped before anything leaves the
+host (on by default with the built-in rules; genai-and-logs.md §5).
+
+Per request: one RE2 search over the raw protobuf bytes, with every rule in its
+boundary-free form (`redact_rules.boundary_free`), decides whether anything could match.
+Most requests carry no secret and stop there, without a parse. Otherwise the message is
+walked: span names, status messages, span/event/link/resource/scope/data-point attributes,
+log bodies and attributes, at any depth of arrays and kvlists, bytes that are UTF-8, and
+JSON text inside strings. Only the matched text is replaced; a key rule replaces the whole
+value. Every string the walk scans is a verbatim slice of the raw bytes and is scanned with
+the same engine and options, so the walk finds nothing the pre-scan missed.
+
+Fail closed: anything raised while redacting becomes a `RedactionError` that names the
+signal only; the stage fails the request and nothing of it is exported."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Iterable, MutableSequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Literal
+
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from pydantic import Field, SecretStr, model_validator
+
+from sidecar.component import ProcessorFactory, ProcessorSettings, register_processor
+from sidecar.configtypes import Strict
+from sidecar.model import Signal, Work
+from sidecar.processors.redact_rules import (
+    BUILTIN_RULES,
+    KEY_STEM_FORMS,
+    Check,
+    Pattern,
+    PatternError,
+    boundary_free,
+    compile_bytes,
+    is_allowlisted,
+    is_prompt_key,
+    is_secret_key,
+    normalise_key,
+)
+from sidecar.telemetry.metrics import REDACT_FAILURES, REDACT_REDACTIONS, REDACT_REQUESTS
+
+__all__ = ["RedactProcessor", "RedactSettings", "RedactionError", "Redactor"]
+
+KEY_RULE = "secret-key"  # the rule name of the built-in key-name rules
+PROMPT_RULE = "prompt"
+JSON_DEPTH_RULE = "json-too-deep"
+# JSON text inside a string may spell a key with `\uXXXX` escapes, which the raw bytes do
+# not show as the key's letters: such text is always walked.
+_JSON_ESCAPE = r"\\u[0-9a-fA-F]{4}"
+_JSON_START = (b"{", b"[")
+_MAX_JSON_DEPTH = 4  # JSON text inside JSON text inside ... a string
+_KEY_CACHE_MAX = 4096
+
+
+class Action(StrEnum):
+    MASK = "mask"
+    HASH = "hash"
+    DROP = "drop"
+
+
+class UserRule(Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    key: str | None = None  # RE2 pattern searched in attribute / JSON key names
+    value: str | None = None  # RE2 pattern searched in text values
+    action: Action = Action.MASK
+
+    @model_validator(mode="after")
+    def _compiles(self) -> UserRule:
+        if self.key is None and self.value is None:
+            raise ValueError(f"rule {self.name!r}: give a key pattern, a value pattern or both")
+        for what, pattern in (("key", self.key), ("value", self.value)):
+            if pattern is None:
+                continue
+            try:
+                compile_bytes(pattern)
+            except PatternError as exc:
+                raise ValueError(f"rule {self.name!r}: invalid {what} pattern: {exc}") from None
+        return self
+
+
+class RedactSettings(ProcessorSettings):
+    # built-in rule name (or "secret-key", "prompt") -> action; rules left out mask
+    actions: dict[str, Action] = Field(default_factory=dict)
+    rules: list[UserRule] = Field(default_factory=list)
+    pii: list[Literal["email", "phone"]] = Field(default_factory=list)  # opt-in rules
+    # GenAI prompt/completion content attributes: scanned like any other value
+    # (`redact-secrets`) or removed (`drop`)
+    prompts: Literal["redact-secrets", "drop"] = "redact-secrets"
+    hash_key: SecretStr | None = None  # HMAC-SHA256 key of the `hash` action
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RedactSettings:
+        known = {r.name for r in BUILTIN_RULES} | {KEY_RULE}
+        for name in self.actions:
+            if name not in known:
+                listed = ", ".join(sorted(known))
+                raise ValueError(f"actions: unknown rule {name!r} (known: {listed})")
+        names = [r.name for r in self.rules]
+        for name in names:
+            if name in known or names.count(name) > 1:
+                raise ValueError(f"rules: rule name {name!r} is taken")
+        hashing = any(a is Action.HASH for a in self.actions.values()) or any(
+            r.action is Action.HASH for r in self.rules)
+        if hashing and not (self.hash_key and self.hash_key.get_secret_value()):
+            raise ValueError("hash_key is required when a rule's action is hash")
+        return self
+
+
+class RedactionError(Exception):
+    """Redaction failed on a request; says which signal, never what was in it."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    name: str
+    regex: Pattern
+    group: int
+    check: Check | None
+    action: Action
+
+
+@dataclass(frozen=True, slots=True)
+class _KeyRule:
+    name: str
+    regex: Pattern
+    value: Pattern | None  # when set, only values of matching keys that match this
+    action: Action
+
+
+_Verdict = tuple[str, Action] | None
+
+
+class _Drop:
+    """Returned by a text scan when a matching rule's action is `drop`."""
+
+
+DROP = _Drop()
+
+
+def _alternation(forms: Iterable[str]) -> str:
+    return "|".join(f"(?:{f})" for f in forms)
+
+
+def _widen_to_utf8(data: bytes, start: int, end: int) -> tuple[int, int]:
+    # a user pattern may start or end inside a multi-byte character: mask the whole one
+    while start > 0 and 0x80 <= data[start] < 0xC0:
+        start -= 1
+    while end < len(data) and 0x80 <= data[end] < 0xC0:
+        end += 1
+    return start, end
+
+
+class Redactor:
+    """The compiled rules (once, at start) and the walk. Not thread-safe: `counts` holds
+    the current request's redactions per rule."""
+
+    def __init__(self, settings: RedactSettings) -> None:
+        actions = settings.actions
+        self._key = (settings.hash_key.get_secret_value().encode()
+                     if settings.hash_key else b"")
+        self._key_action = actions.get(KEY_RULE, Action.MASK)
+        self._drop_prompts = settings.prompts == "drop"
+        rules = [
+            _Rule(r.name, compile_bytes(r.pattern), r.group, r.check,
+                  actions.get(r.name, Action.MASK))
+            for r in BUILTIN_RULES if not r.pii or r.name in settings.pii
+        ]
+        value_forms = [r.prescan_form() for r in BUILTIN_RULES
+                       if not r.pii or r.name in settings.pii]
+        key_forms = list(KEY_STEM_FORMS)
+        self._user_keys: list[_KeyRule] = []
+        for u in settings.rules:
+            if u.key is None:
+                assert u.value is not None
+                rules.append(_Rule(u.name, compile_bytes(u.value), 0, None, u.action))
+                value_forms.append(boundary_free(u.value))
+            else:
+                value = compile_bytes(u.value) if u.value is not None else None
+                self._user_keys.append(_KeyRule(u.name, compile_bytes(u.key), value, u.action))
+                # a hit needs the key (and the value) verbatim in the bytes: either suffices
+                key_forms.append(boundary_free(u.value if u.value is not None else u.key))
+        self._rules = tuple(rules)
+        self._value_hint = compile_bytes(_alternation(value_forms))
+        self._key_hint = compile_bytes(_alternation([*key_forms, _JSON_ESCAPE]))
+        self.prescan = compile_bytes(_alternation([*value_forms, *key_forms, _JSON_ESCAPE]))
+        self._verdicts: dict[str, _Verdict] = {}
+        self.counts: dict[str, int] = {}
+
+    # --- requests ------------------------------------------------------------------------
+    def can_match(self, payload: bytes) -> bool:
+        return self.prescan.search(payload) is not None
+
+    def redact_request(self, signal: Signal, message: Any) -> None:
+        if signal is Signal.TRACES:
+            for rs in message.resource_spans:
+                self._attrs(rs.resource.attributes)
+                for ss in rs.scope_spans:
+                    self._attrs(ss.scope.attributes)
+                    for span in ss.spans:
+                        self._span(span)
+        elif signal is Signal.LOGS:
+            for rl in message.resource_logs:
+                self._attrs(rl.resource.attributes)
+                for sl in rl.scope_logs:
+                    self._attrs(sl.scope.attributes)
+                    for record in sl.log_records:
+                        if record.HasField("body"):
+                            self._any(record.body, droppable=False)
+                        self._attrs(record.attributes)
+        else:
+            for rm in message.resource_metrics:
+                self._attrs(rm.resource.attributes)
+                for sm in rm.scope_metrics:
+                    self._attrs(sm.scope.attributes)
+                    for metric in sm.metrics:
+                        kind = metric.WhichOneof("data")
+                        if kind is None:
+                            continue
+                        for point in getattr(metric, kind).data_points:
+                            self._attrs(point.attributes)
+                            for exemplar in getattr(point, "exemplars", ()):
+                                self._attrs(exemplar.filtered_attributes)
+
+    def _span(self, span: Any) -> None:
+        name = self._string(span.name, droppable=False)
+        if isinstance(name, str):
+            span.name = name
+        if span.status.message:
+            message = self._string(span.status.message, droppable=False)
+            if isinstance(message, str):
+                span.status.message = message
+        self._attrs(span.attributes)
+        for event in span.events:
+            event_name = self._string(event.name, droppable=False)
+            if isinstance(event_name, str):
+                event.name = event_name
+            self._attrs(event.attributes)
+        for link in span.links:
+            self._attrs(link.attributes)
+
+    # --- values --------------------------------------------------------------------------
+    def _attrs(self, attrs: MutableSequence[KeyValue]) -> None:
+        if not attrs:
+            return
+        drop: list[int] = []
+        for i, kv in enumerate(attrs):
+            verdict = self._verdict(kv.key)
+            if verdict is not None:
+                if self._whole_value(kv.value, verdict):
+                    drop.append(i)
+            elif self._drop_prompts and is_prompt_key(kv.key):
+                self._count(PROMPT_RULE)
+                drop.append(i)
+            elif ((self._user_keys and self._user_key_value(kv))
+                  or self._any(kv.value, droppable=True)):
+                drop.append(i)
+        for i in reversed(drop):
+            del attrs[i]
+
+    def _verdict(self, key: str) -> _Verdict:
+        """Key-rule verdict for an attribute or JSON key (cached: keys repeat)."""
+        try:
+            return self._verdicts[key]
+        except KeyError:
+            pass
+        norm = normalise_key(key)
+        verdict: _Verdict = None
+        if is_secret_key(norm):
+            verdict = (KEY_RULE, self._key_action)
+        elif not is_allowlisted(norm):
+            data = key.encode()
+            for rule in self._user_keys:
+                if rule.value is None and rule.regex.search(data) is not None:
+                    verdict = (rule.name, rule.action)
+                    break
+        if len(self._verdicts) >= _KEY_CACHE_MAX:
+            self._verdicts.clear()
+        self._verdicts[key] = verdict
+        return verdict
+
+    def _user_key_value(self, kv: KeyValue) -> bool:
+        """User rules with both a key and a value pattern; True to drop the attribute."""
+        data = kv.key.encode()
+        for rule in self._user_keys:
+            if rule.value is None or rule.regex.search(data) is None:
+                continue
+            if rule.value.search(kv.value.SerializeToString()) is not None:
+                return self._whole_value(kv.value, (rule.name, rule.action))
+        return False
+
+    def _whole_value(self, value: AnyValue, verdict: tuple[str, Action]) -> bool:
+        """Apply a key rule to a whole value; True when the attribute is to be dropped."""
+        name, action = verdict
+        self._count(name)
+        if action is Action.DROP:
+            return True
+        value.string_value = self._replacement(name, action, value.SerializeToString())
+        return False
+
+    def _any(self, value: AnyValue, droppable: bool) -> bool:
+        """Redact an AnyValue in place; True when it is to be dropped by its container."""
+        kind = value.WhichOneof("value")
+        if kind == "string_value":
+            out = self._string(value.string_value, droppable)
+            if out is DROP:
+                return True
+            if isinstance(out, str):
+                value.string_value = out
+        elif kind == "bytes_value":
+            raw = value.bytes_value
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return False  # not text
+            scanned = self._bytes(raw, droppable)
+            if scanned is DROP:
+                return True
+            if isinstance(scanned, bytes):
+                value.bytes_value = scanned
+        elif kind == "array_value":
+            values = value.array_value.values
+            drop = [i for i, v in enumerate(values) if self._any(v, droppable=True)]
+            for i in reversed(drop):
+                del values[i]
+        elif kind == "kvlist_value":
+            self._attrs(value.kvlist_value.values)
+        return False
+
+    def _string(self, text: str, droppable: bool) -> str | _Drop | None:
+        """The redacted text, DROP, or None when nothing matched."""
+        if not text:
+            return None
+        data = text.encode("utf-8")
+        out = self._bytes(data, droppable)
+        if out is DROP:
+            return DROP
+        if out is None:
+            return None
+        assert isinstance(out, bytes)
+        return out.decode("utf-8")
+
+    def _bytes(self, data: bytes, droppable: bool, depth: int = 0) -> bytes | _Drop | None:
+        changed = False
+        out = self._text_rules(data, droppable)
+        if out is DROP:
+            return DROP
+        if isinstance(out, bytes):
+            data, changed = out, True
+        if data.lstrip()[:1] in _JSON_START and self._key_hint.search(data) is not None:
+            rewritten = self._json_text(data, depth)
+            if rewritten is DROP:
+                return DROP
+            if isinstance(rewritten, bytes):
+                data, changed = rewritten, True
+        return data if changed else None
+
+    def _text_rules(self, data: bytes, droppable: bool) -> bytes | _Drop | None:
+        if self._value_hint.search(data) is None:
+            return None
+        spans: list[tuple[int, int, _Rule]] = []
+        for rule in self._rules:
+            for m in rule.regex.finditer(data):
+                start, end = m.start(rule.group), m.end(rule.group)
+                if start < 0 or start == end:
+                    continue
+                if rule.check is not None:
+                    checked = rule.check(data, start, end)
+                    if checked is None:
+                        continue
+                    start, end = checked
+                if rule.action is Action.DROP and droppable:
+                    self._count(rule.name)
+                    return DROP
+                start, end = _widen_to_utf8(data, start, end)
+                spans.append((start, end, rule))
+        if not spans:
+            return None
+        spans.sort(key=lambda s: (s[0], -s[1]))
+        pieces: list[bytes] = []
+        pos = 0
+        cur_start, cur_end, cur_rule = spans[0]
+        for start, end, rule in spans[1:]:
+            if start < cur_end:  # overlapping matches are masked as one
+                cur_end = max(cur_end, end)
+                continue
+            pos = self._emit(pieces, data, pos, cur_start, cur_end, cur_rule)
+            cur_start, cur_end, cur_rule = start, end, rule
+        pos = self._emit(pieces, data, pos, cur_start, cur_end, cur_rule)
+        pieces.append(data[pos:])
+        return b"".join(pieces)
+
+    def _emit(self, pieces: list[bytes], data: bytes, pos: int, start: int, end: int,
+              rule: _Rule) -> int:
+        self._count(rule.name)
+        action = Action.MASK if rule.action is Action.DROP else rule.action
+        pieces.append(data[pos:start])
+        pieces.append(self._replacement(rule.name, action, data[start:end]).encode())
+        return end
+
+    def _replacement(self, name: str, action: Action, secret: bytes) -> str:
+        if action is Action.HASH:
+            digest = hmac.new(self._key, secret, hashlib.sha256).hexdigest()[:16]
+            return f"[REDACTED:{name}:{digest}]"
+        return f"[REDACTED:{name}]"
+
+    # --- JSON text inside a string ---------------------------------------------------------
+    def _json_text(self, data: bytes, depth: int) -> bytes | _Drop | None:
+        """Key rules inside JSON text (value rules already ran on the text itself). The
+        text is re-serialised only when a key rule fired in it."""
+        try:
+            doc = json.loads(data)
+        except RecursionError:
+            # nested too deep to read its keys: mask it whole rather than pass it unread
+            self._count(JSON_DEPTH_RULE)
+            return f"[REDACTED:{JSON_DEPTH_RULE}]".encode()
+        except ValueError:
+            return None  # not JSON
+        doc, changed = self._json_node(doc, depth)
+        if not changed:
+            return None
+        return json.dumps(doc, ensure_ascii=False).encode("utf-8")
+
+    def _json_node(self, node: Any, depth: int) -> tuple[Any, bool]:
+        changed = False
+        if isinstance(node, dict):
+            for key in list(node):
+                verdict = self._verdict(key) if isinstance(key, str) else None
+                if verdict is not None:
+                    name, action = verdict
+                    self._count(name)
+                    changed = True
+                    if action is Action.DROP:
+                        del node[key]
+                    else:
+                        raw = json.dumps(node[key], sort_keys=True).encode()
+                        node[key] = self._replacement(name, action, raw)
+                    continue
+                node[key], sub = self._json_node(node[key], depth)
+                changed = changed or sub
+        elif isinstance(node, list):
+            for i, item in enumerate(node):
+                node[i], sub = self._json_node(item, depth)
+                changed = changed or sub
+        elif isinstance(node, str) and depth < _MAX_JSON_DEPTH:
+            data = node.encode("utf-8")
+            if data.lstrip()[:1] in _JSON_START and self._key_hint.search(data) is not None:
+                out = self._json_text(data, depth + 1)
+                if isinstance(out, bytes):
+                    return out.decode("utf-8"), True
+        return node, changed
+
+    def _count(self, rule: str) -> None:
+        self.counts[rule] = self.counts.get(rule, 0) + 1
+
+
+class RedactProcessor:
+    name = "redact"
+    mutates = True
+    signals = frozenset(Signal)
+
+    def __init__(self, settings: RedactSettings) -> None:
+        self.redactor = Redactor(settings)
+        self._skipped = {s: REDACT_REQUESTS.labels(s.value, "skipped") for s in Signal}
+        self._walked = {s: REDACT_REQUESTS.labels(s.value, "walked") for s in Signal}
+        self._failures = {s: REDACT_FAILURES.labels(s.value) for s in Signal}
+
+    def process(self, work: Work) -> None:
+        # Runs first (order 10), so `work.payload` is still what `work.message` holds.
+        redactor = self.redactor
+        if not redactor.can_match(work.payload):
+            self._skipped[work.signal].inc()
+            return
+        self._walked[work.signal].inc()
+        redactor.counts = {}
+        try:
+            redactor.redact_request(work.signal, work.message)
+        except Exception:
+            self._failures[work.signal].inc()
+            # `from None`: the cause's message could quote the content
+            raise RedactionError(f"redaction failed on a {work.signal.value} request") from None
+        for rule, n in redactor.counts.items():
+            REDACT_REDACTIONS.labels(work.signal.value, rule).inc(n)
+
+
+def _create(settings: ProcessorSettings) -> RedactProcessor:
+    assert isinstance(settings, RedactSettings)
+    return RedactProcessor(settings)
+
+
+register_processor(ProcessorFactory("redact", RedactSettings, 10, _create))

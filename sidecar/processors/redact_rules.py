@@ -1,0 +1,282 @@
+"""Built-in redaction rules, key-name rules and the RE2 helpers they compile with.
+
+Every pattern runs on UTF-8 bytes in RE2's Latin-1 mode: the same engine, options and text
+for the raw-bytes pre-scan and for the walk over parsed strings, so the walk can only find
+what the pre-scan found (genai-and-logs.md §5; perf-notes.md for RE2 vs `re` costs). RE2 is
+linear in the text, so no pattern, built-in or user-written, can stall the daemon."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import re2  # type: ignore[import-untyped]  # google-re2 ships no type hints
+
+
+class Match(Protocol):
+    def start(self, group: int = 0) -> int: ...
+
+    def end(self, group: int = 0) -> int: ...
+
+
+class Pattern(Protocol):
+    def search(self, text: bytes) -> Match | None: ...
+
+    def finditer(self, text: bytes) -> list[Match]: ...
+
+
+class PatternError(ValueError):
+    """A pattern RE2 cannot compile; the message names the pattern's problem, not a value."""
+
+
+def compile_bytes(pattern: str) -> Pattern:
+    """Compile for UTF-8 bytes, one byte per character (Latin-1 mode)."""
+    options = re2.Options()
+    options.encoding = re2.Options.Encoding.LATIN1
+    options.log_errors = False
+    try:
+        compiled: Pattern = re2.compile(pattern.encode("utf-8"), options)
+    except re2.error as exc:
+        raise PatternError(str(exc)) from None
+    return compiled
+
+
+_ASSERTIONS = frozenset("bBAz")
+
+
+def boundary_free(pattern: str) -> str:
+    """`pattern` without `^`, `$`, `\\b`, `\\B`, `\\A`, `\\z`: removing an assertion only
+    widens what a pattern matches, and in raw protobuf bytes the byte before a string is
+    its length varint, which can be a letter. Hand-written: RE2 has no public parse tree in
+    Python; the lexer only needs escapes, `\\Q...\\E` and character classes."""
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    in_class = False
+    while i < n:
+        c = pattern[i]
+        if c == "\\" and i + 1 < n:
+            nxt = pattern[i + 1]
+            if nxt == "Q":
+                end = pattern.find("\\E", i + 2)
+                end = n if end < 0 else end + 2
+                out.append(pattern[i:end])
+                i = end
+                continue
+            if not in_class and nxt in _ASSERTIONS:
+                i += 2
+                continue
+            out.append(pattern[i:i + 2])
+            i += 2
+            continue
+        if in_class:
+            if c == "]":
+                in_class = False
+            out.append(c)
+            i += 1
+            continue
+        if c == "[":
+            in_class = True
+            out.append(c)
+            i += 1
+            # a `]` right after `[` or `[^` is a literal member
+            if i < n and pattern[i] == "^":
+                out.append("^")
+                i += 1
+            if i < n and pattern[i] == "]":
+                out.append("]")
+                i += 1
+            continue
+        if c in "^$":
+            i += 1
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+# A check on a candidate match: (text, start, end of the masked group) -> the span to mask,
+# or None to let it be.
+Check = Callable[[bytes, int, int], "tuple[int, int] | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class ValueRule:
+    name: str
+    pattern: str  # RE2 syntax; group 1 is masked when present, else the whole match
+    check: Check | None = None
+    group: int = 0  # the capture group to mask (0: the whole match)
+    pii: bool = False  # opt-in
+
+    def prescan_form(self) -> str:
+        return boundary_free(self.pattern)
+
+
+def _not_followed_by(chars: bytes) -> Check:
+    allowed = frozenset(chars)
+
+    def check(text: bytes, start: int, end: int) -> tuple[int, int] | None:
+        return (start, end) if end >= len(text) or text[end] not in allowed else None
+
+    return check
+
+
+_B64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+_DIGITS = frozenset(b"0123456789")
+
+
+def luhn_ok(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def _known_iin(d: str) -> bool:
+    n = len(d)
+    if d[0] == "4":
+        return n in (13, 16, 19)
+    two, four = int(d[:2]), int(d[:4])
+    if 51 <= two <= 55 or 2221 <= four <= 2720:
+        return n == 16
+    if two in (34, 37):
+        return n == 15
+    if d.startswith(("6011", "65")) or 644 <= int(d[:3]) <= 649:
+        return 16 <= n <= 19
+    if 3528 <= four <= 3589:
+        return 16 <= n <= 19
+    return False
+
+
+def is_card_number(digits: str) -> bool:
+    return 13 <= len(digits) <= 19 and _known_iin(digits) and luhn_ok(digits)
+
+
+_CARD_GROUP = compile_bytes(r"\d+")
+
+
+def _card_check(text: bytes, start: int, end: int) -> tuple[int, int] | None:
+    """`start:end` is a maximal run of digits with single spaces or dashes between: the
+    first window of whole digit groups that is a card number, unless the run is a
+    decimal."""
+    if start >= 2 and text[start - 1] == 0x2E and text[start - 2] in _DIGITS:
+        return None
+    if end + 1 < len(text) and text[end] == 0x2E and text[end + 1] in _DIGITS:
+        return None
+    groups = [(m.start(), m.end()) for m in _CARD_GROUP.finditer(text[start:end])]
+    for i in range(len(groups)):
+        digits = ""
+        for j in range(i, len(groups)):
+            digits += text[start + groups[j][0]:start + groups[j][1]].decode("ascii")
+            if len(digits) > 19:
+                break
+            if is_card_number(digits):
+                return start + groups[i][0], start + groups[j][1]
+    return None
+
+
+def _aws_key_id_check(text: bytes, start: int, end: int) -> tuple[int, int] | None:
+    # the id AWS documentation uses
+    return None if text[start:end].endswith(b"EXAMPLE") else (start, end)
+
+
+# Order matters where rules overlap: the first rule of an overlapping pair names the mask.
+BUILTIN_RULES: tuple[ValueRule, ...] = (
+    ValueRule("private-key",
+              r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----(?s:.)*?"
+              r"(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|\z)"),
+    ValueRule("jwt", r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"),
+    ValueRule("bearer", r"(?i)\bbearer\s+([A-Za-z0-9._~+/-]{8,}=*)", group=1),
+    ValueRule("anthropic-key", r"\bsk-ant-[a-z]{2,8}\d{2}-[A-Za-z0-9_-]{20,}"),
+    ValueRule("openai-key", r"\bsk-(?:proj|svcacct|admin)-[A-Za-z0-9_-]{20,}"
+                            r"|\bsk-[A-Za-z0-9]{20}T3BlbkFJ[A-Za-z0-9]{20}"),
+    ValueRule("sk-key", r"\bsk-[A-Za-z0-9_-]{32,}"),
+    ValueRule("aws-access-key-id", r"\b(?:AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16}\b",
+              _aws_key_id_check),
+    ValueRule("aws-secret-access-key",
+              r"(?i)(?:aws_?secret(?:_?access)?_?key|secretaccesskey)[\"'\s:=]{1,5}"
+              r"([A-Za-z0-9/+]{40})", _not_followed_by(_B64 + b"/+"), group=1),
+    ValueRule("github-token", r"\bgh[pousr]_[A-Za-z0-9]{36}\b|\bgithub_pat_[A-Za-z0-9_]{82}\b"),
+    ValueRule("slack-webhook",
+              r"https://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9/+_-]{20,}"),
+    ValueRule("slack-token", r"\bxox[abeoprs]-[A-Za-z0-9-]{10,}|\bxapp-\d-[A-Za-z0-9-]{10,}"),
+    ValueRule("stripe-key",
+              r"\b(?:sk|rk)_(?:live|test|prod)_[A-Za-z0-9]{10,99}\b|\bwhsec_[A-Za-z0-9]{20,}"),
+    ValueRule("google-api-key", r"\bAIza[0-9A-Za-z_-]{35}", _not_followed_by(_B64 + b"_-")),
+    # the password only: user and host stay; `"` ends it so a match cannot cross a JSON string
+    ValueRule("url-credentials", r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/:@\"]*:([^\s/@\"]+)@", group=1),
+    ValueRule("card-number", r"\d(?:[ -]?\d){12,}", _card_check),
+    ValueRule("email", r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b",
+              pii=True),
+    ValueRule("phone", r"\+[1-9]\d{0,2}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]?\d{2,4}){1,3}",
+              pii=True),
+)
+
+# --- key names ---------------------------------------------------------------------------
+# A normalised key (ASCII lower-case, `-` `.` ` ` -> `_`) that ends with one of these has its
+# whole value redacted (§5.2). Each ends with one of KEY_STEMS, which the pre-scan looks for.
+SECRET_KEYS: tuple[str, ...] = (
+    "password", "passwd", "pwd", "secret", "client_secret", "token", "access_token",
+    "refresh_token", "id_token", "api_key", "apikey", "x_api_key", "x_goog_api_key",
+    "authorization", "proxy_authorization", "cookie", "set_cookie", "private_key",
+    "credentials", "session_id", "x_amz_security_token", "openai_api_key", "anthropic_api_key",
+)
+
+# Never matched by key rules (checked first): token counts the `cost` processor needs, ids.
+# Their values are still scanned by the value rules.
+ALLOW_PREFIXES: tuple[str, ...] = (
+    "gen_ai_usage_", "llm_usage_", "llm_token_count_", "ai_usage_")
+ALLOW_SUFFIXES: tuple[str, ...] = ("tokens", "token_count")
+ALLOW_EXACT: frozenset[str] = frozenset({
+    "gen_ai_token_type", "trace_id", "span_id", "parent_span_id", "service_name"})
+
+_SEP = r"[-_. ]"
+# Pre-scan forms of the key stems: every SECRET_KEYS entry ends with one of them, in any
+# case and with any separator. `token` is special: `gen_ai.usage.input_tokens` is on every
+# LLM span. After a key string the raw bytes hold the next field's tag (or the end of the
+# request); `_` and `.` are never a tag's first byte (wire types 7 and 6), and `tokens`
+# followed by 0x12 is a key ending in `tokens` followed by its value's tag. So an occurrence
+# of `token` followed by `_`, `.` or `s\x12` cannot be the end of a key: skipping those keeps
+# the pre-scan a superset of the key rules for every request the OTLP schema can express.
+# (A hand-made request with an unknown group field, tag `s`, placed right after a key ending
+# in `token` is the one shape this reasoning does not cover.)
+KEY_STEM_FORMS: tuple[str, ...] = (
+    r"(?i)passw(?:or)?d", r"(?i)pwd", r"(?i)secret", rf"(?i)api{_SEP}?key",
+    r"(?i)authorization", r"(?i)cookie", rf"(?i)private{_SEP}key", r"(?i)credentials",
+    rf"(?i)session{_SEP}id",
+    r"(?i)token(?:\z|[^s._]|s\z|s[^\x12])",
+)
+
+_NORMALISE = str.maketrans({**{chr(c): chr(c + 32) for c in range(65, 91)},
+                            "-": "_", ".": "_", " ": "_"})
+
+
+def normalise_key(key: str) -> str:
+    """ASCII-only lower-casing (str.lower folds e.g. KELVIN SIGN to `k`, which the byte
+    pre-scan would not see), separators to `_`."""
+    return key.translate(_NORMALISE)
+
+
+def is_allowlisted(norm: str) -> bool:
+    return (norm in ALLOW_EXACT or norm.startswith(ALLOW_PREFIXES)
+            or norm.endswith(ALLOW_SUFFIXES))
+
+
+def is_secret_key(norm: str) -> bool:
+    return norm.endswith(SECRET_KEYS) and not is_allowlisted(norm)
+
+
+# GenAI prompt and completion content (§1.7), for the `prompts` policy.
+PROMPT_KEYS: frozenset[str] = frozenset({
+    "gen_ai.input.messages", "gen_ai.output.messages", "gen_ai.system_instructions",
+    "ai.response.text", "gen_ai.prompt", "gen_ai.completion"})
+PROMPT_PREFIXES: tuple[str, ...] = (
+    "gen_ai.prompt.", "gen_ai.completion.", "llm.input_messages.", "llm.output_messages.",
+    "ai.prompt", "gen_ai.reasoning", "ai.response.reasoning")
+
+
+def is_prompt_key(key: str) -> bool:
+    return key in PROMPT_KEYS or key.startswith(PROMPT_PREFIXES)

@@ -1,0 +1,149 @@
+"""Property tests: the raw-bytes pre-scan is a superset of the walk, and secrets planted at
+random depths never reach the output while everything else stays identical."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+from sidecar.model import Batch, Signal
+from sidecar.pipeline.stage import Stage
+from sidecar.processors.redact import Redactor, RedactProcessor, RedactSettings
+from tests.unit.processors.redact_corpus import secrets
+
+# Pieces that sit near the edge of some rule: key stems in odd spellings, prefixes without
+# their bodies, separators, escapes, digits, varint-like bytes as text.
+FRAGMENTS = [
+    "token", "Token", "TOKENS", "tokens", "_token", "token_count", "token.", "input_tokens",
+    "api", "-key", "Key", "apikey", "pass", "word", "passwd", "pwd", "secret", "cookie",
+    "set-cookie", "authorization", "private", "credentials", "session", ".id", "_id",
+    "sk-", "sk-ant-api03-", "ghp_", "xoxb-", "AKIA", "AIza", "eyJ", "Bearer ", "bearer\t",
+    "://", "u:p@", "@", ":", "/", "-----BEGIN ", "PRIVATE KEY-----", "4111", " ", "-",
+    "\\u0077", "\\", "\"", "{", "}", "[", "]", ",", "s", "\x12", "\u212a", "é", "0", "9",
+    "AAAAAAAAAAAAAAAAAAAA", "abcdefghijklmnopqrstuvwxyz0123456789",
+]
+
+text = st.lists(st.sampled_from(FRAGMENTS), max_size=8).map("".join)
+
+
+def any_value(depth: int) -> st.SearchStrategy[AnyValue]:
+    leaf = st.one_of(
+        text.map(lambda t: AnyValue(string_value=t)),
+        text.map(lambda t: AnyValue(bytes_value=t.encode())),
+        st.integers(-(2**63), 2**63 - 1).map(lambda i: AnyValue(int_value=i)),
+    )
+    if depth <= 0:
+        return leaf
+    inner = any_value(depth - 1)
+    return st.one_of(
+        leaf,
+        st.lists(inner, max_size=3).map(
+            lambda vs: AnyValue(array_value={"values": vs})),
+        st.lists(st.tuples(text, inner), max_size=3).map(
+            lambda kvs: AnyValue(kvlist_value={"values": [
+                KeyValue(key=k, value=v) for k, v in kvs]})),
+    )
+
+
+attributes = st.lists(st.tuples(text, any_value(3)), max_size=4).map(
+    lambda kvs: [KeyValue(key=k, value=v) for k, v in kvs])
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> tuple[Signal, bytes]:
+    if draw(st.booleans()):
+        req = ExportTraceServiceRequest()
+        rs = req.resource_spans.add()
+        rs.resource.attributes.extend(draw(attributes))
+        span = rs.scope_spans.add().spans.add(name=draw(text))
+        span.status.message = draw(text)
+        span.attributes.extend(draw(attributes))
+        span.events.add(name=draw(text)).attributes.extend(draw(attributes))
+        return Signal.TRACES, req.SerializeToString()
+    logs = ExportLogsServiceRequest()
+    record = logs.resource_logs.add().scope_logs.add().log_records.add()
+    record.body.CopyFrom(draw(any_value(4)))
+    record.attributes.extend(draw(attributes))
+    return Signal.LOGS, logs.SerializeToString()
+
+
+REDACTOR = Redactor(RedactSettings())
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(requests())
+def test_prescan_is_a_superset_of_the_walk(request: tuple[Signal, bytes]) -> None:
+    signal, payload = request
+    message = Batch.from_bytes(signal, payload).message
+    REDACTOR.counts = {}
+    REDACTOR.redact_request(signal, message)
+    if not REDACTOR.can_match(payload):
+        assert REDACTOR.counts == {}
+        assert message.SerializeToString() == payload
+
+
+FILLER = st.sampled_from(["alpha", "beta gamma", "delta", "note:", "x=1", ""])
+
+
+@st.composite
+def planted(draw: st.DrawFn) -> tuple[list[tuple[str, str]], AnyValue, AnyValue]:
+    """A log body with secrets planted at random depths, and the same body with each secret
+    replaced by its mask; plus the list of (rule, secret) planted."""
+    rng = random.Random(draw(st.integers(0, 2**32)))
+    pool = list(secrets(rng).items())
+    planted: list[tuple[str, str]] = []
+
+    def build(depth: int) -> tuple[AnyValue, AnyValue]:
+        kind = draw(st.sampled_from(["secret", "text", "array", "kvlist"] if depth < 5
+                                    else ["secret", "text"]))
+        if kind == "secret":
+            rule, secret = pool[draw(st.integers(0, len(pool) - 1))]
+            before, after = draw(FILLER), draw(FILLER)
+            planted.append((rule, secret))
+            return (AnyValue(string_value=f"{before} {secret} {after}"),
+                    AnyValue(string_value=f"{before} [REDACTED:{rule}] {after}"))
+        if kind == "text":
+            t = draw(FILLER)
+            return AnyValue(string_value=t), AnyValue(string_value=t)
+        children = [build(depth + 1) for _ in range(draw(st.integers(1, 3)))]
+        if kind == "array":
+            return (AnyValue(array_value={"values": [c[0] for c in children]}),
+                    AnyValue(array_value={"values": [c[1] for c in children]}))
+        keys = [f"field{i}" for i in range(len(children))]
+        return (AnyValue(kvlist_value={"values": [
+                    KeyValue(key=k, value=c[0]) for k, c in zip(keys, children, strict=True)]}),
+                AnyValue(kvlist_value={"values": [
+                    KeyValue(key=k, value=c[1]) for k, c in zip(keys, children, strict=True)]}))
+
+    value, masked = build(0)
+    return planted, value, masked
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(planted())
+def test_planted_secrets_never_reach_the_output(case: tuple[list[tuple[str, str]], AnyValue,
+                                                            AnyValue]) -> None:
+    planted_secrets, value, masked = case
+
+    def request(body: AnyValue) -> bytes:
+        logs = ExportLogsServiceRequest()
+        record = logs.resource_logs.add().scope_logs.add().log_records.add()
+        record.body.CopyFrom(body)
+        record.attributes.add(key="payload", value=body)
+        return logs.SerializeToString()
+
+    stage = Stage(Signal.LOGS, [RedactProcessor(RedactSettings())])
+    out = stage.run(Batch.from_bytes(Signal.LOGS, request(value)))
+    assert out is not None
+    for _, secret in planted_secrets:
+        for i in range(len(secret) - 11):
+            piece = secret[i:i + 12]
+            if piece.startswith(("-----", "PRIVATE KEY", "eyJhbGciOiJI")):
+                continue  # the fixed PEM armour and JWT header are not the secret
+            assert piece.encode() not in out.payload
+    assert out.payload == request(masked)
