@@ -413,7 +413,7 @@ class Redactor:
         """Key rules inside JSON text (value rules already ran on the text itself). The
         text is re-serialised only when a key rule fired in it."""
         try:
-            doc = json.loads(data)
+            doc = json.loads(data.decode("utf-8", "surrogatepass"))
         except RecursionError:
             # nested too deep to read its keys: mask it whole rather than pass it unread
             self._count(JSON_DEPTH_RULE)
@@ -423,7 +423,10 @@ class Redactor:
         doc, changed = self._json_node(doc, depth)
         if not changed:
             return None
-        return json.dumps(doc, ensure_ascii=False).encode("utf-8")
+        try:
+            return json.dumps(doc, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate from a `\ud800` escape: keep it escaped
+            return json.dumps(doc).encode("utf-8")
 
     def _json_node(self, node: Any, depth: int) -> tuple[Any, bool]:
         changed = False
@@ -447,11 +450,11 @@ class Redactor:
                 node[i], sub = self._json_node(item, depth)
                 changed = changed or sub
         elif isinstance(node, str) and depth < _MAX_JSON_DEPTH:
-            data = node.encode("utf-8")
+            data = node.encode("utf-8", "surrogatepass")
             if data.lstrip()[:1] in _JSON_START and self._key_hint.search(data) is not None:
                 out = self._json_text(data, depth + 1)
                 if isinstance(out, bytes):
-                    return out.decode("utf-8"), True
+                    return out.decode("utf-8", "surrogatepass"), True
         return node, changed
 
     def _count(self, rule: str) -> None:

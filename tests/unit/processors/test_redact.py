@@ -306,3 +306,13 @@ def test_a_raise_while_redacting_refuses_the_request_without_its_content(
     assert info.value.__cause__ is None
     assert info.value.__suppress_context__
     assert _sample("sidecar_redact_failures_total", {"signal": "logs"}) - before == 1
+
+
+def test_json_text_with_a_lone_surrogate_escape_is_still_redacted() -> None:
+    # json.loads turns "\ud800" into a lone surrogate, which UTF-8 cannot encode
+    req, record = _logs()
+    record.body.string_value = '{"password": "hunter2hunter2", "a": "\\ud800"}'
+    _, out = _run(Signal.LOGS, req)
+    assert out is not None
+    body = _record_of(out.message).body.string_value
+    assert json.loads(body) == {"password": "[REDACTED:secret-key]", "a": "\ud800"}

@@ -25,7 +25,8 @@ FRAGMENTS = [
     "sk-", "sk-ant-api03-", "ghp_", "xoxb-", "AKIA", "AIza", "eyJ", "Bearer ", "bearer\t",
     "://", "u:p@", "@", ":", "/", "-----BEGIN ", "PRIVATE KEY-----", "4111", " ", "-",
     "\\u0077", "\\", "\"", "{", "}", "[", "]", ",", "s", "\x12", "\u212a", "é", "0", "9",
-    "AAAAAAAAAAAAAAAAAAAA", "abcdefghijklmnopqrstuvwxyz0123456789",
+    "AAAAAAAAAAAAAAAAAAAA", "abcdefghijklmnopqrstuvwxyz0123456789", "a" * 32, "b" * 7,
+    *secrets(random.Random(5)).values(),
 ]
 
 text = st.lists(st.sampled_from(FRAGMENTS), max_size=8).map("".join)
@@ -47,11 +48,14 @@ def any_value(depth: int) -> st.SearchStrategy[AnyValue]:
         st.lists(st.tuples(text, inner), max_size=3).map(
             lambda kvs: AnyValue(kvlist_value={"values": [
                 KeyValue(key=k, value=v) for k, v in kvs]})),
+        st.lists(text, max_size=3).map(
+            lambda keys: AnyValue(kvlist_value={"values": [KeyValue(key=k) for k in keys]})),
     )
 
 
-attributes = st.lists(st.tuples(text, any_value(3)), max_size=4).map(
-    lambda kvs: [KeyValue(key=k, value=v) for k, v in kvs])
+# a KeyValue without a value puts the parent's next tag right after the key's bytes
+attributes = st.lists(st.tuples(text, st.none() | any_value(3)), max_size=4).map(
+    lambda kvs: [KeyValue(key=k) if v is None else KeyValue(key=k, value=v) for k, v in kvs])
 
 
 @st.composite
@@ -147,3 +151,43 @@ def test_planted_secrets_never_reach_the_output(case: tuple[list[tuple[str, str]
                 continue  # the fixed PEM armour and JWT header are not the secret
             assert piece.encode() not in out.payload
     assert out.payload == request(masked)
+
+
+def _followed_by(key: str) -> list[tuple[Signal, bytes]]:
+    """Requests where a value-less KeyValue with `key` is followed by each kind of next
+    field, so the byte after the key is that field's tag."""
+    out: list[tuple[Signal, bytes]] = []
+    for after in ("attribute", "dropped", "event", "link", "status", "nothing"):
+        req = ExportTraceServiceRequest()
+        span = req.resource_spans.add().scope_spans.add().spans.add(name="n")
+        span.attributes.add(key=key)
+        if after == "attribute":
+            span.attributes.add(key="k", value=AnyValue(int_value=1))
+        elif after == "dropped":
+            span.dropped_attributes_count = 3
+        elif after == "event":
+            span.events.add(name="e")
+        elif after == "link":
+            span.links.add(trace_id=b"\x01" * 16)
+        elif after == "status":
+            span.status.message = "m"
+        out.append((Signal.TRACES, req.SerializeToString()))
+    logs = ExportLogsServiceRequest()
+    record = logs.resource_logs.add().scope_logs.add().log_records.add()
+    record.attributes.add(key=key)
+    record.dropped_attributes_count = 1
+    record.flags = 1
+    record.trace_id = b"\x02" * 16
+    out.append((Signal.LOGS, logs.SerializeToString()))
+    return out
+
+
+def test_a_key_rule_at_the_end_of_a_key_trips_the_prescan_whatever_follows() -> None:
+    for key in ("x_token", "X-TOKEN", "access.token", "pwd", "apikey", "set-cookie",
+                "Private Key", "session.id", "credentials", "client_secret"):
+        for signal, payload in _followed_by(key):
+            message = Batch.from_bytes(signal, payload).message
+            REDACTOR.counts = {}
+            REDACTOR.redact_request(signal, message)
+            assert REDACTOR.counts == {"secret-key": 1}, key
+            assert REDACTOR.can_match(payload), (key, payload)

@@ -1,0 +1,69 @@
+"""Fail closed: when redaction raises, the real OTLP/HTTP receiver answers 500, nothing of
+the request reaches the exporter, the failure is counted, and neither the answer nor the
+daemon's log quotes the content."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from pathlib import Path
+
+import aiohttp
+import pytest
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+from sidecar import config as config_module
+from sidecar.config import HttpListenerConfig
+from sidecar.model import ExportRequest, Signal
+from sidecar.pipeline.graph import build_graph
+from sidecar.processors.redact import RedactProcessor
+from sidecar.receivers.otlp_http import OtlpHttpReceiver
+from sidecar.telemetry.metrics import REGISTRY
+from tests.unit.processors.redact_corpus import secrets
+
+
+def _failures() -> float:
+    return REGISTRY.get_sample_value("sidecar_redact_failures_total", {"signal": "logs"}) or 0.0
+
+
+async def test_a_raise_in_redaction_exports_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    secret = secrets(random.Random(3))["github-token"]
+    cfg = config_module.from_tree({"exporters": {
+        "local": {"type": "file", "path": str(tmp_path / "out"), "batch": {"max_delay": 0}}}})
+    graph = build_graph(cfg)
+    (processor,) = [p for p in graph.processors if isinstance(p, RedactProcessor)]
+
+    def broken(signal: Signal, message: ExportRequest) -> None:
+        raise ValueError(f"cannot handle {secret}")
+
+    monkeypatch.setattr(processor.redactor, "redact_request", broken)
+    request = ExportLogsServiceRequest()
+    record = request.resource_logs.add().scope_logs.add().log_records.add()
+    record.body.string_value = f"pushing with {secret}"
+    receiver = OtlpHttpReceiver("otlp", HttpListenerConfig(endpoint="127.0.0.1:0"),
+                                graph.consumers)
+    await graph.start()
+    await receiver.start()
+    before = _failures()
+    try:
+        url = f"http://127.0.0.1:{receiver.bound_port}/v1/logs"
+        with caplog.at_level(logging.DEBUG):
+            async with aiohttp.ClientSession() as session, session.post(
+                    url, data=request.SerializeToString(),
+                    headers={"Content-Type": "application/x-protobuf"}) as response:
+                status, body = response.status, await response.read()
+    finally:
+        await receiver.shutdown(asyncio.get_running_loop().time() + 1)
+        await graph.shutdown(asyncio.get_running_loop().time() + 5)
+    assert status == 500
+    assert secret.encode() not in body
+    assert _failures() - before == 1
+    out = tmp_path / "out"
+    exported = b"".join(f.read_bytes() for f in out.rglob("*") if f.is_file()) \
+        if out.exists() else b""
+    assert b"pushing with" not in exported
+    assert caplog.records, "the failure is logged"
+    assert secret not in caplog.text
