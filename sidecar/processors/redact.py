@@ -165,13 +165,13 @@ class Redactor:
                      if settings.hash_key else b"")
         self._key_action = actions.get(KEY_RULE, Action.MASK)
         self._drop_prompts = settings.prompts == "drop"
-        rules = [
-            _Rule(r.name, compile_bytes(r.pattern), r.group, r.check,
-                  actions.get(r.name, Action.MASK))
-            for r in BUILTIN_RULES if not r.pii or r.name in settings.pii
-        ]
-        value_forms = [r.prescan_form() for r in BUILTIN_RULES
-                       if not r.pii or r.name in settings.pii]
+        builtin = [r for r in BUILTIN_RULES if not r.pii or r.name in settings.pii]
+        rules = [_Rule(r.name, compile_bytes(r.pattern), r.group, r.check,
+                       actions.get(r.name, Action.MASK)) for r in builtin]
+        # per string: the rules without their assertions; on the raw request: forms that
+        # may also look at the bytes around a string (CARD_PRESCAN)
+        value_forms = [boundary_free(r.pattern) for r in builtin]
+        prescan_forms = [r.prescan_form() for r in builtin]
         key_forms = list(KEY_STEM_FORMS)
         self._user_keys: list[_KeyRule] = []
         for u in settings.rules:
@@ -179,6 +179,7 @@ class Redactor:
                 assert u.value is not None
                 rules.append(_Rule(u.name, compile_bytes(u.value), 0, None, u.action))
                 value_forms.append(boundary_free(u.value))
+                prescan_forms.append(boundary_free(u.value))
             else:
                 value = compile_bytes(u.value) if u.value is not None else None
                 self._user_keys.append(_KeyRule(u.name, compile_bytes(u.key), value, u.action))
@@ -187,7 +188,7 @@ class Redactor:
         self._rules = tuple(rules)
         self._value_hint = compile_bytes(_alternation(value_forms))
         self._key_hint = compile_bytes(_alternation([*key_forms, _JSON_ESCAPE]))
-        self.prescan = compile_bytes(_alternation([*value_forms, *key_forms, _JSON_ESCAPE]))
+        self.prescan = compile_bytes(_alternation([*prescan_forms, *key_forms, _JSON_ESCAPE]))
         self._verdicts: dict[str, _Verdict] = {}
         self.counts: dict[str, int] = {}
 
@@ -270,7 +271,7 @@ class Redactor:
             pass
         norm = normalise_key(key)
         verdict: _Verdict = None
-        if is_secret_key(norm):
+        if is_secret_key(key, norm):
             verdict = (KEY_RULE, self._key_action)
         elif not is_allowlisted(norm):
             data = key.encode()
@@ -284,12 +285,16 @@ class Redactor:
         return verdict
 
     def _user_key_value(self, kv: KeyValue) -> bool:
-        """User rules with both a key and a value pattern; True to drop the attribute."""
+        """User rules with both a key and a value pattern (searched in a string value);
+        True to drop the attribute."""
+        if kv.value.WhichOneof("value") != "string_value":
+            return False
         data = kv.key.encode()
+        text = kv.value.string_value.encode()
         for rule in self._user_keys:
             if rule.value is None or rule.regex.search(data) is None:
                 continue
-            if rule.value.search(kv.value.SerializeToString()) is not None:
+            if rule.value.search(text) is not None:
                 return self._whole_value(kv.value, (rule.name, rule.action))
         return False
 

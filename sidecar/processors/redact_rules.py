@@ -107,9 +107,10 @@ class ValueRule:
     check: Check | None = None
     group: int = 0  # the capture group to mask (0: the whole match)
     pii: bool = False  # opt-in
+    prescan: str | None = None  # a hand-proved superset, when the boundary-free form is weak
 
     def prescan_form(self) -> str:
-        return boundary_free(self.pattern)
+        return self.prescan if self.prescan is not None else boundary_free(self.pattern)
 
 
 def _not_followed_by(chars: bytes) -> Check:
@@ -158,13 +159,22 @@ def is_card_number(digits: str) -> bool:
 _CARD_GROUP = compile_bytes(r"\d+")
 
 
+_ALNUM = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_CARD_RUN_MAX = 37  # 19 digits and 18 separators
+
+
 def _card_check(text: bytes, start: int, end: int) -> tuple[int, int] | None:
     """`start:end` is a maximal run of digits with single spaces or dashes between: the
-    first window of whole digit groups that is a card number, unless the run is a
-    decimal."""
-    if start >= 2 and text[start - 1] == 0x2E and text[start - 2] in _DIGITS:
+    first window of whole digit groups that is a card number. Not when the run touches a
+    letter or `_` (ids: `call_5017262279051f`), follows `$` or touches `-` (UUIDs), is part
+    of a decimal, or is longer than a card (CARD_PRESCAN: these keep the pre-scan cheap)."""
+    if end - start > _CARD_RUN_MAX:
         return None
-    if end + 1 < len(text) and text[end] == 0x2E and text[end + 1] in _DIGITS:
+    if start > 0 and (text[start - 1] in _ALNUM or text[start - 1] in b"-_$" or (
+            start >= 2 and text[start - 1] == 0x2E and text[start - 2] in _DIGITS)):
+        return None
+    if end < len(text) and (text[end] in _ALNUM or text[end] in b"-_" or (
+            end + 1 < len(text) and text[end] == 0x2E and text[end + 1] in _DIGITS)):
         return None
     groups = [(m.start(), m.end()) for m in _CARD_GROUP.finditer(text[start:end])]
     for i in range(len(groups)):
@@ -176,6 +186,16 @@ def _card_check(text: bytes, start: int, end: int) -> tuple[int, int] | None:
             if is_card_number(digits):
                 return start + groups[i][0], start + groups[j][1]
     return None
+
+
+# UUIDs and ids (`call_...`) hold 13-digit runs often enough to trip a plain digit-run
+# pre-scan on most requests. A run the card rule accepts is, inside its string: after a byte
+# other than [0-9A-Za-z_$-] (raw bytes hold it verbatim: first arm); or before a byte other
+# than [0-9A-Za-z_-] (third arm); or it is the whole string, at most 37 bytes, so the length
+# byte before it is 13..37, none of [0-9A-Za-z_-], and `$` (36) only before a run of 19
+# digits (second arm).
+CARD_PRESCAN = (r"[^0-9A-Za-z_$-]\d(?:[ -]?\d){12}|\$\d(?:[ -]?\d){18}"
+                r"|\d(?:[ -]?\d){12}[^0-9A-Za-z_-]")
 
 
 def _aws_key_id_check(text: bytes, start: int, end: int) -> tuple[int, int] | None:
@@ -208,7 +228,7 @@ BUILTIN_RULES: tuple[ValueRule, ...] = (
     ValueRule("google-api-key", r"\bAIza[0-9A-Za-z_-]{35}", _not_followed_by(_B64 + b"_-")),
     # the password only: user and host stay; `"` ends it so a match cannot cross a JSON string
     ValueRule("url-credentials", r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/:@\"]*:([^\s/@\"]+)@", group=1),
-    ValueRule("card-number", r"\d(?:[ -]?\d){12,}", _card_check),
+    ValueRule("card-number", r"\d(?:[ -]?\d){12,}", _card_check, prescan=CARD_PRESCAN),
     ValueRule("email", r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b",
               pii=True),
     ValueRule("phone", r"\+[1-9]\d{0,2}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]?\d{2,4}){1,3}",
@@ -246,7 +266,7 @@ _SEP = r"[-_. ]"
 KEY_STEM_FORMS: tuple[str, ...] = (
     r"(?i)passw(?:or)?d", r"(?i)pwd", r"(?i)secret", rf"(?i)api{_SEP}?key",
     r"(?i)authorization", r"(?i)cookie", rf"(?i)private{_SEP}key", r"(?i)credentials",
-    rf"(?i)session{_SEP}id",
+    r"(?i)session[-_ ]id",  # not `session.id`: ALLOW_RAW_SUFFIXES
     r"(?i)token(?:\z|[^s._]|s\z|s[^\x12])",
 )
 
@@ -265,8 +285,15 @@ def is_allowlisted(norm: str) -> bool:
             or norm.endswith(ALLOW_SUFFIXES))
 
 
-def is_secret_key(norm: str) -> bool:
-    return norm.endswith(SECRET_KEYS) and not is_allowlisted(norm)
+_LOWER = str.maketrans({chr(c): chr(c + 32) for c in range(65, 91)})
+# OpenTelemetry's `session.id` (on every span of some apps) is a correlation id, not the
+# session cookie a `session_id`, `session-id` or `SESSION_ID` key usually holds.
+ALLOW_RAW_SUFFIXES: tuple[str, ...] = ("session.id",)
+
+
+def is_secret_key(key: str, norm: str) -> bool:
+    return (norm.endswith(SECRET_KEYS) and not is_allowlisted(norm)
+            and not key.translate(_LOWER).endswith(ALLOW_RAW_SUFFIXES))
 
 
 # GenAI prompt and completion content (§1.7), for the `prompts` policy.

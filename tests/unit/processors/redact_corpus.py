@@ -115,4 +115,5 @@ ALLOWED_KEYS = [
     "gen_ai.token.type", "llm.token_count.prompt", "llm.usage.total_tokens",
     "ai.usage.promptTokens", "ai.settings.maxOutputTokens", "max_completion_tokens",
     "gen_ai.request.thinking.budget_tokens", "service.name", "trace_id", "span_id",
+    "session.id", "app.session.id",
 ]

@@ -26,6 +26,8 @@ FRAGMENTS = [
     "://", "u:p@", "@", ":", "/", "-----BEGIN ", "PRIVATE KEY-----", "4111", " ", "-",
     "\\u0077", "\\", "\"", "{", "}", "[", "]", ",", "s", "\x12", "\u212a", "é", "0", "9",
     "AAAAAAAAAAAAAAAAAAAA", "abcdefghijklmnopqrstuvwxyz0123456789", "a" * 32, "b" * 7,
+    "4111 1111 1111 1111", "5500-0000-0000-0004", "4111111111111111 1", "$", "%", "c9",
+    "4111111111111111111", "4111 1111 1111 1111 111",
     *secrets(random.Random(5)).values(),
 ]
 
@@ -184,10 +186,33 @@ def _followed_by(key: str) -> list[tuple[Signal, bytes]]:
 
 def test_a_key_rule_at_the_end_of_a_key_trips_the_prescan_whatever_follows() -> None:
     for key in ("x_token", "X-TOKEN", "access.token", "pwd", "apikey", "set-cookie",
-                "Private Key", "session.id", "credentials", "client_secret"):
+                "Private Key", "Session-ID", "credentials", "client_secret"):
         for signal, payload in _followed_by(key):
             message = Batch.from_bytes(signal, payload).message
             REDACTOR.counts = {}
             REDACTOR.redact_request(signal, message)
             assert REDACTOR.counts == {"secret-key": 1}, key
             assert REDACTOR.can_match(payload), (key, payload)
+
+
+def test_a_card_number_that_is_its_whole_string_trips_the_prescan_at_every_length() -> None:
+    # the length byte before such a string is 13..37: the pre-scan's arms must take each
+    digits = "4111111111111111"  # Visa test number, 16 digits
+    nineteen = "4000000000000000006"  # 19 digits, Luhn valid
+    cases = [digits, nineteen]
+    for number in (digits, nineteen):
+        for seps in range(1, len(number)):
+            # `seps` single separators between the first digits, then the rest
+            cases.append("".join(d + ("-" if i < seps else "") for i, d in
+                                 enumerate(number[:-1])) + number[-1])
+            cases.append(" ".join(number[:seps + 1]) + number[seps + 1:])
+    for text in cases:
+        req = ExportTraceServiceRequest()
+        span = req.resource_spans.add().scope_spans.add().spans.add(name="n")
+        span.attributes.add(key="card", value=AnyValue(string_value=text))
+        payload = req.SerializeToString()
+        message = Batch.from_bytes(Signal.TRACES, payload).message
+        REDACTOR.counts = {}
+        REDACTOR.redact_request(Signal.TRACES, message)
+        assert REDACTOR.counts == {"card-number": 1}, text
+        assert REDACTOR.can_match(payload), text
