@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 import random
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from sidecar.model import Signal
 from sidecar.testing import OtlpSink
-from tests.helpers.daemon import DaemonProcess
+from tests.helpers.daemon import SIDECAR, DaemonProcess
 from tests.helpers.otlp import py_attrs
 from tests.unit.processors.redact_corpus import secrets
 
@@ -124,3 +125,14 @@ async def test_no_secret_reaches_an_exporter(short_tmp: Path) -> None:
         for secret in plain:
             assert secret not in out
             assert secret not in err
+
+
+def test_sidecar_validate_names_the_rule_with_the_bad_pattern(tmp_path: Path) -> None:
+    path = tmp_path / "sidecar.yaml"
+    path.write_text("processors:\n  redact:\n    rules:\n"
+                    "      - name: ticket\n        value: '[a-'\n")
+    result = subprocess.run([SIDECAR, "validate", "--config", str(path)],
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "processors.redact" in result.stderr
+    assert "rule 'ticket': invalid value pattern" in result.stderr
