@@ -12,3 +12,5 @@ Writing a processor (`pipeline/stage.py` runs it):
    with `order` its fixed place (redaction 10, cost 20, span metrics 30), and an import
    here.
 """
+
+from sidecar.processors import llm_cost  # noqa: F401  (cost, 20)
