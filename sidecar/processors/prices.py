@@ -193,14 +193,17 @@ class PriceBook:
             return None
         return _Resolved(found_provider, found_model, not _has_time_of_day(found_model))
 
+    def override(self, provider: str | None, model: str) -> Rates | None:
+        return self._overrides.get((provider, model.lower())) or \
+            self._overrides.get((None, model.lower()))
+
     def price(self, provider: str | None, model: str, start_ns: int, *, input_tokens: int,
               output_tokens: int, cache_read: int = 0, cache_write: int = 0,
               service_tier: str | None = None) -> Price | None:
         """The cost of one call, or None when no price is known for the model."""
         if provider is not None and provider in self._free:
             return Price(_ZERO, _ZERO, _ZERO, _ZERO, _ZERO, _ZERO, provider, model, "free", None)
-        override = self._overrides.get((provider, model.lower())) or \
-            self._overrides.get((None, model.lower()))
+        override = self.override(provider, model)
         if override is not None:
             return self._apply(provider, _override_price(
                 override, provider, model, input_tokens, output_tokens, cache_read, cache_write))
@@ -276,3 +279,42 @@ def _override_price(rates: Rates, provider: str | None, model: str, input_tokens
     out = rates.output * output_tokens / MILLION
     inp = plain + cr + cw
     return Price(inp + out, inp, out, plain, cr, cw, provider or "", model, "override", None)
+
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    """What `sidecar prices` shows for one model."""
+
+    provider_id: str
+    model_id: str
+    rates: str  # per-million prices, as genai-prices prints them
+    price_date: str | None
+    source: str
+    price: Price
+
+
+def quote(book: PriceBook, provider: str | None, model: str, start_ns: int, *,
+          input_tokens: int, output_tokens: int, cache_read: int = 0,
+          cache_write: int = 0) -> Quote | None:
+    """The resolved model, its rates and the cost of the given usage; None when unknown."""
+    price = book.price(provider, model, start_ns, input_tokens=input_tokens,
+                       output_tokens=output_tokens, cache_read=cache_read,
+                       cache_write=cache_write)
+    if price is None:
+        return None
+    if price.source == "free":
+        return Quote(price.provider_id, price.model_id, "free", None, "free", price)
+    override = book.override(provider, model)
+    if override is not None:
+        parts = [f"${override.input}/input MTok", f"${override.output}/output MTok"]
+        if override.cache_read is not None:
+            parts.append(f"${override.cache_read}/input cache read MTok")
+        if override.cache_write is not None:
+            parts.append(f"${override.cache_write}/input cache write MTok")
+        return Quote(price.provider_id, price.model_id, ", ".join(parts), None, price.source,
+                     price)
+    _, _, resolved = book.lookup(provider, model)
+    assert resolved is not None
+    rates = resolved.model.get_prices(_when(start_ns))
+    return Quote(price.provider_id, price.model_id, str(rates), price.price_date, price.source,
+                 price)
