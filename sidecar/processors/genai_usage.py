@@ -12,7 +12,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 # canonical count fields
 INPUT, OUTPUT, CACHE_READ, CACHE_WRITE, REASONING, TOTAL = range(6)
@@ -169,8 +169,7 @@ def parse_count(value: object) -> int:
     return number
 
 
-def scalar(kv: KeyValue) -> object:
-    value = kv.value
+def scalar(value: AnyValue) -> object:
     kind = value.WhichOneof("value")
     if kind == "string_value":
         return value.string_value
@@ -201,8 +200,9 @@ class GenAIUsage:
     reasoning: int
     # the input count excluded the cached tokens (raw Anthropic style) and was adjusted
     input_adjusted: bool
-    # a cost the producer already put on the span (USD)
+    # a cost the producer already put on the span (USD), and whether under gen_ai.usage.cost
     reported_cost: float | None
+    has_cost_attribute: bool
     # canonical names absent from the span: (key, value) to add
     missing: list[tuple[str, str | int]]
 
@@ -224,20 +224,36 @@ class Scan:
     invalid: list[str]
 
 
-def scan(attributes: Iterable[KeyValue]) -> Scan | None:
-    """One pass over the attributes; None when nothing GenAI-related is there."""
-    result: Scan | None = None
+# every attribute key the normalisation reads
+KNOWN_KEYS = frozenset((*COUNT_KEYS, *STRING_KEYS, *MARKER_KEYS))
+_COUNT_KEYSET = frozenset(COUNT_KEYS)
+
+
+def collect(attributes: Iterable[KeyValue], known: frozenset[str] = KNOWN_KEYS,
+            ) -> dict[str, AnyValue] | None:
+    """The values of the known keys (first occurrence wins), None when there are none. The
+    one loop every span pays for: a set lookup per attribute."""
+    hits: dict[str, AnyValue] | None = None
     for kv in attributes:
         key = kv.key
+        if key in known:
+            if hits is None:
+                hits = {}
+            hits.setdefault(key, kv.value)
+    return hits
+
+
+def has_usage(hits: dict[str, AnyValue]) -> bool:
+    return not _COUNT_KEYSET.isdisjoint(hits)
+
+
+def resolve(hits: dict[str, AnyValue]) -> Scan:
+    """Per canonical field, the value of the highest-precedence name present."""
+    result = Scan([None] * COUNT_FIELDS, [99] * COUNT_FIELDS, [None] * STRING_FIELDS,
+                  [99] * STRING_FIELDS, set(hits), {}, [])
+    for key, any_value in hits.items():
+        value = scalar(any_value)
         count_slot = COUNT_KEYS.get(key)
-        string_slot = STRING_KEYS.get(key) if count_slot is None else None
-        if count_slot is None and string_slot is None and key not in MARKER_KEYS:
-            continue
-        if result is None:
-            result = Scan([None] * COUNT_FIELDS, [99] * COUNT_FIELDS,
-                          [None] * STRING_FIELDS, [99] * STRING_FIELDS, set(), {}, [])
-        result.present.add(key)
-        value = scalar(kv)
         if count_slot is not None:
             field, rank = count_slot
             if rank < result.count_ranks[field]:
@@ -246,14 +262,22 @@ def scan(attributes: Iterable[KeyValue]) -> Scan | None:
                     result.count_ranks[field] = rank
                 except InvalidCount as exc:
                     result.invalid.append(str(exc))
-        elif string_slot is not None:
+            continue
+        string_slot = STRING_KEYS.get(key)
+        if string_slot is not None:
             field, rank = string_slot
             if rank < result.string_ranks[field] and isinstance(value, str) and value:
                 result.strings[field] = value
                 result.string_ranks[field] = rank
-        else:
+        elif key in MARKER_KEYS:
             result.markers[key] = value
     return result
+
+
+def scan(attributes: Iterable[KeyValue]) -> Scan | None:
+    """`collect` then `resolve`: None when nothing GenAI-related is there."""
+    hits = collect(attributes)
+    return None if hits is None else resolve(hits)
 
 
 def model_call_operation(found: Scan, extra_operations: frozenset[str]) -> str | None:
@@ -340,7 +364,8 @@ def usage_of(found: Scan, extra_operations: frozenset[str] = frozenset()) -> Gen
         request_model=strings[REQUEST_MODEL], response_model=strings[RESPONSE_MODEL],
         agent=agent_of(found), service_tier=strings[SERVICE_TIER],
         input=inp, output=out, cache_read=cache_read, cache_write=cache_write,
-        reasoning=reasoning, input_adjusted=adjusted, reported_cost=cost, missing=[])
+        reasoning=reasoning, input_adjusted=adjusted, reported_cost=cost,
+        has_cost_attribute=COST_KEYS[0] in found.present, missing=[])
     present = found.present
     canonical_strings = (usage.provider, usage.request_model, usage.response_model,
                          operation, usage.agent)

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from decimal import Decimal
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from prometheus_client import Counter
 from pydantic import Field
@@ -31,6 +31,7 @@ from sidecar.component import ProcessorFactory, ProcessorSettings, register_proc
 from sidecar.configtypes import Strict
 from sidecar.model import Signal, Work
 from sidecar.processors import genai_usage as gu
+from sidecar.processors import span_index, wire
 from sidecar.processors.prices import Price, PriceBook, Rates
 from sidecar.telemetry import metrics
 
@@ -39,6 +40,10 @@ log = logging.getLogger(__name__)
 # Every usage attribute of every dialect contains one of these byte strings; a request
 # without them has no model call and is not parsed or walked.
 _PRESCAN = (b"okens", b"token_count")
+# spans walked: those that may hold usage, and agent roots (AI SDK v7 names the agent on
+# the root only; Traceloop agent/workflow spans; AI SDK v6 functionId)
+_NEEDLES = (*_PRESCAN, b"invoke_agent", b"create_agent", b"traceloop.", b"functionId",
+            b"ai.telemetry.metadata.agent")
 OTHER = "other"
 UNKNOWN = "unknown"
 TOKEN_TYPES = ("input", "output", "cache_read", "cache_creation", "reasoning")
@@ -100,16 +105,20 @@ class LabelGuard:
         return value
 
 
-def _add(span: Span, key: str, value: str | int | float | bool) -> None:
-    kv = span.attributes.add(key=key)
-    if isinstance(value, bool):
-        kv.value.bool_value = value
-    elif isinstance(value, int):
-        kv.value.int_value = value
-    elif isinstance(value, float):
-        kv.value.double_value = value
-    else:
-        kv.value.string_value = value
+_USD = wire.attribute("gen_ai.usage.cost.currency", "USD")
+_SOURCE_LOCAL = wire.attribute("gen_ai.usage.cost.source", "local")
+_SOURCE_PROVIDER = wire.attribute("gen_ai.usage.cost.source", "provider")
+_INPUT_ADJUSTED = wire.attribute("sidecar.cost.input_adjusted", True)
+_COST = wire.DoubleAttribute("gen_ai.usage.cost")
+_AMOUNT = wire.DoubleAttribute("gen_ai.usage.cost.amount")
+_LOCAL_AMOUNT = wire.DoubleAttribute("sidecar.cost.local_amount")
+_COST_INPUT = wire.DoubleAttribute("gen_ai.cost.input_tokens")
+_COST_OUTPUT = wire.DoubleAttribute("gen_ai.cost.output_tokens")
+_COST_CACHE_READ = wire.DoubleAttribute("gen_ai.cost.cache_read.input_tokens")
+_COST_CACHE_WRITE = wire.DoubleAttribute("gen_ai.cost.cache_creation.input_tokens")
+# spans whose agent name may matter to the model calls of their trace
+_AGENT_HINTS = frozenset(k for k, (field, _) in gu.STRING_KEYS.items() if field == gu.AGENT) \
+    | {gu.TRACELOOP_KIND_KEY, gu.TRACELOOP_WORKFLOW_KEY}
 
 
 def _string_attr(attributes: Iterable[KeyValue], keys: tuple[str, ...]) -> str | None:
@@ -135,6 +144,8 @@ class LlmCost:
                               settings.provider_aliases)
         self._extra = frozenset(settings.extra_operations)
         self._tenant_keys = tuple(settings.tenant_keys)
+        self._known = gu.KNOWN_KEYS | frozenset(self._tenant_keys)
+        self._provenance_kvs: dict[tuple[str, str | None, str, str], bytes] = {}
         self._guards = {label: LabelGuard(settings.label_values) for label in metrics.LLM_LABELS}
         self._agents: OrderedDict[bytes, str] = OrderedDict()
         self._agent_limit = settings.agent_traces
@@ -145,38 +156,65 @@ class LlmCost:
         payload = work.payload
         if not any(marker in payload for marker in _PRESCAN):
             return
-        changed = False
-        pending: list[tuple[bytes, gu.GenAIUsage, str, str, float | None]] = []
+        found = span_index.index(payload, _NEEDLES)
+        if found is not None and not found[1]:
+            return  # usage bytes outside any span (a resource attribute, an event)
         message = work.message
         assert isinstance(message, ExportTraceServiceRequest)
-        for resource_spans in message.resource_spans:
-            resource_attrs = resource_spans.resource.attributes
-            service = _string_attr(resource_attrs, ("service.name",)) or UNKNOWN
-            resource_tenant = _string_attr(resource_attrs, self._tenant_keys)
-            for scope_spans in resource_spans.scope_spans:
-                for span in scope_spans.spans:
-                    found = gu.scan(span.attributes)
-                    if found is None:
-                        continue
-                    for reason in found.invalid:
-                        metrics.LLM_USAGE_INVALID.labels(reason).inc()
-                    named = gu.agent_of(found)
+        resources = message.resource_spans
+        if found is not None and span_index.same_shape(found[0], resources):
+            positions: Iterable[tuple[int, int, int]] = found[1]
+        else:  # the message no longer lines up with the bytes: walk it all
+            positions = ((i, j, k) for i, rs in enumerate(resources)
+                         for j, ss in enumerate(rs.scope_spans) for k in range(len(ss.spans)))
+        known = self._known
+        changed = False
+        pending: list[tuple[bytes, gu.GenAIUsage, str, str, float | None]] = []
+        resource_index = -1
+        service, resource_tenant = UNKNOWN, None
+        for i, j, k in positions:
+            if i != resource_index:
+                resource_index = i
+                resource_attrs = resources[i].resource.attributes
+                service = _string_attr(resource_attrs, ("service.name",)) or UNKNOWN
+                resource_tenant = _string_attr(resource_attrs, self._tenant_keys)
+            span = resources[i].scope_spans[j].spans[k]
+            hits = gu.collect(span.attributes, known)
+            if hits is None:
+                continue
+            if not gu.has_usage(hits):
+                if not _AGENT_HINTS.isdisjoint(hits):
+                    named = gu.agent_of(gu.resolve(hits))
                     if named is not None:
                         self._remember(span.trace_id, named)
-                    usage = gu.usage_of(found, self._extra)
-                    if usage is None:
-                        continue
-                    changed = True
-                    cost = self._price_span(span, usage)
-                    tenant = _string_attr(span.attributes, self._tenant_keys) or resource_tenant
-                    pending.append((span.trace_id, usage, service, tenant or UNKNOWN, cost))
+                continue
+            scanned = gu.resolve(hits)
+            for reason in scanned.invalid:
+                metrics.LLM_USAGE_INVALID.labels(reason).inc()
+            named = gu.agent_of(scanned)
+            if named is not None:
+                self._remember(span.trace_id, named)
+            usage = gu.usage_of(scanned, self._extra)
+            if usage is None:
+                continue
+            changed = True
+            cost = self._price_span(span, usage)
+            tenant = self._tenant(hits) or resource_tenant
+            pending.append((span.trace_id, usage, service, tenant or UNKNOWN, cost))
         if not changed:
             # nothing was edited: spare the stage a re-serialisation
             work.touched = False
             return
-        for trace_id, usage, service, tenant, cost in pending:
+        for trace_id, usage, service_name, tenant_name, cost in pending:
             agent = usage.agent or self._agents.get(trace_id)
-            self._count(usage, service, agent, tenant, cost)
+            self._count(usage, service_name, agent, tenant_name, cost)
+
+    def _tenant(self, hits: dict[str, AnyValue]) -> str | None:
+        for key in self._tenant_keys:
+            value = hits.get(key)
+            if value is not None and value.WhichOneof("value") == "string_value":
+                return value.string_value
+        return None
 
     def _remember(self, trace_id: bytes, agent: str) -> None:
         if self._agent_limit == 0 or self._agents.get(trace_id) == agent:
@@ -187,10 +225,9 @@ class LlmCost:
 
     def _price_span(self, span: Span, usage: gu.GenAIUsage) -> float | None:
         """Write the usage's canonical names and its cost on the span; the cost in USD."""
-        for key, value in usage.missing:
-            _add(span, key, value)
+        out = [wire.attribute(key, value) for key, value in usage.missing]
         if usage.input_adjusted:
-            _add(span, "sidecar.cost.input_adjusted", True)
+            out.append(_INPUT_ADJUSTED)
         model = usage.model
         price: Price | None = None
         if model:
@@ -202,45 +239,48 @@ class LlmCost:
         if price is None:
             self._unpriced(usage.provider or UNKNOWN, model or UNKNOWN)
             if reported is None:
+                span.MergeFromString(b"".join(out))
                 return None
         if reported is not None:
-            if "gen_ai.usage.cost" not in _keys(span):
-                _add(span, "gen_ai.usage.cost", reported)
-            _add(span, "gen_ai.usage.cost.amount", reported)
-            _add(span, "gen_ai.usage.cost.currency", "USD")
-            _add(span, "gen_ai.usage.cost.source", "provider")
+            if not usage.has_cost_attribute:
+                out.append(_COST(reported))
+            out += (_AMOUNT(reported), _USD, _SOURCE_PROVIDER)
             if price is not None:
                 local = float(price.total)
-                _add(span, "sidecar.cost.local_amount", local)
-                self._provenance(span, price)
+                out += (_LOCAL_AMOUNT(local), self._provenance(price))
                 if abs(local - reported) > 0.01 * max(local, reported):
                     metrics.LLM_COST_DISAGREEMENTS.labels(
                         self._guards["provider"](usage.provider),
                         self._guards["model"](model)).inc()
+            span.MergeFromString(b"".join(out))
             return reported
         assert price is not None
         total = float(price.total)
-        _add(span, "gen_ai.usage.cost", total)
-        _add(span, "gen_ai.usage.cost.amount", total)
-        _add(span, "gen_ai.usage.cost.currency", "USD")
-        _add(span, "gen_ai.usage.cost.source", "local")
         uncached = price.uncached_input if price.uncached_input is not None else price.input
-        _add(span, "gen_ai.cost.input_tokens", float(uncached))
-        _add(span, "gen_ai.cost.output_tokens", float(price.output))
+        out += (_COST(total), _AMOUNT(total), _USD, _SOURCE_LOCAL,
+                _COST_INPUT(float(uncached)), _COST_OUTPUT(float(price.output)))
         if price.cache_read is not None and usage.cache_read:
-            _add(span, "gen_ai.cost.cache_read.input_tokens", float(price.cache_read))
+            out.append(_COST_CACHE_READ(float(price.cache_read)))
         if price.cache_write is not None and usage.cache_write:
-            _add(span, "gen_ai.cost.cache_creation.input_tokens", float(price.cache_write))
-        self._provenance(span, price)
+            out.append(_COST_CACHE_WRITE(float(price.cache_write)))
+        out.append(self._provenance(price))
+        span.MergeFromString(b"".join(out))
         return total
 
-    @staticmethod
-    def _provenance(span: Span, price: Price) -> None:
-        _add(span, "sidecar.cost.prices", price.source)
-        if price.price_date is not None:
-            _add(span, "sidecar.cost.price_date", price.price_date)
-        _add(span, "sidecar.cost.model_id", price.model_id)
-        _add(span, "sidecar.cost.provider_id", price.provider_id)
+    def _provenance(self, price: Price) -> bytes:
+        key = (price.source, price.price_date, price.model_id, price.provider_id)
+        data = self._provenance_kvs.get(key)
+        if data is None:
+            parts = [wire.attribute("sidecar.cost.prices", price.source)]
+            if price.price_date is not None:
+                parts.append(wire.attribute("sidecar.cost.price_date", price.price_date))
+            parts += (wire.attribute("sidecar.cost.model_id", price.model_id),
+                      wire.attribute("sidecar.cost.provider_id", price.provider_id))
+            data = b"".join(parts)
+            if len(self._provenance_kvs) >= MAX_SERIES:
+                self._provenance_kvs.clear()
+            self._provenance_kvs[key] = data
+        return data
 
     def _unpriced(self, provider: str, model: str) -> None:
         metrics.LLM_PRICE_LOOKUP_FAILURES.labels(
@@ -272,10 +312,6 @@ class LlmCost:
                                            usage.cache_write, usage.reasoning), strict=True):
             if count:
                 counter.inc(count)
-
-
-def _keys(span: Span) -> set[str]:
-    return {kv.key for kv in span.attributes}
 
 
 def _create(settings: ProcessorSettings) -> LlmCost:
