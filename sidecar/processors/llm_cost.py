@@ -21,8 +21,10 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from decimal import Decimal
 
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from prometheus_client import Counter
 from pydantic import Field
@@ -31,7 +33,7 @@ from sidecar.component import ProcessorFactory, ProcessorSettings, register_proc
 from sidecar.configtypes import Strict
 from sidecar.model import Signal, Work
 from sidecar.processors import genai_usage as gu
-from sidecar.processors import span_index, wire
+from sidecar.processors import log_usage, span_index, wire
 from sidecar.processors.prices import Price, PriceBook, Rates
 from sidecar.telemetry import metrics
 
@@ -105,6 +107,8 @@ class LabelGuard:
         return value
 
 
+# span attribute bytes start with Span.attributes' tag; a log record's have their own
+_LOG_TAG = bytes([LogRecord.DESCRIPTOR.fields_by_name["attributes"].number << 3 | 2])
 _USD = wire.attribute("gen_ai.usage.cost.currency", "USD")
 _SOURCE_LOCAL = wire.attribute("gen_ai.usage.cost.source", "local")
 _SOURCE_PROVIDER = wire.attribute("gen_ai.usage.cost.source", "provider")
@@ -135,7 +139,7 @@ def _string_attr(attributes: Iterable[KeyValue], keys: tuple[str, ...]) -> str |
 class LlmCost:
     name = "cost"
     mutates = True
-    signals = frozenset({Signal.TRACES})
+    signals = frozenset({Signal.TRACES, Signal.LOGS})
 
     def __init__(self, settings: CostSettings) -> None:
         overrides = {(o.provider, o.model): Rates(o.input, o.output, o.cache_read, o.cache_write)
@@ -145,7 +149,7 @@ class LlmCost:
         self._extra = frozenset(settings.extra_operations)
         self._tenant_keys = tuple(settings.tenant_keys)
         self._known = gu.KNOWN_KEYS | frozenset(self._tenant_keys)
-        self._provenance_kvs: dict[tuple[str, str | None, str, str], bytes] = {}
+        self._provenance_kvs: dict[tuple[str, str | None, str, str], tuple[bytes, ...]] = {}
         self._guards = {label: LabelGuard(settings.label_values) for label in metrics.LLM_LABELS}
         self._agents: OrderedDict[bytes, str] = OrderedDict()
         self._agent_limit = settings.agent_traces
@@ -155,6 +159,9 @@ class LlmCost:
     def process(self, work: Work) -> None:
         payload = work.payload
         if not any(marker in payload for marker in _PRESCAN):
+            return
+        if work.signal is Signal.LOGS:
+            self._process_logs(work)
             return
         found = span_index.index(payload, _NEEDLES)
         if found is not None and not found[1]:
@@ -209,6 +216,40 @@ class LlmCost:
             agent = usage.agent or self._agents.get(trace_id)
             self._count(usage, service_name, agent, tenant_name, cost)
 
+    def _process_logs(self, work: Work) -> None:
+        message = work.message
+        assert isinstance(message, ExportLogsServiceRequest)
+        changed = False
+        for resource_logs in message.resource_logs:
+            resource_attrs = resource_logs.resource.attributes
+            service = _string_attr(resource_attrs, ("service.name",)) or UNKNOWN
+            resource_tenant = _string_attr(resource_attrs, self._tenant_keys)
+            for scope_logs in resource_logs.scope_logs:
+                for record in scope_logs.log_records:
+                    if record.event_name == log_usage.DETAILS_EVENT:
+                        continue  # its span carries the same usage
+                    flat = log_usage.flatten(record.attributes, record.body)
+                    if flat.get("event.name") == log_usage.DETAILS_EVENT \
+                            or "gen_ai.usage.cost.source" in flat:
+                        continue
+                    invalid: list[str] = []
+                    usage = log_usage.usage_of(flat, invalid)
+                    for reason in invalid:
+                        metrics.LLM_USAGE_INVALID.labels(reason).inc()
+                    if usage is None:
+                        continue
+                    changed = True
+                    out: list[bytes] = []
+                    cost = self._cost_attributes(usage, record.time_unix_nano, out)
+                    record.MergeFromString(b"".join(_LOG_TAG + a[1:] for a in out))
+                    tenant = next((v for k in self._tenant_keys
+                                   if isinstance(v := flat.get(k), str) and v), None)
+                    agent = usage.agent or self._agents.get(record.trace_id)
+                    self._count(usage, service, agent, tenant or resource_tenant or UNKNOWN,
+                                cost)
+        if not changed:
+            work.touched = False
+
     def _tenant(self, hits: dict[str, AnyValue]) -> str | None:
         for key in self._tenant_keys:
             value = hits.get(key)
@@ -225,21 +266,29 @@ class LlmCost:
 
     def _price_span(self, span: Span, usage: gu.GenAIUsage) -> float | None:
         """Write the usage's canonical names and its cost on the span; the cost in USD."""
-        out = [wire.attribute(key, value) for key, value in usage.missing]
+        out: list[bytes] = []
+        cost = self._cost_attributes(usage, span.start_time_unix_nano, out)
+        span.MergeFromString(b"".join(out))
+        return cost
+
+    def _cost_attributes(self, usage: gu.GenAIUsage, start_ns: int, out: list[bytes],
+                         ) -> float | None:
+        """Append the usage's canonical names and cost attributes (as span attribute
+        bytes) to `out`; the cost in USD."""
+        out += [wire.attribute(key, value) for key, value in usage.missing]
         if usage.input_adjusted:
             out.append(_INPUT_ADJUSTED)
         model = usage.model
         price: Price | None = None
         if model:
             price = self.book.price(
-                usage.provider, model, span.start_time_unix_nano, input_tokens=usage.input,
+                usage.provider, model, start_ns, input_tokens=usage.input,
                 output_tokens=usage.output, cache_read=usage.cache_read,
                 cache_write=usage.cache_write, service_tier=usage.service_tier)
         reported = usage.reported_cost
         if price is None:
             self._unpriced(usage.provider or UNKNOWN, model or UNKNOWN)
             if reported is None:
-                span.MergeFromString(b"".join(out))
                 return None
         if reported is not None:
             if not usage.has_cost_attribute:
@@ -247,12 +296,11 @@ class LlmCost:
             out += (_AMOUNT(reported), _USD, _SOURCE_PROVIDER)
             if price is not None:
                 local = float(price.total)
-                out += (_LOCAL_AMOUNT(local), self._provenance(price))
+                out += (_LOCAL_AMOUNT(local), *self._provenance(price))
                 if abs(local - reported) > 0.01 * max(local, reported):
                     metrics.LLM_COST_DISAGREEMENTS.labels(
                         self._guards["provider"](usage.provider),
                         self._guards["model"](model)).inc()
-            span.MergeFromString(b"".join(out))
             return reported
         assert price is not None
         total = float(price.total)
@@ -263,11 +311,10 @@ class LlmCost:
             out.append(_COST_CACHE_READ(float(price.cache_read)))
         if price.cache_write is not None and usage.cache_write:
             out.append(_COST_CACHE_WRITE(float(price.cache_write)))
-        out.append(self._provenance(price))
-        span.MergeFromString(b"".join(out))
+        out += self._provenance(price)
         return total
 
-    def _provenance(self, price: Price) -> bytes:
+    def _provenance(self, price: Price) -> tuple[bytes, ...]:
         key = (price.source, price.price_date, price.model_id, price.provider_id)
         data = self._provenance_kvs.get(key)
         if data is None:
@@ -276,7 +323,7 @@ class LlmCost:
                 parts.append(wire.attribute("sidecar.cost.price_date", price.price_date))
             parts += (wire.attribute("sidecar.cost.model_id", price.model_id),
                       wire.attribute("sidecar.cost.provider_id", price.provider_id))
-            data = b"".join(parts)
+            data = tuple(parts)
             if len(self._provenance_kvs) >= MAX_SERIES:
                 self._provenance_kvs.clear()
             self._provenance_kvs[key] = data
