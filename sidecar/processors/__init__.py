@@ -13,4 +13,7 @@ Writing a processor (`pipeline/stage.py` runs it):
    here.
 """
 
-from sidecar.processors import llm_cost  # noqa: F401  (cost, 20)
+from sidecar.processors import (
+    llm_cost,  # noqa: F401  (cost, 20)
+    spanmetrics,  # noqa: F401  (spanmetrics, 30)
+)

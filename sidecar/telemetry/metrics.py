@@ -134,6 +134,16 @@ LLM_USAGE_INVALID = Counter(
     "Token counts ignored as negative, NaN, fractional, too large or not a number",
     ["reason"], registry=REGISTRY,
 )
+# span-derived RED metrics (processors/spanmetrics.py)
+SPAN_LABELS = ["service", "span_name", "span_kind", "status_code"]
+SPAN_CALLS = Counter("sidecar_span_calls", "Spans seen, by service, name, kind and status",
+                     SPAN_LABELS, registry=REGISTRY)
+SPAN_DURATION = Histogram(
+    "sidecar_span_duration_seconds", "Span durations (end - start)", SPAN_LABELS,
+    # the OpenTelemetry Collector spanmetrics connector's default buckets
+    buckets=(0.002, 0.004, 0.006, 0.008, 0.01, 0.05, 0.1, 0.2, 0.4, 0.8, 1, 1.4, 2, 5, 10, 15),
+    registry=REGISTRY,
+)
 
 # --- daemon -------------------------------------------------------------------------------
 READY = Gauge("sidecar_ready", "1 when every listener is bound and every exporter started",
