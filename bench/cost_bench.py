@@ -1,5 +1,5 @@
-"""CPU per span added by the `cost` processor, against the receiver-side parse of the same
-batches (`Batch.from_bytes`) as a same-run baseline.
+"""CPU per span added by the `cost` and `spanmetrics` processors, against the receiver-side
+parse of the same batches (`Batch.from_bytes`) as a same-run baseline.
 
 Workloads: `bench/loadgen.py`'s requests (100 spans, one in three a model call) and
 `sidecar.sample.agent_runs` (6 spans, 3 model calls). CPU time by `time.process_time()`,
@@ -25,6 +25,7 @@ from loadgen import build_pool
 from sidecar.model import Batch, Signal
 from sidecar.pipeline.stage import Stage
 from sidecar.processors.llm_cost import CostSettings, LlmCost
+from sidecar.processors.spanmetrics import SpanMetrics, SpanMetricsSettings
 from sidecar.sample import agent_runs
 
 
@@ -38,9 +39,11 @@ def best(repeats: int, body: Callable[[], None]) -> float:
     return min(times)
 
 
-def measure(name: str, pool: list[bytes], repeats: int) -> dict[str, object]:
+def measure(name: str, pool: list[bytes], repeats: int, processor: str,
+            ) -> dict[str, object]:
     spans = sum(Batch.from_bytes(Signal.TRACES, p).items for p in pool)
-    stage = Stage(Signal.TRACES, [LlmCost(CostSettings())])
+    stage = Stage(Signal.TRACES, [LlmCost(CostSettings()) if processor == "cost"
+                                  else SpanMetrics(SpanMetricsSettings())])
     for payload in pool:  # warm the price memo
         stage.run(Batch.from_bytes(Signal.TRACES, payload))
 
@@ -63,9 +66,9 @@ def measure(name: str, pool: list[bytes], repeats: int) -> dict[str, object]:
         prepare()
         runs.append(best(1, cost))
     added = min(runs)
-    return {"workload": name, "spans": spans,
+    return {"workload": name, "processor": processor, "spans": spans,
             "parse_us_per_span": round(base / spans * 1e6, 3),
-            "cost_us_per_span": round(added / spans * 1e6, 3),
+            "processor_us_per_span": round(added / spans * 1e6, 3),
             "ratio": round(added / base, 2)}
 
 
@@ -75,8 +78,9 @@ def main() -> None:
     args = parser.parse_args()
     loadgen = build_pool(40)
     sample = [run.traces.SerializeToString() for run in agent_runs(400, seed=1)]
-    for name, pool in (("loadgen", loadgen), ("sample.agent_runs", sample)):
-        print(json.dumps(measure(name, pool, args.repeats)))
+    for processor in ("cost", "spanmetrics"):
+        for name, pool in (("loadgen", loadgen), ("sample.agent_runs", sample)):
+            print(json.dumps(measure(name, pool, args.repeats, processor)))
 
 
 if __name__ == "__main__":
