@@ -91,11 +91,14 @@ def run(config_path: str | None, overrides: tuple[str, ...], log_format: str | N
               help="Receiver (default http://127.0.0.1:4318, or 127.0.0.1:4317 for gRPC).")
 @click.option("--protocol", type=click.Choice(["http", "grpc"]), default="http")
 @click.option("--runs", default=3, show_default=True, help="Agent runs to send.")
-def send_test(endpoint: str | None, protocol: str, runs: int) -> None:
+@click.option("--admin", default="http://127.0.0.1:9464", show_default=True,
+              help="The daemon's admin server, to read back what it charged.")
+def send_test(endpoint: str | None, protocol: str, runs: int, admin: str) -> None:
     """Send a realistic sample of LLM-agent spans and logs to the local receivers."""
-    from sidecar.sendtest import send
+    from sidecar.sendtest import priced, send
 
     target = endpoint or ("http://127.0.0.1:4318" if protocol == "http" else "127.0.0.1:4317")
+    before = priced(admin)
     try:
         spans, records = send(target, protocol, runs)
     except Exception as exc:  # any transport failure is reported as one line
@@ -103,6 +106,10 @@ def send_test(endpoint: str | None, protocol: str, runs: int) -> None:
         sys.exit(1)
     click.echo(f"sent {spans} spans and {records} log records from {runs} agent runs "
                f"to {target} ({protocol})")
+    after = priced(admin)
+    if before is not None and after is not None:
+        click.echo(f"the daemon priced their model calls at ${after - before:.6f} "
+                   "(sidecar_llm_cost_usd_total on /metrics, service feedback-app)")
 
 
 @main.command()

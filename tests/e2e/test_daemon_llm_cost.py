@@ -3,6 +3,7 @@ span costs per model."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections import defaultdict
 from pathlib import Path
@@ -17,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sidecar.model import Signal
 from sidecar.sample import agent_run, attrs
 from sidecar.testing import OtlpSink
-from tests.helpers.daemon import DaemonProcess
+from tests.helpers.daemon import SIDECAR, DaemonProcess
 from tests.helpers.otlp import py_attrs
 
 
@@ -88,3 +89,28 @@ async def test_spans_come_out_priced_and_metrics_match_them(short_tmp: Path) -> 
     assert set(metric_costs) == set(span_costs)
     for model, total in span_costs.items():
         assert metric_costs[model] == pytest.approx(total, rel=1e-9), model
+
+
+async def test_send_test_shows_what_the_daemon_charged(short_tmp: Path) -> None:
+    async with OtlpSink() as sink:
+        daemon = DaemonProcess(short_tmp, exporters={"upstream": {
+            "type": "otlp", "protocol": "http", "endpoint": sink.http_endpoint,
+            "batch": {"max_delay": 0}}})
+        await daemon.start()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                SIDECAR, "send-test", "--endpoint", daemon.http_endpoint, "--runs", "2",
+                "--admin", daemon.admin_url, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE)
+            out, err = await asyncio.wait_for(proc.communicate(), 30)
+            assert proc.returncode == 0, err
+            await sink.wait_for_items(Signal.TRACES, 12, timeout=20)
+        finally:
+            code, _, stderr = await daemon.stop()
+        assert code == 0, stderr
+        spans = sink.spans()
+    total = sum(float(py_attrs(s.attributes).get("gen_ai.usage.cost", 0.0)) for s in spans)
+    assert total > 0
+    line = out.decode().splitlines()[-1]
+    assert line.startswith("the daemon priced their model calls at $")
+    assert float(line.split("$")[1].split()[0]) == pytest.approx(total, abs=1e-6)
