@@ -1,4 +1,4 @@
-"""Command line: `sidecar run | validate | send-test | version | cache ...`."""
+"""Command line: `sidecar run | validate | send-test | prices | version | cache ...`."""
 
 from __future__ import annotations
 
@@ -91,11 +91,14 @@ def run(config_path: str | None, overrides: tuple[str, ...], log_format: str | N
               help="Receiver (default http://127.0.0.1:4318, or 127.0.0.1:4317 for gRPC).")
 @click.option("--protocol", type=click.Choice(["http", "grpc"]), default="http")
 @click.option("--runs", default=3, show_default=True, help="Agent runs to send.")
-def send_test(endpoint: str | None, protocol: str, runs: int) -> None:
+@click.option("--admin", default="http://127.0.0.1:9464", show_default=True,
+              help="The daemon's admin server, to read back what it charged.")
+def send_test(endpoint: str | None, protocol: str, runs: int, admin: str) -> None:
     """Send a realistic sample of LLM-agent spans and logs to the local receivers."""
-    from sidecar.sendtest import send
+    from sidecar.sendtest import priced, send
 
     target = endpoint or ("http://127.0.0.1:4318" if protocol == "http" else "127.0.0.1:4317")
+    before = priced(admin)
     try:
         spans, records = send(target, protocol, runs)
     except Exception as exc:  # any transport failure is reported as one line
@@ -103,3 +106,64 @@ def send_test(endpoint: str | None, protocol: str, runs: int) -> None:
         sys.exit(1)
     click.echo(f"sent {spans} spans and {records} log records from {runs} agent runs "
                f"to {target} ({protocol})")
+    after = priced(admin)
+    if before is not None and after is not None:
+        click.echo(f"the daemon priced their model calls at ${after - before:.6f} "
+                   "(sidecar_llm_cost_usd_total on /metrics, service feedback-app)")
+
+
+@main.command()
+@click.argument("models", nargs=-1, required=True)
+@click.option("--provider", default=None,
+              help="gen_ai.provider.name of the calls (default: guessed from the model name).")
+@click.option("--input", "input_tokens", type=click.IntRange(0), default=1_000_000,
+              show_default=True, help="Input tokens, cache reads and writes included.")
+@click.option("--output", "output_tokens", type=click.IntRange(0), default=1_000_000,
+              show_default=True)
+@click.option("--cache-read", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--cache-write", type=click.IntRange(0), default=0, show_default=True)
+@CONFIG_OPTION
+@SET_OPTION
+def prices(models: tuple[str, ...], provider: str | None, input_tokens: int,
+           output_tokens: int, cache_read: int, cache_write: int, config_path: str | None,
+           overrides: tuple[str, ...]) -> None:
+    """Show what the cost processor charges for MODELS: the matched price entry, its
+    per-million prices and their date, and the cost of the given usage (today's prices,
+    the config's `processors.cost` overrides applied)."""
+    import time
+
+    from sidecar import config as config_module
+    from sidecar.processors.genai_usage import canonical_provider
+    from sidecar.processors.llm_cost import CostSettings, LlmCost
+    from sidecar.processors.prices import quote
+
+    if cache_read + cache_write > input_tokens:
+        _fail(["--cache-read plus --cache-write must not exceed --input (input counts "
+               "include the cache)"], 1)
+    try:
+        cfg = config_module.load(config_path, overrides)
+    except ConfigError as exc:
+        _fail([str(problem) for problem in exc.problems], 1)
+    settings = cfg.processors.get("cost")
+    assert isinstance(settings, CostSettings)
+    book = LlmCost(settings).book
+    canonical = canonical_provider(provider) if provider else None
+    unknown = []
+    for model in models:
+        found = quote(book, canonical, model, time.time_ns(), input_tokens=input_tokens,
+                      output_tokens=output_tokens, cache_read=cache_read,
+                      cache_write=cache_write)
+        if found is None:
+            unknown.append(model)
+            click.echo(f"{model}: no price (provider {canonical or 'guessed'}); add it under "
+                       "processors.cost.prices")
+            continue
+        since = f" since {found.price_date}" if found.price_date else ""
+        click.echo(f"{model}: {found.provider_id or 'any provider'} {found.model_id} "
+                   f"({found.source}{since})")
+        click.echo(f"  prices: {found.rates}")
+        click.echo(f"  cost of {input_tokens} input ({cache_read} cache read, {cache_write} "
+                   f"cache write) + {output_tokens} output tokens: "
+                   f"${found.price.total.normalize():f}")
+    if unknown:
+        sys.exit(1)

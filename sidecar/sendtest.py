@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import urllib.error
 import urllib.request
 
 import grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.sample import agent_runs
 from sidecar.signals import SIGNALS, Signal
@@ -39,3 +41,19 @@ def send(endpoint: str, protocol: str, runs: int) -> tuple[int, int]:
         spans += run.spans
         records += run.log_records
     return spans, records
+
+
+def priced(admin: str, service: str = "feedback-app") -> float | None:
+    """The daemon's `sidecar_llm_cost_usd_total` for the sample's service, None when its
+    admin server does not answer."""
+    try:
+        with urllib.request.urlopen(f"{admin.rstrip('/')}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        if family.name == "sidecar_llm_cost_usd":
+            total += sum(s.value for s in family.samples if s.labels.get("service") == service
+                         and s.name == "sidecar_llm_cost_usd_total")
+    return total

@@ -13,4 +13,8 @@ Writing a processor (`pipeline/stage.py` runs it):
    here.
 """
 
-from sidecar.processors import redact  # noqa: F401  (registers `redact`)
+from sidecar.processors import (
+    llm_cost,  # noqa: F401  (cost, 20)
+    redact,  # noqa: F401  (redact, 10)
+    spanmetrics,  # noqa: F401  (spanmetrics, 30)
+)

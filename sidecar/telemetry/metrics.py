@@ -122,6 +122,50 @@ REDACT_FAILURES = Counter(
     registry=REGISTRY,
 )
 
+# --- cost (LLM call pricing, processors/llm_cost.py) ---------------------------------------
+# label values pass the processor's cardinality guard (first N distinct, then "other")
+LLM_LABELS = ["provider", "model", "service", "agent", "tenant"]
+LLM_CALLS = Counter(
+    "sidecar_llm_calls", "Model calls seen on spans (priced or not)", LLM_LABELS,
+    registry=REGISTRY,
+)
+LLM_TOKENS = Counter(
+    "sidecar_llm_tokens",
+    "Tokens of model calls by type (input includes cache reads and writes, output includes "
+    "reasoning)",
+    [*LLM_LABELS, "token_type"],
+    registry=REGISTRY,
+)
+LLM_COST = Counter(
+    "sidecar_llm_cost_usd",
+    "Cost of model calls in USD, as written on the spans (gen_ai.usage.cost)",
+    LLM_LABELS, registry=REGISTRY,
+)
+LLM_PRICE_LOOKUP_FAILURES = Counter(
+    "sidecar_llm_price_lookup_failures", "Model calls left unpriced: no price for the model",
+    ["provider", "model"], registry=REGISTRY,
+)
+LLM_COST_DISAGREEMENTS = Counter(
+    "sidecar_llm_cost_disagreements",
+    "Model calls whose reported cost differs from the daemon's price by more than 1 %",
+    ["provider", "model"], registry=REGISTRY,
+)
+LLM_USAGE_INVALID = Counter(
+    "sidecar_llm_usage_invalid",
+    "Token counts ignored as negative, NaN, fractional, too large or not a number",
+    ["reason"], registry=REGISTRY,
+)
+# span-derived RED metrics (processors/spanmetrics.py)
+SPAN_LABELS = ["service", "span_name", "span_kind", "status_code"]
+SPAN_CALLS = Counter("sidecar_span_calls", "Spans seen, by service, name, kind and status",
+                     SPAN_LABELS, registry=REGISTRY)
+SPAN_DURATION = Histogram(
+    "sidecar_span_duration_seconds", "Span durations (end - start)", SPAN_LABELS,
+    # the OpenTelemetry Collector spanmetrics connector's default buckets
+    buckets=(0.002, 0.004, 0.006, 0.008, 0.01, 0.05, 0.1, 0.2, 0.4, 0.8, 1, 1.4, 2, 5, 10, 15),
+    registry=REGISTRY,
+)
+
 # --- daemon -------------------------------------------------------------------------------
 READY = Gauge("sidecar_ready", "1 when every listener is bound and every exporter started",
               registry=REGISTRY)

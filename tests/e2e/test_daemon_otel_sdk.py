@@ -64,7 +64,10 @@ def index_received(sink: OtlpSink) -> dict[bytes, tuple[Any, dict[str, Any], Any
 async def test_sdk_spans_arrive_identical(short_tmp: Path, transport: str) -> None:
     async with OtlpSink() as sink:
         daemon = DaemonProcess(short_tmp, exporters={
-            "upstream": {"type": "otlp", "protocol": "grpc", "endpoint": sink.grpc_endpoint}})
+            "upstream": {"type": "otlp", "protocol": "grpc", "endpoint": sink.grpc_endpoint}},
+            # the cost processor adds attributes to the model calls (tests/e2e/
+            # test_daemon_llm_cost.py); here the spans must pass through untouched
+            extra={"processors": {"cost": {"enabled": False}}})
         await daemon.start()
         try:
             memory = InMemorySpanExporter()

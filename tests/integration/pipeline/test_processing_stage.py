@@ -108,7 +108,8 @@ async def test_every_exporter_type_receives_the_same_edited_bytes(
             "a new exporter type must be added to this test"
         cfg = config_module.from_tree({
             "exporters": {n: {**e, "batch": {"max_delay": 0}} for n, e in exporters.items()},
-            "processors": {"test_mask_prompts": {"enabled": True}},
+            # only the planted processor edits: `want` is its output
+            "processors": {"test_mask_prompts": {"enabled": True}, "cost": {"enabled": False}},
         })
         graph = build_graph(cfg)
         await graph.start()

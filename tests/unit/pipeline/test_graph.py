@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import pytest
 
 from sidecar import config as config_module
 from sidecar.component import (
+    Processor,
     ProcessorFactory,
     ProcessorSettings,
     register_processor,
@@ -36,6 +37,11 @@ class OnByDefault(ProcessorSettings):
 
 class OffByDefault(ProcessorSettings):
     enabled: bool = False
+
+
+def planted(processors: Iterable[Processor]) -> list[str]:
+    """The names of this module's processors (built-in types run beside them)."""
+    return [p.name for p in processors if p.name in ("first", "second")]
 
 
 @pytest.fixture
@@ -76,18 +82,14 @@ def test_processors_apply_in_fixed_order_whatever_the_yaml_says(two_processors: 
         "exporters": {"a": {"type": "file", "path": "/tmp/never-a"}},
     })
     graph = build_graph(cfg)
-    # the built-in redact (order 10) is on by default and runs first
-    assert [p.name for p in graph.processors] == ["redact", "first", "second"]
-    assert [p.name for p in graph.consumers[Signal.TRACES].stage.processors] == [
-        "redact", "first", "second"]
-    assert [p.name for p in graph.consumers[Signal.LOGS].stage.processors] == [
-        "redact", "second"]
+    assert planted(graph.processors) == ["first", "second"]
+    assert planted(graph.consumers[Signal.TRACES].stage.processors) == ["first", "second"]
+    assert planted(graph.consumers[Signal.LOGS].stage.processors) == ["second"]
 
 
 def test_a_processor_left_out_runs_with_its_defaults(two_processors: None) -> None:
     graph = build_graph(config_module.from_tree({}))
-    # test_second is off by default; redact is on
-    assert [p.name for p in graph.processors] == ["redact", "first"]
+    assert planted(graph.processors) == ["first"]  # test_second is off by default
 
 
 def test_unknown_processor_types_and_bad_settings_are_config_errors(
@@ -144,3 +146,10 @@ async def test_shutdown_drains_every_exporter() -> None:
     await graph.start()
     await graph.shutdown(0)
     assert sorted(log[2:]) == ["stop a", "stop b"]
+
+
+def test_the_built_in_processors_are_on_by_default_in_their_fixed_order() -> None:
+    graph = build_graph(config_module.from_tree({}))
+    assert [p.name for p in graph.processors] == ["redact", "cost", "spanmetrics"]
+    off = build_graph(config_module.from_tree({"processors": {"cost": {"enabled": False}}}))
+    assert [p.name for p in off.processors] == ["redact", "spanmetrics"]

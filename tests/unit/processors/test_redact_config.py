@@ -116,5 +116,5 @@ def test_pii_rules_are_opt_in() -> None:
 
 def test_enabled_false_builds_no_processor() -> None:
     cfg = config_module.from_tree({"processors": {"redact": {"enabled": False}}})
-    assert [p.name for p in build_processors(cfg)] == []
-    assert [p.name for p in build_processors(config_module.from_tree({}))] == ["redact"]
+    assert "redact" not in [p.name for p in build_processors(cfg)]
+    assert "redact" in [p.name for p in build_processors(config_module.from_tree({}))]

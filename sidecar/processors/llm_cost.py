@@ -1,0 +1,369 @@
+"""The `cost` processor: prices every model-call span and writes the cost back on it.
+
+Written on a priced span (names backends already read):
+- `gen_ai.usage.cost` (USD double; Langfuse, LiteLLM, OpenLIT) and the proposed trio
+  `gen_ai.usage.cost.amount` / `.currency` (`USD`) / `.source` (`local`, or `provider` when
+  the span already carried a cost, which is kept unchanged);
+- Sentry's breakdown `gen_ai.cost.input_tokens`, `gen_ai.cost.output_tokens`,
+  `gen_ai.cost.cache_read.input_tokens`, `gen_ai.cost.cache_creation.input_tokens`;
+- provenance `sidecar.cost.prices` (data version, `override` or `free`),
+  `sidecar.cost.price_date`, `sidecar.cost.model_id`, `sidecar.cost.provider_id`,
+  `sidecar.cost.input_adjusted`, and `sidecar.cost.local_amount` beside a provider's cost;
+- the canonical `gen_ai.*` names of the usage when only a dialect name was there.
+
+A model without a price gets no cost attribute; it is counted and logged once per
+(provider, model)."""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Iterable
+from decimal import Decimal
+
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from prometheus_client import Counter
+from pydantic import Field
+
+from sidecar.component import ProcessorFactory, ProcessorSettings, register_processor
+from sidecar.configtypes import Strict
+from sidecar.model import Signal, Work
+from sidecar.processors import genai_usage as gu
+from sidecar.processors import log_usage, span_index, wire
+from sidecar.processors.prices import Price, PriceBook, Rates
+from sidecar.telemetry import metrics
+
+log = logging.getLogger(__name__)
+
+# Every usage attribute of every dialect contains one of these byte strings; a request
+# without them has no model call and is not parsed or walked.
+_PRESCAN = (b"okens", b"token_count")
+# spans walked: those that may hold usage, and agent roots (AI SDK v7 names the agent on
+# the root only; Traceloop agent/workflow spans; AI SDK v6 functionId)
+_NEEDLES = (*_PRESCAN, b"invoke_agent", b"create_agent", b"traceloop.", b"functionId",
+            b"ai.telemetry.metadata.agent")
+OTHER = "other"
+UNKNOWN = "unknown"
+TOKEN_TYPES = ("input", "output", "cache_read", "cache_creation", "reasoning")
+# label combinations with their own series; past this, a new combination counts as all "other"
+MAX_SERIES = 5000
+# (provider, model) pairs logged as unpriced; past this, only the counter tells
+_MAX_LOGGED = 1000
+
+
+class PriceOverride(Strict):
+    """USD per million tokens for a model the data lacks or prices differently for you."""
+
+    model: str = Field(min_length=1)
+    provider: str | None = None  # a `gen_ai.provider.name` value; None: any provider
+    input: Decimal = Field(ge=0)
+    output: Decimal = Field(default=Decimal(0), ge=0)
+    cache_read: Decimal | None = Field(default=None, ge=0)
+    cache_write: Decimal | None = Field(default=None, ge=0)
+
+
+class CostSettings(ProcessorSettings):
+    prices: list[PriceOverride] = Field(default_factory=list)
+    # provider -> factor on every price of that provider (negotiated discounts)
+    multipliers: dict[str, Decimal] = Field(default_factory=dict)
+    # providers whose calls cost nothing (self-hosted: ollama, vllm)
+    free_providers: list[str] = Field(default_factory=list)
+    # `gen_ai.provider.name` value -> genai-prices provider id
+    provider_aliases: dict[str, str] = Field(default_factory=dict)
+    # `gen_ai.operation.name` values priced besides chat, text_completion,
+    # generate_content and embeddings
+    extra_operations: list[str] = Field(default_factory=list)
+    # span or resource attributes naming the tenant, first found wins
+    tenant_keys: list[str] = Field(default_factory=lambda: ["tenant.id", "tenantId", "tenant"])
+    # distinct values kept per metric label; later ones are counted as "other"
+    label_values: int = Field(default=50, ge=1, le=10_000)
+    # trace_id -> agent entries remembered for child spans that do not name their agent
+    agent_traces: int = Field(default=10_000, ge=0, le=1_000_000)
+
+
+class LabelGuard:
+    """The first `limit` distinct values of a label, then `other`: the series count stays
+    bounded whatever the spans say. (First seen rather than top by volume: a ranking would
+    have to move series between values, and counters must not go backwards.)"""
+
+    __slots__ = ("_limit", "_seen")
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._seen: set[str] = set()
+
+    def __call__(self, value: str | None) -> str:
+        if not value:
+            return UNKNOWN
+        if value in self._seen:
+            return value
+        if len(self._seen) >= self._limit:
+            return OTHER
+        self._seen.add(value)
+        return value
+
+
+# span attribute bytes start with Span.attributes' tag; a log record's have their own
+_LOG_TAG = bytes([LogRecord.DESCRIPTOR.fields_by_name["attributes"].number << 3 | 2])
+_USD = wire.attribute("gen_ai.usage.cost.currency", "USD")
+_SOURCE_LOCAL = wire.attribute("gen_ai.usage.cost.source", "local")
+_SOURCE_PROVIDER = wire.attribute("gen_ai.usage.cost.source", "provider")
+_INPUT_ADJUSTED = wire.attribute("sidecar.cost.input_adjusted", True)
+_COST = wire.DoubleAttribute("gen_ai.usage.cost")
+_AMOUNT = wire.DoubleAttribute("gen_ai.usage.cost.amount")
+_LOCAL_AMOUNT = wire.DoubleAttribute("sidecar.cost.local_amount")
+_COST_INPUT = wire.DoubleAttribute("gen_ai.cost.input_tokens")
+_COST_OUTPUT = wire.DoubleAttribute("gen_ai.cost.output_tokens")
+_COST_CACHE_READ = wire.DoubleAttribute("gen_ai.cost.cache_read.input_tokens")
+_COST_CACHE_WRITE = wire.DoubleAttribute("gen_ai.cost.cache_creation.input_tokens")
+# spans whose agent name may matter to the model calls of their trace
+_AGENT_HINTS = frozenset(k for k, (field, _) in gu.STRING_KEYS.items() if field == gu.AGENT) \
+    | {gu.TRACELOOP_KIND_KEY, gu.TRACELOOP_WORKFLOW_KEY}
+
+
+def _string_attr(attributes: Iterable[KeyValue], keys: tuple[str, ...]) -> str | None:
+    wanted = None
+    rank = len(keys)
+    for kv in attributes:
+        if kv.key in keys:
+            index = keys.index(kv.key)
+            if index < rank and kv.value.WhichOneof("value") == "string_value":
+                wanted, rank = kv.value.string_value, index
+    return wanted
+
+
+class LlmCost:
+    name = "cost"
+    mutates = True
+    signals = frozenset({Signal.TRACES, Signal.LOGS})
+
+    def __init__(self, settings: CostSettings) -> None:
+        overrides = {(o.provider, o.model): Rates(o.input, o.output, o.cache_read, o.cache_write)
+                     for o in settings.prices}
+        self.book = PriceBook(overrides, settings.multipliers, frozenset(settings.free_providers),
+                              settings.provider_aliases)
+        self._extra = frozenset(settings.extra_operations)
+        self._tenant_keys = tuple(settings.tenant_keys)
+        self._known = gu.KNOWN_KEYS | frozenset(self._tenant_keys)
+        self._provenance_kvs: dict[tuple[str, str | None, str, str], tuple[bytes, ...]] = {}
+        self._guards = {label: LabelGuard(settings.label_values) for label in metrics.LLM_LABELS}
+        self._agents: OrderedDict[bytes, str] = OrderedDict()
+        self._agent_limit = settings.agent_traces
+        self._logged: set[tuple[str, str]] = set()
+        self._children: dict[tuple[str, ...], tuple[Counter, Counter, tuple[Counter, ...]]] = {}
+
+    def process(self, work: Work) -> None:
+        payload = work.payload
+        if not any(marker in payload for marker in _PRESCAN):
+            return
+        if work.signal is Signal.LOGS:
+            self._process_logs(work)
+            return
+        found = span_index.index(payload, _NEEDLES)
+        if found is not None and not found[1]:
+            return  # usage bytes outside any span (a resource attribute, an event)
+        message = work.message
+        assert isinstance(message, ExportTraceServiceRequest)
+        resources = message.resource_spans
+        if found is not None and span_index.same_shape(found[0], resources):
+            positions: Iterable[tuple[int, int, int]] = found[1]
+        else:  # the message no longer lines up with the bytes: walk it all
+            positions = ((i, j, k) for i, rs in enumerate(resources)
+                         for j, ss in enumerate(rs.scope_spans) for k in range(len(ss.spans)))
+        known = self._known
+        changed = False
+        pending: list[tuple[bytes, gu.GenAIUsage, str, str, float | None]] = []
+        resource_index = -1
+        service, resource_tenant = UNKNOWN, None
+        for i, j, k in positions:
+            if i != resource_index:
+                resource_index = i
+                resource_attrs = resources[i].resource.attributes
+                service = _string_attr(resource_attrs, ("service.name",)) or UNKNOWN
+                resource_tenant = _string_attr(resource_attrs, self._tenant_keys)
+            span = resources[i].scope_spans[j].spans[k]
+            hits = gu.collect(span.attributes, known)
+            if hits is None:
+                continue
+            if not gu.has_usage(hits):
+                if not _AGENT_HINTS.isdisjoint(hits):
+                    named = gu.agent_of(gu.resolve(hits))
+                    if named is not None:
+                        self._remember(span.trace_id, named)
+                continue
+            scanned = gu.resolve(hits)
+            for reason in scanned.invalid:
+                metrics.LLM_USAGE_INVALID.labels(reason).inc()
+            named = gu.agent_of(scanned)
+            if named is not None:
+                self._remember(span.trace_id, named)
+            usage = gu.usage_of(scanned, self._extra)
+            if usage is None:
+                continue
+            changed = True
+            cost = self._price_span(span, usage)
+            tenant = self._tenant(hits) or resource_tenant
+            pending.append((span.trace_id, usage, service, tenant or UNKNOWN, cost))
+        if not changed:
+            # nothing was edited: spare the stage a re-serialisation
+            work.touched = False
+            return
+        for trace_id, usage, service_name, tenant_name, cost in pending:
+            agent = usage.agent or self._agents.get(trace_id)
+            self._count(usage, service_name, agent, tenant_name, cost)
+
+    def _process_logs(self, work: Work) -> None:
+        message = work.message
+        assert isinstance(message, ExportLogsServiceRequest)
+        changed = False
+        for resource_logs in message.resource_logs:
+            resource_attrs = resource_logs.resource.attributes
+            service = _string_attr(resource_attrs, ("service.name",)) or UNKNOWN
+            resource_tenant = _string_attr(resource_attrs, self._tenant_keys)
+            for scope_logs in resource_logs.scope_logs:
+                for record in scope_logs.log_records:
+                    if record.event_name == log_usage.DETAILS_EVENT:
+                        continue  # its span carries the same usage
+                    flat = log_usage.flatten(record.attributes, record.body)
+                    if flat.get("event.name") == log_usage.DETAILS_EVENT \
+                            or "gen_ai.usage.cost.source" in flat:
+                        continue
+                    invalid: list[str] = []
+                    usage = log_usage.usage_of(flat, invalid)
+                    for reason in invalid:
+                        metrics.LLM_USAGE_INVALID.labels(reason).inc()
+                    if usage is None:
+                        continue
+                    changed = True
+                    out: list[bytes] = []
+                    cost = self._cost_attributes(usage, record.time_unix_nano, out)
+                    record.MergeFromString(b"".join(_LOG_TAG + a[1:] for a in out))
+                    tenant = next((v for k in self._tenant_keys
+                                   if isinstance(v := flat.get(k), str) and v), None)
+                    agent = usage.agent or self._agents.get(record.trace_id)
+                    self._count(usage, service, agent, tenant or resource_tenant or UNKNOWN,
+                                cost)
+        if not changed:
+            work.touched = False
+
+    def _tenant(self, hits: dict[str, AnyValue]) -> str | None:
+        for key in self._tenant_keys:
+            value = hits.get(key)
+            if value is not None and value.WhichOneof("value") == "string_value":
+                return value.string_value
+        return None
+
+    def _remember(self, trace_id: bytes, agent: str) -> None:
+        if self._agent_limit == 0 or self._agents.get(trace_id) == agent:
+            return
+        self._agents[trace_id] = agent
+        if len(self._agents) > self._agent_limit:
+            self._agents.popitem(last=False)
+
+    def _price_span(self, span: Span, usage: gu.GenAIUsage) -> float | None:
+        """Write the usage's canonical names and its cost on the span; the cost in USD."""
+        out: list[bytes] = []
+        cost = self._cost_attributes(usage, span.start_time_unix_nano, out)
+        span.MergeFromString(b"".join(out))
+        return cost
+
+    def _cost_attributes(self, usage: gu.GenAIUsage, start_ns: int, out: list[bytes],
+                         ) -> float | None:
+        """Append the usage's canonical names and cost attributes (as span attribute
+        bytes) to `out`; the cost in USD."""
+        out += [wire.attribute(key, value) for key, value in usage.missing]
+        if usage.input_adjusted:
+            out.append(_INPUT_ADJUSTED)
+        model = usage.model
+        price: Price | None = None
+        if model:
+            price = self.book.price(
+                usage.provider, model, start_ns, input_tokens=usage.input,
+                output_tokens=usage.output, cache_read=usage.cache_read,
+                cache_write=usage.cache_write, service_tier=usage.service_tier)
+        reported = usage.reported_cost
+        if price is None:
+            self._unpriced(usage.provider or UNKNOWN, model or UNKNOWN)
+            if reported is None:
+                return None
+        if reported is not None:
+            if not usage.has_cost_attribute:
+                out.append(_COST(reported))
+            out += (_AMOUNT(reported), _USD, _SOURCE_PROVIDER)
+            if price is not None:
+                local = float(price.total)
+                out += (_LOCAL_AMOUNT(local), *self._provenance(price))
+                if abs(local - reported) > 0.01 * max(local, reported):
+                    metrics.LLM_COST_DISAGREEMENTS.labels(
+                        self._guards["provider"](usage.provider),
+                        self._guards["model"](model)).inc()
+            return reported
+        assert price is not None
+        total = float(price.total)
+        uncached = price.uncached_input if price.uncached_input is not None else price.input
+        out += (_COST(total), _AMOUNT(total), _USD, _SOURCE_LOCAL,
+                _COST_INPUT(float(uncached)), _COST_OUTPUT(float(price.output)))
+        if price.cache_read is not None and usage.cache_read:
+            out.append(_COST_CACHE_READ(float(price.cache_read)))
+        if price.cache_write is not None and usage.cache_write:
+            out.append(_COST_CACHE_WRITE(float(price.cache_write)))
+        out += self._provenance(price)
+        return total
+
+    def _provenance(self, price: Price) -> tuple[bytes, ...]:
+        key = (price.source, price.price_date, price.model_id, price.provider_id)
+        data = self._provenance_kvs.get(key)
+        if data is None:
+            parts = [wire.attribute("sidecar.cost.prices", price.source)]
+            if price.price_date is not None:
+                parts.append(wire.attribute("sidecar.cost.price_date", price.price_date))
+            parts += (wire.attribute("sidecar.cost.model_id", price.model_id),
+                      wire.attribute("sidecar.cost.provider_id", price.provider_id))
+            data = tuple(parts)
+            if len(self._provenance_kvs) >= MAX_SERIES:
+                self._provenance_kvs.clear()
+            self._provenance_kvs[key] = data
+        return data
+
+    def _unpriced(self, provider: str, model: str) -> None:
+        metrics.LLM_PRICE_LOOKUP_FAILURES.labels(
+            self._guards["provider"](provider), self._guards["model"](model)).inc()
+        pair = (provider, model)
+        if pair not in self._logged and len(self._logged) < _MAX_LOGGED:
+            self._logged.add(pair)
+            log.warning("no price for model %r of provider %r: its calls carry no cost "
+                        "(add it under processors.cost.prices)", model[:200], provider[:200])
+
+    def _count(self, usage: gu.GenAIUsage, service: str, agent: str | None, tenant: str,
+               cost: float | None) -> None:
+        guards = self._guards
+        labels: tuple[str, ...] = (guards["provider"](usage.provider), guards["model"](usage.model),
+                  guards["service"](service), guards["agent"](agent), guards["tenant"](tenant))
+        children = self._children.get(labels)
+        if children is None and len(self._children) >= MAX_SERIES:
+            labels = (OTHER,) * len(labels)
+            children = self._children.get(labels)
+        if children is None:
+            children = (metrics.LLM_CALLS.labels(*labels), metrics.LLM_COST.labels(*labels),
+                        tuple(metrics.LLM_TOKENS.labels(*labels, t) for t in TOKEN_TYPES))
+            self._children[labels] = children
+        calls, cost_counter, tokens = children
+        calls.inc()
+        if cost is not None:
+            cost_counter.inc(cost)
+        for counter, count in zip(tokens, (usage.input, usage.output, usage.cache_read,
+                                           usage.cache_write, usage.reasoning), strict=True):
+            if count:
+                counter.inc(count)
+
+
+def _create(settings: ProcessorSettings) -> LlmCost:
+    assert isinstance(settings, CostSettings)
+    return LlmCost(settings)
+
+
+register_processor(ProcessorFactory("cost", CostSettings, 20, _create))
