@@ -251,9 +251,13 @@ class PriceBook:
             calc = Price(inp + out, inp, out, plain, cr, cw, resolved.provider.id,
                          resolved.model.id, source, plan.price_date)
         else:
-            result = plan.price.calc_price(Usage(
-                input_tokens=input_tokens, output_tokens=output_tokens,
-                cache_read_tokens=cache_read, cache_write_tokens=cache_write))
+            try:
+                result = plan.price.calc_price(Usage(
+                    input_tokens=input_tokens, output_tokens=output_tokens,
+                    cache_read_tokens=cache_read, cache_write_tokens=cache_write))
+            except (ValueError, ArithmeticError):
+                # a price shape the library refuses for this usage: unpriced, not a crash
+                return None
             calc = Price(result["total_price"], result["input_price"], result["output_price"],
                          None, None, None, resolved.provider.id, resolved.model.id, source,
                          plan.price_date)
