@@ -49,6 +49,11 @@ _NEEDLES = (*_PRESCAN, b"invoke_agent", b"create_agent", b"traceloop.", b"functi
 OTHER = "other"
 UNKNOWN = "unknown"
 TOKEN_TYPES = ("input", "output", "cache_read", "cache_creation", "reasoning")
+# price lookups of models not seen before, per request (the rest of the request's new models
+# are left unpriced, counted as lookup failures, and looked up again in later requests)
+LOOKUPS_PER_REQUEST = 64
+# label values longer than this count as "other"
+MAX_LABEL = 128
 # label combinations with their own series; past this, a new combination counts as all "other"
 MAX_SERIES = 5000
 # (provider, model) pairs logged as unpriced; past this, only the counter tells
@@ -101,7 +106,7 @@ class LabelGuard:
             return UNKNOWN
         if value in self._seen:
             return value
-        if len(self._seen) >= self._limit:
+        if len(self._seen) >= self._limit or len(value) > MAX_LABEL:
             return OTHER
         self._seen.add(value)
         return value
@@ -160,6 +165,7 @@ class LlmCost:
         payload = work.payload
         if not any(marker in payload for marker in _PRESCAN):
             return
+        self.book.lookups_left = LOOKUPS_PER_REQUEST
         if work.signal is Signal.LOGS:
             self._process_logs(work)
             return
@@ -332,7 +338,7 @@ class LlmCost:
     def _unpriced(self, provider: str, model: str) -> None:
         metrics.LLM_PRICE_LOOKUP_FAILURES.labels(
             self._guards["provider"](provider), self._guards["model"](model)).inc()
-        pair = (provider, model)
+        pair = (provider[:200], model[:200])
         if pair not in self._logged and len(self._logged) < _MAX_LOGGED:
             self._logged.add(pair)
             log.warning("no price for model %r of provider %r: its calls carry no cost "

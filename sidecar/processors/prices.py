@@ -39,6 +39,8 @@ _FAST_KEYS = frozenset(("input_mtok", "output_mtok", "cache_read_mtok", "cache_w
                         "storage_searches_kcount"))
 # bounds on memo tables fed by span content (model names are client-chosen)
 MAX_MEMO = 4096
+# longer model or provider names are not looked up
+MAX_NAME = 200
 
 # `gen_ai.provider.name` values -> genai-prices provider ids, where its own matching
 # misses them (shared/docs/genai-and-logs.md §3.1)
@@ -157,6 +159,10 @@ class PriceBook:
         self._multipliers = dict(multipliers or {})
         self._free = free_providers
         self._aliases = {**PROVIDER_IDS, **(provider_aliases or {})}
+        # new (uncached) lookups allowed before the next `budget` call; None: unlimited. A
+        # lookup of an unknown model costs ~140 µs in genai-prices (not cached there), so a
+        # request naming thousands of distinct models must not cost thousands of them.
+        self.lookups_left: int | None = None
         self._lookups: dict[tuple[str | None, str], _Resolved | None] = {}
         self._plans: dict[tuple[str, str, int, str | None], _Plan] = {}
 
@@ -174,6 +180,12 @@ class PriceBook:
         key = (provider_id, ref)
         if key in self._lookups:
             return provider_id, ref, self._lookups[key]
+        if len(ref) > MAX_NAME or len(provider_id or "") > MAX_NAME:
+            return provider_id, ref, None  # no model is named so: not looked up, not kept
+        if self.lookups_left is not None:
+            if self.lookups_left <= 0:
+                return provider_id, ref, None  # over this request's budget: not kept
+            self.lookups_left -= 1
         resolved = self._find(ref, provider_id)
         if resolved is None and provider in ROUTERS and "/" in ref:
             vendor, _, rest = ref.partition("/")
@@ -239,9 +251,13 @@ class PriceBook:
             calc = Price(inp + out, inp, out, plain, cr, cw, resolved.provider.id,
                          resolved.model.id, source, plan.price_date)
         else:
-            result = plan.price.calc_price(Usage(
-                input_tokens=input_tokens, output_tokens=output_tokens,
-                cache_read_tokens=cache_read, cache_write_tokens=cache_write))
+            try:
+                result = plan.price.calc_price(Usage(
+                    input_tokens=input_tokens, output_tokens=output_tokens,
+                    cache_read_tokens=cache_read, cache_write_tokens=cache_write))
+            except (ValueError, ArithmeticError):
+                # a price shape the library refuses for this usage: unpriced, not a crash
+                return None
             calc = Price(result["total_price"], result["input_price"], result["output_price"],
                          None, None, None, resolved.provider.id, resolved.model.id, source,
                          plan.price_date)

@@ -222,3 +222,22 @@ def test_sample_agent_runs_are_all_priced() -> None:
                  and attr(s, "gen_ai.operation.name") != "invoke_agent"]
         assert calls
         assert all(isinstance(attr(s, "gen_ai.usage.cost"), float) for s in calls)
+
+
+def test_hostile_model_names_cost_bounded_work_and_labels() -> None:
+    service = f"svc-{uuid.uuid4().hex[:8]}"
+    processor = LlmCost(CostSettings())
+    huge = "m" * 100_000
+    names = [f"fake-{uuid.uuid4().hex}" for _ in range(100)]
+    spans = run(processor, request(service, span(chat(huge, "openai")),
+                                   *(span(chat(n, "openai")) for n in names),
+                                   span(chat("gpt-4o", "openai"))))
+    assert all(attr(s, "gen_ai.usage.cost") is None for s in spans[:-1])
+    # past the per-request lookup budget a new model is left unpriced, even a known one...
+    assert attr(spans[-1], "gen_ai.usage.cost") is None
+    # ...and priced in a later request
+    (again,) = run(processor, request(service, span(chat("gpt-4o", "openai"))))
+    assert isinstance(attr(again, "gen_ai.usage.cost"), float)
+    base = {"provider": "openai", "service": service, "agent": "unknown", "tenant": "unknown"}
+    assert metric("sidecar_llm_calls_total", **base, model="other") > 0  # the huge name
+    assert metric("sidecar_llm_calls_total", **base, model=huge) == 0
