@@ -23,6 +23,8 @@ _STATUS = {0: "unset", 1: "ok", 2: "error"}
 
 
 class SpanMetricsSettings(ProcessorSettings):
+    # off by default until it meets its budget (< 2 µs per span; 2.1-3.5 µs today)
+    enabled: bool = False
     # distinct span names (and services) with their own series; later ones count as "other"
     label_values: int = Field(default=200, ge=1, le=10_000)
 

@@ -50,7 +50,7 @@ async def test_spans_come_out_priced_and_metrics_match_them(short_tmp: Path) -> 
         daemon = DaemonProcess(short_tmp, exporters={"upstream": {
             "type": "otlp", "protocol": "http", "endpoint": sink.http_endpoint,
             "batch": {"max_delay": 0}}},
-            extra={"processors": {"cost": {"prices": [
+            extra={"processors": {"cost": {"enabled": True, "prices": [
                 {"provider": "vllm", "model": "house-llama", "input": 2, "output": 6}]}}})
         await daemon.start()
         try:
@@ -95,7 +95,7 @@ async def test_send_test_shows_what_the_daemon_charged(short_tmp: Path) -> None:
     async with OtlpSink() as sink:
         daemon = DaemonProcess(short_tmp, exporters={"upstream": {
             "type": "otlp", "protocol": "http", "endpoint": sink.http_endpoint,
-            "batch": {"max_delay": 0}}})
+            "batch": {"max_delay": 0}}}, extra={"processors": {"cost": {"enabled": True}}})
         await daemon.start()
         try:
             proc = await asyncio.create_subprocess_exec(
