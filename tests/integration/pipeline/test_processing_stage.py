@@ -103,6 +103,9 @@ async def test_every_exporter_type_receives_the_same_edited_bytes(
             "grpc_plain": {"type": "otlp", "endpoint": sink.grpc_endpoint, "protocol": "grpc",
                            "compression": "none"},
             "http": {"type": "otlp", "endpoint": sink.http_endpoint, "protocol": "http"},
+            "honeycomb": {"type": "honeycomb", "api_key": "k", "endpoint": sink.http_endpoint,
+                          "protocol": "http"},
+            "jaeger": {"type": "jaeger", "endpoint": sink.grpc_endpoint},
         }
         assert {e["type"] for e in exporters.values()} == set(exporter_factories()), \
             "a new exporter type must be added to this test"
@@ -116,11 +119,11 @@ async def test_every_exporter_type_receives_the_same_edited_bytes(
             # as the gRPC receiver hands it on: bytes plus its parse
             await graph.consumers[Signal.TRACES].consume(
                 Batch.from_bytes(Signal.TRACES, request.SerializeToString()))
-            await sink.wait_for_requests(3)
+            await sink.wait_for_requests(5)
         finally:
             await graph.shutdown(asyncio.get_running_loop().time() + 5)
         bodies = sorted(r.body for r in sink.requests)
-        assert len(bodies) == 3
+        assert len(bodies) == 5
         assert all(body == want for body in bodies)
         (line,) = (tmp_path / "out" / "traces.jsonl").read_bytes().splitlines()
         from_file = json_format.ParseDict(hex_ids_to_base64(orjson.loads(line)),
