@@ -1,0 +1,168 @@
+"""`type: datadog` - traces to Datadog's native intake (`mode: native`, docs/vendors.md
+§2.2): OTLP spans mapped as the Datadog Agent maps them (`datadog_mapping`), packed as one
+gzipped `AgentPayload` protobuf per request, POSTed to `/api/v0.2/traces`.
+
+An encoded payload over the intake's 3.2 MB is never sent: the sender raises
+`RequestTooLargeError` before any byte goes out and the chain splits the batch and sends
+the halves (nothing is delivered twice). Answers: 2xx is success (the body is not OTLP and
+is ignored); 408, 429 and every 5xx are retried, `Retry-After` honoured on each; 413
+splits; 400, 401, 403 and the rest are permanent. Logs and metrics are not supported yet
+and are dropped without a request."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+from typing import Literal
+from urllib.parse import urlsplit
+
+import aiohttp
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from pydantic import SecretStr, field_validator, model_validator
+
+from sidecar import __version__
+from sidecar.component import BuildContext, ExporterComponent, ExporterFactory, register_exporter
+from sidecar.errors import PermanentError, StartupError
+from sidecar.exporters.datadog_mapping import Defaults, map_request
+from sidecar.exporthelper import http
+from sidecar.exporthelper.chain import ExportChain
+from sidecar.exporthelper.compression import gzip_body
+from sidecar.exporthelper.retry import RequestTooLargeError
+from sidecar.exporthelper.settings import BatchSettings, ExporterSettings, TlsSettings
+from sidecar.model import Batch, Signal
+
+from sidecar._proto.datadog_trace_pb2 import AgentPayload  # isort: skip
+
+TRACES_PATH = "/api/v0.2/traces"
+# the Agent's flush size, which the intake documents as its maximum (uncompressed)
+MAX_PAYLOAD = 3_200_000
+RETRYABLE = frozenset({408, 429, *range(500, 600)})
+# mapping runs in a thread for batches larger than this (it is Python, ~µs per span)
+_MAP_OFF_LOOP = 256
+_SITE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+")
+
+
+class DatadogConfig(ExporterSettings):
+    type: Literal["datadog"] = "datadog"
+    api_key: SecretStr
+    site: str = "datadoghq.com"
+    endpoint: str | None = None  # a base URL replacing https://trace.agent.<site>
+    mode: Literal["native"] = "native"
+    env: str = ""  # for resources without deployment.environment(.name)
+    hostname: str = ""  # for resources without host.name; default: this machine's name
+    tags: dict[str, str] = {}  # AgentPayload tags
+    top_level_by_span_kind: bool = True  # the Agent's enable_otlp_compute_top_level_by_span_kind
+    tls: TlsSettings = TlsSettings()
+    # OTLP bytes per request: the Datadog encoding of LLM spans is ~1.5x larger, so this
+    # keeps a request under the intake's 3.2 MB; a larger one is split before it is sent
+    batch: BatchSettings = BatchSettings(max_bytes=1024 * 1024)
+
+    @field_validator("site")
+    @classmethod
+    def _site(cls, value: str) -> str:
+        if not _SITE.fullmatch(value):
+            raise ValueError(f"expected a Datadog site such as datadoghq.com or "
+                             f"datadoghq.eu, got {value!r}")
+        return value
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        url = urlsplit(value)
+        if url.scheme not in ("http", "https") or not url.hostname or url.query:
+            raise ValueError(f"expected a base URL such as https://host:port, got {value!r}")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _checks(self) -> DatadogConfig:
+        key = self.api_key.get_secret_value()
+        if not key.strip():
+            raise ValueError("api_key is empty (set it from ${env:DD_API_KEY})")
+        if key != key.strip() or any(c < " " or c > "~" for c in key):
+            raise ValueError("api_key has whitespace or non-printable characters")
+        if self.compression != "gzip":
+            raise ValueError("compression: the Datadog trace intake takes gzip bodies")
+        return self
+
+    @property
+    def base_url(self) -> str:
+        return self.endpoint or f"https://trace.agent.{self.site}"
+
+
+class NativeTracesSender:
+    def __init__(self, config: DatadogConfig) -> None:
+        self.config = config
+        self._url = config.base_url + TRACES_PATH
+        self._defaults = Defaults(hostname=config.hostname or socket.gethostname(),
+                                  env=config.env,
+                                  top_level_by_span_kind=config.top_level_by_span_kind)
+        self._headers = {"DD-Api-Key": config.api_key.get_secret_value(),
+                         "Content-Type": "application/x-protobuf",
+                         "Content-Encoding": "gzip"}
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        plaintext = self._url.startswith("http://")
+        try:
+            self._session = http.create_session(None if plaintext else self.config.tls,
+                                                connections=self.config.queue.concurrency)
+        except (OSError, ValueError) as exc:
+            raise StartupError(f"tls: {exc}") from exc
+
+    def encode(self, batch: Batch) -> tuple[bytes | None, int, str]:
+        """(AgentPayload bytes or None when no span is left, skipped spans, languages)."""
+        request = batch.message
+        assert isinstance(request, ExportTraceServiceRequest)
+        mapped = map_request(request, self._defaults)
+        if not mapped.payloads:
+            return None, mapped.skipped, ""
+        payload = AgentPayload(
+            hostName=self._defaults.hostname, env=self.config.env,
+            tracerPayloads=mapped.payloads, tags=self.config.tags,
+            agentVersion=f"sidecar-{__version__}", targetTPS=1.0, errorTPS=1.0)
+        body = payload.SerializeToString()
+        if len(body) > MAX_PAYLOAD:
+            raise RequestTooLargeError(
+                f"Datadog payload of {len(body)} bytes for {batch.items} spans is over "
+                f"the intake's {MAX_PAYLOAD}")
+        languages = "|".join(sorted({p.languageName for p in mapped.payloads
+                                     if p.languageName}))
+        return body, mapped.skipped, languages
+
+    async def send(self, batch: Batch) -> int:
+        assert self._session is not None, "send() before start()"
+        if batch.signal is not Signal.TRACES:
+            raise PermanentError(f"type datadog sends traces only (mode: native), not "
+                                 f"{batch.signal.value}; route them elsewhere under pipelines:")
+        if batch.items > _MAP_OFF_LOOP:
+            body, skipped, languages = await asyncio.to_thread(self.encode, batch)
+        else:
+            body, skipped, languages = self.encode(batch)
+        if body is None:
+            return skipped
+        headers = self._headers
+        if languages:
+            headers = {**headers, "X-Datadog-Reported-Languages": languages}
+        await http.post(self._session, self._url, await gzip_body(body), headers,
+                        batch.signal, extra_retryable=RETRYABLE, hinted=RETRYABLE,
+                        otlp_answer=False)
+        return skipped
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def describe(self) -> str:
+        return f"datadog/native {self._url}"
+
+
+def create(name: str, settings: ExporterSettings, ctx: BuildContext) -> ExporterComponent:
+    assert isinstance(settings, DatadogConfig)
+    return ExportChain(name, settings, NativeTracesSender(settings))
+
+
+FACTORY = register_exporter(ExporterFactory("datadog", DatadogConfig, create))
