@@ -51,9 +51,11 @@ _SQL = frozenset({"postgresql", "mysql", "mssql", "oracle", "sqlite", "mariadb",
 _DB_TYPES = {"cassandra": "cassandra", "redis": "redis", "memcached": "memcached",
              "mongodb": "mongodb", "elasticsearch": "elasticsearch",
              "opensearch": "opensearch"}
-# OTel semantic-convention keys the Agent renames to Datadog's (its attributes.HTTPMappings;
-# the method rename is observed, the rest read from the Agent source and not re-checked)
+# OTel semantic-convention keys renamed to Datadog's (the Agent's attributes.HTTPMappings;
+# method and server.address renames are what rotel sends, the rest read from Datadog's
+# sources and not seen on the wire)
 _RENAMES = {
+    "server.address": "http.server_name",
     "http.request.method": "http.method",
     "url.full": "http.url",
     "user_agent.original": "http.useragent",
