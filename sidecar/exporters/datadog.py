@@ -54,7 +54,7 @@ class DatadogConfig(ExporterSettings):
     tags: dict[str, str] = {}  # AgentPayload tags
     top_level_by_span_kind: bool = True  # the Agent's enable_otlp_compute_top_level_by_span_kind
     tls: TlsSettings = TlsSettings()
-    # OTLP bytes per request: the Datadog encoding of LLM spans is ~1.5x larger, so this
+    # OTLP bytes per request: the Datadog encoding of LLM spans is ~2x larger, so this
     # keeps a request under the intake's 3.2 MB; a larger one is split before it is sent
     batch: BatchSettings = BatchSettings(max_bytes=1024 * 1024)
 

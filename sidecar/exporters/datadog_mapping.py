@@ -9,6 +9,7 @@ counted, so the exporter reports them as rejected."""
 from __future__ import annotations
 
 import base64
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -133,10 +134,6 @@ def _float_text(number: float) -> str:
 
 def _strings(attributes: Iterable[KeyValue]) -> dict[str, str]:
     return {kv.key: as_string(kv.value) for kv in attributes}
-
-
-def _truncate(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def normalize_service(name: str) -> str:
@@ -277,10 +274,15 @@ def _resource(rs: ResourceSpans) -> _Resource:
     return _Resource(strings, service, env, strings.get("service.version", ""))
 
 
-def _put_meta(meta: Any, key: str, value: str) -> None:
-    meta[_truncate(key, MAX_META_KEY)] = _truncate(value, MAX_META_VALUE)
+def _put_meta(meta: dict[str, str], key: str, value: str) -> None:
+    if len(key) > MAX_META_KEY:
+        key = key[:MAX_META_KEY] + "..."
+    if len(value) > MAX_META_VALUE:
+        value = value[:MAX_META_VALUE] + "..."
+    meta[key] = value
 
 
+@functools.lru_cache(maxsize=4096)  # keys repeat from span to span; bounded for hostile ones
 def _rename(key: str) -> str:
     renamed = _RENAMES.get(key)
     if renamed is not None:
@@ -291,20 +293,47 @@ def _rename(key: str) -> str:
     return key
 
 
-def map_span(span: Span, res: _Resource, scope_meta: Mapping[str, str],
+def base_meta(res: _Resource, scope_meta: Mapping[str, str]) -> dict[str, str]:
+    """The meta every span of a scope starts from: resource attributes, then scope ones."""
+    meta: dict[str, str] = {}
+    for key, value in res.strings.items():
+        if key not in _CONSUMED:
+            _put_meta(meta, key, value)
+    for key, value in scope_meta.items():
+        _put_meta(meta, key, value)
+    return meta
+
+
+def map_span(span: Span, res: _Resource, base: Mapping[str, str],
              defaults: Defaults) -> DDSpan:
     span_strings: dict[str, str] = {}
-    numbers: dict[str, float] = {}
+    metrics: dict[str, float] = {}
+    # precedence: span attributes over scope over resource (later writes win)
+    meta = dict(base)
     for kv in span.attributes:
-        kind = kv.value.WhichOneof("value")
+        key, value = kv.key, kv.value
+        kind = value.WhichOneof("value")
         if kind == "int_value":
-            numbers[kv.key] = float(kv.value.int_value)
+            number: float = float(value.int_value)
         elif kind == "double_value":
-            numbers[kv.key] = kv.value.double_value
-        span_strings[kv.key] = as_string(kv.value)
+            number = value.double_value
+        else:
+            text = span_strings[key] = as_string(value)
+            if key not in _CONSUMED:
+                _put_meta(meta, _rename(key), text)
+            continue
+        span_strings[key] = as_string(value)
+        name = _rename(key)
+        metrics[name if len(name) <= MAX_META_KEY else name[:MAX_META_KEY] + "..."] = number
+        if key in ("http.response.status_code", "http.status_code"):
+            metrics["http.status_code"] = number
+        elif key == "sampling.priority":
+            metrics["_sampling_priority_v1"] = number
     attrs = _Lookup(span_strings, res.strings)
     service = span_strings.get("service.name") or res.service
-    out = DDSpan(
+    error = 1 if span.status.code == Status.STATUS_CODE_ERROR else 0
+    _added_meta(span, meta, metrics, error, attrs, defaults)
+    return DDSpan(
         service=normalize_service(service) if service else DEFAULT_SERVICE,
         name=operation_name(span.kind, attrs),
         resource=resource_name(span, attrs),
@@ -313,34 +342,15 @@ def map_span(span: Span, res: _Resource, scope_meta: Mapping[str, str],
         parentID=int.from_bytes(span.parent_span_id, "big") if span.parent_span_id else 0,
         start=span.start_time_unix_nano,
         duration=max(span.end_time_unix_nano - span.start_time_unix_nano, 0),
-        error=1 if span.status.code == Status.STATUS_CODE_ERROR else 0,
+        error=error,
         type=span_type(span.kind, attrs),
+        meta=meta,
+        metrics=metrics,
     )
-    meta, metrics = out.meta, out.metrics
-    # precedence: span attributes over scope over resource (later writes win)
-    for key, value in res.strings.items():
-        if key not in _CONSUMED:
-            _put_meta(meta, key, value)
-    for key, value in scope_meta.items():
-        _put_meta(meta, key, value)
-    for key, value in span_strings.items():
-        if key in _CONSUMED or key in numbers:
-            continue
-        _put_meta(meta, _rename(key), value)
-    for key, number in numbers.items():
-        metrics[_truncate(_rename(key), MAX_META_KEY)] = number
-    status_code = numbers.get("http.response.status_code", numbers.get("http.status_code"))
-    if status_code is not None:
-        metrics["http.status_code"] = status_code
-    if "sampling.priority" in numbers:
-        metrics["_sampling_priority_v1"] = numbers["sampling.priority"]
-    _added_meta(span, out, attrs, res, defaults)
-    return out
 
 
-def _added_meta(span: Span, out: DDSpan, attrs: _Lookup, res: _Resource,
-                defaults: Defaults) -> None:
-    meta = out.meta
+def _added_meta(span: Span, meta: dict[str, str], metrics: dict[str, float], error: int,
+                attrs: _Lookup, defaults: Defaults) -> None:
     meta["span.kind"] = _KIND_META.get(span.kind, "unspecified")
     env = attrs.get("deployment.environment.name", "deployment.environment") or defaults.env
     if env:
@@ -367,11 +377,11 @@ def _added_meta(span: Span, out: DDSpan, attrs: _Lookup, res: _Resource,
             **({"dropped_attributes_count": link.dropped_attributes_count}
                if link.dropped_attributes_count else {}),
         } for link in span.links]).decode())
-    if out.error and "error.msg" not in meta:
+    if error and "error.msg" not in meta:
         if span.status.message:
             _put_meta(meta, "error.msg", span.status.message)
         else:
-            code = out.metrics.get("http.status_code")
+            code = metrics.get("http.status_code")
             if code is not None:
                 meta["error.msg"] = _http_reason(int(code))
 
@@ -383,7 +393,7 @@ def _http_reason(code: int) -> str:
         return str(code)
 
 
-def _events(span: Span, meta: Any) -> None:
+def _events(span: Span, meta: dict[str, str]) -> None:
     events = []
     for event in span.events:
         item: dict[str, Any] = {"time_unix_nano": event.time_unix_nano, "name": event.name}
@@ -437,7 +447,7 @@ def map_request(request: ExportTraceServiceRequest, defaults: Defaults) -> Mappe
         )
         chunks: dict[bytes, tuple[TraceChunk, list[int]]] = {}
         for ss in rs.scope_spans:
-            scope_meta = _scope_meta(ss.scope)
+            base = base_meta(res, _scope_meta(ss.scope))
             for span in ss.spans:
                 if not any(span.trace_id) or not any(span.span_id):
                     mapped.skipped += 1
@@ -446,7 +456,7 @@ def map_request(request: ExportTraceServiceRequest, defaults: Defaults) -> Mappe
                 if entry is None:
                     entry = chunks[span.trace_id] = (
                         TraceChunk(priority=PRIORITY_AUTO_KEEP), [])
-                dd = map_span(span, res, scope_meta, defaults)
+                dd = map_span(span, res, base, defaults)
                 if not entry[0].spans:
                     high = span.trace_id[:8]
                     if any(high):
