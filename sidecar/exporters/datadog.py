@@ -1,13 +1,15 @@
 """`type: datadog` - traces to Datadog's native intake (`mode: native`, docs/vendors.md
 §2.2): OTLP spans mapped as the Datadog Agent maps them (`datadog_mapping`), packed as one
-gzipped `AgentPayload` protobuf per request, POSTed to `/api/v0.2/traces`.
+gzipped `AgentPayload` protobuf per request, POSTed to `/api/v0.2/traces`; logs to the HTTP
+intake v2 (§3) as one gzipped JSON array per request (`datadog_logs`).
 
-An encoded payload over the intake's 3.2 MB is never sent: the sender raises
-`RequestTooLargeError` before any byte goes out and the chain splits the batch and sends
-the halves (nothing is delivered twice). Answers: 2xx is success (the body is not OTLP and
-is ignored); 408, 429 and every 5xx are retried, `Retry-After` honoured on each; 413
-splits; 400, 401, 403 and the rest are permanent. Logs and metrics are not supported yet
-and are dropped without a request."""
+An encoded payload over the intake's 3.2 MB (a logs request over 1,000 entries or 5 MB)
+is never sent: the sender raises `RequestTooLargeError` before any byte goes out and the
+chain splits the batch and sends the halves (nothing is delivered twice).
+
+Answers: 2xx is success (the body is not OTLP and is ignored); 408, 429 and every 5xx are
+retried, `Retry-After` honoured on each; 413 splits; 400, 401, 403 and the rest are
+permanent. Metrics are not supported yet and are dropped without a request."""
 
 from __future__ import annotations
 
@@ -18,12 +20,14 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 import aiohttp
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from pydantic import SecretStr, field_validator, model_validator
 
 from sidecar import __version__
 from sidecar.component import BuildContext, ExporterComponent, ExporterFactory, register_exporter
 from sidecar.errors import PermanentError, StartupError
+from sidecar.exporters.datadog_logs import LogDefaults, entries
 from sidecar.exporters.datadog_mapping import Defaults, map_request
 from sidecar.exporthelper import http
 from sidecar.exporthelper.chain import ExportChain
@@ -35,6 +39,9 @@ from sidecar.model import Batch, Signal
 from sidecar._proto.datadog_trace_pb2 import AgentPayload  # isort: skip
 
 TRACES_PATH = "/api/v0.2/traces"
+LOGS_PATH = "/api/v2/logs"
+MAX_LOG_ENTRIES = 1000
+MAX_LOGS_BODY = 5_000_000
 # the Agent's flush size, which the intake documents as its maximum (uncompressed)
 MAX_PAYLOAD = 3_200_000
 RETRYABLE = frozenset({408, 429, *range(500, 600)})
@@ -47,16 +54,20 @@ class DatadogConfig(ExporterSettings):
     type: Literal["datadog"] = "datadog"
     api_key: SecretStr
     site: str = "datadoghq.com"
-    endpoint: str | None = None  # a base URL replacing https://trace.agent.<site>
+    # a base URL replacing the site's hosts (https://trace.agent.<site> for traces,
+    # https://http-intake.logs.<site> for logs)
+    endpoint: str | None = None
     mode: Literal["native"] = "native"
     env: str = ""  # for resources without deployment.environment(.name)
     hostname: str = ""  # for resources without host.name; default: this machine's name
-    tags: dict[str, str] = {}  # AgentPayload tags
+    tags: dict[str, str] = {}  # AgentPayload tags; ddtags on logs
+    source: str = "sidecar"  # ddsource on logs
     top_level_by_span_kind: bool = True  # the Agent's enable_otlp_compute_top_level_by_span_kind
     tls: TlsSettings = TlsSettings()
     # OTLP bytes per request: the Datadog encoding of LLM spans is ~2x larger, so this
-    # keeps a request under the intake's 3.2 MB; a larger one is split before it is sent
-    batch: BatchSettings = BatchSettings(max_bytes=1024 * 1024)
+    # keeps a request under the intake's 3.2 MB; a larger one is split before it is sent.
+    # 1,000 items: the logs intake's maximum per request
+    batch: BatchSettings = BatchSettings(max_items=MAX_LOG_ENTRIES, max_bytes=1024 * 1024)
 
     @field_validator("site")
     @classmethod
@@ -91,6 +102,10 @@ class DatadogConfig(ExporterSettings):
     def base_url(self) -> str:
         return self.endpoint or f"https://trace.agent.{self.site}"
 
+    @property
+    def logs_url(self) -> str:
+        return (self.endpoint or f"https://http-intake.logs.{self.site}") + LOGS_PATH
+
 
 class NativeTracesSender:
     def __init__(self, config: DatadogConfig) -> None:
@@ -99,13 +114,18 @@ class NativeTracesSender:
         self._defaults = Defaults(hostname=config.hostname or socket.gethostname(),
                                   env=config.env,
                                   top_level_by_span_kind=config.top_level_by_span_kind)
-        self._headers = {"DD-Api-Key": config.api_key.get_secret_value(),
-                         "Content-Type": "application/x-protobuf",
+        key = config.api_key.get_secret_value()
+        self._headers = {"DD-Api-Key": key, "Content-Type": "application/x-protobuf",
                          "Content-Encoding": "gzip"}
+        self._log_headers = {"DD-API-KEY": key, "Content-Type": "application/json",
+                             "Content-Encoding": "gzip"}
+        self._log_defaults = LogDefaults(
+            hostname=self._defaults.hostname, env=config.env, source=config.source,
+            tags=tuple(f"{k}:{v}" for k, v in config.tags.items()))
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        plaintext = self._url.startswith("http://")
+        plaintext = self.config.base_url.startswith("http://")
         try:
             self._session = http.create_session(None if plaintext else self.config.tls,
                                                 connections=self.config.queue.concurrency)
@@ -132,10 +152,26 @@ class NativeTracesSender:
                                      if p.languageName}))
         return body, mapped.skipped, languages
 
+    def encode_logs(self, batch: Batch) -> bytes | None:
+        """The JSON array for the logs intake, None without records."""
+        request = batch.message
+        assert isinstance(request, ExportLogsServiceRequest)
+        items = list(entries(request, self._log_defaults))
+        if not items:
+            return None
+        body = b"[" + b",".join(items) + b"]"
+        if len(items) > MAX_LOG_ENTRIES or len(body) > MAX_LOGS_BODY:
+            raise RequestTooLargeError(
+                f"Datadog logs request of {len(items)} entries and {len(body)} bytes is "
+                f"over the intake's {MAX_LOG_ENTRIES} entries or {MAX_LOGS_BODY} bytes")
+        return body
+
     async def send(self, batch: Batch) -> int:
         assert self._session is not None, "send() before start()"
+        if batch.signal is Signal.LOGS:
+            return await self._send_logs(batch)
         if batch.signal is not Signal.TRACES:
-            raise PermanentError(f"type datadog sends traces only (mode: native), not "
+            raise PermanentError(f"type datadog sends traces and logs, not "
                                  f"{batch.signal.value}; route them elsewhere under pipelines:")
         if batch.items > _MAP_OFF_LOOP:
             body, skipped, languages = await asyncio.to_thread(self.encode, batch)
@@ -151,13 +187,26 @@ class NativeTracesSender:
                         otlp_answer=False)
         return skipped
 
+    async def _send_logs(self, batch: Batch) -> int:
+        assert self._session is not None
+        if batch.items > _MAP_OFF_LOOP:
+            body = await asyncio.to_thread(self.encode_logs, batch)
+        else:
+            body = self.encode_logs(batch)
+        if body is None:
+            return 0
+        await http.post(self._session, self.config.logs_url, await gzip_body(body),
+                        self._log_headers, batch.signal, extra_retryable=RETRYABLE,
+                        hinted=RETRYABLE, otlp_answer=False)
+        return 0
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
 
     def describe(self) -> str:
-        return f"datadog/native {self._url}"
+        return f"datadog/native {self._url}, logs {self.config.logs_url}"
 
 
 def create(name: str, settings: ExporterSettings, ctx: BuildContext) -> ExporterComponent:

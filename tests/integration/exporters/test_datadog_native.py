@@ -14,7 +14,7 @@ from sidecar.exporters.datadog import MAX_PAYLOAD, DatadogConfig, NativeTracesSe
 from sidecar.exporthelper.chain import ExportChain
 from sidecar.model import Batch, Signal
 from sidecar.sample import agent_run
-from sidecar.testing import logs_batch, traces_batch
+from sidecar.testing import logs_batch, metrics_batch, traces_batch
 from tests.helpers.intakes import DatadogIntake
 
 KEY = "dd-test-key"
@@ -188,14 +188,73 @@ async def test_slow_intake_hits_the_timeout_and_is_retried() -> None:
                       signal="traces") == 1
 
 
-async def test_logs_are_dropped_without_a_request() -> None:
+async def test_metrics_are_dropped_without_a_request() -> None:
+    async with DatadogIntake(KEY) as intake:
+        exporter = chain("dd-metrics", intake)
+        await exporter.start()
+        await exporter.consume(metrics_batch(3))
+        await stop(exporter)
+        assert intake.requests == []
+        assert dropped("dd-metrics", "permanent", "metrics") == 3
+
+
+async def test_logs_arrive_and_correlate_with_the_spans() -> None:
+    run = agent_run(rng=random.Random(9))
     async with DatadogIntake(KEY) as intake:
         exporter = chain("dd-logs", intake)
         await exporter.start()
-        await exporter.consume(logs_batch(3))
+        await exporter.consume(Batch.from_message(Signal.TRACES, run.traces))
+        await exporter.consume(Batch.from_message(Signal.LOGS, run.logs))
         await stop(exporter)
-        assert intake.requests == []
-        assert dropped("dd-logs", "permanent", "logs") == 3
+        logs_requests = [r for r in intake.requests if r.path == "/api/v2/logs"]
+        assert [r.status for r in logs_requests] == [202]
+        assert logs_requests[0].headers["content-type"] == "application/json"
+        records = [lr for rl in run.logs.resource_logs for sl in rl.scope_logs
+                   for lr in sl.log_records]
+        entries = intake.logs()
+        assert len(entries) == len(records)
+        spans = {(s.traceID, s.spanID): s for s in intake.spans()}
+        linked = [e for e in entries if "dd.span_id" in e]
+        assert linked
+        for entry in linked:
+            span = spans[int(entry["dd.trace_id"]), int(entry["dd.span_id"])]
+            assert entry["service"] == span.service
+            assert entry["otel.trace_id"] == span.meta["otel.trace_id"]
+
+
+async def test_logs_over_1000_entries_are_split() -> None:
+    async with DatadogIntake(KEY) as intake:
+        exporter = chain("dd-logs-split", intake, batch={"max_delay": 0, "max_items": 5000})
+        await exporter.start()
+        await exporter.consume(logs_batch(2500))
+        await stop(exporter)
+        assert len(intake.requests) >= 3
+        assert all(r.status == 202 for r in intake.requests)
+        assert len(intake.logs()) == 2500
+
+
+@pytest.mark.parametrize(("status", "outcome"), [
+    (408, "retried"), (429, "retried"), (503, "retried"), (400, "dropped"),
+    (413, "split")])
+async def test_logs_answers(status: int, outcome: str) -> None:
+    sleep = RecordingSleep()
+    async with DatadogIntake(KEY) as intake:
+        name = f"dd-logs-{status}"
+        exporter = chain(name, intake, sleep=sleep)
+        await exporter.start()
+        intake.answer_next(1, status=status)
+        await exporter.consume(logs_batch(4))
+        await stop(exporter)
+        statuses = [r.status for r in intake.requests]
+        if outcome == "retried":
+            assert statuses == [status, 202]
+            assert len(intake.logs()) == 4
+        elif outcome == "split":
+            assert statuses == [413, 202, 202]
+            assert len(intake.logs()) == 4
+        else:
+            assert statuses == [400]
+            assert dropped(name, "permanent", "logs") == 4
 
 
 async def test_zero_id_spans_are_counted_as_rejected() -> None:
