@@ -63,7 +63,8 @@ class DatadogIntake:
     5 MB (logs) uncompressed, 400 for a body that is not gzip or does not decode (an
     `AgentPayload` with no fields unknown to our proto; a JSON array of at most 1,000
     objects of at most 1 MB, each with the reserved keys), 404 for any other path. Accepts
-    with 202 `{}` unless scripted otherwise."""
+    with 202 `{}` unless scripted otherwise. Also the API-key check
+    (`GET /api/v1/validate`: 200 `{"valid":true}`, 403 for a wrong or missing key)."""
 
     def __init__(self, api_key: str, *, max_payload: int = 3_200_000) -> None:
         self.api_key = api_key
@@ -122,6 +123,13 @@ class DatadogIntake:
         headers = {k.lower(): v for k, v in request.headers.items()}
         raw = await request.read()
         entries: list[dict[str, Any]] | None = None
+        if request.path == "/api/v1/validate" and request.method == "GET":
+            ok = headers.get("dd-api-key") == self.api_key
+            status = 200 if ok else 403
+            self.requests.append(DatadogRequest(request.path, headers, status, None, 0,
+                                                asyncio.get_running_loop().time()))
+            return web.Response(status=status, content_type="application/json",
+                                text='{"valid":true}' if ok else '{"errors":["Forbidden"]}')
         if request.path == "/api/v2/logs":
             status, entries, size, text = self._check_logs(request, headers, raw)
             payload = None
