@@ -1,7 +1,9 @@
 """`type: datadog` - traces to Datadog's native intake (`mode: native`, docs/vendors.md
 §2.2): OTLP spans mapped as the Datadog Agent maps them (`datadog_mapping`), packed as one
 gzipped `AgentPayload` protobuf per request, POSTed to `/api/v0.2/traces`; logs to the HTTP
-intake v2 (§3) as one gzipped JSON array per request (`datadog_logs`).
+intake v2 (§3) as one gzipped JSON array per request (`datadog_logs`). `mode: otlp` and
+`mode: agent` are OTLP over the OTLP exporter's senders (agentless intake §2.5, local
+Agent §2.6).
 
 An encoded payload over the intake's 3.2 MB (a logs request over 1,000 entries or 5 MB)
 is never sent: the sender raises `RequestTooLargeError` before any byte goes out and the
@@ -22,15 +24,17 @@ from urllib.parse import urlsplit
 import aiohttp
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from pydantic import SecretStr, field_validator, model_validator
+from pydantic import SecretStr, ValidationError, field_validator, model_validator
 
 from sidecar import __version__
 from sidecar.component import BuildContext, ExporterComponent, ExporterFactory, register_exporter
 from sidecar.errors import PermanentError, StartupError
+from sidecar.exporters import otlp_vendor
 from sidecar.exporters.datadog_logs import LogDefaults, entries
 from sidecar.exporters.datadog_mapping import Defaults, map_request
+from sidecar.exporters.otlp import OtlpConfig
 from sidecar.exporthelper import http
-from sidecar.exporthelper.chain import ExportChain
+from sidecar.exporthelper.chain import ExportChain, Sender
 from sidecar.exporthelper.compression import gzip_body
 from sidecar.exporthelper.retry import RequestTooLargeError
 from sidecar.exporthelper.settings import BatchSettings, ExporterSettings, TlsSettings
@@ -52,12 +56,17 @@ _SITE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9]
 
 class DatadogConfig(ExporterSettings):
     type: Literal["datadog"] = "datadog"
-    api_key: SecretStr
+    api_key: SecretStr | None = None  # required unless mode: agent
     site: str = "datadoghq.com"
     # a base URL replacing the site's hosts (https://trace.agent.<site> for traces,
     # https://http-intake.logs.<site> for logs)
     endpoint: str | None = None
-    mode: Literal["native"] = "native"
+    # native: the trace intake (AgentPayload) and the logs intake; otlp: Datadog's agentless
+    # OTLP intake; agent: OTLP to a local Datadog Agent
+    mode: Literal["native", "otlp", "agent"] = "native"
+    compute_stats: bool = True  # mode otlp: ask the intake to compute APM trace metrics
+    agent_endpoint: str = "http://localhost:4317"  # mode agent
+    agent_protocol: Literal["grpc", "http"] = "grpc"  # mode agent
     env: str = ""  # for resources without deployment.environment(.name)
     hostname: str = ""  # for resources without host.name; default: this machine's name
     tags: dict[str, str] = {}  # AgentPayload tags; ddtags on logs
@@ -89,14 +98,38 @@ class DatadogConfig(ExporterSettings):
 
     @model_validator(mode="after")
     def _checks(self) -> DatadogConfig:
-        key = self.api_key.get_secret_value()
+        if self.mode == "agent":
+            self.agent_otlp()  # endpoint problems are this block's config errors
+            return self
+        key = self.api_key.get_secret_value() if self.api_key is not None else ""
         if not key.strip():
-            raise ValueError("api_key is empty (set it from ${env:DD_API_KEY})")
+            raise ValueError(f"api_key is required with mode: {self.mode} (set it from "
+                             "${env:DD_API_KEY})")
         if key != key.strip() or any(c < " " or c > "~" for c in key):
             raise ValueError("api_key has whitespace or non-printable characters")
-        if self.compression != "gzip":
+        if self.mode == "native" and self.compression != "gzip":
             raise ValueError("compression: the Datadog trace intake takes gzip bodies")
+        if self.mode == "otlp":
+            self.intake_otlp()
         return self
+
+    @property
+    def key(self) -> str:
+        return self.api_key.get_secret_value() if self.api_key is not None else ""
+
+    def agent_otlp(self) -> OtlpConfig:
+        """mode agent: the OTLP exporter config for the local Agent."""
+        return _otlp(self, self.agent_endpoint, self.agent_protocol, {})
+
+    def intake_otlp(self) -> tuple[OtlpConfig, OtlpConfig]:
+        """mode otlp: (traces, logs and metrics) OTLP/HTTP configs for the agentless
+        intake, which takes http/protobuf only."""
+        headers = {"dd-api-key": self.key}
+        traces_headers = {**headers, "compute_stats": "true"} if self.compute_stats else headers
+        traces = _otlp(self, self.endpoint or f"https://trace.agent.{self.site}", "http",
+                       traces_headers)
+        other = _otlp(self, self.endpoint or f"https://otlp.{self.site}", "http", headers)
+        return traces, other
 
     @property
     def base_url(self) -> str:
@@ -107,6 +140,38 @@ class DatadogConfig(ExporterSettings):
         return (self.endpoint or f"https://http-intake.logs.{self.site}") + LOGS_PATH
 
 
+def _otlp(config: DatadogConfig, endpoint: str, protocol: str,
+          headers: dict[str, str]) -> OtlpConfig:
+    try:
+        return otlp_vendor.otlp_config(config, endpoint, protocol, headers, tls=config.tls)
+    except ValidationError as exc:
+        raise ValueError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                                   for e in exc.errors())) from None
+
+
+class BySignal:
+    """mode otlp: traces to the trace intake's host, logs and metrics to the OTLP host."""
+
+    def __init__(self, traces: Sender, other: Sender) -> None:
+        self.traces = traces
+        self.other = other
+
+    async def start(self) -> None:
+        await self.traces.start()
+        await self.other.start()
+
+    async def send(self, batch: Batch) -> int:
+        sender = self.traces if batch.signal is Signal.TRACES else self.other
+        return await sender.send(batch)
+
+    async def close(self) -> None:
+        await self.traces.close()
+        await self.other.close()
+
+    def describe(self) -> str:
+        return f"datadog/otlp {self.traces.describe()}, {self.other.describe()}"
+
+
 class NativeTracesSender:
     def __init__(self, config: DatadogConfig) -> None:
         self.config = config
@@ -114,7 +179,7 @@ class NativeTracesSender:
         self._defaults = Defaults(hostname=config.hostname or socket.gethostname(),
                                   env=config.env,
                                   top_level_by_span_kind=config.top_level_by_span_kind)
-        key = config.api_key.get_secret_value()
+        key = config.key
         self._headers = {"DD-Api-Key": key, "Content-Type": "application/x-protobuf",
                          "Content-Encoding": "gzip"}
         self._log_headers = {"DD-API-KEY": key, "Content-Type": "application/json",
@@ -211,6 +276,12 @@ class NativeTracesSender:
 
 def create(name: str, settings: ExporterSettings, ctx: BuildContext) -> ExporterComponent:
     assert isinstance(settings, DatadogConfig)
+    if settings.mode == "agent":
+        return ExportChain(name, settings, otlp_vendor.sender_for(settings.agent_otlp()))
+    if settings.mode == "otlp":
+        traces, other = settings.intake_otlp()
+        return ExportChain(name, settings, BySignal(otlp_vendor.sender_for(traces),
+                                                    otlp_vendor.sender_for(other)))
     return ExportChain(name, settings, NativeTracesSender(settings))
 
 

@@ -5,7 +5,8 @@ would take our data, without sending any telemetry.
   the OTLP spec says must succeed; a wrong key answers 401/403 (UNAUTHENTICATED,
   PERMISSION_DENIED).
 - `datadog`: the API-key validation endpoint, `GET https://api.<site>/api/v1/validate`
-  (`{endpoint}/api/v1/validate` with an endpoint override).
+  (`{endpoint}/api/v1/validate` with an endpoint override); with `mode: agent`, an empty
+  export to the local Agent.
 - `file`: nothing to ask.
 
 Each check runs with the exporter's `timeout`; all run at once."""
@@ -44,7 +45,7 @@ async def check_all(exporters: dict[str, ExporterSettings]) -> list[Result]:
 async def check(name: str, settings: ExporterSettings) -> Result:
     try:
         async with asyncio.timeout(settings.timeout):
-            if isinstance(settings, DatadogConfig):
+            if isinstance(settings, DatadogConfig) and settings.mode != "agent":
                 detail = await _datadog(settings)
             else:
                 config = _otlp_config(settings)
@@ -67,6 +68,8 @@ def _otlp_config(settings: ExporterSettings) -> OtlpConfig | None:
         return settings
     if isinstance(settings, HoneycombConfig | JaegerConfig):
         return settings.otlp()
+    if isinstance(settings, DatadogConfig):  # mode agent
+        return settings.agent_otlp()
     return None
 
 
@@ -91,7 +94,7 @@ async def _datadog(config: DatadogConfig) -> str:
     async with session:
         try:
             async with session.get(
-                    url, headers={"DD-API-KEY": config.api_key.get_secret_value()}) as answer:
+                    url, headers={"DD-API-KEY": config.key}) as answer:
                 status = answer.status
                 body = (await answer.content.read(200)).decode("utf-8", "replace").strip()
         except aiohttp.ClientError as exc:

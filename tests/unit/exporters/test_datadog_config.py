@@ -37,10 +37,10 @@ def test_endpoint_replaces_the_site() -> None:
     ({"site": "https://datadoghq.com"}, "expected a Datadog site"),
     ({"site": "evil.com/x"}, "expected a Datadog site"),
     ({"endpoint": "trace.agent.datadoghq.com"}, "expected a base URL"),
-    ({"api_key": ""}, "api_key is empty"),
+    ({"api_key": ""}, "api_key is required with mode: native"),
     ({"api_key": "k\r\nX-Injected: 1"}, "whitespace or non-printable"),
     ({"compression": "none"}, "takes gzip"),
-    ({"mode": "otlp"}, "mode"),
+    ({"mode": "zipkin"}, "mode"),
 ])
 def test_config_errors(raw: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
@@ -89,3 +89,32 @@ def test_a_non_otlp_2xx_body_is_not_read_as_partial_success() -> None:
     assert classify(200, {"Content-Type": "application/x-protobuf"}, body, Signal.TRACES) == 5
     assert classify(202, {"Content-Type": "application/x-protobuf"}, body, Signal.TRACES,
                     otlp_answer=False) == 0
+
+
+def test_mode_otlp_targets_the_agentless_intake_per_signal() -> None:
+    traces, other = dd(mode="otlp").intake_otlp()
+    assert (traces.endpoint, traces.protocol) == ("https://trace.agent.datadoghq.com", "http")
+    assert traces.headers == {"dd-api-key": "secret-key", "compute_stats": "true"}
+    assert (other.endpoint, other.headers) == ("https://otlp.datadoghq.com",
+                                               {"dd-api-key": "secret-key"})
+    traces, other = dd(mode="otlp", site="datadoghq.eu", compute_stats=False,
+                       endpoint="http://127.0.0.1:9").intake_otlp()
+    assert traces.endpoint == other.endpoint == "http://127.0.0.1:9"
+    assert "compute_stats" not in traces.headers
+
+
+def test_mode_agent_needs_no_key() -> None:
+    cfg = DatadogConfig.model_validate({"type": "datadog", "mode": "agent",
+                                        "agent_protocol": "http",
+                                        "agent_endpoint": "http://127.0.0.1:4318"})
+    otlp = cfg.agent_otlp()
+    assert (otlp.endpoint, otlp.protocol, otlp.headers) == ("http://127.0.0.1:4318", "http", {})
+    assert DatadogConfig.model_validate({"type": "datadog", "mode": "agent"}).agent_otlp(
+        ).endpoint == "http://localhost:4317"
+    with pytest.raises(ValidationError, match="api_key is required with mode: otlp"):
+        DatadogConfig.model_validate({"type": "datadog", "mode": "otlp"})
+    with pytest.raises(ValidationError, match="api_key is required with mode: native"):
+        DatadogConfig.model_validate({"type": "datadog"})
+    with pytest.raises(ValidationError, match="expected http://host:port"):
+        DatadogConfig.model_validate({"type": "datadog", "mode": "agent",
+                                      "agent_endpoint": "localhost:4317"})
