@@ -29,7 +29,7 @@ from pydantic import SecretStr, ValidationError, field_validator, model_validato
 from sidecar import __version__
 from sidecar.component import BuildContext, ExporterComponent, ExporterFactory, register_exporter
 from sidecar.errors import PermanentError, StartupError
-from sidecar.exporters import otlp_vendor
+from sidecar.exporters import datadog_proto, otlp_vendor
 from sidecar.exporters.datadog_logs import LogDefaults, entries
 from sidecar.exporters.datadog_mapping import Defaults, map_request
 from sidecar.exporters.otlp import OtlpConfig
@@ -39,8 +39,6 @@ from sidecar.exporthelper.compression import gzip_body
 from sidecar.exporthelper.retry import RequestTooLargeError
 from sidecar.exporthelper.settings import BatchSettings, ExporterSettings, TlsSettings
 from sidecar.model import Batch, Signal
-
-from sidecar._proto.datadog_trace_pb2 import AgentPayload  # isort: skip
 
 TRACES_PATH = "/api/v0.2/traces"
 LOGS_PATH = "/api/v2/logs"
@@ -109,6 +107,11 @@ class DatadogConfig(ExporterSettings):
             raise ValueError("api_key has whitespace or non-printable characters")
         if self.mode == "native" and self.compression != "gzip":
             raise ValueError("compression: the Datadog trace intake takes gzip bodies")
+        if self.mode == "native":
+            try:
+                datadog_proto.load()
+            except ImportError as exc:
+                raise ValueError(f"mode: native needs {exc}") from None
         if self.mode == "otlp":
             self.intake_otlp()
         return self
@@ -204,7 +207,7 @@ class NativeTracesSender:
         mapped = map_request(request, self._defaults)
         if not mapped.payloads:
             return None, mapped.skipped, ""
-        payload = AgentPayload(
+        payload = datadog_proto.load().AgentPayload(
             hostName=self._defaults.hostname, env=self.config.env,
             tracerPayloads=mapped.payloads, tags=self.config.tags,
             agentVersion=f"sidecar-{__version__}", targetTPS=1.0, errorTPS=1.0)

@@ -14,15 +14,18 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span, Status
 
-from sidecar._proto.datadog_trace_pb2 import Span as DDSpan
-from sidecar._proto.datadog_trace_pb2 import TraceChunk, TracerPayload
+from sidecar.exporters import datadog_proto
+
+if TYPE_CHECKING:
+    from sidecar._proto.datadog_trace_pb2 import Span as DDSpan
+    from sidecar._proto.datadog_trace_pb2 import TraceChunk, TracerPayload
 
 DEFAULT_SERVICE = "otlpresourcenoservicename"
 MAX_SERVICE = 100
@@ -333,7 +336,7 @@ def map_span(span: Span, res: _Resource, base: Mapping[str, str],
     service = span_strings.get("service.name") or res.service
     error = 1 if span.status.code == Status.STATUS_CODE_ERROR else 0
     _added_meta(span, meta, metrics, error, attrs, defaults)
-    return DDSpan(
+    return datadog_proto.load().Span(  # type: ignore[no-any-return]  # a generated class
         service=normalize_service(service) if service else DEFAULT_SERVICE,
         name=operation_name(span.kind, attrs),
         resource=resource_name(span, attrs),
@@ -436,7 +439,8 @@ def map_request(request: ExportTraceServiceRequest, defaults: Defaults) -> Mappe
     mapped = Mapped()
     for rs in request.resource_spans:
         res = _resource(rs)
-        payload = TracerPayload(
+        pb = datadog_proto.load()
+        payload: TracerPayload = pb.TracerPayload(
             containerID=res.strings.get("container.id", ""),
             languageName=res.strings.get("telemetry.sdk.language", ""),
             tracerVersion=f"otlp-{res.strings['telemetry.sdk.version']}"
@@ -455,7 +459,7 @@ def map_request(request: ExportTraceServiceRequest, defaults: Defaults) -> Mappe
                 entry = chunks.get(span.trace_id)
                 if entry is None:
                     entry = chunks[span.trace_id] = (
-                        TraceChunk(priority=PRIORITY_AUTO_KEEP), [])
+                        pb.TraceChunk(priority=PRIORITY_AUTO_KEEP), [])
                 dd = map_span(span, res, base, defaults)
                 if not entry[0].spans:
                     high = span.trace_id[:8]
