@@ -268,3 +268,19 @@ async def test_zero_id_spans_are_counted_as_rejected() -> None:
         await stop(exporter)
         assert len(intake.spans()) == 2
         assert dropped("dd-zero", "rejected") == 1
+
+
+async def test_one_span_over_the_limit_is_dropped_without_a_request() -> None:
+    batch = traces_batch(3, attrs=0)
+    request = batch.message
+    huge = request.resource_spans[0].scope_spans[0].spans[1]
+    for i in range(140):  # 140 values of 25,000 characters: ~3.5 MB of meta in one span
+        huge.attributes.add(key=f"gen_ai.prompt.{i}").value.string_value = "p" * 25_000
+    async with DatadogIntake(KEY) as intake:
+        exporter = chain("dd-oversize", intake)
+        await exporter.start()
+        await exporter.consume(Batch.from_message(Signal.TRACES, request))
+        await stop(exporter)
+        assert all(r.status == 202 for r in intake.requests)
+        assert len(intake.spans()) == 2  # the other spans, split away from it
+        assert dropped("dd-oversize", "permanent") == 1
