@@ -8,13 +8,20 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 NODE_DIR := tests/e2e/node
 
-.PHONY: run test lint bench sysdeps node clean
+.PHONY: run test lint bench sysdeps node clean protos
 
 $(STAMP): pyproject.toml
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
+
+# Datadog's trace payload: protos/*.proto compiled into sidecar/_proto/ (generated, not in
+# git; grpcio-tools from the dev extra bundles protoc)
+PROTO_OUT := $(patsubst protos/%.proto,sidecar/_proto/%_pb2.py,$(wildcard protos/*.proto))
+protos: $(PROTO_OUT)
+sidecar/_proto/%_pb2.py: protos/%.proto $(STAMP)
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=sidecar/_proto --pyi_out=sidecar/_proto $<
 
 # redis-server is the cache's L2 in tests and the peer in benchmarks; redis-cli and
 # redis-benchmark are real clients. Installed from Debian's packages when missing.
@@ -29,17 +36,17 @@ $(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package.json
 	cd $(NODE_DIR) && npm install --no-audit --no-fund --silent
 	@mkdir -p $(@D) && touch $@
 
-run: $(STAMP)
+run: $(STAMP) protos
 	$(VENV)/bin/sidecar run --config config/sidecar.yaml
 
-lint: $(STAMP)
+lint: $(STAMP) protos
 	$(VENV)/bin/ruff check sidecar tests $(wildcard bench)
 	$(VENV)/bin/mypy sidecar
 
-test: $(STAMP) sysdeps node lint
+test: $(STAMP) protos sysdeps node lint
 	$(VENV)/bin/pytest -q
 
-bench: $(STAMP) sysdeps
+bench: $(STAMP) protos sysdeps
 	$(PY) bench/run.py
 
 clean:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 
@@ -47,7 +47,10 @@ def version() -> None:
 @main.command()
 @CONFIG_OPTION
 @SET_OPTION
-def validate(config_path: str | None, overrides: tuple[str, ...]) -> None:
+@click.option("--healthcheck", is_flag=True,
+              help="Also ask each exporter's destination whether it would take data (a "
+                   "wrong key, an unreachable endpoint), sending no telemetry.")
+def validate(config_path: str | None, overrides: tuple[str, ...], healthcheck: bool) -> None:
     """Dry run of `run`: load the config and build every component, start nothing."""
     from sidecar import config as config_module
 
@@ -59,6 +62,23 @@ def validate(config_path: str | None, overrides: tuple[str, ...]) -> None:
     except ConfigError as exc:
         _fail([str(problem) for problem in exc.problems], 1)
     click.echo(f"{config_path or '<defaults>'}: configuration is valid")
+    if healthcheck:
+        _healthcheck(cfg.exporters)
+
+
+def _healthcheck(exporters: dict[str, Any]) -> None:
+    import asyncio
+
+    from sidecar.exporters import healthcheck
+
+    results = asyncio.run(healthcheck.check_all(exporters))
+    for result in results:
+        if result.ok is not False:
+            click.echo(f"exporters.{result.name}: {'ok' if result.ok else 'skipped'}: "
+                       f"{result.detail}")
+    failed = [f"exporters.{r.name}: {r.detail}" for r in results if r.ok is False]
+    if failed:
+        _fail(failed, 2)
 
 
 @main.command()

@@ -1,5 +1,5 @@
 """Built-in exporter types. Importing this package registers each one by type name."""
 
-from sidecar.exporters import file, otlp
+from sidecar.exporters import datadog, file, honeycomb, jaeger, otlp
 
-__all__ = ["file", "otlp"]
+__all__ = ["datadog", "file", "honeycomb", "jaeger", "otlp"]

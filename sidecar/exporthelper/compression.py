@@ -15,6 +15,7 @@ only used on bodies clients send us, and zlib's bounded `max_length` is what sto
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 
 from isal import isal_zlib
@@ -41,3 +42,14 @@ def gzip_decompress(data: bytes, max_size: int | None = None) -> bytes:
     if not decompressor.eof:
         raise ValueError("truncated gzip body")
     return out
+
+
+# gzip above this size runs in a thread (ISA-L drops the GIL) so the loop stays responsive
+OFF_LOOP_BYTES = 256 * 1024
+
+
+async def gzip_body(data: bytes) -> bytes:
+    """`gzip_compress` for a request body, in a worker thread when the body is large."""
+    if len(data) > OFF_LOOP_BYTES:
+        return await asyncio.to_thread(gzip_compress, data)
+    return gzip_compress(data)

@@ -88,16 +88,21 @@ def partial_success(signal: Signal, body: bytes, content_type: str) -> tuple[int
 
 
 def classify(status: int, headers: Mapping[str, str], body: bytes, signal: Signal,
-             *, extra_retryable: frozenset[int] = frozenset()) -> int:
-    """Rejected-item count for a 2xx; raises PermanentError or RetryableError otherwise."""
+             *, extra_retryable: frozenset[int] = frozenset(),
+             hinted: frozenset[int] = _HINTED_STATUS, otlp_answer: bool = True) -> int:
+    """Rejected-item count for a 2xx; raises PermanentError or RetryableError otherwise.
+    `hinted`: retryable statuses whose `Retry-After` is honoured. `otlp_answer=False`: the
+    peer is not OTLP, so a 2xx body is not read as a partial success."""
     if 200 <= status < 300:
+        if not otlp_answer:
+            return 0
         rejected, message = partial_success(signal, body, headers.get("Content-Type", ""))
         if rejected or message:
             log.warning("partial success", extra={"rejected": rejected, "detail": message})
         return rejected
     detail = _error_detail(body)
     if status in RETRYABLE_STATUS or status in extra_retryable:
-        hint = parse_retry_after(headers.get("Retry-After")) if status in _HINTED_STATUS else None
+        hint = parse_retry_after(headers.get("Retry-After")) if status in hinted else None
         raise RetryableError(f"HTTP {status}{detail}", retry_after=hint)
     if status == 413:
         raise RequestTooLargeError(f"HTTP 413{detail}")
@@ -112,13 +117,16 @@ def _error_detail(body: bytes) -> str:
 
 async def post(session: aiohttp.ClientSession, url: str, body: bytes,
                headers: Mapping[str, str], signal: Signal,
-               *, extra_retryable: frozenset[int] = frozenset()) -> int:
-    """POST one request and classify the answer; library errors become our errors."""
+               *, extra_retryable: frozenset[int] = frozenset(),
+               hinted: frozenset[int] = _HINTED_STATUS, otlp_answer: bool = True) -> int:
+    """POST one request and classify the answer (see `classify`); library errors become
+    our errors."""
     try:
         async with session.post(url, data=body, headers=headers) as response:
             payload = await response.read()
             return classify(response.status, response.headers, payload, signal,
-                            extra_retryable=extra_retryable)
+                            extra_retryable=extra_retryable, hinted=hinted,
+                            otlp_answer=otlp_answer)
     except aiohttp.ClientConnectorCertificateError as exc:
         raise PermanentError(f"TLS certificate rejected for {url}: {exc}") from exc
     except aiohttp.InvalidURL as exc:

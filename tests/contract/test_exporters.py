@@ -27,6 +27,11 @@ from sidecar.testing import Fault, OtlpSink, traces_batch
 # required keys beyond `type`, per exporter type
 MINIMAL: dict[str, dict[str, Any]] = {
     "otlp": {"endpoint": "http://127.0.0.1:4317"},
+    "honeycomb": {"api_key": "hcaik_contract"},
+    "jaeger": {"endpoint": "http://127.0.0.1:4317"},
+    # not an OTLP peer: its delivery and fault checks run against tests/helpers/intakes.py
+    # in tests/integration/exporters/test_datadog_native.py
+    "datadog": {"api_key": "contract"},
 }
 
 
@@ -64,6 +69,23 @@ DESTINATIONS = {
         "otlp", lambda s, _p: {"endpoint": s.http_endpoint, "protocol": "http"},
         lambda s, _p: s.items(Signal.TRACES),
         Fault(http_status=400), Fault(http_status=503)),
+    "honeycomb-grpc": Destination(
+        "honeycomb", lambda s, _p: {"api_key": "k", "endpoint": s.grpc_endpoint},
+        lambda s, _p: s.items(Signal.TRACES),
+        Fault(grpc_code=grpc.StatusCode.UNAUTHENTICATED),
+        Fault(grpc_code=grpc.StatusCode.UNAVAILABLE)),
+    "honeycomb-http": Destination(
+        "honeycomb", lambda s, _p: {"api_key": "k", "endpoint": s.http_endpoint,
+                                    "protocol": "http"},
+        lambda s, _p: s.items(Signal.TRACES), Fault(http_status=401), Fault(http_status=429)),
+    "jaeger-grpc": Destination(
+        "jaeger", lambda s, _p: {"endpoint": s.grpc_endpoint},
+        lambda s, _p: s.items(Signal.TRACES),
+        Fault(grpc_code=grpc.StatusCode.INVALID_ARGUMENT),
+        Fault(grpc_code=grpc.StatusCode.UNAVAILABLE)),
+    "jaeger-http": Destination(
+        "jaeger", lambda s, _p: {"endpoint": s.http_endpoint, "protocol": "http"},
+        lambda s, _p: s.items(Signal.TRACES), Fault(http_status=400), Fault(http_status=503)),
     # a local file cannot be told to fail: delivery checks only (lines, one per request)
     "file": Destination("file", lambda _s, p: {"path": str(p / "out")}, _file_lines),
 }

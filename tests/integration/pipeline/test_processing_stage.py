@@ -26,6 +26,7 @@ from sidecar.model import Batch, Signal, Work
 from sidecar.pipeline.graph import build_graph
 from sidecar.sample import agent_run
 from sidecar.testing import OtlpSink
+from tests.helpers.intakes import DatadogIntake
 
 
 class MaskPrompts:
@@ -95,7 +96,7 @@ async def test_every_exporter_type_receives_the_same_edited_bytes(
                for kv in e.attributes), "sample has no prompt to mask"
     want = expected_after(request)
     assert want != request.SerializeToString()
-    async with OtlpSink() as sink:
+    async with OtlpSink() as sink, DatadogIntake("k") as intake:
         exporters = {
             "file": {"type": "file", "path": str(tmp_path / "out")},
             "grpc_h2": {"type": "otlp", "endpoint": sink.grpc_endpoint, "protocol": "grpc",
@@ -103,6 +104,10 @@ async def test_every_exporter_type_receives_the_same_edited_bytes(
             "grpc_plain": {"type": "otlp", "endpoint": sink.grpc_endpoint, "protocol": "grpc",
                            "compression": "none"},
             "http": {"type": "otlp", "endpoint": sink.http_endpoint, "protocol": "http"},
+            "honeycomb": {"type": "honeycomb", "api_key": "k", "endpoint": sink.http_endpoint,
+                          "protocol": "http"},
+            "jaeger": {"type": "jaeger", "endpoint": sink.grpc_endpoint},
+            "datadog": {"type": "datadog", "api_key": "k", "endpoint": intake.endpoint},
         }
         assert {e["type"] for e in exporters.values()} == set(exporter_factories()), \
             "a new exporter type must be added to this test"
@@ -117,13 +122,25 @@ async def test_every_exporter_type_receives_the_same_edited_bytes(
             # as the gRPC receiver hands it on: bytes plus its parse
             await graph.consumers[Signal.TRACES].consume(
                 Batch.from_bytes(Signal.TRACES, request.SerializeToString()))
-            await sink.wait_for_requests(3)
+            await sink.wait_for_requests(5)
+            await intake.wait_for_spans(1)
         finally:
             await graph.shutdown(asyncio.get_running_loop().time() + 5)
         bodies = sorted(r.body for r in sink.requests)
-        assert len(bodies) == 3
+        assert len(bodies) == 5
         assert all(body == want for body in bodies)
         (line,) = (tmp_path / "out" / "traces.jsonl").read_bytes().splitlines()
         from_file = json_format.ParseDict(hex_ids_to_base64(orjson.loads(line)),
                                           ExportTraceServiceRequest())
         assert from_file.SerializeToString() == want
+        # Datadog re-encodes: the edit shows in every span it received
+        dd_spans = intake.spans()
+        assert len(dd_spans) == sum(len(ss.spans) for rs in request.resource_spans
+                                    for ss in rs.scope_spans)
+        assert all(s.meta["test.processed"] == "true" for s in dd_spans)
+        events = [e for s in dd_spans if "events" in s.meta
+                  for e in orjson.loads(s.meta["events"])]
+        prompts = [e["attributes"]["gen_ai.prompt"] for e in events
+                   if "gen_ai.prompt" in e.get("attributes", {})]
+        assert prompts
+        assert set(prompts) == {"[masked]"}

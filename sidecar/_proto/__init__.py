@@ -1,0 +1,1 @@
+"""Generated protobuf modules (`make protos` from protos/*.proto); not edited by hand."""

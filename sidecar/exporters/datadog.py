@@ -1,0 +1,291 @@
+"""`type: datadog` - traces to Datadog's native intake (`mode: native`, docs/vendors.md
+§2.2): OTLP spans mapped as the Datadog Agent maps them (`datadog_mapping`), packed as one
+gzipped `AgentPayload` protobuf per request, POSTed to `/api/v0.2/traces`; logs to the HTTP
+intake v2 (§3) as one gzipped JSON array per request (`datadog_logs`). `mode: otlp` and
+`mode: agent` are OTLP over the OTLP exporter's senders (agentless intake §2.5, local
+Agent §2.6).
+
+An encoded payload over the intake's 3.2 MB (a logs request over 1,000 entries or 5 MB)
+is never sent: the sender raises `RequestTooLargeError` before any byte goes out and the
+chain splits the batch and sends the halves (nothing is delivered twice).
+
+Answers: 2xx is success (the body is not OTLP and is ignored); 408, 429 and every 5xx are
+retried, `Retry-After` honoured on each; 413 splits; 400, 401, 403 and the rest are
+permanent. Metrics are not supported yet and are dropped without a request."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+from typing import Literal
+from urllib.parse import urlsplit
+
+import aiohttp
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from pydantic import SecretStr, ValidationError, field_validator, model_validator
+
+from sidecar import __version__
+from sidecar.component import BuildContext, ExporterComponent, ExporterFactory, register_exporter
+from sidecar.errors import PermanentError, StartupError
+from sidecar.exporters import datadog_proto, otlp_vendor
+from sidecar.exporters.datadog_logs import LogDefaults, entries
+from sidecar.exporters.datadog_mapping import Defaults, map_request
+from sidecar.exporters.otlp import OtlpConfig
+from sidecar.exporthelper import http
+from sidecar.exporthelper.chain import ExportChain, Sender
+from sidecar.exporthelper.compression import gzip_body
+from sidecar.exporthelper.retry import RequestTooLargeError
+from sidecar.exporthelper.settings import BatchSettings, ExporterSettings, TlsSettings
+from sidecar.model import Batch, Signal
+
+TRACES_PATH = "/api/v0.2/traces"
+LOGS_PATH = "/api/v2/logs"
+MAX_LOG_ENTRIES = 1000
+MAX_LOGS_BODY = 5_000_000
+# the Agent's flush size, which the intake documents as its maximum (uncompressed)
+MAX_PAYLOAD = 3_200_000
+RETRYABLE = frozenset({408, 429, *range(500, 600)})
+# mapping runs in a thread for batches larger than this (it is Python, ~µs per span)
+_MAP_OFF_LOOP = 256
+_SITE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+")
+
+
+class DatadogConfig(ExporterSettings):
+    type: Literal["datadog"] = "datadog"
+    api_key: SecretStr | None = None  # required unless mode: agent
+    site: str = "datadoghq.com"
+    # a base URL replacing the site's hosts (https://trace.agent.<site> for traces,
+    # https://http-intake.logs.<site> for logs)
+    endpoint: str | None = None
+    # native: the trace intake (AgentPayload) and the logs intake; otlp: Datadog's agentless
+    # OTLP intake; agent: OTLP to a local Datadog Agent
+    mode: Literal["native", "otlp", "agent"] = "native"
+    compute_stats: bool = True  # mode otlp: ask the intake to compute APM trace metrics
+    agent_endpoint: str = "http://localhost:4317"  # mode agent
+    agent_protocol: Literal["grpc", "http"] = "grpc"  # mode agent
+    env: str = ""  # for resources without deployment.environment(.name)
+    hostname: str = ""  # for resources without host.name; default: this machine's name
+    tags: dict[str, str] = {}  # AgentPayload tags; ddtags on logs
+    source: str = "sidecar"  # ddsource on logs
+    top_level_by_span_kind: bool = True  # the Agent's enable_otlp_compute_top_level_by_span_kind
+    tls: TlsSettings = TlsSettings()
+    # OTLP bytes per request: the Datadog encoding of LLM spans is ~2x larger, so this
+    # keeps a request under the intake's 3.2 MB; a larger one is split before it is sent.
+    # 1,000 items: the logs intake's maximum per request
+    batch: BatchSettings = BatchSettings(max_items=MAX_LOG_ENTRIES, max_bytes=1024 * 1024)
+
+    @field_validator("site")
+    @classmethod
+    def _site(cls, value: str) -> str:
+        if not _SITE.fullmatch(value):
+            raise ValueError(f"expected a Datadog site such as datadoghq.com or "
+                             f"datadoghq.eu, got {value!r}")
+        return value
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        url = urlsplit(value)
+        if url.scheme not in ("http", "https") or not url.hostname or url.query:
+            raise ValueError(f"expected a base URL such as https://host:port, got {value!r}")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _checks(self) -> DatadogConfig:
+        if self.mode == "agent":
+            self.agent_otlp()  # endpoint problems are this block's config errors
+            return self
+        key = self.api_key.get_secret_value() if self.api_key is not None else ""
+        if not key.strip():
+            raise ValueError(f"api_key is required with mode: {self.mode} (set it from "
+                             "${env:DD_API_KEY})")
+        if key != key.strip() or any(c < " " or c > "~" for c in key):
+            raise ValueError("api_key has whitespace or non-printable characters")
+        if self.mode == "native" and self.compression != "gzip":
+            raise ValueError("compression: the Datadog trace intake takes gzip bodies")
+        if self.mode == "native":
+            try:
+                datadog_proto.load()
+            except ImportError as exc:
+                raise ValueError(f"mode: native needs {exc}") from None
+        if self.mode == "otlp":
+            self.intake_otlp()
+        return self
+
+    @property
+    def key(self) -> str:
+        return self.api_key.get_secret_value() if self.api_key is not None else ""
+
+    def agent_otlp(self) -> OtlpConfig:
+        """mode agent: the OTLP exporter config for the local Agent."""
+        return _otlp(self, self.agent_endpoint, self.agent_protocol, {})
+
+    def intake_otlp(self) -> tuple[OtlpConfig, OtlpConfig]:
+        """mode otlp: (traces, logs and metrics) OTLP/HTTP configs for the agentless
+        intake, which takes http/protobuf only."""
+        headers = {"dd-api-key": self.key}
+        traces_headers = {**headers, "compute_stats": "true"} if self.compute_stats else headers
+        traces = _otlp(self, self.endpoint or f"https://trace.agent.{self.site}", "http",
+                       traces_headers)
+        other = _otlp(self, self.endpoint or f"https://otlp.{self.site}", "http", headers)
+        return traces, other
+
+    @property
+    def base_url(self) -> str:
+        return self.endpoint or f"https://trace.agent.{self.site}"
+
+    @property
+    def logs_url(self) -> str:
+        return (self.endpoint or f"https://http-intake.logs.{self.site}") + LOGS_PATH
+
+
+def _otlp(config: DatadogConfig, endpoint: str, protocol: str,
+          headers: dict[str, str]) -> OtlpConfig:
+    try:
+        return otlp_vendor.otlp_config(config, endpoint, protocol, headers, tls=config.tls)
+    except ValidationError as exc:
+        raise ValueError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                                   for e in exc.errors())) from None
+
+
+class BySignal:
+    """mode otlp: traces to the trace intake's host, logs and metrics to the OTLP host."""
+
+    def __init__(self, traces: Sender, other: Sender) -> None:
+        self.traces = traces
+        self.other = other
+
+    async def start(self) -> None:
+        await self.traces.start()
+        await self.other.start()
+
+    async def send(self, batch: Batch) -> int:
+        sender = self.traces if batch.signal is Signal.TRACES else self.other
+        return await sender.send(batch)
+
+    async def close(self) -> None:
+        await self.traces.close()
+        await self.other.close()
+
+    def describe(self) -> str:
+        return f"datadog/otlp {self.traces.describe()}, {self.other.describe()}"
+
+
+class NativeTracesSender:
+    def __init__(self, config: DatadogConfig) -> None:
+        self.config = config
+        self._url = config.base_url + TRACES_PATH
+        self._defaults = Defaults(hostname=config.hostname or socket.gethostname(),
+                                  env=config.env,
+                                  top_level_by_span_kind=config.top_level_by_span_kind)
+        key = config.key
+        self._headers = {"DD-Api-Key": key, "Content-Type": "application/x-protobuf",
+                         "Content-Encoding": "gzip"}
+        self._log_headers = {"DD-API-KEY": key, "Content-Type": "application/json",
+                             "Content-Encoding": "gzip"}
+        self._log_defaults = LogDefaults(
+            hostname=self._defaults.hostname, env=config.env, source=config.source,
+            tags=tuple(f"{k}:{v}" for k, v in config.tags.items()))
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        plaintext = self.config.base_url.startswith("http://")
+        try:
+            self._session = http.create_session(None if plaintext else self.config.tls,
+                                                connections=self.config.queue.concurrency)
+        except (OSError, ValueError) as exc:
+            raise StartupError(f"tls: {exc}") from exc
+
+    def encode(self, batch: Batch) -> tuple[bytes | None, int, str]:
+        """(AgentPayload bytes or None when no span is left, skipped spans, languages)."""
+        request = batch.message
+        assert isinstance(request, ExportTraceServiceRequest)
+        mapped = map_request(request, self._defaults)
+        if not mapped.payloads:
+            return None, mapped.skipped, ""
+        payload = datadog_proto.load().AgentPayload(
+            hostName=self._defaults.hostname, env=self.config.env,
+            tracerPayloads=mapped.payloads, tags=self.config.tags,
+            agentVersion=f"sidecar-{__version__}", targetTPS=1.0, errorTPS=1.0)
+        body = payload.SerializeToString()
+        if len(body) > MAX_PAYLOAD:
+            raise RequestTooLargeError(
+                f"Datadog payload of {len(body)} bytes for {batch.items} spans is over "
+                f"the intake's {MAX_PAYLOAD}")
+        languages = "|".join(sorted({p.languageName for p in mapped.payloads
+                                     if p.languageName}))
+        return body, mapped.skipped, languages
+
+    def encode_logs(self, batch: Batch) -> bytes | None:
+        """The JSON array for the logs intake, None without records."""
+        request = batch.message
+        assert isinstance(request, ExportLogsServiceRequest)
+        items = list(entries(request, self._log_defaults))
+        if not items:
+            return None
+        body = b"[" + b",".join(items) + b"]"
+        if len(items) > MAX_LOG_ENTRIES or len(body) > MAX_LOGS_BODY:
+            raise RequestTooLargeError(
+                f"Datadog logs request of {len(items)} entries and {len(body)} bytes is "
+                f"over the intake's {MAX_LOG_ENTRIES} entries or {MAX_LOGS_BODY} bytes")
+        return body
+
+    async def send(self, batch: Batch) -> int:
+        assert self._session is not None, "send() before start()"
+        if batch.signal is Signal.LOGS:
+            return await self._send_logs(batch)
+        if batch.signal is not Signal.TRACES:
+            raise PermanentError(f"type datadog sends traces and logs, not "
+                                 f"{batch.signal.value}; route them elsewhere under pipelines:")
+        if batch.items > _MAP_OFF_LOOP:
+            body, skipped, languages = await asyncio.to_thread(self.encode, batch)
+        else:
+            body, skipped, languages = self.encode(batch)
+        if body is None:
+            return skipped
+        headers = self._headers
+        if languages:
+            headers = {**headers, "X-Datadog-Reported-Languages": languages}
+        await http.post(self._session, self._url, await gzip_body(body), headers,
+                        batch.signal, extra_retryable=RETRYABLE, hinted=RETRYABLE,
+                        otlp_answer=False)
+        return skipped
+
+    async def _send_logs(self, batch: Batch) -> int:
+        assert self._session is not None
+        if batch.items > _MAP_OFF_LOOP:
+            body = await asyncio.to_thread(self.encode_logs, batch)
+        else:
+            body = self.encode_logs(batch)
+        if body is None:
+            return 0
+        await http.post(self._session, self.config.logs_url, await gzip_body(body),
+                        self._log_headers, batch.signal, extra_retryable=RETRYABLE,
+                        hinted=RETRYABLE, otlp_answer=False)
+        return 0
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def describe(self) -> str:
+        return f"datadog/native {self._url}, logs {self.config.logs_url}"
+
+
+def create(name: str, settings: ExporterSettings, ctx: BuildContext) -> ExporterComponent:
+    assert isinstance(settings, DatadogConfig)
+    if settings.mode == "agent":
+        return ExportChain(name, settings, otlp_vendor.sender_for(settings.agent_otlp()))
+    if settings.mode == "otlp":
+        traces, other = settings.intake_otlp()
+        return ExportChain(name, settings, BySignal(otlp_vendor.sender_for(traces),
+                                                    otlp_vendor.sender_for(other)))
+    return ExportChain(name, settings, NativeTracesSender(settings))
+
+
+FACTORY = register_exporter(ExporterFactory("datadog", DatadogConfig, create))

@@ -1,0 +1,485 @@
+"""OTLP spans -> Datadog spans, as the Datadog Agent's OTLP translation does it ("v2" name
+and resource rules; docs/vendors.md §2.3). Pure functions: no I/O, no config beyond
+`Defaults`.
+
+One `TracerPayload` per OTLP resource, one `TraceChunk` per trace id within it. Spans whose
+trace or span id is all zeros are skipped (the Agent's indexing skips them too) and
+counted, so the exporter reports them as rejected."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span, Status
+
+from sidecar.exporters import datadog_proto
+
+if TYPE_CHECKING:
+    from sidecar._proto.datadog_trace_pb2 import Span as DDSpan
+    from sidecar._proto.datadog_trace_pb2 import TraceChunk, TracerPayload
+
+DEFAULT_SERVICE = "otlpresourcenoservicename"
+MAX_SERVICE = 100
+MAX_RESOURCE = 5000
+MAX_META_KEY = 200
+MAX_META_VALUE = 25_000
+PRIORITY_AUTO_KEEP = 1
+
+_KIND_META: dict[int, str] = {  # meta span.kind (the Agent's OTelSpanKindName)
+    Span.SPAN_KIND_UNSPECIFIED: "unspecified", Span.SPAN_KIND_INTERNAL: "internal",
+    Span.SPAN_KIND_SERVER: "server", Span.SPAN_KIND_CLIENT: "client",
+    Span.SPAN_KIND_PRODUCER: "producer", Span.SPAN_KIND_CONSUMER: "consumer",
+}
+# the operation-name fallback: pdata's SpanKind.String(); unspecified counts as internal
+_KIND_NAME: dict[int, str] = {
+    Span.SPAN_KIND_UNSPECIFIED: "Internal", Span.SPAN_KIND_INTERNAL: "Internal",
+    Span.SPAN_KIND_SERVER: "Server", Span.SPAN_KIND_CLIENT: "Client",
+    Span.SPAN_KIND_PRODUCER: "Producer", Span.SPAN_KIND_CONSUMER: "Consumer",
+}
+_STATUS: dict[int, str] = {Status.STATUS_CODE_UNSET: "Unset", Status.STATUS_CODE_OK: "Ok",
+           Status.STATUS_CODE_ERROR: "Error"}
+_SQL = frozenset({"postgresql", "mysql", "mssql", "oracle", "sqlite", "mariadb", "clickhouse",
+                  "db2", "derby", "h2", "hsqldb", "ingres", "informix", "cockroachdb",
+                  "firebird", "adabas", "cache", "hive", "sap", "sybase", "teradata",
+                  "vertica", "pointbase", "pervasive", "netezza", "interbase", "instantdb",
+                  "filemaker", "edb", "cloudscape", "trino", "spanner", "redshift"})
+_DB_TYPES = {"cassandra": "cassandra", "redis": "redis", "memcached": "memcached",
+             "mongodb": "mongodb", "elasticsearch": "elasticsearch",
+             "opensearch": "opensearch"}
+# OTel semantic-convention keys renamed to Datadog's (the Agent's attributes.HTTPMappings;
+# method and server.address renames are what rotel sends, the rest read from Datadog's
+# sources and not seen on the wire)
+_RENAMES = {
+    "server.address": "http.server_name",
+    "http.request.method": "http.method",
+    "url.full": "http.url",
+    "user_agent.original": "http.useragent",
+    "client.address": "http.client_ip",
+    "http.request.body.size": "http.request.content_length",
+    "http.response.body.size": "http.response.content_length",
+}
+_HEADER_PREFIXES = (("http.request.header.", "http.request.headers."),
+                    ("http.response.header.", "http.response.headers."))
+_CONSUMED = frozenset({"service.name", "operation.name", "resource.name", "span.type"})
+_SERVICE_INVALID = re.compile(r"[^a-z0-9_.\-/:]")
+
+
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    """Collector-level values for what a resource does not say."""
+
+    hostname: str = ""
+    env: str = ""
+    top_level_by_span_kind: bool = True
+
+
+@dataclass(slots=True)
+class Mapped:
+    payloads: list[TracerPayload] = field(default_factory=list)
+    spans: int = 0
+    skipped: int = 0  # all-zero trace or span ids
+
+
+# --- OTLP values --------------------------------------------------------------------------
+
+def py_value(value: AnyValue) -> Any:
+    """An AnyValue as plain JSON-able Python (bytes as base64, as pdata's AsRaw does)."""
+    kind = value.WhichOneof("value")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "int_value":
+        return value.int_value
+    if kind == "double_value":
+        return value.double_value
+    if kind == "bytes_value":
+        return base64.b64encode(value.bytes_value).decode()
+    if kind == "array_value":
+        return [py_value(v) for v in value.array_value.values]
+    if kind == "kvlist_value":
+        return {kv.key: py_value(kv.value) for kv in value.kvlist_value.values}
+    return None
+
+
+def as_string(value: AnyValue) -> str:
+    """pdata's Value.AsString: strings as they are, bool as true/false, numbers in decimal,
+    bytes as base64, arrays and maps as compact JSON, empty as ""."""
+    kind = value.WhichOneof("value")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return "true" if value.bool_value else "false"
+    if kind == "int_value":
+        return str(value.int_value)
+    if kind == "double_value":
+        return _float_text(value.double_value)
+    if kind == "bytes_value":
+        return base64.b64encode(value.bytes_value).decode()
+    if kind is None:
+        return ""
+    return orjson.dumps(py_value(value)).decode()
+
+
+def _float_text(number: float) -> str:
+    text = repr(number)
+    return text[:-2] if text.endswith(".0") else text
+
+
+def _strings(attributes: Iterable[KeyValue]) -> dict[str, str]:
+    return {kv.key: as_string(kv.value) for kv in attributes}
+
+
+def normalize_service(name: str) -> str:
+    name = _SERVICE_INVALID.sub("_", name.strip().lower())[:MAX_SERVICE]
+    return name or DEFAULT_SERVICE
+
+
+# --- rules of §2.3 ------------------------------------------------------------------------
+
+class _Lookup:
+    """String attribute lookups on the span first, then the resource (the Agent's
+    GetOTelAttrFromEitherMap)."""
+
+    __slots__ = ("resource", "span")
+
+    def __init__(self, span: Mapping[str, str], resource: Mapping[str, str]) -> None:
+        self.span = span
+        self.resource = resource
+
+    def get(self, *keys: str, lower: bool = False) -> str:
+        for source in (self.span, self.resource):
+            for key in keys:
+                value = source.get(key)
+                if value:
+                    return value.lower() if lower else value
+        return ""
+
+
+def operation_name(kind: int, attrs: _Lookup) -> str:
+    name = attrs.get("operation.name", lower=True)
+    if name:
+        return name
+    client, server = kind == Span.SPAN_KIND_CLIENT, kind == Span.SPAN_KIND_SERVER
+    if attrs.get("http.request.method", "http.method"):
+        if server:
+            return "http.server.request"
+        if client:
+            return "http.client.request"
+    db = attrs.get("db.system", lower=True)
+    if db and client:
+        return f"{db}.query"
+    system = attrs.get("messaging.system", lower=True)
+    op = attrs.get("messaging.operation", lower=True)
+    if system and op and kind in (Span.SPAN_KIND_CLIENT, Span.SPAN_KIND_SERVER,
+                                  Span.SPAN_KIND_PRODUCER, Span.SPAN_KIND_CONSUMER):
+        return f"{system}.{op}"
+    rpc = attrs.get("rpc.system", lower=True)
+    if rpc == "aws-api" and client:
+        service = attrs.get("rpc.service", lower=True)
+        return f"aws.{service}.request" if service else "aws.client.request"
+    if rpc and client:
+        return f"{rpc}.client.request"
+    if rpc and server:
+        return f"{rpc}.server.request"
+    provider = attrs.get("faas.invoked_provider", lower=True)
+    invoked = attrs.get("faas.invoked_name", lower=True)
+    if provider and invoked and client:
+        return f"{provider}.{invoked}.invoke"
+    trigger = attrs.get("faas.trigger", lower=True)
+    if trigger and server:
+        return f"{trigger}.invoke"
+    if attrs.get("graphql.operation.type"):
+        return "graphql.server.request"
+    protocol = attrs.get("network.protocol.name", lower=True)
+    if server:
+        return f"{protocol}.server.request" if protocol else "server.request"
+    if client:
+        return f"{protocol}.client.request" if protocol else "client.request"
+    return _KIND_NAME.get(kind, "Internal")
+
+
+def resource_name(span: Span, attrs: _Lookup) -> str:
+    name = attrs.get("resource.name")
+    if not name:
+        name = _resource_from_semconv(span, attrs)
+    return name[:MAX_RESOURCE]
+
+
+def _resource_from_semconv(span: Span, attrs: _Lookup) -> str:
+    method = attrs.get("http.request.method", "http.method")
+    if method:
+        name = "HTTP" if method == "_OTHER" else method
+        if span.kind == Span.SPAN_KIND_SERVER:
+            route = attrs.get("http.route")
+            if route:
+                name = f"{name} {route}"
+        return name
+    op = attrs.get("messaging.operation")
+    if op:
+        dest = attrs.get("messaging.destination", "messaging.destination.name")
+        return f"{op} {dest}" if dest else op
+    method = attrs.get("rpc.method")
+    if method:
+        service = attrs.get("rpc.service")
+        return f"{method} {service}" if service else method
+    op_type = attrs.get("graphql.operation.type")
+    if op_type:
+        op_name = attrs.get("graphql.operation.name")
+        return f"{op_type} {op_name}" if op_name else op_type
+    if attrs.get("db.system"):
+        statement = attrs.get("db.statement", "db.query.text")
+        if statement:
+            return statement
+    return span.name
+
+
+def span_type(kind: int, attrs: _Lookup) -> str:
+    explicit = attrs.get("span.type")
+    if explicit:
+        return explicit
+    if kind == Span.SPAN_KIND_SERVER:
+        return "web"
+    if kind == Span.SPAN_KIND_CLIENT:
+        db = attrs.get("db.system", lower=True)
+        if not db:
+            return "http"
+        if db in _SQL:
+            return "sql"
+        return _DB_TYPES.get(db, "db")
+    return "custom"
+
+
+# --- one span -----------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class _Resource:
+    strings: dict[str, str]  # every resource attribute as a string
+    service: str  # normalized, or "" when the resource has none
+    env: str
+    version: str
+
+
+def _resource(rs: ResourceSpans) -> _Resource:
+    strings = _strings(rs.resource.attributes)
+    service = strings.get("service.name", "")
+    env = strings.get("deployment.environment.name") or strings.get(
+        "deployment.environment", "")
+    return _Resource(strings, service, env, strings.get("service.version", ""))
+
+
+def _put_meta(meta: dict[str, str], key: str, value: str) -> None:
+    if len(key) > MAX_META_KEY:
+        key = key[:MAX_META_KEY] + "..."
+    if len(value) > MAX_META_VALUE:
+        value = value[:MAX_META_VALUE] + "..."
+    meta[key] = value
+
+
+@functools.lru_cache(maxsize=4096)  # keys repeat from span to span; bounded for hostile ones
+def _rename(key: str) -> str:
+    renamed = _RENAMES.get(key)
+    if renamed is not None:
+        return renamed
+    for old, new in _HEADER_PREFIXES:
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key
+
+
+def base_meta(res: _Resource, scope_meta: Mapping[str, str]) -> dict[str, str]:
+    """The meta every span of a scope starts from: resource attributes, then scope ones."""
+    meta: dict[str, str] = {}
+    for key, value in res.strings.items():
+        if key not in _CONSUMED:
+            _put_meta(meta, key, value)
+    for key, value in scope_meta.items():
+        _put_meta(meta, key, value)
+    return meta
+
+
+def map_span(span: Span, res: _Resource, base: Mapping[str, str],
+             defaults: Defaults) -> DDSpan:
+    span_strings: dict[str, str] = {}
+    metrics: dict[str, float] = {}
+    # precedence: span attributes over scope over resource (later writes win)
+    meta = dict(base)
+    for kv in span.attributes:
+        key, value = kv.key, kv.value
+        kind = value.WhichOneof("value")
+        if kind == "int_value":
+            number: float = float(value.int_value)
+        elif kind == "double_value":
+            number = value.double_value
+        else:
+            text = span_strings[key] = as_string(value)
+            if key not in _CONSUMED:
+                _put_meta(meta, _rename(key), text)
+            continue
+        span_strings[key] = as_string(value)
+        name = _rename(key)
+        metrics[name if len(name) <= MAX_META_KEY else name[:MAX_META_KEY] + "..."] = number
+        if key in ("http.response.status_code", "http.status_code"):
+            metrics["http.status_code"] = number
+        elif key == "sampling.priority":
+            metrics["_sampling_priority_v1"] = number
+    attrs = _Lookup(span_strings, res.strings)
+    service = span_strings.get("service.name") or res.service
+    error = 1 if span.status.code == Status.STATUS_CODE_ERROR else 0
+    _added_meta(span, meta, metrics, error, attrs, defaults)
+    return datadog_proto.load().Span(  # type: ignore[no-any-return]  # a generated class
+        service=normalize_service(service) if service else DEFAULT_SERVICE,
+        name=operation_name(span.kind, attrs),
+        resource=resource_name(span, attrs),
+        traceID=int.from_bytes(span.trace_id[8:], "big"),
+        spanID=int.from_bytes(span.span_id, "big"),
+        parentID=int.from_bytes(span.parent_span_id, "big") if span.parent_span_id else 0,
+        start=span.start_time_unix_nano,
+        duration=max(span.end_time_unix_nano - span.start_time_unix_nano, 0),
+        error=error,
+        type=span_type(span.kind, attrs),
+        meta=meta,
+        metrics=metrics,
+    )
+
+
+def _added_meta(span: Span, meta: dict[str, str], metrics: dict[str, float], error: int,
+                attrs: _Lookup, defaults: Defaults) -> None:
+    meta["span.kind"] = _KIND_META.get(span.kind, "unspecified")
+    env = attrs.get("deployment.environment.name", "deployment.environment") or defaults.env
+    if env:
+        meta["env"] = env
+    version = attrs.get("service.version")
+    if version:
+        meta["version"] = version
+    meta["otel.trace_id"] = span.trace_id.hex()
+    meta["otel.status_code"] = _STATUS.get(span.status.code, "Unset")
+    if span.status.message:
+        _put_meta(meta, "otel.status_description", span.status.message)
+    if span.trace_state:
+        _put_meta(meta, "w3c.tracestate", span.trace_state)
+    namespace = attrs.get("db.namespace")
+    if namespace and "db.name" not in meta:
+        _put_meta(meta, "db.name", namespace)
+    if span.events:
+        _events(span, meta)
+    if span.links:
+        _put_meta(meta, "_dd.span_links", orjson.dumps([{
+            "trace_id": link.trace_id.hex(), "span_id": link.span_id.hex(),
+            **({"tracestate": link.trace_state} if link.trace_state else {}),
+            **({"attributes": _strings(link.attributes)} if link.attributes else {}),
+            **({"dropped_attributes_count": link.dropped_attributes_count}
+               if link.dropped_attributes_count else {}),
+        } for link in span.links]).decode())
+    if error and "error.msg" not in meta:
+        if span.status.message:
+            _put_meta(meta, "error.msg", span.status.message)
+        else:
+            code = metrics.get("http.status_code")
+            if code is not None:
+                meta["error.msg"] = _http_reason(int(code))
+
+
+def _http_reason(code: int) -> str:
+    try:
+        return f"{code} {HTTPStatus(code).phrase}"
+    except ValueError:
+        return str(code)
+
+
+def _events(span: Span, meta: dict[str, str]) -> None:
+    events = []
+    for event in span.events:
+        item: dict[str, Any] = {"time_unix_nano": event.time_unix_nano, "name": event.name}
+        if event.attributes:
+            item["attributes"] = {kv.key: py_value(kv.value) for kv in event.attributes}
+        if event.dropped_attributes_count:
+            item["dropped_attributes_count"] = event.dropped_attributes_count
+        events.append(item)
+        if event.name == "exception":
+            found = _strings(event.attributes)
+            for source, target in (("exception.type", "error.type"),
+                                   ("exception.message", "error.msg"),
+                                   ("exception.stacktrace", "error.stack")):
+                if found.get(source):
+                    _put_meta(meta, target, found[source])
+            meta["_dd.span_events.has_exception"] = "true"
+    _put_meta(meta, "events", orjson.dumps(events).decode())
+
+
+# --- payloads -----------------------------------------------------------------------------
+
+def _top_level(chunk: TraceChunk, by_span_kind: bool, kinds: list[int]) -> None:
+    """`_top_level` (and `_dd.measured` in span-kind mode) as the Agent computes them."""
+    spans = chunk.spans
+    if by_span_kind:
+        for span, kind in zip(spans, kinds, strict=True):
+            if span.parentID == 0 or kind in (Span.SPAN_KIND_SERVER, Span.SPAN_KIND_CONSUMER):
+                span.metrics["_top_level"] = 1.0
+            if kind in (Span.SPAN_KIND_CLIENT, Span.SPAN_KIND_PRODUCER):
+                span.metrics["_dd.measured"] = 1.0
+        return
+    services = {span.spanID: span.service for span in spans}
+    for span in spans:
+        parent = services.get(span.parentID) if span.parentID else None
+        if parent is None or parent != span.service:
+            span.metrics["_top_level"] = 1.0
+
+
+def map_request(request: ExportTraceServiceRequest, defaults: Defaults) -> Mapped:
+    mapped = Mapped()
+    for rs in request.resource_spans:
+        res = _resource(rs)
+        pb = datadog_proto.load()
+        payload: TracerPayload = pb.TracerPayload(
+            containerID=res.strings.get("container.id", ""),
+            languageName=res.strings.get("telemetry.sdk.language", ""),
+            tracerVersion=f"otlp-{res.strings['telemetry.sdk.version']}"
+            if res.strings.get("telemetry.sdk.version") else "",
+            env=res.env or defaults.env,
+            hostname=res.strings.get("host.name") or defaults.hostname,
+            appVersion=res.version,
+        )
+        chunks: dict[bytes, tuple[TraceChunk, list[int]]] = {}
+        for ss in rs.scope_spans:
+            base = base_meta(res, _scope_meta(ss.scope))
+            for span in ss.spans:
+                if not any(span.trace_id) or not any(span.span_id):
+                    mapped.skipped += 1
+                    continue
+                entry = chunks.get(span.trace_id)
+                if entry is None:
+                    entry = chunks[span.trace_id] = (
+                        pb.TraceChunk(priority=PRIORITY_AUTO_KEEP), [])
+                dd = map_span(span, res, base, defaults)
+                if not entry[0].spans:
+                    high = span.trace_id[:8]
+                    if any(high):
+                        dd.meta["_dd.p.tid"] = high.hex()
+                entry[0].spans.append(dd)
+                entry[1].append(span.kind)
+                mapped.spans += 1
+        for chunk, kinds in chunks.values():
+            _top_level(chunk, defaults.top_level_by_span_kind, kinds)
+            payload.chunks.append(chunk)
+        if payload.chunks:
+            mapped.payloads.append(payload)
+    return mapped
+
+
+def _scope_meta(scope: Any) -> dict[str, str]:
+    meta = _strings(scope.attributes)
+    if scope.name:
+        meta["otel.scope.name"] = meta["otel.library.name"] = scope.name
+    if scope.version:
+        meta["otel.scope.version"] = meta["otel.library.version"] = scope.version
+    return meta
