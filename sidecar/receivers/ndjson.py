@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping
-from typing import Final
+from typing import Final, cast
 
 from prometheus_client import Counter
 from pydantic import BaseModel
@@ -149,7 +149,8 @@ class LogConnection(asyncio.Protocol):
         self.delivery: StreamDelivery | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports do not subclass asyncio.Transport; the interface is the same
+        transport = cast(asyncio.Transport, transport)
         listener = self._listener
         self.transport = transport
         if len(listener.connections) >= listener.config.max_connections:
