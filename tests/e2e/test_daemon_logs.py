@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import socket
 from pathlib import Path
@@ -19,7 +20,7 @@ from google.protobuf.json_format import MessageToDict
 
 from sidecar.model import Signal
 from sidecar.testing import OtlpSink
-from tests.helpers.daemon import DaemonProcess
+from tests.helpers.daemon import SIDECAR, DaemonProcess
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
 TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -124,3 +125,50 @@ async def test_pino_lines_reach_otlp_and_file_exporters_once_each(
             for scope in resource_logs["scopeLogs"]:
                 written += len(scope["logRecords"])
     assert written == LINES + 3
+
+
+@pytest.mark.node
+async def test_node_stdout_through_sidecar_pipe(short_tmp: Path) -> None:
+    """`node app.js | sidecar pipe`: pino's default stdout output reaches the daemon."""
+    node = shutil.which("node")
+    assert node is not None, "node not found: install Node.js 20"
+    async with OtlpSink() as sink:
+        daemon = DaemonProcess(short_tmp, exporters={
+            "upstream": {"type": "otlp", "protocol": "http", "endpoint": sink.http_endpoint}})
+        await daemon.start()
+        try:
+            config = short_tmp / "sidecar.yaml"  # the daemon's: pipe finds the socket in it
+            read, write = os.pipe()
+            producer = await asyncio.create_subprocess_exec(
+                node, str(NODE_DIR / "logs_pino_socket.js"), "stdout", "-", str(LINES),
+                TRACE, SPAN, cwd=NODE_DIR, stdout=write, stderr=asyncio.subprocess.PIPE)
+            pipe = await asyncio.create_subprocess_exec(
+                SIDECAR, "pipe", "--config", str(config), cwd=short_tmp, stdin=read,
+                stderr=asyncio.subprocess.PIPE)
+            os.close(read)
+            os.close(write)
+            _, produced = await asyncio.wait_for(producer.communicate(), 60)
+            _, piped = await asyncio.wait_for(pipe.communicate(), 60)
+            assert producer.returncode == 0, produced.decode()
+            assert json.loads(produced.decode().strip().splitlines()[-1]) == {
+                "sent": LINES + 2}
+            assert pipe.returncode == 0, piped.decode()
+            assert f"sidecar pipe: {LINES + 2} lines to ./run/logs.sock" in piped.decode()
+            await sink.wait_for_items(Signal.LOGS, LINES + 2, timeout=30)
+        finally:
+            code, _, stderr = await daemon.stop()
+    assert code == 0, stderr
+    seqs = sorted(int(attrs(r.attributes)["seq"]["intValue"]) for r in sink.log_records())
+    assert seqs == list(range(LINES + 2))
+    assert all(r.trace_id.hex() == TRACE for r in sink.log_records()
+               if int(attrs(r.attributes)["seq"]["intValue"]) < LINES)
+
+
+async def test_sidecar_pipe_without_a_daemon_says_so(short_tmp: Path) -> None:
+    pipe = await asyncio.create_subprocess_exec(
+        SIDECAR, "pipe", "--socket", str(short_tmp / "none.sock"), cwd=short_tmp,
+        stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(pipe.communicate(b'{"msg":"x"}\n'), 30)
+    assert pipe.returncode == 1
+    assert "no daemon listening at" in err.decode()
+    assert "start `sidecar run` first" in err.decode()

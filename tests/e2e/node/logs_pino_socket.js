@@ -4,8 +4,9 @@
 //           flushes every buffered line before the process exits
 //   pino-socket: the pino-socket transport (a worker thread) with mode 'tcp' (a stream
 //           socket; its default is udp), unixsocket, reconnect and recovery
-// Usage: node logs_pino_socket.js stream|pino-socket SOCKET COUNT TRACE SPAN
-// Prints {"sent": N} once every line is handed to the socket.
+//   stdout: pino's default destination, for `node app.js | sidecar pipe` (SOCKET unused)
+// Usage: node logs_pino_socket.js stream|pino-socket|stdout SOCKET COUNT TRACE SPAN
+// Prints {"sent": N} once every line is handed on (to stderr for `stdout`).
 const net = require('net')
 const pino = require('pino')
 
@@ -14,7 +15,10 @@ const count = Number(countArg)
 
 let logger
 let finish
-if (way === 'stream') {
+if (way === 'stdout') {
+  logger = pino({ level: 'debug' })
+  finish = (done) => logger.flush(done)
+} else if (way === 'stream') {
   const socket = net.createConnection(socketPath)
   logger = pino({ level: 'debug' }, socket)
   finish = (done) => socket.end(done)
@@ -41,4 +45,5 @@ err.code = 'ETIMEDOUT'
 agent.error({ err, seq: count }, 'tool failed')
 agent.debug({ seq: count + 1 }, 'done')
 
-finish(() => process.stdout.write(JSON.stringify({ sent: count + 2 }) + '\n'))
+const report = way === 'stdout' ? process.stderr : process.stdout
+finish(() => report.write(JSON.stringify({ sent: count + 2 }) + '\n'))
