@@ -48,8 +48,9 @@ from sidecar.telemetry.metrics import (
 log = logging.getLogger("sidecar.receivers.logs")
 
 # requests read from one connection and not yet taken by the pipeline; above this, reading
-# pauses (besides while the pipeline refuses)
-_MAX_PENDING_BYTES: Final = 4 * 1024 * 1024
+# pauses (besides while the pipeline refuses). Per connection: max_connections times this,
+# plus a partial line of up to max_line_length each, bounds what clients can make us hold.
+_MAX_PENDING_BYTES: Final = 1024 * 1024
 
 
 class _Counted:

@@ -8,6 +8,8 @@ from typing import Any
 import orjson
 import pytest
 from google.protobuf.json_format import MessageToDict
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
@@ -340,3 +342,41 @@ def test_counts_bytes_and_records_per_request() -> None:
     assert (builder.records, builder.bytes) == (2, 18)
     builder.take()
     assert (builder.records, builder.bytes) == (0, 0)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    max_leaves=30)
+# the keys the mapper reads, so generated objects hit its branches
+known_keys = st.sampled_from([
+    "time", "timestamp", "ts", "level", "levelname", "levelno", "msg", "message", "event",
+    "trace_id", "span_id", "traceId", "dd", "dd.trace_id", "traceparent", "trace_flags",
+    "err", "error", "exception", "exc_info", "stack", "pid", "hostname", "service", "name",
+    "v"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_any_bytes_make_one_record_that_upb_parses(data: bytes) -> None:
+    builder = LogBatchBuilder()
+    line = data.replace(b"\n", b" ")
+    made = builder.add(Line(line), OBSERVED)
+    request = builder.take()
+    assert made == (request is not None)
+    if request is not None:
+        Batch.from_message(Signal.LOGS, request).message  # noqa: B018 - parses or raises
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(known_keys | st.text(max_size=8), json_values, max_size=8))
+def test_any_json_object_maps_to_a_record_that_upb_parses(obj: dict[str, Any]) -> None:
+    builder = LogBatchBuilder("svc")
+    assert builder.add(Line(orjson.dumps(obj)), OBSERVED)
+    request = builder.take()
+    assert request is not None
+    parsed = Batch.from_message(Signal.LOGS, request).message
+    assert sum(len(s.log_records) for r in parsed.resource_logs  # type: ignore[union-attr]
+               for s in r.scope_logs) == 1
