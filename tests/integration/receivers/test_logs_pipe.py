@@ -3,6 +3,7 @@ last line without newline gets one, a restarted daemon gets the failed write aga
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import threading
@@ -112,3 +113,14 @@ def test_a_restarted_daemon_gets_the_lines_again(short_tmp: Path) -> None:
     received = restarted[0].connections[0]
     assert received
     assert set(received.splitlines()) == {b"two"}
+
+
+def test_tee_copies_the_input_as_it_came(short_tmp: Path) -> None:
+    server = LineServer(short_tmp / "logs.sock")
+    read, _ = feed([b"a\nb", b"c"])
+    copy = io.BytesIO()
+    with os.fdopen(read, "rb") as source:
+        forward(source, str(short_tmp / "logs.sock"), tee=copy)
+    server.join()
+    assert copy.getvalue() == b"a\nbc"
+    assert server.connections == [b"a\nbc\n"]
