@@ -1,4 +1,4 @@
-"""Command line: `sidecar run | validate | send-test | prices | version | cache ...`."""
+"""Command line: `sidecar run | validate | send-test | prices | pipe | version | cache ...`."""
 
 from __future__ import annotations
 
@@ -104,6 +104,31 @@ def run(config_path: str | None, overrides: tuple[str, ...], log_format: str | N
         run_event_loop(run_app(cfg, lambda line: click.echo(line)))
     except StartupError as exc:
         _fail([str(exc)], 2)
+
+
+@main.command()
+@CONFIG_OPTION
+@SET_OPTION
+@click.option("--socket", "socket_path", default=None, metavar="PATH",
+              help="The daemon's logs socket (default: receivers.logs.unix of the config).")
+@click.option("--tee", is_flag=True, help="Also copy stdin to stdout.")
+def pipe(config_path: str | None, overrides: tuple[str, ...], socket_path: str | None,
+         tee: bool) -> None:
+    """Forward JSON log lines from stdin to a running daemon (`node app.js | sidecar pipe`)."""
+    from sidecar import config as config_module
+    from sidecar.pipe import main as pipe_main
+
+    if socket_path is None:
+        try:
+            cfg = config_module.load(config_path, overrides)
+        except ConfigError as exc:
+            _fail([str(problem) for problem in exc.problems], 1)
+        logs = cfg.receivers.logs
+        if logs is None or logs.unix is None:
+            _fail(["receivers.logs.unix is off in the config: nothing to pipe to "
+                   "(or give --socket PATH)"], 1)
+        socket_path = logs.unix
+    sys.exit(pipe_main(socket_path, tee))
 
 
 @main.command("send-test")

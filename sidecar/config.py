@@ -17,7 +17,7 @@ from yaml.error import Mark, MarkedYAMLError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.reader import ReaderError
 
-from sidecar.cache.config import CacheConfig
+from sidecar.cache.config import CacheConfig, FileMode
 from sidecar.component import ProcessorSettings, exporter_factories, processor_factories
 from sidecar.configtypes import ByteSize, Duration, Endpoint, Strict
 from sidecar.errors import ConfigError, ConfigProblem
@@ -55,11 +55,40 @@ class OtlpReceiverConfig(Strict):
     http: HttpListenerConfig | None = HttpListenerConfig()
 
 
+class LogsTcpConfig(Strict):
+    endpoint: Endpoint = "127.0.0.1:5170"
+    allow_remote: bool = False  # anything but loopback must be asked for
+
+
+class LogsBatchConfig(Strict):
+    """A connection's lines go on as one request once any of these is reached."""
+
+    max_records: int = Field(default=1024, gt=0)
+    max_bytes: ByteSize = Field(default=1024 * 1024, gt=0)  # of input lines
+    max_delay: Duration = Field(default=0.2, ge=0)  # since the request's first line
+
+
+class LogsReceiverConfig(Strict):
+    """`receivers.logs`: newline-delimited JSON log lines over a unix socket and/or TCP."""
+
+    unix: str | None = "./run/logs.sock"
+    unix_mode: FileMode = 0o660
+    unix_group: str | None = None
+    tcp: LogsTcpConfig | None = None
+    # resource service.name for lines that name no service themselves
+    service_name: str | None = None
+    # a longer line is cut to this and marked `sidecar.log.truncated`
+    max_line_length: ByteSize = Field(default=1024 * 1024, gt=0)
+    max_connections: int = Field(default=1024, gt=0)  # per listener
+    batch: LogsBatchConfig = LogsBatchConfig()
+
+
 class ReceiversConfig(Strict):
     """One section per receiver type, named as registered (`component.receiver_factories`);
     `app.build_receivers` builds each section that is not `null` with its factory."""
 
     otlp: OtlpReceiverConfig = OtlpReceiverConfig()
+    logs: LogsReceiverConfig | None = LogsReceiverConfig()
 
 
 class PipelinesConfig(Strict):

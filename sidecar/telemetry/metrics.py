@@ -166,6 +166,36 @@ SPAN_DURATION = Histogram(
     registry=REGISTRY,
 )
 
+# --- logs receiver ------------------------------------------------------------------------
+LOGS_LINES = Counter(
+    "sidecar_logs_lines",
+    "Log lines read from streams (each one becomes a record; blank lines excepted)",
+    ["receiver", "transport"],
+    registry=REGISTRY,
+)
+LOGS_PARSE_ERRORS = Counter(
+    "sidecar_logs_parse_errors",
+    "Log lines that were not JSON objects we could map, kept as text bodies",
+    ["receiver", "transport"],
+    registry=REGISTRY,
+)
+LOGS_TRUNCATED = Counter(
+    "sidecar_logs_truncated_lines",
+    "Log lines longer than max_line_length, cut to it and marked",
+    ["receiver", "transport"],
+    registry=REGISTRY,
+)
+LOGS_CONNECTIONS = Gauge(
+    "sidecar_logs_connections", "Open log stream connections", ["receiver", "transport"],
+    registry=REGISTRY,
+)
+LOGS_CONNECTIONS_REFUSED = Counter(
+    "sidecar_logs_connections_refused",
+    "Log stream connections closed on arrival because max_connections were open",
+    ["receiver", "transport"],
+    registry=REGISTRY,
+)
+
 # --- daemon -------------------------------------------------------------------------------
 READY = Gauge("sidecar_ready", "1 when every listener is bound and every exporter started",
               registry=REGISTRY)

@@ -40,9 +40,11 @@ FACTORIES = receiver_factories()
 
 
 def on_free_addresses(tree: Any, tmp: Path) -> Any:
-    """The default config with every listener moved to a free loopback port."""
+    """The default config with every listener moved to a free loopback port, and every unix
+    socket (a `unix` key) into `tmp`."""
     if isinstance(tree, dict):
         return {k: "127.0.0.1:0" if k == "endpoint" and isinstance(v, str)
+                else str(tmp / f"{k}.sock") if k == "unix" and isinstance(v, str)
                 else on_free_addresses(v, tmp) for k, v in tree.items()}
     if isinstance(tree, list):
         return [on_free_addresses(v, tmp) for v in tree]
@@ -60,12 +62,19 @@ def build(type_name: str, tmp: Path, consumers: dict[Signal, Any] | None = None,
 
 
 def address(line: str) -> tuple[str, int]:
-    """The `host:port` a banner line (`name/transport  host:port  signals`) names."""
+    """The `host:port` (or `unix:path`, port -1) a banner line
+    (`name/transport  host:port  signals`) names."""
     host, _, port = line.split()[1].rpartition(":")
+    if host == "unix":
+        return port, -1
     return host.strip("[]"), int(port)
 
 
 def connects(host: str, port: int) -> bool:
+    if port == -1:
+        with socket.socket(socket.AF_UNIX) as probe:
+            probe.settimeout(2)
+            return probe.connect_ex(host) == 0
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         probe.settimeout(2)
         return probe.connect_ex((host, port)) == 0
@@ -103,7 +112,9 @@ async def test_starts_on_free_ports_describes_and_stops(type_name: str, tmp_path
         lines = receiver.describe()
         addresses = [address(line) for line in lines]
         assert all(port != 0 for _, port in addresses), lines  # the bound port, not the 0
-        assert all(line.endswith("traces logs metrics") for line in lines)
+        # each line names the signals it feeds: every one, for a receiver taking all
+        fed = {"logs": " logs"}.get(type_name, " traces logs metrics")
+        assert all(line.endswith(fed) for line in lines)
         for host, port in addresses:
             assert await asyncio.to_thread(connects, host, port)
     finally:

@@ -21,7 +21,8 @@ def tree(tmp: Path, **overrides: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "storage": {"dir": str(tmp / "data")},
         "receivers": {"otlp": {"grpc": {"endpoint": f"127.0.0.1:{free_port()}"},
-                               "http": {"endpoint": f"127.0.0.1:{free_port()}"}}},
+                               "http": {"endpoint": f"127.0.0.1:{free_port()}"}},
+                      "logs": {"unix": str(tmp / "logs.sock")}},
         "exporters": {"local": {"type": "file", "path": str(tmp / "out")}},
         "cache": {"unix": str(tmp / "c.sock")},
         "admin": {"endpoint": f"127.0.0.1:{free_port()}"},
@@ -33,7 +34,7 @@ def tree(tmp: Path, **overrides: Any) -> dict[str, Any]:
 def test_null_listeners_are_not_built(short_tmp: Path) -> None:
     daemon = build_daemon(config_module.from_tree(tree(
         short_tmp, cache={"unix": None}, admin={"endpoint": None},
-        receivers={"otlp": {"grpc": None, "http": None}})))
+        receivers={"otlp": {"grpc": None, "http": None}, "logs": None})))
     assert daemon.cache is None
     assert daemon.admin is None
     assert all("otlp" not in line for line in daemon.banner())

@@ -44,6 +44,6 @@ def test_daemon_builds_one_receiver_per_section_from_the_registry(tmp_path: Path
                         "receivers": {"otlp": {"grpc": None}},
                         "pipelines": {"metrics": []}})
     daemon = build_daemon(config)
-    assert [r.name for r in daemon.receivers] == ["otlp"]
+    assert [r.name for r in daemon.receivers] == ["otlp", "logs"]
     assert isinstance(daemon.receivers[0], OtlpReceiver)
     assert daemon.banner()[:1] == ["otlp/http  127.0.0.1:4318  traces logs"]

@@ -1,0 +1,292 @@
+"""`receivers.logs`: newline-delimited JSON log lines over a unix socket (on by default) and
+an optional loopback TCP port.
+
+Each connection is an `asyncio.Protocol`: bytes go through `LineSplitter` (max line length)
+into `LogBatchBuilder` (`logparse.py`), and a request goes on once it holds
+`batch.max_records` records or `batch.max_bytes` of lines, or `batch.max_delay` after its
+first line. `StreamDelivery` hands requests to the logs pipeline in order; while the
+pipeline is full it pauses reading, so the writer's socket fills and it blocks: nothing is
+dropped. A client that goes away mid-line has its last partial line delivered (as text)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from typing import Final, cast
+
+from prometheus_client import Counter
+from pydantic import BaseModel
+
+from sidecar.component import (
+    BuildContext,
+    Consumer,
+    ReceiverComponent,
+    ReceiverFactory,
+    register_receiver,
+)
+from sidecar.config import LogsReceiverConfig
+from sidecar.configtypes import split_endpoint
+from sidecar.errors import StartupError
+from sidecar.model import Batch, Signal
+from sidecar.net.delivery import StreamDelivery
+from sidecar.net.framing import LineSplitter
+from sidecar.net.listeners import bind_tcp, bind_unix, remove_unix, socket_inode
+from sidecar.receivers.logparse import LogBatchBuilder
+from sidecar.telemetry.metrics import (
+    LOGS_CONNECTIONS,
+    LOGS_CONNECTIONS_REFUSED,
+    LOGS_LINES,
+    LOGS_PARSE_ERRORS,
+    LOGS_TRUNCATED,
+    RECEIVER_ACCEPTED,
+    RECEIVER_REFUSED,
+)
+
+log = logging.getLogger("sidecar.receivers.logs")
+
+# requests read from one connection and not yet taken by the pipeline; above this, reading
+# pauses (besides while the pipeline refuses). Per connection: max_connections times this,
+# plus a partial line of up to max_line_length each, bounds what clients can make us hold.
+_MAX_PENDING_BYTES: Final = 1024 * 1024
+
+
+class _Counted:
+    """The logs pipeline, counting the records it accepted from this listener."""
+
+    __slots__ = ("_accepted", "_inner")
+
+    def __init__(self, inner: Consumer, accepted: Counter) -> None:
+        self._inner = inner
+        self._accepted = accepted
+
+    async def consume(self, batch: Batch) -> None:
+        await self._inner.consume(batch)
+        self._accepted.inc(batch.items)
+
+    async def wait_for_room(self, nbytes: int) -> None:
+        await self._inner.wait_for_room(nbytes)
+
+
+class StreamListener:
+    """One listening socket (unix or TCP) and its connections."""
+
+    def __init__(self, receiver: str, transport: str, config: LogsReceiverConfig,
+                 consumer: Consumer | None) -> None:
+        self.receiver = receiver
+        self.transport = transport
+        self.config = config
+        accepted = RECEIVER_ACCEPTED.labels(receiver, transport, Signal.LOGS.value)
+        self.consumer = _Counted(consumer, accepted) if consumer is not None else None
+        self.lines = LOGS_LINES.labels(receiver, transport)
+        self.parse_errors = LOGS_PARSE_ERRORS.labels(receiver, transport)
+        self.truncated = LOGS_TRUNCATED.labels(receiver, transport)
+        self.open_connections = LOGS_CONNECTIONS.labels(receiver, transport)
+        self.refused_connections = LOGS_CONNECTIONS_REFUSED.labels(receiver, transport)
+        self.no_pipeline = RECEIVER_REFUSED.labels(
+            receiver, transport, Signal.LOGS.value, "no_pipeline")
+        self.lost = RECEIVER_REFUSED.labels(receiver, transport, Signal.LOGS.value, "shutdown")
+        self.connections: set[LogConnection] = set()
+        # deliveries of closed connections, still handing their last requests on
+        self.retiring: set[asyncio.Task[None]] = set()
+        self.server: asyncio.AbstractServer | None = None
+        self.address = ""
+
+    def protocol(self) -> LogConnection:
+        return LogConnection(self)
+
+    def retire(self, delivery: StreamDelivery) -> None:
+        task = asyncio.get_running_loop().create_task(self._retire(delivery))
+        self.retiring.add(task)
+        task.add_done_callback(self.retiring.discard)
+
+    async def _retire(self, delivery: StreamDelivery) -> None:
+        # no deadline of its own: shutdown cancels it after its own deadline
+        lost = await delivery.close(float("inf"))
+        self._count_lost(lost)
+
+    def _count_lost(self, lost: int) -> None:
+        if lost:
+            self.lost.inc(lost)
+            log.warning("%d log records undelivered at shutdown", lost,
+                        extra={"lost_items": lost, "transport": self.transport})
+
+    async def shutdown(self, deadline: float) -> None:
+        if self.server is not None:
+            self.server.close()
+        for conn in list(self.connections):
+            conn.finish()
+        closing = [conn.delivery for conn in list(self.connections) if conn.delivery]
+        self.connections.clear()
+        lost = await asyncio.gather(*(d.close(deadline) for d in closing))
+        self._count_lost(sum(lost))
+        if self.retiring:
+            timeout = max(deadline - asyncio.get_running_loop().time(), 0.0)
+            _, not_done = await asyncio.wait(set(self.retiring), timeout=timeout)
+            for task in not_done:
+                task.cancel()
+            await asyncio.gather(*not_done, return_exceptions=True)
+        if self.server is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1):
+                    await self.server.wait_closed()
+            self.server = None
+
+
+class LogConnection(asyncio.Protocol):
+    __slots__ = ("_builder", "_finished", "_listener", "_loop", "_splitter", "_timer",
+                 "delivery", "transport")
+
+    def __init__(self, listener: StreamListener) -> None:
+        self._listener = listener
+        config = listener.config
+        self._splitter = LineSplitter(config.max_line_length)
+        self._builder = LogBatchBuilder(config.service_name)
+        self._timer: asyncio.TimerHandle | None = None
+        self._finished = False
+        self.transport: asyncio.Transport | None = None
+        self.delivery: StreamDelivery | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport; the interface is the same
+        transport = cast(asyncio.Transport, transport)
+        listener = self._listener
+        self.transport = transport
+        if len(listener.connections) >= listener.config.max_connections:
+            listener.refused_connections.inc()
+            self._finished = True
+            transport.abort()
+            return
+        listener.connections.add(self)
+        listener.open_connections.inc()
+        if listener.consumer is not None:
+            self.delivery = StreamDelivery(transport, listener.consumer,
+                                           max_pending_bytes=_MAX_PENDING_BYTES)
+
+    def data_received(self, data: bytes) -> None:
+        if self._finished:
+            return
+        lines = self._splitter.feed(data)
+        if not lines:
+            return
+        builder = self._builder
+        batch = self._listener.config.batch
+        observed = time.time_ns()
+        added = 0
+        for line in lines:
+            added += builder.add(line, observed)
+            if builder.records >= batch.max_records or builder.bytes >= batch.max_bytes:
+                self._flush()
+        self._listener.lines.inc(added)
+        if builder.records and self._timer is None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(batch.max_delay, self._flush)
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._finished:
+            return
+        self.finish()
+        listener = self._listener
+        listener.connections.discard(self)
+        if self.delivery is not None:
+            listener.retire(self.delivery)
+
+    def finish(self) -> None:
+        """Deliver what was read (a last line without newline too) and read no more."""
+        if self._finished:
+            return
+        self._finished = True
+        self._listener.open_connections.dec()
+        last = self._splitter.close()
+        if last is not None and self._builder.add(last):
+            self._listener.lines.inc()
+        self._flush()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        builder = self._builder
+        listener = self._listener
+        if builder.parse_errors:
+            listener.parse_errors.inc(builder.parse_errors)
+            builder.parse_errors = 0
+        if builder.truncated:
+            listener.truncated.inc(builder.truncated)
+            builder.truncated = 0
+        request = builder.take()
+        if request is None:
+            return
+        batch = Batch.from_message(Signal.LOGS, request)
+        if self.delivery is None:
+            listener.no_pipeline.inc(batch.items)
+            return
+        self.delivery.submit(batch)
+
+
+class LogsReceiver:
+    def __init__(self, name: str, config: LogsReceiverConfig,
+                 consumers: Mapping[Signal, Consumer]) -> None:
+        self.name = name
+        self.config = config
+        consumer = consumers.get(Signal.LOGS)
+        self._listeners: list[StreamListener] = []
+        self.unix: StreamListener | None = None
+        self.tcp: StreamListener | None = None
+        if config.unix is not None:
+            self.unix = StreamListener(name, "unix", config, consumer)
+            self.unix.address = f"unix:{config.unix}"
+            self._listeners.append(self.unix)
+        if config.tcp is not None:
+            self.tcp = StreamListener(name, "tcp", config, consumer)
+            self.tcp.address = config.tcp.endpoint
+            self._listeners.append(self.tcp)
+        self._pipelined = consumer is not None
+        self._unix_inode: int | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        config = self.config
+        try:
+            if self.unix is not None and config.unix is not None:
+                sock = bind_unix(config.unix, f"receivers.{self.name}.unix", config.unix_mode,
+                                 config.unix_group)
+                self._unix_inode = socket_inode(config.unix)
+                self.unix.server = await loop.create_unix_server(self.unix.protocol, sock=sock)
+            if self.tcp is not None and config.tcp is not None:
+                host, port = split_endpoint(config.tcp.endpoint)
+                sock = bind_tcp(host, port, f"receivers.{self.name}.tcp.endpoint",
+                                config.tcp.allow_remote)
+                bound = sock.getsockname()[1]
+                self.tcp.address = f"{config.tcp.endpoint.rpartition(':')[0]}:{bound}"
+                self.tcp.server = await loop.create_server(self.tcp.protocol, sock=sock)
+        except StartupError:
+            await self.shutdown(loop.time())
+            raise
+
+    async def shutdown(self, deadline: float) -> None:
+        await asyncio.gather(*(listener.shutdown(deadline) for listener in self._listeners))
+        if self.config.unix is not None and self._unix_inode is not None:
+            remove_unix(self.config.unix, self._unix_inode)
+            self._unix_inode = None
+
+    def describe(self) -> list[str]:
+        signals = "logs" if self._pipelined else "(no pipelines)"
+        return [f"{self.name}/{listener.transport}  {listener.address}  {signals}"
+                for listener in self._listeners]
+
+
+def create(name: str, config: BaseModel, consumers: Mapping[Signal, Consumer],
+           context: BuildContext) -> ReceiverComponent:
+    assert isinstance(config, LogsReceiverConfig)
+    return LogsReceiver(name, config, consumers)
+
+
+FACTORY = register_receiver(ReceiverFactory("logs", LogsReceiverConfig, create))
