@@ -36,13 +36,23 @@ from sidecar.exporthelper.grpc_h2 import (
     frame_message,
 )
 from sidecar.exporthelper.http import ExportResponse
-from sidecar.exporthelper.retry import NoResendError, RequestTooLargeError, retry_info_delay
+from sidecar.exporthelper.retry import (
+    DestinationRefusedError,
+    NoResendError,
+    RequestTooLargeError,
+    retry_info_delay,
+)
 from sidecar.exporthelper.settings import ExporterSettings, TlsSettings
 from sidecar.model import Batch, Signal
 from sidecar.signals import SIGNALS
 
 log = logging.getLogger(__name__)
 
+# refusals that do not depend on the request's content (a wrong key, path or service)
+_REFUSED_CODES = frozenset({
+    grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNIMPLEMENTED,
+})
 _RETRYABLE_CODES = frozenset({
     grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED,
     grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DATA_LOSS,
@@ -173,6 +183,8 @@ def classify_grpc_status(code: grpc.StatusCode, details: str | None,
             return NoResendError(message)
         if "larger than max" in (details or ""):
             return RequestTooLargeError(message)
+    if code in _REFUSED_CODES:
+        return DestinationRefusedError(message)
     return PermanentError(message)
 
 

@@ -27,6 +27,7 @@ from sidecar.exporthelper.batcher import Accumulator, Request, Ticket, split
 from sidecar.exporthelper.queue import MemoryQueue, Queue
 from sidecar.exporthelper.retry import (
     Backoff,
+    DestinationRefusedError,
     GiveUpError,
     MalformedBatchError,
     NoResendError,
@@ -272,7 +273,7 @@ class ExportChain:
                 return all([await self._deliver(h, [h]) for h in halves])
             return self._drop(batch, "permanent", exc)
         except PermanentError as exc:
-            if len(members) > 1 and not isinstance(exc, NoResendError):
+            if len(members) > 1 and not isinstance(exc, NoResendError | DestinationRefusedError):
                 log.warning("exporter %s: %s; sending its %d merged requests one by one",
                             self.name, exc, len(members), extra={"exporter": self.name})
                 return all([await self._deliver(one, [one]) for one in members])

@@ -17,7 +17,11 @@ from google.protobuf.message import DecodeError
 
 from sidecar import __version__
 from sidecar.errors import PermanentError, RetryableError
-from sidecar.exporthelper.retry import RequestTooLargeError, parse_retry_after
+from sidecar.exporthelper.retry import (
+    DestinationRefusedError,
+    RequestTooLargeError,
+    parse_retry_after,
+)
 from sidecar.exporthelper.settings import TlsSettings
 from sidecar.model import Signal
 from sidecar.signals import SIGNALS, ExportResponse
@@ -87,6 +91,10 @@ def partial_success(signal: Signal, body: bytes, content_type: str) -> tuple[int
     return int(getattr(ps, field)), str(ps.error_message)
 
 
+# refusals that do not depend on the request's content
+_REFUSED_STATUS = frozenset({401, 403, 404, 405})
+
+
 def classify(status: int, headers: Mapping[str, str], body: bytes, signal: Signal,
              *, extra_retryable: frozenset[int] = frozenset(),
              hinted: frozenset[int] = _HINTED_STATUS, otlp_answer: bool = True) -> int:
@@ -106,6 +114,8 @@ def classify(status: int, headers: Mapping[str, str], body: bytes, signal: Signa
         raise RetryableError(f"HTTP {status}{detail}", retry_after=hint)
     if status == 413:
         raise RequestTooLargeError(f"HTTP 413{detail}")
+    if status in _REFUSED_STATUS:
+        raise DestinationRefusedError(f"HTTP {status}{detail}")
     raise PermanentError(f"HTTP {status}{detail}")
 
 

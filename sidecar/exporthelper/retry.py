@@ -34,6 +34,11 @@ class NoResendError(PermanentError):
     sending it again, whole or in parts, could deliver it twice."""
 
 
+class DestinationRefusedError(PermanentError):
+    """The destination refuses any request, whatever it holds (401, 403, 404: a wrong key
+    or path): sending a merged request again as its parts would only multiply refusals."""
+
+
 class MalformedBatchError(PermanentError):
     """The batch itself cannot be parsed (or encoded) for this destination."""
 

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from sidecar.errors import PermanentError, RetryableError
 from sidecar.exporters.otlp import GrpcSender, OtlpConfig, classify_grpc_error
-from sidecar.exporthelper.retry import RequestTooLargeError
+from sidecar.exporthelper.retry import DestinationRefusedError, RequestTooLargeError
 
 
 def rpc_error(code: grpc.StatusCode, retry_delay: float | None = None) -> grpc.aio.AioRpcError:
@@ -40,7 +40,11 @@ def test_retryable_codes(name: str) -> None:
 
 @pytest.mark.parametrize("name", PERMANENT)
 def test_permanent_codes(name: str) -> None:
-    assert isinstance(classify_grpc_error(rpc_error(grpc.StatusCode[name])), PermanentError)
+    error = classify_grpc_error(rpc_error(grpc.StatusCode[name]))
+    assert isinstance(error, PermanentError)
+    # refusals of any request are not resent as the parts of a merged one
+    refused = name in ("PERMISSION_DENIED", "UNAUTHENTICATED", "UNIMPLEMENTED")
+    assert isinstance(error, DestinationRefusedError) == refused
 
 
 def test_unavailable_with_retry_info_carries_the_delay() -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from sidecar.errors import PermanentError, PipelineFullError, RetryableError
 from sidecar.exporthelper.chain import ExportChain
-from sidecar.exporthelper.retry import NoResendError
+from sidecar.exporthelper.retry import DestinationRefusedError, NoResendError
 from sidecar.exporthelper.settings import ExporterSettings
 from sidecar.model import Batch, parse_request
 from sidecar.telemetry.health import HEALTH
@@ -202,3 +202,15 @@ async def test_a_refused_merged_request_is_resent_as_its_members() -> None:
     await drain(chain)
     assert peer.attempts == 3
     assert [b.items for b in peer.delivered] == [2, 3]
+
+
+async def test_a_refusal_of_any_request_is_not_multiplied_over_the_members() -> None:
+    peer = Peer(DestinationRefusedError("HTTP 401: bad key"))
+    chain = ExportChain("u-refused", settings(batch={"max_delay": 0.2}), peer)
+    await chain.start()
+    await chain.consume(traces_batch(2, seed=1))
+    await chain.consume(traces_batch(3, seed=2))
+    await drain(chain)
+    assert peer.attempts == 1
+    assert metric("sidecar_exporter_dropped_items_total", exporter="u-refused",
+                  signal="traces", reason="permanent") == 5

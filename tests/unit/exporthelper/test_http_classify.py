@@ -10,7 +10,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from sidecar.errors import PermanentError, RetryableError
 from sidecar.exporthelper.compression import gzip_compress, gzip_decompress
 from sidecar.exporthelper.http import classify
-from sidecar.exporthelper.retry import RequestTooLargeError
+from sidecar.exporthelper.retry import DestinationRefusedError, RequestTooLargeError
 from sidecar.model import Signal
 
 PROTO = {"Content-Type": "application/x-protobuf"}
@@ -92,3 +92,15 @@ def test_413_asks_for_a_split() -> None:
 def test_gzip_decompress_rejects_non_gzip() -> None:
     with pytest.raises(ValueError, match="not a gzip body"):
         gzip_decompress(b"\x1f\x8bnot gzip at all")
+
+
+@pytest.mark.parametrize("status", [401, 403, 404, 405])
+def test_refusals_that_do_not_depend_on_content_are_marked(status: int) -> None:
+    with pytest.raises(DestinationRefusedError):
+        classify(status, {}, b"", Signal.TRACES)
+
+
+def test_a_400_is_about_the_content() -> None:
+    with pytest.raises(PermanentError) as caught:
+        classify(400, {}, b"", Signal.TRACES)
+    assert not isinstance(caught.value, DestinationRefusedError)
