@@ -18,7 +18,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Iterable, MutableSequence
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, MutableSequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Literal
@@ -42,6 +43,8 @@ from sidecar.processors.redact_rules import (
     is_secret_key,
     normalise_key,
 )
+from sidecar.processors.redact_wire import WireError, layout
+from sidecar.signals import SIGNALS
 from sidecar.telemetry.metrics import REDACT_FAILURES, REDACT_REDACTIONS, REDACT_REQUESTS
 
 __all__ = ["RedactProcessor", "RedactSettings", "RedactionError", "Redactor"]
@@ -186,9 +189,10 @@ class Redactor:
                 # a hit needs the key (and the value) verbatim in the bytes: either suffices
                 key_forms.append(boundary_free(u.value if u.value is not None else u.key))
         self._rules = tuple(rules)
-        self._value_hint = compile_bytes(_alternation(value_forms))
-        self._key_hint = compile_bytes(_alternation([*key_forms, _JSON_ESCAPE]))
-        self.prescan = compile_bytes(_alternation([*prescan_forms, *key_forms, _JSON_ESCAPE]))
+        self._value_hint = compile_bytes(_alternation(value_forms), capture=False)
+        self._key_hint = compile_bytes(_alternation([*key_forms, _JSON_ESCAPE]), capture=False)
+        self.prescan = compile_bytes(_alternation([*prescan_forms, *key_forms, _JSON_ESCAPE]),
+                                     capture=False)
         self._verdicts: dict[str, _Verdict] = {}
         self.counts: dict[str, int] = {}
 
@@ -197,35 +201,84 @@ class Redactor:
         return self.prescan.search(payload) is not None
 
     def redact_request(self, signal: Signal, message: Any) -> None:
+        """Walk every resource, scope and item."""
+        resources, scopes, items = SIGNALS[signal].levels
+        item = self._item_walker(signal)
+        for resource in getattr(message, resources):
+            self._attrs(resource.resource.attributes)
+            for scope in getattr(resource, scopes):
+                self._attrs(scope.scope.attributes)
+                for one in getattr(scope, items):
+                    item(one)
+
+    def redact_hits(self, signal: Signal, payload: bytes, message: Any) -> None:
+        """Walk only the items whose bytes the pre-scan hit (and the resource and scope
+        attributes of a resource hit outside its items). Sound because every match of
+        the pre-scan that the walk of an item depends on starts inside that item's bytes:
+        in a string or its length byte. Searching again from the end of each hit item (or
+        from the next item or resource after a hit elsewhere) bounds the searches by the
+        number of items and resources."""
+        try:
+            lay = layout(payload)
+        except WireError:
+            self.redact_request(signal, message)
+            return
+        starts = [it[0] for it in lay.items]
+        rstarts = [r[0] for r in lay.resources]
+        hit_items: list[int] = []
+        hit_resources: set[int] = set()
+        search = self.prescan.search
+        pos, n = 0, len(payload)
+        while pos < n:
+            m = search(payload, pos)
+            if m is None:
+                break
+            o = m.start()
+            k = bisect_right(starts, o) - 1
+            if k >= 0 and o < lay.items[k][1]:
+                hit_items.append(k)
+                pos = lay.items[k][1]
+                continue
+            r = bisect_right(rstarts, o) - 1
+            if r >= 0 and o < lay.resources[r][1]:
+                hit_resources.add(r)
+            nxt = [n]
+            if k + 1 < len(starts):
+                nxt.append(starts[k + 1])
+            if r + 1 < len(rstarts):
+                nxt.append(rstarts[r + 1])
+            pos = max(o + 1, min(nxt))
+        resources, scopes, items = SIGNALS[signal].levels
+        level0 = getattr(message, resources)
+        for r in sorted(hit_resources):
+            self._attrs(level0[r].resource.attributes)
+            for scope in getattr(level0[r], scopes):
+                self._attrs(scope.scope.attributes)
+        item = self._item_walker(signal)
+        for k in hit_items:
+            _, _, r, sc, i = lay.items[k]
+            item(getattr(getattr(level0[r], scopes)[sc], items)[i])
+
+    def _item_walker(self, signal: Signal) -> Callable[[Any], None]:
         if signal is Signal.TRACES:
-            for rs in message.resource_spans:
-                self._attrs(rs.resource.attributes)
-                for ss in rs.scope_spans:
-                    self._attrs(ss.scope.attributes)
-                    for span in ss.spans:
-                        self._span(span)
-        elif signal is Signal.LOGS:
-            for rl in message.resource_logs:
-                self._attrs(rl.resource.attributes)
-                for sl in rl.scope_logs:
-                    self._attrs(sl.scope.attributes)
-                    for record in sl.log_records:
-                        if record.HasField("body"):
-                            self._any(record.body, droppable=False)
-                        self._attrs(record.attributes)
-        else:
-            for rm in message.resource_metrics:
-                self._attrs(rm.resource.attributes)
-                for sm in rm.scope_metrics:
-                    self._attrs(sm.scope.attributes)
-                    for metric in sm.metrics:
-                        kind = metric.WhichOneof("data")
-                        if kind is None:
-                            continue
-                        for point in getattr(metric, kind).data_points:
-                            self._attrs(point.attributes)
-                            for exemplar in getattr(point, "exemplars", ()):
-                                self._attrs(exemplar.filtered_attributes)
+            return self._span
+        if signal is Signal.LOGS:
+            return self._log_record
+        return self._metric
+
+    def _log_record(self, record: Any) -> None:
+        if record.HasField("body"):
+            self._any(record.body, droppable=False)
+        self._attrs(record.attributes)
+
+    def _metric(self, metric: Any) -> None:
+        kind = metric.WhichOneof("data")
+        if kind is None:
+            return
+        for point in getattr(metric, kind).data_points:
+            self._attrs(point.attributes)
+            for exemplar in getattr(point, "exemplars", ()):
+                self._attrs(exemplar.filtered_attributes)
 
     def _span(self, span: Any) -> None:
         name = self._string(span.name, droppable=False)
@@ -486,7 +539,7 @@ class RedactProcessor:
         self._walked[work.signal].inc()
         redactor.counts = {}
         try:
-            redactor.redact_request(work.signal, work.message)
+            redactor.redact_hits(work.signal, work.payload, work.message)
         except Exception:
             self._failures[work.signal].inc()
             # `from None`: the cause's message could quote the content
