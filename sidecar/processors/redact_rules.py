@@ -260,17 +260,17 @@ _SEP = r"[-_. ]"
 # Pre-scan forms of the key stems: every SECRET_KEYS entry ends with one of them, in any
 # case and with any separator. `token` is special: `gen_ai.usage.input_tokens` is on every
 # LLM span. After a key string the raw bytes hold the next field's tag (or the end of the
-# request); `_` and `.` are never a tag's first byte (wire types 7 and 6), and `tokens`
-# followed by 0x12 is a key ending in `tokens` followed by its value's tag. So an occurrence
-# of `token` followed by `_`, `.` or `s\x12` cannot be the end of a key: skipping those keeps
-# the pre-scan a superset of the key rules for every request the OTLP schema can express.
-# (A hand-made request with an unknown group field, tag `s`, placed right after a key ending
-# in `token` is the one shape this reasoning does not cover.)
+# request). `_` and `.` are never a tag's first byte (wire types 7 and 6), and `s`/`S` only
+# starts a group (wire type 3), which OTLP never uses. So an occurrence of `token` followed
+# by `_`, `.` or `s` is not the end of a key, and skipping those keeps the pre-scan a
+# superset of the key rules for every request the OTLP schema can express. (A hand-made
+# request with an unknown group field right after a key ending in `token` is the one shape
+# this does not cover.) In JSON text a key ends at `"`, which is kept.
 KEY_STEM_FORMS: tuple[str, ...] = (
     r"(?i)passw(?:or)?d", r"(?i)pwd", r"(?i)secret", rf"(?i)api{_SEP}?key",
     r"(?i)authorization", r"(?i)cookie", rf"(?i)private{_SEP}key", r"(?i)credentials",
     r"(?i)session[-_ ]id",  # not `session.id`: ALLOW_RAW_SUFFIXES
-    r"(?i)token(?:\z|[^s._]|s\z|s[^\x12])",
+    r"(?i)token(?:\z|[^s._])",
 )
 
 _NORMALISE = str.maketrans({**{chr(c): chr(c + 32) for c in range(65, 91)},

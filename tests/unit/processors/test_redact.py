@@ -316,3 +316,14 @@ def test_json_text_with_a_lone_surrogate_escape_is_still_redacted() -> None:
     assert out is not None
     body = _record_of(out.message).body.string_value
     assert json.loads(body) == {"password": "[REDACTED:secret-key]", "a": "\ud800"}
+
+
+def test_token_counts_in_keys_json_and_prose_skip_the_walk() -> None:
+    req, record = _logs()
+    record.body.string_value = json.dumps(
+        {"usage": {"input_tokens": 5, "output_tokens": 7}, "msg": "used 12 tokens"})
+    record.attributes.add(key="llm.token_count.prompt", value=AnyValue(int_value=5))
+    record.attributes.add(key="gen_ai.token.type", value=AnyValue(string_value="input"))
+    work = Work(Signal.LOGS, req.SerializeToString())
+    RedactProcessor(RedactSettings()).process(work)
+    assert not work.touched
