@@ -159,9 +159,6 @@ def is_card_number(digits: str) -> bool:
     return 13 <= len(digits) <= 19 and _known_iin(digits) and luhn_ok(digits)
 
 
-_CARD_GROUP = compile_bytes(r"\d+")
-
-
 _ALNUM = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 _CARD_RUN_MAX = 37  # 19 digits and 18 separators
 
@@ -179,7 +176,11 @@ def _card_check(text: bytes, start: int, end: int) -> tuple[int, int] | None:
     if end < len(text) and (text[end] in _ALNUM or text[end] in b"-_" or (
             end + 1 < len(text) and text[end] == 0x2E and text[end + 1] in _DIGITS)):
         return None
-    groups = [(m.start(), m.end()) for m in _CARD_GROUP.finditer(text[start:end])]
+    groups: list[tuple[int, int]] = []
+    pos = start
+    for part in text[start:end].replace(b"-", b" ").split(b" "):
+        groups.append((pos - start, pos - start + len(part)))
+        pos += len(part) + 1
     for i in range(len(groups)):
         digits = ""
         for j in range(i, len(groups)):

@@ -327,3 +327,20 @@ def test_token_counts_in_keys_json_and_prose_skip_the_walk() -> None:
     work = Work(Signal.LOGS, req.SerializeToString())
     RedactProcessor(RedactSettings()).process(work)
     assert not work.touched
+
+
+def test_a_request_with_too_many_candidates_is_refused_not_ground_through() -> None:
+    from sidecar.processors.redact import MAX_CANDIDATES
+
+    req, record = _logs()
+    # 13-digit runs with a card prefix: each one costs a Luhn check in Python
+    record.body.string_value = "4111111111111, " * (MAX_CANDIDATES + 1)
+    before = _sample("sidecar_redact_failures_total", {"signal": "logs"})
+    with pytest.raises(RedactionError, match="more than 50000 candidate matches"):
+        _run(Signal.LOGS, req)
+    assert _sample("sidecar_redact_failures_total", {"signal": "logs"}) - before == 1
+    # under the budget the same shape is checked and passes unchanged
+    record.body.string_value = "4111111111111, " * 1000
+    payload, out = _run(Signal.LOGS, req)
+    assert out is not None
+    assert out.payload == payload
