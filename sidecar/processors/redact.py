@@ -95,6 +95,10 @@ class RedactSettings(ProcessorSettings):
     # (`redact-secrets`) or removed (`drop`)
     prompts: Literal["redact-secrets", "drop"] = "redact-secrets"
     hash_key: SecretStr | None = None  # HMAC-SHA256 key of the `hash` action
+    # attributes on each span / log record that had redactions: `info` the counts
+    # (redaction.masked.count, redaction.redacted.count), `debug` also the keys
+    # (redaction.masked.keys, redaction.redacted.keys): the OTel Collector's names
+    summary: Literal["silent", "info", "debug"] = "silent"
 
     @model_validator(mode="after")
     def _consistent(self) -> RedactSettings:
@@ -206,6 +210,9 @@ class Redactor:
         self._verdicts: dict[str, _Verdict] = {}
         self.counts: dict[str, int] = {}
         self.candidates_left = MAX_CANDIDATES
+        self.masked = self.dropped = 0  # redactions so far: masked (or hashed), removed
+        self._summary = settings.summary
+        self._summary_keys: tuple[set[str], set[str]] | None = None  # masked, removed
 
     # --- requests ------------------------------------------------------------------------
     def can_match(self, payload: bytes) -> bool:
@@ -280,9 +287,11 @@ class Redactor:
         return self._metric
 
     def _log_record(self, record: Any) -> None:
+        before = self._summary_start()
         if record.HasField("body"):
             self._any(record.body, droppable=False)
         self._attrs(record.attributes)
+        self._summary_end(before, record.attributes)
 
     def _metric(self, metric: Any) -> None:
         kind = metric.WhichOneof("data")
@@ -294,6 +303,33 @@ class Redactor:
                 self._attrs(exemplar.filtered_attributes)
 
     def _span(self, span: Any) -> None:
+        before = self._summary_start()
+        self._span_fields(span)
+        self._summary_end(before, span.attributes)
+
+    def _summary_start(self) -> tuple[int, int]:
+        if self._summary == "debug":
+            self._summary_keys = (set(), set())
+        return self.masked, self.dropped
+
+    def _summary_end(self, before: tuple[int, int], attrs: Any) -> None:
+        """Summary attributes on the item, named as the OTel Collector's redaction
+        processor names them."""
+        if self._summary == "silent":
+            return
+        masked, dropped = self.masked - before[0], self.dropped - before[1]
+        if masked:
+            attrs.add(key="redaction.masked.count", value=AnyValue(int_value=masked))
+        if dropped:
+            attrs.add(key="redaction.redacted.count", value=AnyValue(int_value=dropped))
+        if self._summary_keys is not None:
+            for name, keys in zip(("redaction.masked.keys", "redaction.redacted.keys"),
+                                  self._summary_keys, strict=True):
+                if keys:
+                    attrs.add(key=name, value=AnyValue(string_value=",".join(sorted(keys))))
+        self._summary_keys = None
+
+    def _span_fields(self, span: Any) -> None:
         name = self._string(span.name, droppable=False)
         if isinstance(name, str):
             span.name = name
@@ -316,18 +352,27 @@ class Redactor:
             return
         drop: list[int] = []
         for i, kv in enumerate(attrs):
-            verdict = self._verdict(kv.key)
-            if verdict is not None:
-                if self._whole_value(kv.value, verdict):
-                    drop.append(i)
-            elif self._drop_prompts and is_prompt_key(kv.key):
-                self._count(PROMPT_RULE)
+            masked, dropped = self.masked, self.dropped
+            if self._attr(kv):
                 drop.append(i)
-            elif ((self._user_keys and self._user_key_value(kv))
-                  or self._any(kv.value, droppable=True)):
-                drop.append(i)
+            if self._summary_keys is not None:
+                if self.masked != masked:
+                    self._summary_keys[0].add(kv.key)
+                if self.dropped != dropped:
+                    self._summary_keys[1].add(kv.key)
         for i in reversed(drop):
             del attrs[i]
+
+    def _attr(self, kv: KeyValue) -> bool:
+        """Redact one attribute in place; True when it is to be removed."""
+        verdict = self._verdict(kv.key)
+        if verdict is not None:
+            return self._whole_value(kv.value, verdict)
+        if self._drop_prompts and is_prompt_key(kv.key):
+            self._count(PROMPT_RULE, dropped=True)
+            return True
+        return bool((self._user_keys and self._user_key_value(kv))
+                    or self._any(kv.value, droppable=True))
 
     def _verdict(self, key: str) -> _Verdict:
         """Key-rule verdict for an attribute or JSON key (cached: keys repeat)."""
@@ -367,7 +412,7 @@ class Redactor:
     def _whole_value(self, value: AnyValue, verdict: tuple[str, Action]) -> bool:
         """Apply a key rule to a whole value; True when the attribute is to be dropped."""
         name, action = verdict
-        self._count(name)
+        self._count(name, dropped=action is Action.DROP)
         if action is Action.DROP:
             return True
         value.string_value = self._replacement(name, action, value.SerializeToString())
@@ -448,7 +493,7 @@ class Redactor:
                         continue
                     start, end = checked
                 if rule.action is Action.DROP and droppable:
-                    self._count(rule.name)
+                    self._count(rule.name, dropped=True)
                     return DROP
                 start, end = _widen_to_utf8(data, start, end)
                 spans.append((start, end, rule))
@@ -509,7 +554,7 @@ class Redactor:
                 verdict = self._verdict(key) if isinstance(key, str) else None
                 if verdict is not None:
                     name, action = verdict
-                    self._count(name)
+                    self._count(name, dropped=action is Action.DROP)
                     changed = True
                     if action is Action.DROP:
                         del node[key]
@@ -531,8 +576,12 @@ class Redactor:
                     return out.decode("utf-8", "surrogatepass"), True
         return node, changed
 
-    def _count(self, rule: str) -> None:
+    def _count(self, rule: str, dropped: bool = False) -> None:
         self.counts[rule] = self.counts.get(rule, 0) + 1
+        if dropped:
+            self.dropped += 1
+        else:
+            self.masked += 1
 
 
 class RedactProcessor:
