@@ -344,3 +344,18 @@ def test_a_request_with_too_many_candidates_is_refused_not_ground_through() -> N
     payload, out = _run(Signal.LOGS, req)
     assert out is not None
     assert out.payload == payload
+
+
+def test_ids_with_long_digit_runs_skip_the_walk() -> None:
+    # UUIDs and vendor ids often hold 13+ decimal digits in a row; OTel's session.id is a
+    # correlation id: none of them may make every request walk
+    req, span = _traces()
+    for key, value in (("session.id", "15392480-0600-571f-ac3a-5c1d2e3f4a5b"),
+                       ("app.request_id", "2d1724ab-5b26-9106-1237-8865189000c9"),
+                       ("gen_ai.tool.call.id", "call_0166262491552493e37b784"),
+                       ("gen_ai.agent.id", "asst_5168406507561f6d"),
+                       ("gen_ai.response.id", "chatcmpl-39798287be38915f15a6148638636231")):
+        span.attributes.append(_kv(key, value))
+    work = Work(Signal.TRACES, req.SerializeToString())
+    RedactProcessor(RedactSettings()).process(work)
+    assert not work.touched
