@@ -1,4 +1,5 @@
-"""Command line: `sidecar run | validate | send-test | prices | pipe | version | cache ...`."""
+"""Command line: `sidecar run | validate | send-test | prices | redact | pipe | version | cache
+...`."""
 
 from __future__ import annotations
 
@@ -212,3 +213,30 @@ def prices(models: tuple[str, ...], provider: str | None, input_tokens: int,
                    f"${found.price.total.normalize():f}")
     if unknown:
         sys.exit(1)
+
+
+@main.command()
+@CONFIG_OPTION
+@SET_OPTION
+def redact(config_path: str | None, overrides: tuple[str, ...]) -> None:
+    """Redact stdin to stdout with the config's `processors.redact` rules: one OTLP/JSON
+    request, or NDJSON / text lines (each redacted as a log body). Counts go to stderr."""
+    from sidecar import config as config_module
+    from sidecar.processors.redact import RedactSettings
+    from sidecar.processors.redact_cli import LineRedactor
+
+    try:
+        cfg = config_module.load(config_path, overrides)
+    except ConfigError as exc:
+        _fail([str(problem) for problem in exc.problems], 1)
+    settings = cfg.processors.get("redact")
+    assert isinstance(settings, RedactSettings)
+    redactor = LineRedactor(settings)
+    lines, errors = redactor.run(sys.stdin.buffer.read())
+    for line in lines:
+        sys.stdout.buffer.write(line + b"\n")
+    sys.stdout.flush()
+    counts = ", ".join(f"{rule}: {n}" for rule, n in sorted(redactor.counts.items()))
+    click.echo(f"redacted {sum(redactor.counts.values())} ({counts or 'nothing'})", err=True)
+    if errors:
+        _fail(errors, 1)

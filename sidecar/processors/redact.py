@@ -18,7 +18,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Iterable, MutableSequence
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, MutableSequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Literal
@@ -42,6 +43,8 @@ from sidecar.processors.redact_rules import (
     is_secret_key,
     normalise_key,
 )
+from sidecar.processors.redact_wire import WireError, layout
+from sidecar.signals import SIGNALS
 from sidecar.telemetry.metrics import REDACT_FAILURES, REDACT_REDACTIONS, REDACT_REQUESTS
 
 __all__ = ["RedactProcessor", "RedactSettings", "RedactionError", "Redactor"]
@@ -92,6 +95,10 @@ class RedactSettings(ProcessorSettings):
     # (`redact-secrets`) or removed (`drop`)
     prompts: Literal["redact-secrets", "drop"] = "redact-secrets"
     hash_key: SecretStr | None = None  # HMAC-SHA256 key of the `hash` action
+    # attributes on each span / log record that had redactions: `info` the counts
+    # (redaction.masked.count, redaction.redacted.count), `debug` also the keys
+    # (redaction.masked.keys, redaction.redacted.keys): the OTel Collector's names
+    summary: Literal["silent", "info", "debug"] = "silent"
 
     @model_validator(mode="after")
     def _consistent(self) -> RedactSettings:
@@ -113,6 +120,16 @@ class RedactSettings(ProcessorSettings):
 
 class RedactionError(Exception):
     """Redaction failed on a request; says which signal, never what was in it."""
+
+
+class _BudgetExceeded(Exception):
+    pass
+
+
+# Candidate matches checked in Python (card numbers, checks, replacements) per request:
+# about 0.3 s of CPU. A request with more is refused (fail closed) rather than hold the
+# event loop for seconds: 20 MiB of 13-digit runs would otherwise cost ~5 s.
+MAX_CANDIDATES = 50_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,48 +203,133 @@ class Redactor:
                 # a hit needs the key (and the value) verbatim in the bytes: either suffices
                 key_forms.append(boundary_free(u.value if u.value is not None else u.key))
         self._rules = tuple(rules)
-        self._value_hint = compile_bytes(_alternation(value_forms))
-        self._key_hint = compile_bytes(_alternation([*key_forms, _JSON_ESCAPE]))
-        self.prescan = compile_bytes(_alternation([*prescan_forms, *key_forms, _JSON_ESCAPE]))
+        self._value_hint = compile_bytes(_alternation(value_forms), capture=False)
+        self._key_hint = compile_bytes(_alternation([*key_forms, _JSON_ESCAPE]), capture=False)
+        self.prescan = compile_bytes(_alternation([*prescan_forms, *key_forms, _JSON_ESCAPE]),
+                                     capture=False)
         self._verdicts: dict[str, _Verdict] = {}
         self.counts: dict[str, int] = {}
+        self.candidates_left = MAX_CANDIDATES
+        self.masked = self.dropped = 0  # redactions so far: masked (or hashed), removed
+        self._summary = settings.summary
+        self._summary_keys: tuple[set[str], set[str]] | None = None  # masked, removed
 
     # --- requests ------------------------------------------------------------------------
     def can_match(self, payload: bytes) -> bool:
         return self.prescan.search(payload) is not None
 
     def redact_request(self, signal: Signal, message: Any) -> None:
+        """Walk every resource, scope and item."""
+        self.candidates_left = MAX_CANDIDATES
+        resources, scopes, items = SIGNALS[signal].levels
+        item = self._item_walker(signal)
+        for resource in getattr(message, resources):
+            self._attrs(resource.resource.attributes)
+            for scope in getattr(resource, scopes):
+                self._attrs(scope.scope.attributes)
+                for one in getattr(scope, items):
+                    item(one)
+
+    def redact_hits(self, signal: Signal, payload: bytes, message: Any) -> None:
+        """Walk only the items whose bytes the pre-scan hit (and the resource and scope
+        attributes of a resource hit outside its items). Sound because every match of
+        the pre-scan that the walk of an item depends on starts inside that item's bytes:
+        in a string or its length byte. Searching again from the end of each hit item (or
+        from the next item or resource after a hit elsewhere) bounds the searches by the
+        number of items and resources."""
+        self.candidates_left = MAX_CANDIDATES
+        try:
+            lay = layout(payload)
+        except WireError:
+            self.redact_request(signal, message)
+            return
+        starts = [it[0] for it in lay.items]
+        rstarts = [r[0] for r in lay.resources]
+        hit_items: list[int] = []
+        hit_resources: set[int] = set()
+        search = self.prescan.search
+        pos, n = 0, len(payload)
+        while pos < n:
+            m = search(payload, pos)
+            if m is None:
+                break
+            o = m.start()
+            k = bisect_right(starts, o) - 1
+            if k >= 0 and o < lay.items[k][1]:
+                hit_items.append(k)
+                pos = lay.items[k][1]
+                continue
+            r = bisect_right(rstarts, o) - 1
+            if r >= 0 and o < lay.resources[r][1]:
+                hit_resources.add(r)
+            nxt = [n]
+            if k + 1 < len(starts):
+                nxt.append(starts[k + 1])
+            if r + 1 < len(rstarts):
+                nxt.append(rstarts[r + 1])
+            pos = max(o + 1, min(nxt))
+        resources, scopes, items = SIGNALS[signal].levels
+        level0 = getattr(message, resources)
+        for r in sorted(hit_resources):
+            self._attrs(level0[r].resource.attributes)
+            for scope in getattr(level0[r], scopes):
+                self._attrs(scope.scope.attributes)
+        item = self._item_walker(signal)
+        for k in hit_items:
+            _, _, r, sc, i = lay.items[k]
+            item(getattr(getattr(level0[r], scopes)[sc], items)[i])
+
+    def _item_walker(self, signal: Signal) -> Callable[[Any], None]:
         if signal is Signal.TRACES:
-            for rs in message.resource_spans:
-                self._attrs(rs.resource.attributes)
-                for ss in rs.scope_spans:
-                    self._attrs(ss.scope.attributes)
-                    for span in ss.spans:
-                        self._span(span)
-        elif signal is Signal.LOGS:
-            for rl in message.resource_logs:
-                self._attrs(rl.resource.attributes)
-                for sl in rl.scope_logs:
-                    self._attrs(sl.scope.attributes)
-                    for record in sl.log_records:
-                        if record.HasField("body"):
-                            self._any(record.body, droppable=False)
-                        self._attrs(record.attributes)
-        else:
-            for rm in message.resource_metrics:
-                self._attrs(rm.resource.attributes)
-                for sm in rm.scope_metrics:
-                    self._attrs(sm.scope.attributes)
-                    for metric in sm.metrics:
-                        kind = metric.WhichOneof("data")
-                        if kind is None:
-                            continue
-                        for point in getattr(metric, kind).data_points:
-                            self._attrs(point.attributes)
-                            for exemplar in getattr(point, "exemplars", ()):
-                                self._attrs(exemplar.filtered_attributes)
+            return self._span
+        if signal is Signal.LOGS:
+            return self._log_record
+        return self._metric
+
+    def _log_record(self, record: Any) -> None:
+        before = self._summary_start()
+        if record.HasField("body"):
+            self._any(record.body, droppable=False)
+        self._attrs(record.attributes)
+        self._summary_end(before, record.attributes)
+
+    def _metric(self, metric: Any) -> None:
+        kind = metric.WhichOneof("data")
+        if kind is None:
+            return
+        for point in getattr(metric, kind).data_points:
+            self._attrs(point.attributes)
+            for exemplar in getattr(point, "exemplars", ()):
+                self._attrs(exemplar.filtered_attributes)
 
     def _span(self, span: Any) -> None:
+        before = self._summary_start()
+        self._span_fields(span)
+        self._summary_end(before, span.attributes)
+
+    def _summary_start(self) -> tuple[int, int]:
+        if self._summary == "debug":
+            self._summary_keys = (set(), set())
+        return self.masked, self.dropped
+
+    def _summary_end(self, before: tuple[int, int], attrs: Any) -> None:
+        """Summary attributes on the item, named as the OTel Collector's redaction
+        processor names them."""
+        if self._summary == "silent":
+            return
+        masked, dropped = self.masked - before[0], self.dropped - before[1]
+        if masked:
+            attrs.add(key="redaction.masked.count", value=AnyValue(int_value=masked))
+        if dropped:
+            attrs.add(key="redaction.redacted.count", value=AnyValue(int_value=dropped))
+        if self._summary_keys is not None:
+            for name, keys in zip(("redaction.masked.keys", "redaction.redacted.keys"),
+                                  self._summary_keys, strict=True):
+                if keys:
+                    attrs.add(key=name, value=AnyValue(string_value=",".join(sorted(keys))))
+        self._summary_keys = None
+
+    def _span_fields(self, span: Any) -> None:
         name = self._string(span.name, droppable=False)
         if isinstance(name, str):
             span.name = name
@@ -250,18 +352,27 @@ class Redactor:
             return
         drop: list[int] = []
         for i, kv in enumerate(attrs):
-            verdict = self._verdict(kv.key)
-            if verdict is not None:
-                if self._whole_value(kv.value, verdict):
-                    drop.append(i)
-            elif self._drop_prompts and is_prompt_key(kv.key):
-                self._count(PROMPT_RULE)
+            masked, dropped = self.masked, self.dropped
+            if self._attr(kv):
                 drop.append(i)
-            elif ((self._user_keys and self._user_key_value(kv))
-                  or self._any(kv.value, droppable=True)):
-                drop.append(i)
+            if self._summary_keys is not None:
+                if self.masked != masked:
+                    self._summary_keys[0].add(kv.key)
+                if self.dropped != dropped:
+                    self._summary_keys[1].add(kv.key)
         for i in reversed(drop):
             del attrs[i]
+
+    def _attr(self, kv: KeyValue) -> bool:
+        """Redact one attribute in place; True when it is to be removed."""
+        verdict = self._verdict(kv.key)
+        if verdict is not None:
+            return self._whole_value(kv.value, verdict)
+        if self._drop_prompts and is_prompt_key(kv.key):
+            self._count(PROMPT_RULE, dropped=True)
+            return True
+        return bool((self._user_keys and self._user_key_value(kv))
+                    or self._any(kv.value, droppable=True))
 
     def _verdict(self, key: str) -> _Verdict:
         """Key-rule verdict for an attribute or JSON key (cached: keys repeat)."""
@@ -301,7 +412,7 @@ class Redactor:
     def _whole_value(self, value: AnyValue, verdict: tuple[str, Action]) -> bool:
         """Apply a key rule to a whole value; True when the attribute is to be dropped."""
         name, action = verdict
-        self._count(name)
+        self._count(name, dropped=action is Action.DROP)
         if action is Action.DROP:
             return True
         value.string_value = self._replacement(name, action, value.SerializeToString())
@@ -370,6 +481,9 @@ class Redactor:
         spans: list[tuple[int, int, _Rule]] = []
         for rule in self._rules:
             for m in rule.regex.finditer(data):
+                self.candidates_left -= 1
+                if self.candidates_left < 0:
+                    raise _BudgetExceeded
                 start, end = m.start(rule.group), m.end(rule.group)
                 if start < 0 or start == end:
                     continue
@@ -379,7 +493,7 @@ class Redactor:
                         continue
                     start, end = checked
                 if rule.action is Action.DROP and droppable:
-                    self._count(rule.name)
+                    self._count(rule.name, dropped=True)
                     return DROP
                 start, end = _widen_to_utf8(data, start, end)
                 spans.append((start, end, rule))
@@ -440,7 +554,7 @@ class Redactor:
                 verdict = self._verdict(key) if isinstance(key, str) else None
                 if verdict is not None:
                     name, action = verdict
-                    self._count(name)
+                    self._count(name, dropped=action is Action.DROP)
                     changed = True
                     if action is Action.DROP:
                         del node[key]
@@ -462,8 +576,12 @@ class Redactor:
                     return out.decode("utf-8", "surrogatepass"), True
         return node, changed
 
-    def _count(self, rule: str) -> None:
+    def _count(self, rule: str, dropped: bool = False) -> None:
         self.counts[rule] = self.counts.get(rule, 0) + 1
+        if dropped:
+            self.dropped += 1
+        else:
+            self.masked += 1
 
 
 class RedactProcessor:
@@ -486,7 +604,12 @@ class RedactProcessor:
         self._walked[work.signal].inc()
         redactor.counts = {}
         try:
-            redactor.redact_request(work.signal, work.message)
+            redactor.redact_hits(work.signal, work.payload, work.message)
+        except _BudgetExceeded:
+            self._failures[work.signal].inc()
+            raise RedactionError(
+                f"redaction refused a {work.signal.value} request: more than "
+                f"{MAX_CANDIDATES} candidate matches") from None
         except Exception:
             self._failures[work.signal].inc()
             # `from None`: the cause's message could quote the content

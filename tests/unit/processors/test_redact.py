@@ -294,10 +294,10 @@ def test_a_raise_while_redacting_refuses_the_request_without_its_content(
     req, record = _logs()
     record.body.string_value = secret
 
-    def boom(signal: Signal, message: ExportRequest) -> None:
+    def boom(signal: Signal, payload: bytes, message: ExportRequest) -> None:
         raise ValueError(f"cannot handle {secret}")
 
-    monkeypatch.setattr(processor.redactor, "redact_request", boom)
+    monkeypatch.setattr(processor.redactor, "redact_hits", boom)
     before = _sample("sidecar_redact_failures_total", {"signal": "logs"})
     stage = Stage(Signal.LOGS, [processor])
     with pytest.raises(RedactionError) as info:
@@ -316,3 +316,46 @@ def test_json_text_with_a_lone_surrogate_escape_is_still_redacted() -> None:
     assert out is not None
     body = _record_of(out.message).body.string_value
     assert json.loads(body) == {"password": "[REDACTED:secret-key]", "a": "\ud800"}
+
+
+def test_token_counts_in_keys_json_and_prose_skip_the_walk() -> None:
+    req, record = _logs()
+    record.body.string_value = json.dumps(
+        {"usage": {"input_tokens": 5, "output_tokens": 7}, "msg": "used 12 tokens"})
+    record.attributes.add(key="llm.token_count.prompt", value=AnyValue(int_value=5))
+    record.attributes.add(key="gen_ai.token.type", value=AnyValue(string_value="input"))
+    work = Work(Signal.LOGS, req.SerializeToString())
+    RedactProcessor(RedactSettings()).process(work)
+    assert not work.touched
+
+
+def test_a_request_with_too_many_candidates_is_refused_not_ground_through() -> None:
+    from sidecar.processors.redact import MAX_CANDIDATES
+
+    req, record = _logs()
+    # 13-digit runs with a card prefix: each one costs a Luhn check in Python
+    record.body.string_value = "4111111111111, " * (MAX_CANDIDATES + 1)
+    before = _sample("sidecar_redact_failures_total", {"signal": "logs"})
+    with pytest.raises(RedactionError, match="more than 50000 candidate matches"):
+        _run(Signal.LOGS, req)
+    assert _sample("sidecar_redact_failures_total", {"signal": "logs"}) - before == 1
+    # under the budget the same shape is checked and passes unchanged
+    record.body.string_value = "4111111111111, " * 1000
+    payload, out = _run(Signal.LOGS, req)
+    assert out is not None
+    assert out.payload == payload
+
+
+def test_ids_with_long_digit_runs_skip_the_walk() -> None:
+    # UUIDs and vendor ids often hold 13+ decimal digits in a row; OTel's session.id is a
+    # correlation id: none of them may make every request walk
+    req, span = _traces()
+    for key, value in (("session.id", "15392480-0600-571f-ac3a-5c1d2e3f4a5b"),
+                       ("app.request_id", "2d1724ab-5b26-9106-1237-8865189000c9"),
+                       ("gen_ai.tool.call.id", "call_0166262491552493e37b784"),
+                       ("gen_ai.agent.id", "asst_5168406507561f6d"),
+                       ("gen_ai.response.id", "chatcmpl-39798287be38915f15a6148638636231")):
+        span.attributes.append(_kv(key, value))
+    work = Work(Signal.TRACES, req.SerializeToString())
+    RedactProcessor(RedactSettings()).process(work)
+    assert not work.touched

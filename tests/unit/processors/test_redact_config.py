@@ -118,3 +118,19 @@ def test_enabled_false_builds_no_processor() -> None:
     cfg = config_module.from_tree({"processors": {"redact": {"enabled": False}}})
     assert "redact" not in [p.name for p in build_processors(cfg)]
     assert "redact" in [p.name for p in build_processors(config_module.from_tree({}))]
+
+
+def test_summary_attributes_on_the_redacted_item() -> None:
+    attrs = {"note": f"x {TOKEN} y {TOKEN}", "password": "p", "ok": "fine",
+             "card": SECRET["card-number"]}
+    tree: dict[str, object] = {"actions": {"card-number": "drop"}}
+    assert "redaction.masked.count" not in values(redact(attrs, tree))  # silent by default
+    info = redact(attrs, {**tree, "summary": "info"})
+    ints = {kv.key: kv.value.int_value for kv in info.attributes}
+    assert ints["redaction.masked.count"] == 3
+    assert ints["redaction.redacted.count"] == 1
+    assert "redaction.masked.keys" not in ints
+    debug = values(redact(attrs, {**tree, "summary": "debug"}))
+    assert debug["redaction.masked.keys"] == "note,password"
+    assert debug["redaction.redacted.keys"] == "card"
+    assert "redaction.masked.count" not in values(redact({"ok": "fine"}, {"summary": "debug"}))

@@ -62,19 +62,32 @@ attributes = st.lists(st.tuples(text, st.none() | any_value(3)), max_size=4).map
 
 @st.composite
 def requests(draw: st.DrawFn) -> tuple[Signal, bytes]:
+    """1-2 resources x 1-2 scopes x 1-3 items, of traces or logs."""
+    shape = st.integers(1, 2)
     if draw(st.booleans()):
         req = ExportTraceServiceRequest()
-        rs = req.resource_spans.add()
-        rs.resource.attributes.extend(draw(attributes))
-        span = rs.scope_spans.add().spans.add(name=draw(text))
-        span.status.message = draw(text)
-        span.attributes.extend(draw(attributes))
-        span.events.add(name=draw(text)).attributes.extend(draw(attributes))
+        for _ in range(draw(shape)):
+            rs = req.resource_spans.add()
+            rs.resource.attributes.extend(draw(attributes))
+            for _ in range(draw(shape)):
+                ss = rs.scope_spans.add()
+                ss.scope.attributes.extend(draw(attributes))
+                for _ in range(draw(st.integers(1, 3))):
+                    span = ss.spans.add(name=draw(text))
+                    span.status.message = draw(text)
+                    span.attributes.extend(draw(attributes))
+                    span.events.add(name=draw(text)).attributes.extend(draw(attributes))
         return Signal.TRACES, req.SerializeToString()
     logs = ExportLogsServiceRequest()
-    record = logs.resource_logs.add().scope_logs.add().log_records.add()
-    record.body.CopyFrom(draw(any_value(4)))
-    record.attributes.extend(draw(attributes))
+    for _ in range(draw(shape)):
+        rl = logs.resource_logs.add()
+        rl.resource.attributes.extend(draw(attributes))
+        for _ in range(draw(shape)):
+            sl = rl.scope_logs.add()
+            for _ in range(draw(st.integers(1, 3))):
+                record = sl.log_records.add()
+                record.body.CopyFrom(draw(any_value(4)))
+                record.attributes.extend(draw(attributes))
     return Signal.LOGS, logs.SerializeToString()
 
 
@@ -91,6 +104,22 @@ def test_prescan_is_a_superset_of_the_walk(request: tuple[Signal, bytes]) -> Non
     if not REDACTOR.can_match(payload):
         assert REDACTOR.counts == {}
         assert message.SerializeToString() == payload
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(requests())
+def test_walking_only_the_items_the_prescan_hit_equals_the_full_walk(
+        request: tuple[Signal, bytes]) -> None:
+    signal, payload = request
+    full = Batch.from_bytes(signal, payload).message
+    REDACTOR.counts = {}
+    REDACTOR.redact_request(signal, full)
+    full_counts = REDACTOR.counts
+    targeted = Batch.from_bytes(signal, payload).message
+    REDACTOR.counts = {}
+    REDACTOR.redact_hits(signal, payload, targeted)
+    assert REDACTOR.counts == full_counts
+    assert targeted.SerializeToString() == full.SerializeToString()
 
 
 FILLER = st.sampled_from(["alpha", "beta gamma", "delta", "note:", "x=1", ""])
