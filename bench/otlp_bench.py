@@ -301,6 +301,7 @@ receivers:
   otlp:
     grpc: {endpoint: "127.0.0.1:%(port)d"}
     http: null
+  logs: {unix: %(dir)s/run/logs.sock}
 exporters:
   sink:
     type: otlp
@@ -309,15 +310,20 @@ exporters:
     compression: %(compression)s
 %(batch)s
 pipelines: {traces: [sink], logs: [sink], metrics: [sink]}
+%(processors)s
 cache: {unix: %(dir)s/run/cache.sock}
 admin: {endpoint: "127.0.0.1:%(admin)d"}
 service: {log_level: warning}
 """
 
 
+PROCESSORS_OFF = ("processors: {redact: {enabled: false}, cost: {enabled: false}, "
+                  "spanmetrics: {enabled: false}}")
+
+
 def start_sidecar(workdir: Path, sink_port: int, cpus: set[int] | None,
                   batch: int | None, command: list[str] | None, compression: str,
-                  protocol: str = "grpc") -> Target:
+                  protocol: str = "grpc", processors: str = "default") -> Target:
     port, admin = free_port(), free_port()
     (workdir / "run").mkdir(exist_ok=True)
     config = workdir / "sidecar.yaml"
@@ -325,6 +331,8 @@ def start_sidecar(workdir: Path, sink_port: int, cpus: set[int] | None,
         "dir": workdir, "port": port, "admin": admin, "sink": sink_port,
         "compression": compression, "protocol": protocol,
         "batch": f"    batch: {{max_items: {batch}}}" if batch else "",
+        # default: what an empty config runs (redaction on); none: every processor off
+        "processors": PROCESSORS_OFF if processors == "none" else "",
     })
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     argv = [*(command or [str(sidecar_binary())]), "run", "--config", str(config)]
@@ -376,6 +384,7 @@ class Options:
     compression: str = "gzip"
     profile_dir: Path | None = None
     sidecar_protocol: str = "grpc"
+    sidecar_processors: str = "default"
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -397,7 +406,8 @@ def measure(target_name: str, scenario: Scenario, sink: Child, opts: Options) ->
             sidecar_sink = (sink_port if opts.sidecar_protocol == "grpc"
                             else int(opts.extra["sink_http_port"]))
             target = start_sidecar(workdir, sidecar_sink, target_cpus, opts.sidecar_batch,
-                                   opts.sidecar_cmd, opts.compression, opts.sidecar_protocol)
+                                   opts.sidecar_cmd, opts.compression, opts.sidecar_protocol,
+                                   opts.sidecar_processors)
         pid = target.child.proc.pid
         # spans are counted where they end up: the sink, or the floor server itself
         counter = target.child if target_name == "pyfloor" else sink
@@ -638,7 +648,8 @@ def print_report(summary: dict[str, Any], meta: dict[str, Any]) -> list[str]:
         return "n/a" if ok is None else ("PASS" if ok else "FAIL")
 
     lines += [
-        "sidecar / rotel (targets from the issue, no processors):",
+        f"sidecar / rotel (targets from the issue; sidecar processors: "
+        f"{'default (redaction)' if meta.get('sidecar_processors') == 'default' else 'none'}):",
         f"  CPU per span at max rate   {fmt(cpu_r, '.2f'):>6}x   (target <= {TARGET_CPU_RATIO}x)"
         f"  {verdict(None if cpu_r is None else cpu_r <= TARGET_CPU_RATIO)}",
         f"  peak RSS at max rate       {fmt(rss_r, '.2f'):>6}x   (target <= {TARGET_RSS_RATIO}x)"
@@ -698,6 +709,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="export compression to the sink, both targets (default gzip)")
     parser.add_argument("--sidecar-protocol", choices=("grpc", "http"), default="grpc",
                         help="sidecar's exporter protocol to the sink (rotel: always grpc)")
+    parser.add_argument("--sidecar-processors", choices=("default", "none"), default="default",
+                        help="default: the processors an empty config runs (redaction); "
+                             "none: every processor off")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="py-spy the sidecar during each measured window, stacks to DIR "
                              "(needs py-spy in the venv)")
@@ -716,7 +730,7 @@ def main(argv: list[str] | None = None) -> int:
         sidecar_batch=args.sidecar_batch, quick=args.quick,
         sidecar_cmd=shlex.split(args.sidecar_cmd) if args.sidecar_cmd else None,
         compression=args.compression, sidecar_protocol=args.sidecar_protocol,
-        profile_dir=args.profile)
+        sidecar_processors=args.sidecar_processors, profile_dir=args.profile)
     all_scenarios = {"10k": Scenario("10k", 10_000, 8),
                      "max": Scenario("max", 0, args.max_concurrency)}
     scenarios = [all_scenarios[s] for s in args.scenarios.split(",") if s in all_scenarios]
@@ -734,6 +748,7 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(), "machine": platform.machine(),
         "max_concurrency": args.max_concurrency, "compression": args.compression,
         "sidecar_protocol": args.sidecar_protocol,
+        "sidecar_processors": args.sidecar_processors,
     }
     if "rotel" in targets:
         try:
