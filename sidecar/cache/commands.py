@@ -388,9 +388,11 @@ class Commands:
     def delete(self, client: Client, args: list[bytes]) -> Reply:
         if len(args) < 2:
             return arity(args[0].decode().lower())
-        if len(args) > SLICE_KEYS + 1:
-            return self._sum_sliced(client, args, self.delete)
-        return self._count_then(args[1:], self.tiers.delete)
+        # Redis counts each deleted key once (`DEL k k` is 1; EXISTS counts repeats)
+        keys = list(dict.fromkeys(args[1:]))
+        if len(keys) > SLICE_KEYS:
+            return self._sum_sliced(client, [args[0], *keys], self.delete)
+        return self._count_then(keys, self.tiers.delete)
 
     def exists(self, client: Client, args: list[bytes]) -> Reply:
         if len(args) < 2:
