@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar, runtime_checkable
 
 from sidecar.configtypes import Strict
 from sidecar.model import Batch, Signal, Work
@@ -90,21 +90,40 @@ class ExporterFactory:
     create: ExporterCreate
 
 
-_EXPORTERS: dict[str, ExporterFactory] = {}
+class _HasTypeName(Protocol):
+    @property
+    def type_name(self) -> str: ...
+
+
+F = TypeVar("F", bound=_HasTypeName)
+
+
+class _Registry(Generic[F]):
+    """Factories of one component kind by type name; a name registered twice is a bug."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.factories: dict[str, F] = {}
+
+    def add(self, factory: F) -> F:
+        if factory.type_name in self.factories:
+            raise ValueError(f"{self.kind} type {factory.type_name!r} registered twice")
+        self.factories[factory.type_name] = factory
+        return factory
+
+
+_EXPORTERS: _Registry[ExporterFactory] = _Registry("exporter")
 
 
 def register_exporter(factory: ExporterFactory) -> ExporterFactory:
-    if factory.type_name in _EXPORTERS:
-        raise ValueError(f"exporter type {factory.type_name!r} registered twice")
-    _EXPORTERS[factory.type_name] = factory
-    return factory
+    return _EXPORTERS.add(factory)
 
 
 def exporter_factories() -> dict[str, ExporterFactory]:
     # Importing the package registers every built-in exporter type.
     import sidecar.exporters  # noqa: F401
 
-    return dict(_EXPORTERS)
+    return dict(_EXPORTERS.factories)
 
 
 class ProcessorSettings(Strict):
@@ -123,28 +142,25 @@ class ProcessorFactory:
     create: Callable[[ProcessorSettings], Processor]
 
 
-_PROCESSORS: dict[str, ProcessorFactory] = {}
+_PROCESSORS: _Registry[ProcessorFactory] = _Registry("processor")
 
 
 def register_processor(factory: ProcessorFactory) -> ProcessorFactory:
-    if factory.type_name in _PROCESSORS:
-        raise ValueError(f"processor type {factory.type_name!r} registered twice")
-    if any(f.order == factory.order for f in _PROCESSORS.values()):
+    if any(f.order == factory.order for f in _PROCESSORS.factories.values()):
         raise ValueError(f"processor order {factory.order} taken")
-    _PROCESSORS[factory.type_name] = factory
-    return factory
+    return _PROCESSORS.add(factory)
 
 
 def unregister_processor(type_name: str) -> None:
     """For tests that plant a processor type."""
-    _PROCESSORS.pop(type_name, None)
+    _PROCESSORS.factories.pop(type_name, None)
 
 
 def processor_factories() -> list[ProcessorFactory]:
     """Every processor type, in order of application."""
     import sidecar.processors  # noqa: F401  (registers the built-in types)
 
-    return sorted(_PROCESSORS.values(), key=lambda f: f.order)
+    return sorted(_PROCESSORS.factories.values(), key=lambda f: f.order)
 
 
 # --- receivers -------------------------------------------------------------------------------
@@ -173,18 +189,15 @@ class ReceiverFactory:
     create: ReceiverCreate
 
 
-_RECEIVERS: dict[str, ReceiverFactory] = {}
+_RECEIVERS: _Registry[ReceiverFactory] = _Registry("receiver")
 
 
 def register_receiver(factory: ReceiverFactory) -> ReceiverFactory:
-    if factory.type_name in _RECEIVERS:
-        raise ValueError(f"receiver type {factory.type_name!r} registered twice")
-    _RECEIVERS[factory.type_name] = factory
-    return factory
+    return _RECEIVERS.add(factory)
 
 
 def receiver_factories() -> dict[str, ReceiverFactory]:
     # Importing the package registers every built-in receiver type.
     import sidecar.receivers  # noqa: F401
 
-    return dict(_RECEIVERS)
+    return dict(_RECEIVERS.factories)
