@@ -200,11 +200,9 @@ class ExportChain:
             while lease is not None:
                 try:
                     requests = acc.add(lease.batch, lease.token, loop.time())
-                except Exception:
+                except Exception as exc:
                     # a bug must not strand the lease (its bytes would stay counted forever)
-                    log.exception("exporter %s: dropped %d items after an internal error",
-                                  self.name, lease.batch.items, extra={"exporter": self.name})
-                    self._m.dropped[lease.batch.signal, "internal_error"].inc(lease.batch.items)
+                    self._drop(lease.batch, "internal_error", exc)
                     queue.ack(lease.token)
                     requests = []
                 for request in requests:
@@ -222,13 +220,10 @@ class ExportChain:
                 return
             try:
                 done = await self._deliver(request.batch, request.members)
-            except Exception:
+            except Exception as exc:
                 # a bug while handling one request must not end the worker (the queue
                 # would fill while the daemon keeps accepting): drop that request, counted
-                log.exception("exporter %s: dropped %d items after an internal error",
-                              self.name, request.batch.items, extra={"exporter": self.name})
-                self._m.dropped[request.batch.signal, "internal_error"].inc(request.batch.items)
-                done = True
+                done = self._drop(request.batch, "internal_error", exc)
             if done:
                 self._release(request.tickets)
 
@@ -282,10 +277,7 @@ class ExportChain:
         except GiveUpError as exc:
             if exc.reason == "shutdown":
                 return False
-            m.dropped[signal, exc.reason].inc(batch.items)
-            log.error("exporter %s: dropped %d items: %s", self.name, batch.items, exc,
-                      extra={"exporter": self.name})
-            return True
+            return self._drop(batch, exc.reason, exc)
         rejected = min(max(rejected, 0), batch.items)
         m.sent[signal].inc(batch.items - rejected)
         if rejected:
@@ -293,8 +285,11 @@ class ExportChain:
         return True
 
     def _drop(self, batch: Batch, reason: str, exc: Exception) -> bool:
+        """Count and log items given up on; True: done with them."""
         self._m.dropped[batch.signal, reason].inc(batch.items)
+        # a bug in this layer gets its traceback; a peer's or the data's fault does not
         log.error("exporter %s: dropped %d items: %s", self.name, batch.items, exc,
+                  exc_info=exc if reason == "internal_error" else None,
                   extra={"exporter": self.name, "reason": reason})
         return True
 
