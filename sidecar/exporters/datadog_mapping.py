@@ -4,7 +4,8 @@ and resource rules; docs/vendors.md §2.3). Pure functions: no I/O, no config be
 
 One `TracerPayload` per OTLP resource, one `TraceChunk` per trace id within it. Spans whose
 trace or span id is all zeros are skipped (the Agent's indexing skips them too) and
-counted, so the exporter reports them as rejected."""
+counted, so the exporter reports them as rejected; so are spans whose ids are not 16 and 8
+bytes long (pdata cannot hold them, and Datadog's ids are 64-bit)."""
 
 from __future__ import annotations
 
@@ -453,7 +454,7 @@ def map_request(request: ExportTraceServiceRequest, defaults: Defaults) -> Mappe
         for ss in rs.scope_spans:
             base = base_meta(res, _scope_meta(ss.scope))
             for span in ss.spans:
-                if not any(span.trace_id) or not any(span.span_id):
+                if not _valid_ids(span):
                     mapped.skipped += 1
                     continue
                 entry = chunks.get(span.trace_id)
@@ -474,6 +475,12 @@ def map_request(request: ExportTraceServiceRequest, defaults: Defaults) -> Mappe
         if payload.chunks:
             mapped.payloads.append(payload)
     return mapped
+
+
+def _valid_ids(span: Span) -> bool:
+    trace, span_id, parent = span.trace_id, span.span_id, span.parent_span_id
+    return (len(trace) == 16 and any(trace) and len(span_id) == 8 and any(span_id)
+            and len(parent) in (0, 8))
 
 
 def _scope_meta(scope: Any) -> dict[str, str]:

@@ -293,3 +293,18 @@ def test_long_meta_is_truncated_as_the_agent_does() -> None:
     out = one(attrs_span(INTERNAL, {"gen_ai.completion": "y" * 30_000, "k" * 300: "v"}))
     assert out.meta["gen_ai.completion"] == "y" * 25_000 + "..."
     assert out.meta["k" * 200 + "..."] == "v"
+
+
+@pytest.mark.parametrize(("field", "bad"), [
+    ("span_id", b"\x01" * 9), ("trace_id", b"\x01" * 32), ("trace_id", b"\x01" * 8),
+    ("parent_span_id", b"\x02" * 12)])
+def test_spans_with_ids_of_the_wrong_length_are_skipped_and_counted(field: str,
+                                                                    bad: bytes) -> None:
+    # a gRPC client can send ids of any length; Datadog's are uint64, so one such span
+    # used to fail the whole request with "Value out of range"
+    hostile = span(span_id=2)
+    setattr(hostile, field, bad)
+    mapped = map_request(request(span(span_id=1), hostile, span(span_id=3)), Defaults())
+    assert (mapped.spans, mapped.skipped) == (2, 1)
+    spans = [sp for tp in mapped.payloads for c in tp.chunks for sp in c.spans]
+    assert sorted(sp.spanID for sp in spans) == [1, 3]
