@@ -204,7 +204,7 @@ class NativeTracesSender:
         """(AgentPayload bytes or None when no span is left, skipped spans, languages)."""
         request = batch.message
         assert isinstance(request, ExportTraceServiceRequest)
-        mapped = map_request(request, self._defaults)
+        mapped = map_request(request, self._defaults, MAX_PAYLOAD)
         if not mapped.payloads:
             return None, mapped.skipped, ""
         payload = datadog_proto.load().AgentPayload(

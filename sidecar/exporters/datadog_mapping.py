@@ -23,6 +23,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span, Status
 
 from sidecar.exporters import datadog_proto
+from sidecar.exporthelper.retry import RequestTooLargeError
 
 if TYPE_CHECKING:
     from sidecar._proto.datadog_trace_pb2 import Span as DDSpan
@@ -436,8 +437,14 @@ def _top_level(chunk: TraceChunk, by_span_kind: bool, kinds: list[int]) -> None:
             span.metrics["_top_level"] = 1.0
 
 
-def map_request(request: ExportTraceServiceRequest, defaults: Defaults) -> Mapped:
+def map_request(request: ExportTraceServiceRequest, defaults: Defaults,
+                max_bytes: int | None = None) -> Mapped:
+    """With `max_bytes`, raises RequestTooLargeError before mapping a scope once the
+    payload is sure to exceed it: every span carries its resource's and scope's attributes
+    as meta, so a few KB of OTLP can stand for megabytes of Datadog spans, and mapping them
+    only to find the payload too large would cost seconds on every split."""
     mapped = Mapped()
+    floor = 0  # a lower bound of the payload's size: the meta keys copied onto each span
     for rs in request.resource_spans:
         res = _resource(rs)
         pb = datadog_proto.load()
@@ -452,7 +459,15 @@ def map_request(request: ExportTraceServiceRequest, defaults: Defaults) -> Mappe
         )
         chunks: dict[bytes, tuple[TraceChunk, list[int]]] = {}
         for ss in rs.scope_spans:
+            if not ss.spans:
+                continue
             base = base_meta(res, _scope_meta(ss.scope))
+            if max_bytes is not None:
+                floor += len(ss.spans) * sum(len(key) + 2 for key in base)
+                if floor > max_bytes:
+                    raise RequestTooLargeError(
+                        f"Datadog payload of over {floor} bytes (the spans' resource and "
+                        f"scope attributes) is over the intake's {max_bytes}")
             for span in ss.spans:
                 if not _valid_ids(span):
                     mapped.skipped += 1
