@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from pydantic import SecretStr, ValidationError, field_validator, model_validator
+from pydantic import SecretStr, field_validator, model_validator
 
 from sidecar import __version__
 from sidecar.component import BuildContext, ExporterComponent, ExporterFactory, register_exporter
@@ -145,11 +145,7 @@ class DatadogConfig(ExporterSettings):
 
 def _otlp(config: DatadogConfig, endpoint: str, protocol: str,
           headers: dict[str, str]) -> OtlpConfig:
-    try:
-        return otlp_vendor.otlp_config(config, endpoint, protocol, headers, tls=config.tls)
-    except ValidationError as exc:
-        raise ValueError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                                   for e in exc.errors())) from None
+    return otlp_vendor.otlp_config(config, endpoint, protocol, headers, tls=config.tls)
 
 
 class BySignal:
@@ -204,7 +200,7 @@ class NativeTracesSender:
         """(AgentPayload bytes or None when no span is left, skipped spans, languages)."""
         request = batch.message
         assert isinstance(request, ExportTraceServiceRequest)
-        mapped = map_request(request, self._defaults)
+        mapped = map_request(request, self._defaults, MAX_PAYLOAD)
         if not mapped.payloads:
             return None, mapped.skipped, ""
         payload = datadog_proto.load().AgentPayload(

@@ -4,7 +4,8 @@ and resource rules; docs/vendors.md §2.3). Pure functions: no I/O, no config be
 
 One `TracerPayload` per OTLP resource, one `TraceChunk` per trace id within it. Spans whose
 trace or span id is all zeros are skipped (the Agent's indexing skips them too) and
-counted, so the exporter reports them as rejected."""
+counted, so the exporter reports them as rejected; so are spans whose ids are not 16 and 8
+bytes long (pdata cannot hold them, and Datadog's ids are 64-bit)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span, Status
 
 from sidecar.exporters import datadog_proto
+from sidecar.exporthelper.retry import RequestTooLargeError
 
 if TYPE_CHECKING:
     from sidecar._proto.datadog_trace_pb2 import Span as DDSpan
@@ -435,8 +437,14 @@ def _top_level(chunk: TraceChunk, by_span_kind: bool, kinds: list[int]) -> None:
             span.metrics["_top_level"] = 1.0
 
 
-def map_request(request: ExportTraceServiceRequest, defaults: Defaults) -> Mapped:
+def map_request(request: ExportTraceServiceRequest, defaults: Defaults,
+                max_bytes: int | None = None) -> Mapped:
+    """With `max_bytes`, raises RequestTooLargeError before mapping a scope once the
+    payload is sure to exceed it: every span carries its resource's and scope's attributes
+    as meta, so a few KB of OTLP can stand for megabytes of Datadog spans, and mapping them
+    only to find the payload too large would cost seconds on every split."""
     mapped = Mapped()
+    floor = 0  # a lower bound of the payload's size: the meta keys copied onto each span
     for rs in request.resource_spans:
         res = _resource(rs)
         pb = datadog_proto.load()
@@ -451,9 +459,17 @@ def map_request(request: ExportTraceServiceRequest, defaults: Defaults) -> Mappe
         )
         chunks: dict[bytes, tuple[TraceChunk, list[int]]] = {}
         for ss in rs.scope_spans:
+            if not ss.spans:
+                continue
             base = base_meta(res, _scope_meta(ss.scope))
+            if max_bytes is not None:
+                floor += len(ss.spans) * sum(len(key) + 2 for key in base)
+                if floor > max_bytes:
+                    raise RequestTooLargeError(
+                        f"Datadog payload of over {floor} bytes (the spans' resource and "
+                        f"scope attributes) is over the intake's {max_bytes}")
             for span in ss.spans:
-                if not any(span.trace_id) or not any(span.span_id):
+                if not _valid_ids(span):
                     mapped.skipped += 1
                     continue
                 entry = chunks.get(span.trace_id)
@@ -474,6 +490,12 @@ def map_request(request: ExportTraceServiceRequest, defaults: Defaults) -> Mappe
         if payload.chunks:
             mapped.payloads.append(payload)
     return mapped
+
+
+def _valid_ids(span: Span) -> bool:
+    trace, span_id, parent = span.trace_id, span.span_id, span.parent_span_id
+    return (len(trace) == 16 and any(trace) and len(span_id) == 8 and any(span_id)
+            and len(parent) in (0, 8))
 
 
 def _scope_meta(scope: Any) -> dict[str, str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import SecretStr, ValidationError, model_validator
+from pydantic import SecretStr, model_validator
 
 from sidecar.component import BuildContext, ExporterComponent, ExporterFactory, register_exporter
 from sidecar.exporters import otlp_vendor
@@ -58,12 +58,8 @@ class HoneycombConfig(ExporterSettings):
         extra: dict[str, object] = {"tls": self.tls}
         if "keepalive" in self.model_fields_set:
             extra["keepalive"] = self.keepalive
-        try:
-            return otlp_vendor.otlp_config(self, self.endpoint or ENDPOINTS[self.region],
-                                           self.protocol, headers, **extra)
-        except ValidationError as exc:
-            raise ValueError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                                       for e in exc.errors())) from None
+        return otlp_vendor.otlp_config(self, self.endpoint or ENDPOINTS[self.region],
+                                       self.protocol, headers, **extra)
 
 
 def create(name: str, settings: ExporterSettings, ctx: BuildContext) -> ExporterComponent:

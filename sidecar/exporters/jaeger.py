@@ -13,7 +13,7 @@ import logging
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import ValidationError, model_validator
+from pydantic import model_validator
 
 from sidecar.component import BuildContext, ExporterComponent, ExporterFactory, register_exporter
 from sidecar.errors import PermanentError
@@ -75,12 +75,8 @@ class JaegerConfig(ExporterSettings):
         extra: dict[str, object] = {"tls": self.tls}
         if "keepalive" in self.model_fields_set:
             extra["keepalive"] = self.keepalive
-        try:
-            return otlp_vendor.otlp_config(self, self.endpoint, self.protocol,
-                                           dict(self.headers), **extra)
-        except ValidationError as exc:
-            raise ValueError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                                       for e in exc.errors())) from None
+        return otlp_vendor.otlp_config(self, self.endpoint, self.protocol,
+                                       dict(self.headers), **extra)
 
 
 class TracesOnly:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import ValidationError
+
 from sidecar.exporters.otlp import GrpcSender, HttpSender, OtlpConfig
 from sidecar.exporthelper.chain import ExportChain, Sender
 from sidecar.exporthelper.settings import ExporterSettings
@@ -20,7 +22,11 @@ def otlp_config(settings: ExporterSettings, endpoint: str, protocol: str,
     pydantic validator that becomes the vendor block's config error)."""
     raw: dict[str, Any] = {key: getattr(settings, key) for key in _SHARED}
     raw.update(type="otlp", endpoint=endpoint, protocol=protocol, headers=headers, **extra)
-    return OtlpConfig.model_validate(raw)
+    try:
+        return OtlpConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ValueError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                                   for e in exc.errors())) from None
 
 
 def sender_for(config: OtlpConfig) -> Sender:

@@ -13,6 +13,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from sidecar._proto.datadog_trace_pb2 import Span as DDSpan
 from sidecar.exporters.datadog_mapping import Defaults, Mapped, map_request
+from sidecar.exporthelper.retry import RequestTooLargeError
 
 TRACE = bytes.fromhex("5e39606e3e0f98ce8dc40caa5ac79e2f")
 SERVER, CLIENT, INTERNAL = Span.SPAN_KIND_SERVER, Span.SPAN_KIND_CLIENT, Span.SPAN_KIND_INTERNAL
@@ -293,3 +294,36 @@ def test_long_meta_is_truncated_as_the_agent_does() -> None:
     out = one(attrs_span(INTERNAL, {"gen_ai.completion": "y" * 30_000, "k" * 300: "v"}))
     assert out.meta["gen_ai.completion"] == "y" * 25_000 + "..."
     assert out.meta["k" * 200 + "..."] == "v"
+
+
+@pytest.mark.parametrize(("field", "bad"), [
+    ("span_id", b"\x01" * 9), ("trace_id", b"\x01" * 32), ("trace_id", b"\x01" * 8),
+    ("parent_span_id", b"\x02" * 12)])
+def test_spans_with_ids_of_the_wrong_length_are_skipped_and_counted(field: str,
+                                                                    bad: bytes) -> None:
+    # a gRPC client can send ids of any length; Datadog's are uint64, so one such span
+    # used to fail the whole request with "Value out of range"
+    hostile = span(span_id=2)
+    setattr(hostile, field, bad)
+    mapped = map_request(request(span(span_id=1), hostile, span(span_id=3)), Defaults())
+    assert (mapped.spans, mapped.skipped) == (2, 1)
+    spans = [sp for tp in mapped.payloads for c in tp.chunks for sp in c.spans]
+    assert sorted(sp.spanID for sp in spans) == [1, 3]
+
+
+def test_payload_sure_to_be_too_large_is_refused_before_mapping() -> None:
+    # 20,000 resource attributes (~320 KB of OTLP) on 1,000 spans stand for 20 M meta
+    # entries: mapping them all took 80 s before the size check refused the payload
+    resource = {"service.name": "chat-api", **{f"k{i}": "v" for i in range(20_000)}}
+    req = request(*(span(span_id=i + 1) for i in range(1000)), resource=resource)
+    with pytest.raises(RequestTooLargeError, match="over the intake's 3200000"):
+        map_request(req, Defaults(), 3_200_000)
+
+
+def test_the_size_floor_never_refuses_a_payload_that_fits() -> None:
+    resource = {"service.name": "chat-api", "": "empty key", **{f"k{i}": "" for i in range(50)}}
+    req = request(*(span(span_id=i + 1, gen_ai__prompt="é") for i in range(20)), resource=resource,
+                  scope="s")
+    mapped = map_request(req, Defaults())
+    size = sum(tp.ByteSize() for tp in mapped.payloads)
+    assert len(map_request(req, Defaults(), size).payloads) == 1
