@@ -6,7 +6,6 @@ Queueing, batching, retries and timeouts come from `ExportChain`."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import ssl
@@ -25,7 +24,7 @@ from sidecar.configtypes import Duration, Strict
 from sidecar.errors import PermanentError, RetryableError, StartupError
 from sidecar.exporthelper import http
 from sidecar.exporthelper.chain import ExportChain
-from sidecar.exporthelper.compression import gzip_compress
+from sidecar.exporthelper.compression import gzip_body
 from sidecar.exporthelper.grpc_h2 import (
     KEEPALIVE_TIME,
     KEEPALIVE_TIMEOUT,
@@ -57,8 +56,6 @@ _RETRYABLE_CODES = frozenset({
     grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED,
     grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DATA_LOSS,
 })
-# gzip above this size runs in a thread (zlib drops the GIL) so the loop stays responsive
-_COMPRESS_OFF_LOOP = 256 * 1024
 _LOCAL_LIMIT = "CLIENT: Received message larger than max"
 # gRPC metadata (doc/PROTOCOL-HTTP2.md in grpc/grpc): what both transports can send alike
 _METADATA_KEY = re.compile(r"[0-9a-z_.-]+")
@@ -294,8 +291,7 @@ class GrpcSender:
     async def _send_h2(self, batch: Batch) -> bytes | None:
         assert self._h2 is not None
         body = batch.payload
-        compressed = (await asyncio.to_thread(gzip_compress, body)
-                      if len(body) > _COMPRESS_OFF_LOOP else gzip_compress(body))
+        compressed = await gzip_body(body)
         return await self._h2.unary(SIGNALS[batch.signal].grpc_method,
                                     frame_message(compressed, True),
                                     timeout=self.config.timeout, metadata=self._metadata)
@@ -341,8 +337,7 @@ class HttpSender:
         assert self._session is not None, "send() before start()"
         body = batch.payload
         if self.config.compression == "gzip":
-            body = (await asyncio.to_thread(gzip_compress, body)
-                    if len(body) > _COMPRESS_OFF_LOOP else gzip_compress(body))
+            body = await gzip_body(body)
         return await http.post(self._session, self._urls[batch.signal], body,
                                self._headers, batch.signal)
 
