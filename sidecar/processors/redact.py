@@ -487,16 +487,13 @@ class Redactor:
                 start, end = m.start(rule.group), m.end(rule.group)
                 if start < 0 or start == end:
                     continue
-                if rule.check is not None:
-                    checked = rule.check(data, start, end)
-                    if checked is None:
-                        continue
-                    start, end = checked
+                found = [(start, end)] if rule.check is None else rule.check(data, start, end)
+                if not found:
+                    continue
                 if rule.action is Action.DROP and droppable:
                     self._count(rule.name, dropped=True)
                     return DROP
-                start, end = _widen_to_utf8(data, start, end)
-                spans.append((start, end, rule))
+                spans.extend((*_widen_to_utf8(data, s, e), rule) for s, e in found)
         if not spans:
             return None
         spans.sort(key=lambda s: (s[0], -s[1]))
