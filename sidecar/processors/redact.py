@@ -415,7 +415,9 @@ class Redactor:
         self._count(name, dropped=action is Action.DROP)
         if action is Action.DROP:
             return True
-        value.string_value = self._replacement(name, action, value.SerializeToString())
+        # only a hash reads the secret: a mask need not serialise a large value
+        secret = value.SerializeToString() if action is Action.HASH else b""
+        value.string_value = self._replacement(name, action, secret)
         return False
 
     def _any(self, value: AnyValue, droppable: bool) -> bool:
@@ -556,7 +558,8 @@ class Redactor:
                     if action is Action.DROP:
                         del node[key]
                     else:
-                        raw = json.dumps(node[key], sort_keys=True).encode()
+                        raw = (json.dumps(node[key], sort_keys=True).encode()
+                               if action is Action.HASH else b"")
                         node[key] = self._replacement(name, action, raw)
                     continue
                 node[key], sub = self._json_node(node[key], depth)
