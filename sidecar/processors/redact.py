@@ -415,7 +415,9 @@ class Redactor:
         self._count(name, dropped=action is Action.DROP)
         if action is Action.DROP:
             return True
-        value.string_value = self._replacement(name, action, value.SerializeToString())
+        # only a hash reads the secret: a mask need not serialise a large value
+        secret = value.SerializeToString() if action is Action.HASH else b""
+        value.string_value = self._replacement(name, action, secret)
         return False
 
     def _any(self, value: AnyValue, droppable: bool) -> bool:
@@ -487,16 +489,13 @@ class Redactor:
                 start, end = m.start(rule.group), m.end(rule.group)
                 if start < 0 or start == end:
                     continue
-                if rule.check is not None:
-                    checked = rule.check(data, start, end)
-                    if checked is None:
-                        continue
-                    start, end = checked
+                found = [(start, end)] if rule.check is None else rule.check(data, start, end)
+                if not found:
+                    continue
                 if rule.action is Action.DROP and droppable:
                     self._count(rule.name, dropped=True)
                     return DROP
-                start, end = _widen_to_utf8(data, start, end)
-                spans.append((start, end, rule))
+                spans.extend((*_widen_to_utf8(data, s, e), rule) for s, e in found)
         if not spans:
             return None
         spans.sort(key=lambda s: (s[0], -s[1]))
@@ -559,7 +558,8 @@ class Redactor:
                     if action is Action.DROP:
                         del node[key]
                     else:
-                        raw = json.dumps(node[key], sort_keys=True).encode()
+                        raw = (json.dumps(node[key], sort_keys=True).encode()
+                               if action is Action.HASH else b"")
                         node[key] = self._replacement(name, action, raw)
                     continue
                 node[key], sub = self._json_node(node[key], depth)

@@ -12,7 +12,7 @@ from sidecar.errors import BadInputError
 from sidecar.model import Batch, Signal
 from sidecar.otlp_json import request_from_json_bytes, request_to_json_bytes
 from sidecar.pipeline.stage import Stage
-from sidecar.processors.redact import RedactProcessor, RedactSettings
+from sidecar.processors.redact import RedactionError, RedactProcessor, RedactSettings
 
 _ROOTS = {b"resourceSpans": Signal.TRACES, b"resourceLogs": Signal.LOGS,
           b"resourceMetrics": Signal.METRICS}
@@ -81,17 +81,16 @@ class LineRedactor:
             else:
                 try:
                     return [self.request(signal, data)], errors
-                except BadInputError as exc:
+                except (BadInputError, RedactionError) as exc:
                     return [], [str(exc)]
         out: list[bytes] = []
         for n, line in enumerate(_lines(data), 1):
             line_signal = _otlp_signal(line)
-            if line_signal is None:
-                out.append(self.text(line))
-                continue
+            # a refused line (fail closed) is left out, as an unreadable one is
             try:
-                out.append(self.request(line_signal, line))
-            except BadInputError as exc:
+                out.append(self.text(line) if line_signal is None
+                           else self.request(line_signal, line))
+            except (BadInputError, RedactionError) as exc:
                 errors.append(f"line {n}: {exc}")
         return out, errors
 

@@ -98,9 +98,9 @@ def boundary_free(pattern: str) -> str:
     return "".join(out)
 
 
-# A check on a candidate match: (text, start, end of the masked group) -> the span to mask,
-# or None to let it be.
-Check = Callable[[bytes, int, int], "tuple[int, int] | None"]
+# A check on a candidate match: (text, start, end of the masked group) -> the spans to
+# mask, none to let it be.
+Check = Callable[[bytes, int, int], "list[tuple[int, int]]"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,8 +119,8 @@ class ValueRule:
 def _not_followed_by(chars: bytes) -> Check:
     allowed = frozenset(chars)
 
-    def check(text: bytes, start: int, end: int) -> tuple[int, int] | None:
-        return (start, end) if end >= len(text) or text[end] not in allowed else None
+    def check(text: bytes, start: int, end: int) -> list[tuple[int, int]]:
+        return [(start, end)] if end >= len(text) or text[end] not in allowed else []
 
     return check
 
@@ -163,33 +163,39 @@ _ALNUM = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvw
 _CARD_RUN_MAX = 37  # 19 digits and 18 separators
 
 
-def _card_check(text: bytes, start: int, end: int) -> tuple[int, int] | None:
-    """`start:end` is a maximal run of digits with single spaces or dashes between: the
-    first window of whole digit groups that is a card number. Not when the run touches a
+def _card_check(text: bytes, start: int, end: int) -> list[tuple[int, int]]:
+    """`start:end` is a maximal run of digits with single spaces or dashes between: each
+    window of whole digit groups that is a card number (the shortest from each group on,
+    the next one after it; a run of 37 bytes holds two). Not when the run touches a
     letter or `_` (ids: `call_5017262279051f`), follows `$` or touches `-` (UUIDs), is part
     of a decimal, or is longer than a card (CARD_PRESCAN: these keep the pre-scan cheap)."""
     if end - start > _CARD_RUN_MAX:
-        return None
+        return []
     if start > 0 and (text[start - 1] in _ALNUM or text[start - 1] in b"-_$" or (
             start >= 2 and text[start - 1] == 0x2E and text[start - 2] in _DIGITS)):
-        return None
+        return []
     if end < len(text) and (text[end] in _ALNUM or text[end] in b"-_" or (
             end + 1 < len(text) and text[end] == 0x2E and text[end + 1] in _DIGITS)):
-        return None
+        return []
     groups: list[tuple[int, int]] = []
     pos = start
     for part in text[start:end].replace(b"-", b" ").split(b" "):
         groups.append((pos - start, pos - start + len(part)))
         pos += len(part) + 1
-    for i in range(len(groups)):
+    found: list[tuple[int, int]] = []
+    i = 0
+    while i < len(groups):
         digits = ""
         for j in range(i, len(groups)):
             digits += text[start + groups[j][0]:start + groups[j][1]].decode("ascii")
             if len(digits) > 19:
                 break
             if is_card_number(digits):
-                return start + groups[i][0], start + groups[j][1]
-    return None
+                found.append((start + groups[i][0], start + groups[j][1]))
+                i = j
+                break
+        i += 1
+    return found
 
 
 # UUIDs and ids (`call_...`) hold 13-digit runs often enough to trip a plain digit-run
@@ -202,9 +208,9 @@ CARD_PRESCAN = (r"[^0-9A-Za-z_$-]\d(?:[ -]?\d){12}|\$\d(?:[ -]?\d){18}"
                 r"|\d(?:[ -]?\d){12}[^0-9A-Za-z_-]")
 
 
-def _aws_key_id_check(text: bytes, start: int, end: int) -> tuple[int, int] | None:
+def _aws_key_id_check(text: bytes, start: int, end: int) -> list[tuple[int, int]]:
     # the id AWS documentation uses
-    return None if text[start:end].endswith(b"EXAMPLE") else (start, end)
+    return [] if text[start:end].endswith(b"EXAMPLE") else [(start, end)]
 
 
 # Order matters where rules overlap: the first rule of an overlapping pair names the mask.

@@ -60,3 +60,14 @@ def test_an_invalid_otlp_line_is_an_error_naming_the_line(tmp_path: Path) -> Non
     assert result.returncode == 1
     assert result.stdout == b"ok\n"
     assert b"error: line 2: " in result.stderr
+
+
+def test_a_refused_line_is_an_error_and_the_other_lines_still_come_out(tmp_path: Path) -> None:
+    # more than 50,000 candidate card numbers: the redactor refuses that line (fail closed)
+    many = b", ".join([b"4111111111111111"] * 60_000)
+    result = run(b"before " + TOKEN.encode() + b"\n" + many + b"\nafter\n", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stdout == b"before [REDACTED:github-token]\nafter\n"
+    assert b"error: line 2: redaction refused" in result.stderr
+    assert b"Traceback" not in result.stderr
+    assert b"4111111111111111" not in result.stdout + result.stderr

@@ -359,3 +359,21 @@ def test_ids_with_long_digit_runs_skip_the_walk() -> None:
     work = Work(Signal.TRACES, req.SerializeToString())
     RedactProcessor(RedactSettings()).process(work)
     assert not work.touched
+
+
+@pytest.mark.parametrize("text", [
+    "cards 4111111111111111 5500000000000004 on file",
+    "cards 4111-1111-1111-1111 5500000000000004",
+    "4111111111111111 340000000000009",
+])
+def test_every_card_number_in_one_digit_run_is_masked(text: str) -> None:
+    # two cards separated by one space or dash are one candidate run of the card rule
+    req, span = _traces()
+    span.attributes.append(_kv("note", text))
+    _, out = _run(Signal.TRACES, req)
+    assert out is not None
+    masked = _span_of(out.message).attributes[-1].value.string_value
+    for card in ("4111111111111111", "4111-1111-1111-1111", "5500000000000004",
+                 "340000000000009"):
+        assert card not in masked
+    assert masked.count("[REDACTED:card-number]") == 2
