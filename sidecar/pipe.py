@@ -5,7 +5,8 @@ Blocking I/O on purpose: while the daemon's pipeline is full it stops reading, `
 blocks, the pipe fills and the app's own writes block, so nothing is dropped. Only whole
 lines are sent (a final line without newline at end of input too), so a daemon restart
 never turns one line into two records; after a lost connection the lines of the write that
-failed are sent again once reconnected (at least once: the daemon may have read some)."""
+failed are sent again once reconnected (at least once: the daemon may have read some). At
+end of input it waits for the daemon to have read everything, and fails if it was dropped."""
 
 from __future__ import annotations
 
@@ -79,6 +80,7 @@ def forward(source: BinaryIO, path: str, *, tee: BinaryIO | None = None,
                 stats.lines += out.count(b"\n")
                 stats.bytes += len(out)
             if not data:
+                _confirm(sock, path, stats)
                 return stats
     finally:
         sock.close()
@@ -95,6 +97,20 @@ def _send(sock: socket.socket, out: bytes, path: str, wait: float,
             stats.reconnects += 1
             continue
         return sock
+
+
+def _confirm(sock: socket.socket, path: str, stats: PipeStats) -> None:
+    """Wait until the daemon has read everything: it closes its side once it reads our
+    end of input. A reset means it dropped the connection with our lines still unread
+    (e.g. it was at `max_connections`): say so rather than report them sent."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        while sock.recv(_CHUNK):
+            pass
+    except OSError as exc:
+        raise PipeError(f"the daemon at {path} closed the connection without reading all "
+                        f"of it ({exc.strerror or exc}; at max_connections?): up to "
+                        f"{stats.lines} lines lost") from None
 
 
 def main(path: str, tee: bool) -> int:

@@ -152,10 +152,9 @@ def set_value(target: AnyValue, value: object, depth: int = 0) -> None:
             target.string_value = str(value)
     elif type(value) is float:
         target.double_value = value
+    elif (type(value) is dict or type(value) is list) and depth >= MAX_VALUE_DEPTH:
+        target.string_value = _json_text(value)
     elif type(value) is dict:
-        if depth >= MAX_VALUE_DEPTH:
-            target.string_value = _json_text(value)
-            return
         kvlist = target.kvlist_value
         kvlist.SetInParent()
         add = kvlist.values.add
@@ -164,9 +163,6 @@ def set_value(target: AnyValue, value: object, depth: int = 0) -> None:
             entry.key = key
             set_value(entry.value, item, depth + 1)
     elif type(value) is list:
-        if depth >= MAX_VALUE_DEPTH:
-            target.string_value = _json_text(value)
-            return
         array = target.array_value
         array.SetInParent()
         add_value = array.values.add

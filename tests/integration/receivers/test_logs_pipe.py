@@ -3,6 +3,7 @@ last line without newline gets one, a restarted daemon gets the failed write aga
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import socket
@@ -11,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from sidecar.config import LogsReceiverConfig
+from sidecar.model import Batch, Signal
 from sidecar.pipe import PipeError, forward
+from sidecar.receivers.ndjson import LogsReceiver
 
 
 class LineServer:
@@ -38,6 +42,19 @@ class LineServer:
     def join(self) -> None:
         self.thread.join(10)
         assert not self.thread.is_alive()
+
+
+class Pipeline:
+    """The logs pipeline's entrance, counting the records it took."""
+
+    def __init__(self) -> None:
+        self.records = 0
+
+    async def consume(self, batch: Batch) -> None:
+        self.records += batch.items
+
+    async def wait_for_room(self, nbytes: int) -> None:
+        return None
 
 
 def feed(chunks: list[bytes]) -> tuple[int, int]:
@@ -124,3 +141,39 @@ def test_tee_copies_the_input_as_it_came(short_tmp: Path) -> None:
     server.join()
     assert copy.getvalue() == b"a\nbc"
     assert server.connections == [b"a\nbc\n"]
+
+
+async def test_a_daemon_that_drops_the_connection_unread_is_an_error(short_tmp: Path) -> None:
+    """The real receiver at max_connections closes pipe's connection on arrival, after the
+    kernel took pipe's bytes: pipe must not report the lines as sent."""
+    path = short_tmp / "logs.sock"
+    pipeline = Pipeline()
+    receiver = LogsReceiver("pipe_full", LogsReceiverConfig(unix=str(path), max_connections=1),
+                            {Signal.LOGS: pipeline})
+    await receiver.start()
+    _, held = await asyncio.open_unix_connection(str(path))
+    try:
+        read, _ = feed([b'{"msg":"a"}\n' * 100])
+        with os.fdopen(read, "rb") as source, pytest.raises(PipeError, match="lines lost"):
+            await asyncio.to_thread(forward, source, str(path))
+        assert pipeline.records == 0
+    finally:
+        held.close()
+        await held.wait_closed()
+        await receiver.shutdown(asyncio.get_running_loop().time() + 2)
+
+
+async def test_the_real_receiver_confirms_every_line(short_tmp: Path) -> None:
+    path = short_tmp / "logs.sock"
+    pipeline = Pipeline()
+    receiver = LogsReceiver("pipe_ok", LogsReceiverConfig(unix=str(path)),
+                            {Signal.LOGS: pipeline})
+    await receiver.start()
+    try:
+        read, _ = feed([b'{"msg":"a"}\n' * 5000, b'{"msg":"last"}'])
+        with os.fdopen(read, "rb") as source:
+            stats = await asyncio.to_thread(forward, source, str(path))
+        assert stats.lines == 5001
+    finally:
+        await receiver.shutdown(asyncio.get_running_loop().time() + 2)
+    assert pipeline.records == 5001

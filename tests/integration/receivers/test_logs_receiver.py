@@ -422,3 +422,49 @@ async def test_shutdown_gives_up_at_the_deadline_and_counts_the_loss(
     assert sample("sidecar_receiver_refused_items_total", receiver="lossy", transport="unix",
                   signal="logs", reason="shutdown") == 2
     await close(writer)
+
+
+async def test_one_connections_garbage_costs_another_connection_nothing(
+        start: Start, short_tmp: Path) -> None:
+    """While one client sends over-long lines in pieces, invalid UTF-8, NUL bytes, deep
+    nesting and then leaves mid-line, a slow client (each line in two writes) on another
+    connection gets every line through whole, in order and unmarked."""
+    pipeline = Pipeline()
+    await start(pipeline, name="neighbours", max_line_length="4KiB")
+    path = str(short_tmp / "logs.sock")
+    lines = 200
+
+    async def clean() -> None:
+        _, writer = await asyncio.open_unix_connection(path)
+        for seq in range(lines):
+            line = orjson.dumps({"service": "clean", "msg": f"line {seq}", "seq": seq})
+            writer.write(line[:7])
+            await writer.drain()
+            await asyncio.sleep(0.001)
+            writer.write(line[7:] + b"\n")
+            await writer.drain()
+        await close(writer)
+
+    async def garbage() -> None:
+        _, writer = await asyncio.open_unix_connection(path)
+        for _ in range(20):
+            for piece in range(10):  # a 10 KiB line in 1 KiB writes, cut at 4 KiB
+                writer.write(b'{"service":"garbage","msg":"' if piece == 0 else b"y" * 1024)
+                await writer.drain()
+            writer.write(b'"}\n\xff\xfe\x00 not json\n' + b"[" * 2000 + b"\n")
+            await writer.drain()
+            await asyncio.sleep(0.005)
+        writer.write(b'{"service":"garbage","msg":"gone mid-li')
+        await writer.drain()
+        await close(writer)
+
+    await asyncio.wait_for(asyncio.gather(clean(), garbage()), 30)
+    await wait_for(lambda: len(pipeline.records()) >= lines + 20 * 3 + 1)
+    records = pipeline.records()
+    ours = [r for resource, r in records if resource["service.name"] == {"stringValue": "clean"}]
+    assert [r.body.string_value for r in ours] == [f"line {seq}" for seq in range(lines)]
+    assert all(attrs(r) == {"seq": {"intValue": str(seq)}} for seq, r in enumerate(ours))
+    theirs = [r for resource, r in records if resource["service.name"] != {"stringValue": "clean"}]
+    assert len(theirs) == 20 * 3 + 1
+    assert sum(TRUNCATED_KEY in attrs(r) for r in theirs) == 20
+    assert sum(PARSE_ERROR_KEY in attrs(r) for r in theirs) == 20 * 2 + 1
