@@ -58,6 +58,7 @@ MAX_LABEL = 128
 MAX_SERIES = 5000
 # (provider, model) pairs logged as unpriced; past this, only the counter tells
 _MAX_LOGGED = 1000
+_TRACE_ID_SIZE = 16
 
 
 class PriceOverride(Strict):
@@ -267,7 +268,12 @@ class LlmCost:
         return None
 
     def _remember(self, trace_id: bytes, agent: str) -> None:
-        if self._agent_limit == 0 or self._agents.get(trace_id) == agent:
+        # only valid (16-byte) trace ids are keys, and a name past MAX_LABEL is kept cut at
+        # MAX_LABEL + 1 (it counts as "other" either way): an entry is small whatever the span
+        if self._agent_limit == 0 or len(trace_id) != _TRACE_ID_SIZE:
+            return
+        agent = agent[:MAX_LABEL + 1]
+        if self._agents.get(trace_id) == agent:
             return
         self._agents[trace_id] = agent
         if len(self._agents) > self._agent_limit:

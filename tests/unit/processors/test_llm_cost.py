@@ -241,3 +241,15 @@ def test_hostile_model_names_cost_bounded_work_and_labels() -> None:
     base = {"provider": "openai", "service": service, "agent": "unknown", "tenant": "unknown"}
     assert metric("sidecar_llm_calls_total", **base, model="other") > 0  # the huge name
     assert metric("sidecar_llm_calls_total", **base, model=huge) == 0
+
+
+def test_remembered_agents_stay_small_whatever_the_spans_name() -> None:
+    processor = LlmCost(OVERRIDE)
+    long_name = "a" * 50_000
+    for trace_id in (b"v" * 16, b"w" * 100_000, b""):
+        run(processor, request("svc", span({"gen_ai.operation.name": "invoke_agent",
+                                            "gen_ai.agent.name": long_name},
+                                           trace_id=trace_id),
+                                      span(chat("house-llama"), trace_id=trace_id)))
+    assert list(processor._agents) == [b"v" * 16]
+    assert all(len(agent) <= 129 for agent in processor._agents.values())
