@@ -34,7 +34,7 @@ from sidecar.configtypes import Strict
 from sidecar.model import Signal, Work
 from sidecar.processors import genai_usage as gu
 from sidecar.processors import log_usage, span_index, wire
-from sidecar.processors.prices import Price, PriceBook, Rates
+from sidecar.processors.prices import MAX_NAME, Price, PriceBook, Rates
 from sidecar.telemetry import metrics
 
 log = logging.getLogger(__name__)
@@ -339,6 +339,8 @@ class LlmCost:
             parts += (wire.attribute("sidecar.cost.model_id", price.model_id),
                       wire.attribute("sidecar.cost.provider_id", price.provider_id))
             data = tuple(parts)
+            if len(price.model_id) > MAX_NAME:
+                return data  # a free provider's model id is the span's name: not kept
             if len(self._provenance_kvs) >= MAX_SERIES:
                 self._provenance_kvs.clear()
             self._provenance_kvs[key] = data

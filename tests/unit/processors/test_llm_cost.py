@@ -253,3 +253,13 @@ def test_remembered_agents_stay_small_whatever_the_spans_name() -> None:
                                       span(chat("house-llama"), trace_id=trace_id)))
     assert list(processor._agents) == [b"v" * 16]
     assert all(len(agent) <= 129 for agent in processor._agents.values())
+
+
+def test_a_free_providers_hostile_model_names_are_not_kept() -> None:
+    processor = LlmCost(CostSettings.model_validate({"free_providers": ["vllm"]}))
+    names = [f"{'m' * 10_000}-{i}" for i in range(20)]
+    spans = run(processor, request("svc", *(span(chat(n)) for n in names)))
+    assert [attr(s, "sidecar.cost.model_id") for s in spans] == names
+    assert [attr(s, "gen_ai.usage.cost") for s in spans] == [0.0] * len(names)
+    kept = sum(len(part) for parts in processor._provenance_kvs.values() for part in parts)
+    assert kept < 10_000
