@@ -158,6 +158,7 @@ class LlmCost:
         self._extra = frozenset(settings.extra_operations)
         self._tenant_keys = tuple(settings.tenant_keys)
         self._known = gu.KNOWN_KEYS | frozenset(self._tenant_keys)
+        self._canonical_kvs: dict[tuple[str, str], bytes] = {}
         self._provenance_kvs: dict[tuple[str, str | None, str, str], tuple[bytes, ...]] = {}
         self._guards = {label: LabelGuard(settings.label_values) for label in metrics.LLM_LABELS}
         self._agents: OrderedDict[bytes, str] = OrderedDict()
@@ -290,7 +291,8 @@ class LlmCost:
                          ) -> float | None:
         """Append the usage's canonical names and cost attributes (as span attribute
         bytes) to `out`; the cost in USD."""
-        out += [wire.attribute(key, value) for key, value in usage.missing]
+        for key, value in usage.missing:
+            out.append(self._canonical(key, value))
         if usage.input_adjusted:
             out.append(_INPUT_ADJUSTED)
         model = usage.model
@@ -328,6 +330,20 @@ class LlmCost:
             out.append(_COST_CACHE_WRITE(float(price.cache_write)))
         out += self._provenance(price)
         return total
+
+    def _canonical(self, key: str, value: str | int) -> bytes:
+        """A canonical usage attribute's bytes; the few string values (provider, model,
+        operation names) are built once, not per span (~1.5 µs each)."""
+        if not isinstance(value, str) or len(value) > MAX_LABEL:
+            return wire.attribute(key, value)
+        memo = self._canonical_kvs
+        data = memo.get((key, value))
+        if data is None:
+            data = wire.attribute(key, value)
+            if len(memo) >= MAX_SERIES:
+                memo.clear()
+            memo[key, value] = data
+        return data
 
     def _provenance(self, price: Price) -> tuple[bytes, ...]:
         key = (price.source, price.price_date, price.model_id, price.provider_id)
