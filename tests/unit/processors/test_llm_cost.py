@@ -13,7 +13,6 @@ from decimal import Decimal
 import pytest
 from genai_prices.data_snapshot import get_snapshot
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
@@ -22,6 +21,7 @@ from sidecar.pipeline.stage import Stage
 from sidecar.processors.llm_cost import CostSettings, LlmCost
 from sidecar.sample import AttrValue, agent_runs, attrs
 from sidecar.telemetry.metrics import REGISTRY
+from tests.unit.processors.cost_helpers import attr
 
 NOW = time.time_ns()
 TRACE = b"t" * 16
@@ -44,15 +44,6 @@ def run(processor: LlmCost, req: ExportTraceServiceRequest) -> list[Span]:
     message = work.message
     assert isinstance(message, ExportTraceServiceRequest)
     return list(message.resource_spans[0].scope_spans[0].spans)
-
-
-def attr(s: Span, key: str) -> object:
-    values = [kv.value for kv in s.attributes if kv.key == key]
-    if not values:
-        return None
-    assert len(values) == 1, f"{key} written twice"
-    value: AnyValue = values[0]
-    return getattr(value, value.WhichOneof("value") or "string_value")
 
 
 def metric(name: str, **labels: str) -> float:
