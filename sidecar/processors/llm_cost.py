@@ -34,7 +34,7 @@ from sidecar.configtypes import Strict
 from sidecar.model import Signal, Work
 from sidecar.processors import genai_usage as gu
 from sidecar.processors import log_usage, span_index, wire
-from sidecar.processors.prices import Price, PriceBook, Rates
+from sidecar.processors.prices import MAX_NAME, Price, PriceBook, Rates
 from sidecar.telemetry import metrics
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ MAX_LABEL = 128
 MAX_SERIES = 5000
 # (provider, model) pairs logged as unpriced; past this, only the counter tells
 _MAX_LOGGED = 1000
+_TRACE_ID_SIZE = 16
 
 
 class PriceOverride(Strict):
@@ -157,6 +158,7 @@ class LlmCost:
         self._extra = frozenset(settings.extra_operations)
         self._tenant_keys = tuple(settings.tenant_keys)
         self._known = gu.KNOWN_KEYS | frozenset(self._tenant_keys)
+        self._canonical_kvs: dict[tuple[str, str], bytes] = {}
         self._provenance_kvs: dict[tuple[str, str | None, str, str], tuple[bytes, ...]] = {}
         self._guards = {label: LabelGuard(settings.label_values) for label in metrics.LLM_LABELS}
         self._agents: OrderedDict[bytes, str] = OrderedDict()
@@ -267,7 +269,12 @@ class LlmCost:
         return None
 
     def _remember(self, trace_id: bytes, agent: str) -> None:
-        if self._agent_limit == 0 or self._agents.get(trace_id) == agent:
+        # only valid (16-byte) trace ids are keys, and a name past MAX_LABEL is kept cut at
+        # MAX_LABEL + 1 (it counts as "other" either way): an entry is small whatever the span
+        if self._agent_limit == 0 or len(trace_id) != _TRACE_ID_SIZE:
+            return
+        agent = agent[:MAX_LABEL + 1]
+        if self._agents.get(trace_id) == agent:
             return
         self._agents[trace_id] = agent
         if len(self._agents) > self._agent_limit:
@@ -284,7 +291,8 @@ class LlmCost:
                          ) -> float | None:
         """Append the usage's canonical names and cost attributes (as span attribute
         bytes) to `out`; the cost in USD."""
-        out += [wire.attribute(key, value) for key, value in usage.missing]
+        for key, value in usage.missing:
+            out.append(self._canonical(key, value))
         if usage.input_adjusted:
             out.append(_INPUT_ADJUSTED)
         model = usage.model
@@ -323,6 +331,20 @@ class LlmCost:
         out += self._provenance(price)
         return total
 
+    def _canonical(self, key: str, value: str | int) -> bytes:
+        """A canonical usage attribute's bytes; the few string values (provider, model,
+        operation names) are built once, not per span (~1.5 µs each)."""
+        if not isinstance(value, str) or len(value) > MAX_LABEL:
+            return wire.attribute(key, value)
+        memo = self._canonical_kvs
+        data = memo.get((key, value))
+        if data is None:
+            data = wire.attribute(key, value)
+            if len(memo) >= MAX_SERIES:
+                memo.clear()
+            memo[key, value] = data
+        return data
+
     def _provenance(self, price: Price) -> tuple[bytes, ...]:
         key = (price.source, price.price_date, price.model_id, price.provider_id)
         data = self._provenance_kvs.get(key)
@@ -333,6 +355,8 @@ class LlmCost:
             parts += (wire.attribute("sidecar.cost.model_id", price.model_id),
                       wire.attribute("sidecar.cost.provider_id", price.provider_id))
             data = tuple(parts)
+            if len(price.model_id) > MAX_NAME:
+                return data  # a free provider's model id is the span's name: not kept
             if len(self._provenance_kvs) >= MAX_SERIES:
                 self._provenance_kvs.clear()
             self._provenance_kvs[key] = data

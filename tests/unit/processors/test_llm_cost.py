@@ -13,7 +13,6 @@ from decimal import Decimal
 import pytest
 from genai_prices.data_snapshot import get_snapshot
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
@@ -22,6 +21,7 @@ from sidecar.pipeline.stage import Stage
 from sidecar.processors.llm_cost import CostSettings, LlmCost
 from sidecar.sample import AttrValue, agent_runs, attrs
 from sidecar.telemetry.metrics import REGISTRY
+from tests.unit.processors.cost_helpers import attr
 
 NOW = time.time_ns()
 TRACE = b"t" * 16
@@ -44,15 +44,6 @@ def run(processor: LlmCost, req: ExportTraceServiceRequest) -> list[Span]:
     message = work.message
     assert isinstance(message, ExportTraceServiceRequest)
     return list(message.resource_spans[0].scope_spans[0].spans)
-
-
-def attr(s: Span, key: str) -> object:
-    values = [kv.value for kv in s.attributes if kv.key == key]
-    if not values:
-        return None
-    assert len(values) == 1, f"{key} written twice"
-    value: AnyValue = values[0]
-    return getattr(value, value.WhichOneof("value") or "string_value")
 
 
 def metric(name: str, **labels: str) -> float:
@@ -241,3 +232,25 @@ def test_hostile_model_names_cost_bounded_work_and_labels() -> None:
     base = {"provider": "openai", "service": service, "agent": "unknown", "tenant": "unknown"}
     assert metric("sidecar_llm_calls_total", **base, model="other") > 0  # the huge name
     assert metric("sidecar_llm_calls_total", **base, model=huge) == 0
+
+
+def test_remembered_agents_stay_small_whatever_the_spans_name() -> None:
+    processor = LlmCost(OVERRIDE)
+    long_name = "a" * 50_000
+    for trace_id in (b"v" * 16, b"w" * 100_000, b""):
+        run(processor, request("svc", span({"gen_ai.operation.name": "invoke_agent",
+                                            "gen_ai.agent.name": long_name},
+                                           trace_id=trace_id),
+                                      span(chat("house-llama"), trace_id=trace_id)))
+    assert list(processor._agents) == [b"v" * 16]
+    assert all(len(agent) <= 129 for agent in processor._agents.values())
+
+
+def test_a_free_providers_hostile_model_names_are_not_kept() -> None:
+    processor = LlmCost(CostSettings.model_validate({"free_providers": ["vllm"]}))
+    names = [f"{'m' * 10_000}-{i}" for i in range(20)]
+    spans = run(processor, request("svc", *(span(chat(n)) for n in names)))
+    assert [attr(s, "sidecar.cost.model_id") for s in spans] == names
+    assert [attr(s, "gen_ai.usage.cost") for s in spans] == [0.0] * len(names)
+    kept = sum(len(part) for parts in processor._provenance_kvs.values() for part in parts)
+    assert kept < 10_000

@@ -17,6 +17,7 @@ from sidecar.pipeline.stage import Stage
 from sidecar.processors.llm_cost import CostSettings, LlmCost
 from sidecar.sample import attrs
 from sidecar.telemetry.metrics import REGISTRY
+from tests.unit.processors.cost_helpers import attr
 
 NOW = time.time_ns()
 SETTINGS = CostSettings.model_validate({"prices": [
@@ -46,14 +47,6 @@ def run(request: ExportLogsServiceRequest) -> list[LogRecord]:
     message = work.message
     assert isinstance(message, ExportLogsServiceRequest)
     return list(message.resource_logs[0].scope_logs[0].log_records)
-
-
-def attr(record: LogRecord, key: str) -> object:
-    values = [kv.value for kv in record.attributes if kv.key == key]
-    if not values:
-        return None
-    assert len(values) == 1
-    return getattr(values[0], values[0].WhichOneof("value") or "string_value")
 
 
 def test_a_pino_json_line_with_openai_usage_is_priced() -> None:
