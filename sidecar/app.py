@@ -111,7 +111,8 @@ def build_daemon(config: Config) -> Daemon:
     cache = CacheService(config.cache) if config.cache.unix is not None else None
     admin = None
     if config.admin.endpoint is not None:
-        admin = AdminServer(config.admin.endpoint, cache.stats if cache is not None else None)
+        admin = AdminServer(config.admin.endpoint, cache.stats if cache is not None else None,
+                            tls=config.admin.tls, auth=config.admin.auth)
     return Daemon(config, graph, receivers, cache, admin)
 
 

@@ -63,6 +63,10 @@ def validate(config_path: str | None, overrides: tuple[str, ...], healthcheck: b
     except ConfigError as exc:
         _fail([str(problem) for problem in exc.problems], 1)
     click.echo(f"{config_path or '<defaults>'}: configuration is valid")
+    from sidecar.config_audit import audit
+
+    for warning in audit(cfg, config_path):
+        click.echo(f"warning: {warning}", err=True)
     if healthcheck:
         _healthcheck(cfg.exporters)
 

@@ -197,6 +197,9 @@ LOGS_CONNECTIONS_REFUSED = Counter(
 )
 
 # --- daemon -------------------------------------------------------------------------------
+ADMIN_UNAUTHENTICATED = Counter(
+    "sidecar_admin_unauthenticated",
+    "Admin requests refused for a missing or wrong bearer token", registry=REGISTRY)
 READY = Gauge("sidecar_ready", "1 when every listener is bound and every exporter started",
               registry=REGISTRY)
 COMPONENT_RESTARTS = Counter(
