@@ -17,11 +17,8 @@ import yaml
 
 from sidecar.config import Config
 from sidecar.net.security import is_loopback_host
-from sidecar.processors.redact_rules import is_secret_key, normalise_key
+from sidecar.telemetry.secrets import names_a_secret
 
-# config keys and vendor header names the generic secret-key rules do not name
-_EXTRA_SECRET_KEYS = frozenset({"x-honeycomb-team", "dd-api-key", "x-api-key",
-                                "bearer_tokens", "password", "api_key"})
 _REFERENCE = "${"
 
 
@@ -93,17 +90,13 @@ def _inline_secrets(node: Any, where: str) -> Iterator[str]:
     if isinstance(node, dict):
         for key, value in node.items():
             key_path = f"{where}.{key}" if where else str(key)
-            if isinstance(key, str) and _names_a_secret(key) and _holds_literal(value):
+            if isinstance(key, str) and names_a_secret(key) and _holds_literal(value):
                 yield key_path
             else:
                 yield from _inline_secrets(value, key_path)
     elif isinstance(node, list):
         for index, value in enumerate(node):
             yield from _inline_secrets(value, f"{where}[{index}]")
-
-
-def _names_a_secret(key: str) -> bool:
-    return key.lower() in _EXTRA_SECRET_KEYS or is_secret_key(key, normalise_key(key))
 
 
 def _holds_literal(value: Any) -> bool:

@@ -41,7 +41,6 @@ def test_unsafe_settings_are_warned_about_and_secrets_never_printed(tmp_path: Pa
     result = validate(write(tmp_path, UNSAFE, 0o644))
     assert result.returncode == 0, result.stderr
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
-    text = "\n".join(warnings)
     assert any("receivers.otlp.grpc: allow_remote is on without auth" in w for w in warnings)
     assert any("receivers.otlp.grpc: allow_remote is on without tls" in w for w in warnings)
     assert not any("admin: allow_remote is on without auth" in w for w in warnings)
