@@ -22,6 +22,7 @@ from sidecar.component import ProcessorSettings, exporter_factories, processor_f
 from sidecar.configtypes import ByteSize, Duration, Endpoint, Strict
 from sidecar.errors import ConfigError, ConfigProblem
 from sidecar.exporthelper.settings import ExporterSettings
+from sidecar.memlimit import MemoryConfig
 from sidecar.model import Signal
 from sidecar.net.security import AuthConfig, ServerTlsConfig, check_local
 
@@ -141,6 +142,7 @@ class ServiceConfig(Strict):
     shutdown_timeout: Duration = 30.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
+    memory: MemoryConfig = MemoryConfig()
 
 
 class Config(Strict):
