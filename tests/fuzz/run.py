@@ -69,8 +69,7 @@ def main() -> None:
     corpus = Path(tempfile.mkdtemp(prefix=f"sc-fuzz-{target}-"))
     for index, seed in enumerate(_seeds(target)):
         (corpus / f"seed-{index}").write_bytes(seed)
-    flags = [a for a in sys.argv[2:]]
-    atheris.Setup([sys.argv[0], *flags, str(corpus)], TARGETS[target])
+    atheris.Setup([sys.argv[0], *sys.argv[2:], str(corpus)], TARGETS[target])
     atheris.Fuzz()
 
 

@@ -8,6 +8,7 @@ short pass of each (tests/fuzz/test_fuzz_short.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -126,10 +127,8 @@ _config_dir = Path(tempfile.mkdtemp(prefix="sc-fuzz-config-"))
 def config_file(data: bytes) -> None:
     path = _config_dir / "sidecar.yaml"
     path.write_bytes(data)
-    try:
+    with contextlib.suppress(ConfigError):
         config.load(path)
-    except ConfigError:
-        pass
 
 
 TARGETS: dict[str, Callable[[bytes], None]] = {
