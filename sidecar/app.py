@@ -21,6 +21,7 @@ from sidecar.config import Config
 from sidecar.errors import StartupError
 from sidecar.memlimit import MemoryLimiter, guard
 from sidecar.pipeline.graph import Graph, build_graph
+from sidecar.telemetry import looplag
 
 log = logging.getLogger("sidecar")
 
@@ -33,6 +34,7 @@ class Daemon:
     cache: CacheService | None
     admin: AdminServer | None
     memory: MemoryLimiter | None = None
+    _lag: asyncio.Task[None] | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _started: list[str] = field(default_factory=list)
 
@@ -53,6 +55,7 @@ class Daemon:
         _ensure_writable_dir(self.config.storage.dir, "storage.dir")
         if self.memory is not None:
             self.memory.start()
+        self._lag = looplag.start()
         try:
             await self.graph.start()
             self._started.append("graph")
@@ -98,6 +101,10 @@ class Daemon:
             await self.admin.shutdown(deadline)
         if self.memory is not None:
             await self.memory.stop()
+        if self._lag is not None:
+            self._lag.cancel()
+            await asyncio.gather(self._lag, return_exceptions=True)
+            self._lag = None
         self._started.clear()
 
 

@@ -197,6 +197,9 @@ LOGS_CONNECTIONS_REFUSED = Counter(
 )
 
 # --- daemon -------------------------------------------------------------------------------
+EVENT_LOOP_LAG = Gauge("sidecar_event_loop_lag_seconds",
+                       "Worst lateness of a 100 ms timer over the last 15 s (a held loop "
+                       "delays every client)", registry=REGISTRY)
 MEMORY_RSS = Gauge("sidecar_memory_rss_bytes",
                    "Resident memory of the daemon at the memory limiter's last check",
                    registry=REGISTRY)
