@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 NODE_DIR := tests/e2e/node
 
-.PHONY: run test lint bench fuzz sysdeps node clean protos
+.PHONY: run test lint bench fuzz soak sysdeps node clean protos
 
 $(STAMP): pyproject.toml
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,13 @@ fuzz: $(STAMP) protos
 	    || { tail -40 fuzz-findings/$$t.log; exit 1; }; \
 	  grep '^Done' fuzz-findings/$$t.log; \
 	done
+
+# 10 minutes of mixed load with the exporter flapping; CSV, PNG and JSON in bench/results/
+# (not part of make test). SOAK_ARGS e.g. "--minutes 3 --flap-every 60".
+SOAK_ARGS ?=
+soak: $(STAMP) protos
+	$(PY) -m pip install -q 'matplotlib>=3.8'
+	$(PY) bench/soak.py $(SOAK_ARGS)
 
 bench: $(STAMP) protos sysdeps
 	$(PY) bench/run.py
