@@ -139,7 +139,7 @@ def main() -> int:
 
     def datadog() -> None:
         for batch in exports:
-            body, _skipped, _languages = sender.encode(batch)
+            body, _skipped, _languages, _stats = sender.encode(batch)
             assert body is not None
             gzip_compress(body)
 
