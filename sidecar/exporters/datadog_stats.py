@@ -390,7 +390,7 @@ class StatsFlusher:
         if not clients:
             return
         for payload in payloads(clients, *self._meta):
-            await self._send(encode(payload), attempts=1 if force else self.ATTEMPTS)
+            await self._send(encode(payload), attempts=self.ATTEMPTS)
 
     async def _send(self, body: bytes, attempts: int) -> None:
         for attempt in range(attempts):
@@ -412,7 +412,8 @@ class StatsFlusher:
             return
 
     async def close(self) -> None:
-        """Stop the timer and send every bucket, finished or not (once each)."""
+        """Stop the timer and send every bucket, finished or not (the caller bounds the
+        time this takes)."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
