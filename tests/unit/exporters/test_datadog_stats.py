@@ -4,6 +4,7 @@ Expected values are computed here from the inputs, never by the code under test.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import struct
 from typing import Any
@@ -258,3 +259,30 @@ def test_encoded_payload_is_msgpack_with_the_agents_field_names() -> None:
     group = decoded["Stats"][0]["Stats"][0]["Stats"][0]
     assert isinstance(group["OkSummary"], bytes)  # msgpack bin, as msgp writes []byte
     assert group["Service"] == "svc"
+
+
+async def test_flusher_timer_sends_finished_buckets_and_close_sends_the_rest() -> None:
+    clock = Clock(NOW)
+    c = Concentrator(100, now=clock)
+    posts: list[dict[str, Any]] = []
+    outcomes: list[str] = []
+
+    async def post(body: bytes) -> None:
+        posts.append(msgpack.unpackb(body))
+
+    flusher = st.StatsFlusher(c, post, hostname="h", env="e", agent_version="v",
+                              on_payload=outcomes.append, interval=0.01)
+    flusher.start()
+    c.add([stat(NOW)])
+    await asyncio.sleep(0.05)
+    assert posts == []  # the bucket is still open
+    clock.now = NOW + 2 * BUCKET_NS
+    c.add([stat(NOW + 2 * BUCKET_NS)])
+    for _ in range(100):
+        if posts:
+            break
+        await asyncio.sleep(0.01)
+    assert [b["Start"] for b in posts[0]["Stats"][0]["Stats"]] == [NOW - NOW % BUCKET_NS]
+    await flusher.close()
+    assert len(posts) == 2  # the open bucket, at close
+    assert outcomes == ["sent", "sent"]
