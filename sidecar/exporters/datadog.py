@@ -33,7 +33,12 @@ from sidecar.configtypes import Strict
 from sidecar.errors import PermanentError
 from sidecar.exporters import datadog_proto, datadog_stats, otlp_vendor
 from sidecar.exporters.datadog_logs import LogDefaults, entries
-from sidecar.exporters.datadog_mapping import Defaults, map_request
+from sidecar.exporters.datadog_mapping import (
+    TRACER_PAYLOADS_TAG,
+    Defaults,
+    length_delimited,
+    map_request,
+)
 from sidecar.exporters.otlp import OtlpConfig
 from sidecar.exporthelper import http
 from sidecar.exporthelper.chain import ExportChain, Sender
@@ -240,20 +245,22 @@ class NativeTracesSender:
         request = batch.message
         assert isinstance(request, ExportTraceServiceRequest)
         mapped = map_request(request, self._defaults, MAX_PAYLOAD)
-        if not mapped.payloads:
+        if not mapped.mapped:
             return None, mapped.skipped, "", []
-        payload = datadog_proto.load().AgentPayload(
-            hostName=self._defaults.hostname, env=self.config.env,
-            tracerPayloads=mapped.payloads, tags=self.config.tags,
+        header = datadog_proto.load().AgentPayload(
+            hostName=self._defaults.hostname, env=self.config.env, tags=self.config.tags,
             agentVersion=f"sidecar-{__version__}", targetTPS=1.0, errorTPS=1.0)
-        body = payload.SerializeToString()
+        parts = [header.SerializeToString()]
+        for payload in mapped.mapped:
+            parts.append(length_delimited(TRACER_PAYLOADS_TAG, payload.serialize()))
+        body = b"".join(parts)
         if len(body) > MAX_PAYLOAD:
             raise RequestTooLargeError(
                 f"Datadog payload of {len(body)} bytes for {batch.items} spans is over "
                 f"the intake's {MAX_PAYLOAD}")
-        languages = "|".join(sorted({p.languageName for p in mapped.payloads
-                                     if p.languageName}))
-        stat_spans = (datadog_stats.stat_spans(mapped.payloads, self._stats_options)
+        languages = "|".join(sorted({p.header.languageName for p in mapped.mapped
+                                     if p.header.languageName}))
+        stat_spans = (datadog_stats.stat_spans(mapped.mapped, self._stats_options)
                       if self._stats is not None else [])
         return body, mapped.skipped, languages, stat_spans
 

@@ -27,7 +27,7 @@ from sidecar.exporthelper.retry import RequestTooLargeError
 
 if TYPE_CHECKING:
     from sidecar._proto.datadog_trace_pb2 import Span as DDSpan
-    from sidecar._proto.datadog_trace_pb2 import TraceChunk, TracerPayload
+    from sidecar._proto.datadog_trace_pb2 import TracerPayload
 
 DEFAULT_SERVICE = "otlpresourcenoservicename"
 MAX_SERVICE = 100
@@ -84,11 +84,76 @@ class Defaults:
     top_level_by_span_kind: bool = True
 
 
+@dataclass(frozen=True, slots=True)
+class Base:
+    """The meta every span of one scope starts from (its resource's attributes, then the
+    scope's), as a dict for lookups and, serialized once, as the bytes of a Span holding
+    only that meta."""
+
+    meta: dict[str, str]
+    raw: bytes
+
+
+@dataclass(slots=True)
+class MappedPayload:
+    """One TracerPayload: its fields but chunks, and per chunk its spans (each with only
+    its own meta) paired with their scope's Base."""
+
+    header: TracerPayload
+    chunks: list[list[tuple[DDSpan, Base]]]
+
+    def serialize(self) -> bytes:
+        """The TracerPayload's bytes. Built by concatenation, which protobuf defines as a
+        merge: a span is its Base's bytes then its own, so its map entries are the union
+        with its own winning, exactly as if one meta map were filled; each span is placed
+        in its chunk without the copy `repeated.append` makes (~9 µs per span) and the
+        resource's and scope's meta is encoded once per scope, not once per span."""
+        parts = [self.header.SerializeToString()]
+        for chunk in self.chunks:
+            body = [_chunk_header()]
+            for span, base in chunk:
+                raw = base.raw + span.SerializeToString()
+                body += (_SPANS_TAG, _varint(len(raw)), raw)
+            joined = b"".join(body)
+            parts += (_CHUNKS_TAG, _varint(len(joined)), joined)
+        return b"".join(parts)
+
+
 @dataclass(slots=True)
 class Mapped:
-    payloads: list[TracerPayload] = field(default_factory=list)
+    mapped: list[MappedPayload] = field(default_factory=list)
     spans: int = 0
     skipped: int = 0  # all-zero trace or span ids
+
+    @property
+    def payloads(self) -> list[TracerPayload]:
+        """The TracerPayloads as the intake decodes them (for tests and tools; the
+        exporter sends `serialize()` bytes)."""
+        pb = datadog_proto.load()
+        return [pb.TracerPayload.FromString(p.serialize()) for p in self.mapped]
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+# length-delimited field keys (field number << 3 | 2), written by hand with the lengths:
+# TraceChunk.spans = 3, TracerPayload.chunks = 6, AgentPayload.tracerPayloads = 5
+_SPANS_TAG, _CHUNKS_TAG, TRACER_PAYLOADS_TAG = b"\x1a", b"\x32", b"\x2a"
+
+
+@functools.cache
+def _chunk_header() -> bytes:
+    return bytes(datadog_proto.load().TraceChunk(priority=PRIORITY_AUTO_KEEP).SerializeToString())
+
+
+def length_delimited(tag: bytes, data: bytes) -> bytes:
+    return tag + _varint(len(data)) + data
 
 
 # --- OTLP values --------------------------------------------------------------------------
@@ -150,13 +215,18 @@ def normalize_service(name: str) -> str:
 
 class _Lookup:
     """String attribute lookups on the span first, then the resource (the Agent's
-    GetOTelAttrFromEitherMap)."""
+    GetOTelAttrFromEitherMap): every span key before any resource key."""
 
     __slots__ = ("resource", "span")
 
     def __init__(self, span: Mapping[str, str], resource: Mapping[str, str]) -> None:
         self.span = span
         self.resource = resource
+
+    def has_any(self, keys: frozenset[str]) -> bool:
+        """Whether the span or the resource has any of `keys` (a C-level set test: the
+        rules below only need their lookups when one of their keys is there)."""
+        return not (keys.isdisjoint(self.span) and keys.isdisjoint(self.resource))
 
     def get(self, *keys: str, lower: bool = False) -> str:
         for source in (self.span, self.resource):
@@ -167,7 +237,25 @@ class _Lookup:
         return ""
 
 
+# the keys each rule reads: without any of them, the rule's answer is its fallback
+_OPERATION_KEYS = frozenset({
+    "operation.name", "http.request.method", "http.method", "db.system", "messaging.system",
+    "messaging.operation", "rpc.system", "faas.invoked_provider", "faas.invoked_name",
+    "faas.trigger", "graphql.operation.type", "network.protocol.name"})
+_RESOURCE_KEYS = frozenset({
+    "resource.name", "http.request.method", "http.method", "messaging.operation",
+    "rpc.method", "graphql.operation.type", "db.system"})
+_TYPE_KEYS = frozenset({"span.type", "db.system"})
+_PLAIN_TYPE: dict[int, str] = {Span.SPAN_KIND_SERVER: "web", Span.SPAN_KIND_CLIENT: "http"}
+
+
 def operation_name(kind: int, attrs: _Lookup) -> str:
+    if not attrs.has_any(_OPERATION_KEYS):
+        if kind == Span.SPAN_KIND_SERVER:
+            return "server.request"
+        if kind == Span.SPAN_KIND_CLIENT:
+            return "client.request"
+        return _KIND_NAME.get(kind, "Internal")
     name = attrs.get("operation.name", lower=True)
     if name:
         return name
@@ -211,6 +299,8 @@ def operation_name(kind: int, attrs: _Lookup) -> str:
 
 
 def resource_name(span: Span, attrs: _Lookup) -> str:
+    if not attrs.has_any(_RESOURCE_KEYS):
+        return span.name[:MAX_RESOURCE]
     name = attrs.get("resource.name")
     if not name:
         name = _resource_from_semconv(span, attrs)
@@ -246,6 +336,8 @@ def _resource_from_semconv(span: Span, attrs: _Lookup) -> str:
 
 
 def span_type(kind: int, attrs: _Lookup) -> str:
+    if not attrs.has_any(_TYPE_KEYS):
+        return _PLAIN_TYPE.get(kind, "custom")
     explicit = attrs.get("span.type")
     if explicit:
         return explicit
@@ -311,23 +403,31 @@ def base_meta(res: _Resource, scope_meta: Mapping[str, str]) -> dict[str, str]:
 
 def map_span(span: Span, res: _Resource, base: Mapping[str, str],
              defaults: Defaults) -> DDSpan:
+    """The span with only its own meta: `base` (resource and scope meta) is merged in
+    when serialized (`MappedPayload.serialize`), its own entries winning."""
     span_strings: dict[str, str] = {}
     metrics: dict[str, float] = {}
-    # precedence: span attributes over scope over resource (later writes win)
-    meta = dict(base)
+    meta: dict[str, str] = {}
     for kv in span.attributes:
         key, value = kv.key, kv.value
         kind = value.WhichOneof("value")
         if kind == "int_value":
             number: float = float(value.int_value)
+            span_strings[key] = str(value.int_value)
         elif kind == "double_value":
             number = value.double_value
+            span_strings[key] = _float_text(number)
         else:
-            text = span_strings[key] = as_string(value)
+            # strings, the common case, without as_string's second WhichOneof
+            text = span_strings[key] = (value.string_value if kind == "string_value"
+                                        else as_string(value))
             if key not in _CONSUMED:
-                _put_meta(meta, _rename(key), text)
+                name = _rename(key)
+                if len(name) <= MAX_META_KEY and len(text) <= MAX_META_VALUE:
+                    meta[name] = text
+                else:
+                    _put_meta(meta, name, text)
             continue
-        span_strings[key] = as_string(value)
         name = _rename(key)
         metrics[name if len(name) <= MAX_META_KEY else name[:MAX_META_KEY] + "..."] = number
         if key in ("http.response.status_code", "http.status_code"):
@@ -337,7 +437,7 @@ def map_span(span: Span, res: _Resource, base: Mapping[str, str],
     attrs = _Lookup(span_strings, res.strings)
     service = span_strings.get("service.name") or res.service
     error = 1 if span.status.code == Status.STATUS_CODE_ERROR else 0
-    _added_meta(span, meta, metrics, error, attrs, defaults)
+    _added_meta(span, meta, base, metrics, error, attrs, defaults)
     return datadog_proto.load().Span(  # type: ignore[no-any-return]  # a generated class
         service=normalize_service(service) if service else DEFAULT_SERVICE,
         name=operation_name(span.kind, attrs),
@@ -354,8 +454,9 @@ def map_span(span: Span, res: _Resource, base: Mapping[str, str],
     )
 
 
-def _added_meta(span: Span, meta: dict[str, str], metrics: dict[str, float], error: int,
-                attrs: _Lookup, defaults: Defaults) -> None:
+def _added_meta(span: Span, meta: dict[str, str], base: Mapping[str, str],
+                metrics: dict[str, float], error: int, attrs: _Lookup,
+                defaults: Defaults) -> None:
     meta["span.kind"] = _KIND_META.get(span.kind, "unspecified")
     env = attrs.get("deployment.environment.name", "deployment.environment") or defaults.env
     if env:
@@ -370,7 +471,7 @@ def _added_meta(span: Span, meta: dict[str, str], metrics: dict[str, float], err
     if span.trace_state:
         _put_meta(meta, "w3c.tracestate", span.trace_state)
     namespace = attrs.get("db.namespace")
-    if namespace and "db.name" not in meta:
+    if namespace and "db.name" not in meta and "db.name" not in base:
         _put_meta(meta, "db.name", namespace)
     if span.events:
         _events(span, meta)
@@ -382,7 +483,7 @@ def _added_meta(span: Span, meta: dict[str, str], metrics: dict[str, float], err
             **({"dropped_attributes_count": link.dropped_attributes_count}
                if link.dropped_attributes_count else {}),
         } for link in span.links]).decode())
-    if error and "error.msg" not in meta:
+    if error and "error.msg" not in meta and "error.msg" not in base:
         if span.status.message:
             _put_meta(meta, "error.msg", span.status.message)
         else:
@@ -420,9 +521,8 @@ def _events(span: Span, meta: dict[str, str]) -> None:
 
 # --- payloads -----------------------------------------------------------------------------
 
-def _top_level(chunk: TraceChunk, by_span_kind: bool, kinds: list[int]) -> None:
+def _top_level(spans: list[DDSpan], by_span_kind: bool, kinds: list[int]) -> None:
     """`_top_level` (and `_dd.measured` in span-kind mode) as the Agent computes them."""
-    spans = chunk.spans
     if by_span_kind:
         for span, kind in zip(spans, kinds, strict=True):
             if span.parentID == 0 or kind in (Span.SPAN_KIND_SERVER, Span.SPAN_KIND_CONSUMER):
@@ -445,10 +545,10 @@ def map_request(request: ExportTraceServiceRequest, defaults: Defaults,
     only to find the payload too large would cost seconds on every split."""
     mapped = Mapped()
     floor = 0  # a lower bound of the payload's size: the meta keys copied onto each span
+    pb = datadog_proto.load()
     for rs in request.resource_spans:
         res = _resource(rs)
-        pb = datadog_proto.load()
-        payload: TracerPayload = pb.TracerPayload(
+        header: TracerPayload = pb.TracerPayload(
             containerID=res.strings.get("container.id", ""),
             languageName=res.strings.get("telemetry.sdk.language", ""),
             tracerVersion=f"otlp-{res.strings['telemetry.sdk.version']}"
@@ -457,13 +557,14 @@ def map_request(request: ExportTraceServiceRequest, defaults: Defaults,
             hostname=res.strings.get("host.name") or defaults.hostname,
             appVersion=res.version,
         )
-        chunks: dict[bytes, tuple[TraceChunk, list[int]]] = {}
+        chunks: dict[bytes, tuple[list[tuple[DDSpan, Base]], list[int]]] = {}
         for ss in rs.scope_spans:
             if not ss.spans:
                 continue
-            base = base_meta(res, _scope_meta(ss.scope))
+            meta = base_meta(res, _scope_meta(ss.scope))
+            base = Base(meta, pb.Span(meta=meta).SerializeToString())
             if max_bytes is not None:
-                floor += len(ss.spans) * sum(len(key) + 2 for key in base)
+                floor += len(ss.spans) * sum(len(key) + 2 for key in meta)
                 if floor > max_bytes:
                     raise RequestTooLargeError(
                         f"Datadog payload of over {floor} bytes (the spans' resource and "
@@ -474,21 +575,19 @@ def map_request(request: ExportTraceServiceRequest, defaults: Defaults,
                     continue
                 entry = chunks.get(span.trace_id)
                 if entry is None:
-                    entry = chunks[span.trace_id] = (
-                        pb.TraceChunk(priority=PRIORITY_AUTO_KEEP), [])
-                dd = map_span(span, res, base, defaults)
-                if not entry[0].spans:
+                    entry = chunks[span.trace_id] = ([], [])
+                dd = map_span(span, res, meta, defaults)
+                if not entry[0]:
                     high = span.trace_id[:8]
                     if any(high):
                         dd.meta["_dd.p.tid"] = high.hex()
-                entry[0].spans.append(dd)
+                entry[0].append((dd, base))
                 entry[1].append(span.kind)
                 mapped.spans += 1
-        for chunk, kinds in chunks.values():
-            _top_level(chunk, defaults.top_level_by_span_kind, kinds)
-            payload.chunks.append(chunk)
-        if payload.chunks:
-            mapped.payloads.append(payload)
+        if chunks:
+            for pairs, kinds in chunks.values():
+                _top_level([dd for dd, _ in pairs], defaults.top_level_by_span_kind, kinds)
+            mapped.mapped.append(MappedPayload(header, [pairs for pairs, _ in chunks.values()]))
     return mapped
 
 

@@ -39,7 +39,7 @@ import logging
 import math
 import struct
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -48,7 +48,7 @@ import msgpack  # type: ignore[import-untyped]  # no stubs or py.typed
 from sidecar.errors import PermanentError, RetryableError
 
 if TYPE_CHECKING:
-    from sidecar._proto.datadog_trace_pb2 import TracerPayload
+    from sidecar.exporters.datadog_mapping import MappedPayload
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,7 @@ PEER_TAG_KEYS: tuple[str, ...] = tuple(sorted({
     "messaging.destination.name", "messaging.rabbitmq.exchange", "amqp.destination",
     "amqp.queue", "amqp.exchange", "msmq.queue.path", "aws.queue.name", "messaging.system",
     "rpc.service", "rpc.system", "peer.service"}))
+_PEER_SET = frozenset(PEER_TAG_KEYS)
 _BASE_SERVICE = "_dd.base_service"
 TRACE_ROOT_TRUE, TRACE_ROOT_FALSE = 1, 2  # the proto's Trilean
 _F64, _U64 = struct.Struct("<d"), struct.Struct("<Q")
@@ -186,18 +187,19 @@ class StatsOptions:
     default_env: str = "none"  # the Agent's DefaultEnv
 
 
-def stat_spans(payloads: Iterable[TracerPayload], options: StatsOptions) -> list[StatSpan]:
-    """The eligible spans of mapped payloads, as the Agent's NewStatSpan selects them."""
+def stat_spans(payloads: Iterable[MappedPayload], options: StatsOptions) -> list[StatSpan]:
+    """The eligible spans of mapped payloads, as the Agent's NewStatSpan selects them. A
+    span's meta is its own entries over its scope's base (resource and scope meta)."""
     out: list[StatSpan] = []
-    for tp in payloads:
+    for mp in payloads:
+        tp = mp.header
         pkey: PayloadKey = (tp.env or options.default_env, tp.hostname, tp.appVersion,
                             tp.containerID)
-        for chunk in tp.chunks:
-            synthetics = chunk.origin.startswith("synthetics")
-            for span in chunk.spans:
+        for chunk in mp.chunks:
+            for span, base in chunk:
                 metrics = span.metrics
-                meta = span.meta
-                kind = meta.get("span.kind", "")
+                meta = _Meta(span.meta, base.meta)
+                kind = meta.get("span.kind")
                 top = metrics.get("_top_level") == 1.0
                 if not (top or metrics.get("_dd.measured") == 1.0
                         or (options.compute_by_span_kind and kind.lower() in _KINDS)):
@@ -207,29 +209,54 @@ def stat_spans(payloads: Iterable[TracerPayload], options: StatsOptions) -> list
                 out.append(StatSpan(
                     pkey,
                     (span.service, span.name, span.resource, span.type,
-                     _status_code(meta, metrics), synthetics, kind,
+                     _status_code(meta, metrics),
+                     meta.get("_dd.origin").startswith("synthetics"), kind,
                      _peer_tags(meta, kind) if options.peer_tags else (),
                      TRACE_ROOT_TRUE if span.parentID == 0 else TRACE_ROOT_FALSE),
                     span.start + span.duration, span.duration, span.error != 0, top))
     return out
 
 
-def _status_code(meta: Any, metrics: Any) -> int:
+class _Meta:
+    """A span's meta as the intake sees it: its own entries over its scope's base."""
+
+    __slots__ = ("base", "own")
+
+    def __init__(self, own: Mapping[str, str], base: Mapping[str, str]) -> None:
+        self.own = own
+        self.base = base
+
+    def get(self, key: str) -> str:
+        value = self.own.get(key)
+        if value is None:
+            value = self.base.get(key, "")
+        return value
+
+
+def _status_code(meta: _Meta, metrics: Mapping[str, float]) -> int:
     code = metrics.get("http.status_code")
     if code is not None:
         return int(code) if 0 <= code < 2**32 else 0
-    text = meta.get("http.status_code", "")
+    text = meta.get("http.status_code")
     return int(text) if text.isdigit() and int(text) < 2**32 else 0
 
 
-def _peer_tags(meta: Any, kind: str) -> tuple[str, ...]:
+def _peer_tags(meta: _Meta, kind: str) -> tuple[str, ...]:
     kind = kind.lower()
     if kind in ("", "internal"):
-        base = meta.get(_BASE_SERVICE, "")
+        base = meta.get(_BASE_SERVICE)
         return (f"{_BASE_SERVICE}:{base}",) if base else ()
     if kind not in _PEER_KINDS:
         return ()
-    return tuple(f"{key}:{meta[key]}" for key in PEER_TAG_KEYS if meta.get(key))
+    # the peer keys present (a C-level pass over the span's own map, then its scope's),
+    # instead of ~45 lookups per span
+    keys = _PEER_SET.intersection(meta.own) | _PEER_SET.intersection(meta.base)
+    tags = []
+    for key in sorted(keys):
+        value = meta.get(key)
+        if value:
+            tags.append(f"{key}:{value}")
+    return tuple(tags)
 
 
 class Concentrator:

@@ -14,8 +14,9 @@ import pytest
 from ddsketch import DDSketch as RefSketch
 
 from sidecar._proto.datadog_trace_pb2 import Span as DDSpan
-from sidecar._proto.datadog_trace_pb2 import TraceChunk, TracerPayload
+from sidecar._proto.datadog_trace_pb2 import TracerPayload
 from sidecar.exporters import datadog_stats as st
+from sidecar.exporters.datadog_mapping import Base, MappedPayload
 from sidecar.exporters.datadog_stats import (
     BUCKET_NS,
     Concentrator,
@@ -103,9 +104,10 @@ def dd_span(span_id: int, *, parent: int = 0, kind: str = "server", service: str
 
 
 def payload(*spans: DDSpan, env: str = "prod", host: str = "h", version: str = "1.0",
-            origin: str = "") -> TracerPayload:
-    return TracerPayload(env=env, hostname=host, appVersion=version,
-                         chunks=[TraceChunk(spans=list(spans), origin=origin)])
+            base: dict[str, str] | None = None) -> MappedPayload:
+    scope = Base(base or {}, b"")
+    return MappedPayload(TracerPayload(env=env, hostname=host, appVersion=version),
+                         [[(span, scope) for span in spans]])
 
 
 TOP = {"_top_level": 1.0}
@@ -134,7 +136,8 @@ def test_key_fields_status_synthetics_and_payload_key() -> None:
     spans = [dd_span(1, metrics={**TOP, "http.status_code": 404.0}),
              dd_span(2, metrics=TOP, meta={"http.status_code": "503"}),
              dd_span(3, metrics=TOP, meta={"http.status_code": "not a number"})]
-    got = stat_spans([payload(*spans, origin="synthetics-browser", env="")], StatsOptions())
+    got = stat_spans([payload(*spans, env="", base={"_dd.origin": "synthetics-browser"})],
+                     StatsOptions())
     assert [s.key[4] for s in got] == [404, 503, 0]
     assert all(s.key[5] is True for s in got)
     assert got[0].payload == ("none", "h", "1.0", "")  # the Agent's default env
@@ -151,6 +154,12 @@ def test_peer_tags_on_client_producer_consumer_and_base_service_on_internal() ->
     got = stat_spans([payload(*spans)], StatsOptions())
     assert got[0].key[7] == ("db.system:postgresql", "out.host:10.0.0.1",
                              "peer.service:billing-db")
+    # the resource's or scope's meta counts too, the span's own entries win
+    (inherited,) = stat_spans([payload(dd_span(1, kind="client", metrics=MEASURED,
+                                               meta={"db.system": "mysql"}),
+                                       base={"peer.service": "users", "db.system": "x"})],
+                              StatsOptions())
+    assert inherited.key[7] == ("db.system:mysql", "peer.service:users")
     assert got[1].key[7] == ()
     assert got[2].key[7] == ("_dd.base_service:web",)
     off = stat_spans([payload(*spans)], StatsOptions(peer_tags=False))
