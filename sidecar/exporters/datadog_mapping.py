@@ -26,7 +26,6 @@ from sidecar.exporters import datadog_proto
 from sidecar.exporthelper.retry import RequestTooLargeError
 
 if TYPE_CHECKING:
-    from sidecar._proto.datadog_trace_pb2 import Span as DDSpan
     from sidecar._proto.datadog_trace_pb2 import TracerPayload
 
 DEFAULT_SERVICE = "otlpresourcenoservicename"
@@ -35,6 +34,8 @@ MAX_RESOURCE = 5000
 MAX_META_KEY = 200
 MAX_META_VALUE = 25_000
 PRIORITY_AUTO_KEEP = 1
+# a Datadog Span's fields by their proto names (meta and metrics as dicts)
+SpanFields = dict[str, Any]
 
 _KIND_META: dict[int, str] = {  # meta span.kind (the Agent's OTelSpanKindName)
     Span.SPAN_KIND_UNSPECIFIED: "unspecified", Span.SPAN_KIND_INTERNAL: "internal",
@@ -96,11 +97,11 @@ class Base:
 
 @dataclass(slots=True)
 class MappedPayload:
-    """One TracerPayload: its fields but chunks, and per chunk its spans (each with only
-    its own meta) paired with their scope's Base."""
+    """One TracerPayload: its fields but chunks, and per chunk its spans (Span fields,
+    each with only its own meta) paired with their scope's Base."""
 
     header: TracerPayload
-    chunks: list[list[tuple[DDSpan, Base]]]
+    chunks: list[list[tuple[SpanFields, Base]]]
 
     def serialize(self) -> bytes:
         """The TracerPayload's bytes. Built by concatenation, which protobuf defines as a
@@ -108,11 +109,12 @@ class MappedPayload:
         with its own winning, exactly as if one meta map were filled; each span is placed
         in its chunk without the copy `repeated.append` makes (~9 µs per span) and the
         resource's and scope's meta is encoded once per scope, not once per span."""
+        new_span = datadog_proto.load().Span
         parts = [self.header.SerializeToString()]
         for chunk in self.chunks:
             body = [_chunk_header()]
             for span, base in chunk:
-                raw = base.raw + span.SerializeToString()
+                raw = base.raw + new_span(**span).SerializeToString()
                 body += (_SPANS_TAG, _varint(len(raw)), raw)
             joined = b"".join(body)
             parts += (_CHUNKS_TAG, _varint(len(joined)), joined)
@@ -402,9 +404,10 @@ def base_meta(res: _Resource, scope_meta: Mapping[str, str]) -> dict[str, str]:
 
 
 def map_span(span: Span, res: _Resource, base: Mapping[str, str],
-             defaults: Defaults) -> DDSpan:
-    """The span with only its own meta: `base` (resource and scope meta) is merged in
-    when serialized (`MappedPayload.serialize`), its own entries winning."""
+             defaults: Defaults) -> SpanFields:
+    """The Datadog span's fields with only its own meta: `base` (resource and scope meta)
+    is merged in when serialized (`MappedPayload.serialize`), its own entries winning.
+    Plain Python until then: top-level marking and APM stats read dicts, not protobuf."""
     span_strings: dict[str, str] = {}
     metrics: dict[str, float] = {}
     meta: dict[str, str] = {}
@@ -438,20 +441,20 @@ def map_span(span: Span, res: _Resource, base: Mapping[str, str],
     service = span_strings.get("service.name") or res.service
     error = 1 if span.status.code == Status.STATUS_CODE_ERROR else 0
     _added_meta(span, meta, base, metrics, error, attrs, defaults)
-    return datadog_proto.load().Span(  # type: ignore[no-any-return]  # a generated class
-        service=normalize_service(service) if service else DEFAULT_SERVICE,
-        name=operation_name(span.kind, attrs),
-        resource=resource_name(span, attrs),
-        traceID=int.from_bytes(span.trace_id[8:], "big"),
-        spanID=int.from_bytes(span.span_id, "big"),
-        parentID=int.from_bytes(span.parent_span_id, "big") if span.parent_span_id else 0,
-        start=span.start_time_unix_nano,
-        duration=max(span.end_time_unix_nano - span.start_time_unix_nano, 0),
-        error=error,
-        type=span_type(span.kind, attrs),
-        meta=meta,
-        metrics=metrics,
-    )
+    return {
+        "service": normalize_service(service) if service else DEFAULT_SERVICE,
+        "name": operation_name(span.kind, attrs),
+        "resource": resource_name(span, attrs),
+        "traceID": int.from_bytes(span.trace_id[8:], "big"),
+        "spanID": int.from_bytes(span.span_id, "big"),
+        "parentID": int.from_bytes(span.parent_span_id, "big") if span.parent_span_id else 0,
+        "start": span.start_time_unix_nano,
+        "duration": max(span.end_time_unix_nano - span.start_time_unix_nano, 0),
+        "error": error,
+        "type": span_type(span.kind, attrs),
+        "meta": meta,
+        "metrics": metrics,
+    }
 
 
 def _added_meta(span: Span, meta: dict[str, str], base: Mapping[str, str],
@@ -521,20 +524,21 @@ def _events(span: Span, meta: dict[str, str]) -> None:
 
 # --- payloads -----------------------------------------------------------------------------
 
-def _top_level(spans: list[DDSpan], by_span_kind: bool, kinds: list[int]) -> None:
+def _top_level(spans: list[SpanFields], by_span_kind: bool, kinds: list[int]) -> None:
     """`_top_level` (and `_dd.measured` in span-kind mode) as the Agent computes them."""
     if by_span_kind:
         for span, kind in zip(spans, kinds, strict=True):
-            if span.parentID == 0 or kind in (Span.SPAN_KIND_SERVER, Span.SPAN_KIND_CONSUMER):
-                span.metrics["_top_level"] = 1.0
+            if span["parentID"] == 0 or kind in (Span.SPAN_KIND_SERVER,
+                                                 Span.SPAN_KIND_CONSUMER):
+                span["metrics"]["_top_level"] = 1.0
             if kind in (Span.SPAN_KIND_CLIENT, Span.SPAN_KIND_PRODUCER):
-                span.metrics["_dd.measured"] = 1.0
+                span["metrics"]["_dd.measured"] = 1.0
         return
-    services = {span.spanID: span.service for span in spans}
+    services = {span["spanID"]: span["service"] for span in spans}
     for span in spans:
-        parent = services.get(span.parentID) if span.parentID else None
-        if parent is None or parent != span.service:
-            span.metrics["_top_level"] = 1.0
+        parent = services.get(span["parentID"]) if span["parentID"] else None
+        if parent is None or parent != span["service"]:
+            span["metrics"]["_top_level"] = 1.0
 
 
 def map_request(request: ExportTraceServiceRequest, defaults: Defaults,
@@ -557,7 +561,7 @@ def map_request(request: ExportTraceServiceRequest, defaults: Defaults,
             hostname=res.strings.get("host.name") or defaults.hostname,
             appVersion=res.version,
         )
-        chunks: dict[bytes, tuple[list[tuple[DDSpan, Base]], list[int]]] = {}
+        chunks: dict[bytes, tuple[list[tuple[SpanFields, Base]], list[int]]] = {}
         for ss in rs.scope_spans:
             if not ss.spans:
                 continue
@@ -580,7 +584,7 @@ def map_request(request: ExportTraceServiceRequest, defaults: Defaults,
                 if not entry[0]:
                     high = span.trace_id[:8]
                     if any(high):
-                        dd.meta["_dd.p.tid"] = high.hex()
+                        dd["meta"]["_dd.p.tid"] = high.hex()
                 entry[0].append((dd, base))
                 entry[1].append(span.kind)
                 mapped.spans += 1

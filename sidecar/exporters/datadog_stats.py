@@ -197,8 +197,8 @@ def stat_spans(payloads: Iterable[MappedPayload], options: StatsOptions) -> list
                             tp.containerID)
         for chunk in mp.chunks:
             for span, base in chunk:
-                metrics = span.metrics
-                meta = _Meta(span.meta, base.meta)
+                metrics = span["metrics"]
+                meta = _Meta(span["meta"], base.meta)
                 kind = meta.get("span.kind")
                 top = metrics.get("_top_level") == 1.0
                 if not (top or metrics.get("_dd.measured") == 1.0
@@ -206,14 +206,15 @@ def stat_spans(payloads: Iterable[MappedPayload], options: StatsOptions) -> list
                     continue
                 if metrics.get("_dd.partial_version", -1.0) >= 0:
                     continue
+                duration = span["duration"]
                 out.append(StatSpan(
                     pkey,
-                    (span.service, span.name, span.resource, span.type,
+                    (span["service"], span["name"], span["resource"], span["type"],
                      _status_code(meta, metrics),
                      meta.get("_dd.origin").startswith("synthetics"), kind,
                      _peer_tags(meta, kind) if options.peer_tags else (),
-                     TRACE_ROOT_TRUE if span.parentID == 0 else TRACE_ROOT_FALSE),
-                    span.start + span.duration, span.duration, span.error != 0, top))
+                     TRACE_ROOT_TRUE if span["parentID"] == 0 else TRACE_ROOT_FALSE),
+                    span["start"] + duration, duration, span["error"] != 0, top))
     return out
 
 

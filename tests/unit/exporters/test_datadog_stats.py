@@ -13,10 +13,9 @@ import msgpack
 import pytest
 from ddsketch import DDSketch as RefSketch
 
-from sidecar._proto.datadog_trace_pb2 import Span as DDSpan
 from sidecar._proto.datadog_trace_pb2 import TracerPayload
 from sidecar.exporters import datadog_stats as st
-from sidecar.exporters.datadog_mapping import Base, MappedPayload
+from sidecar.exporters.datadog_mapping import Base, MappedPayload, SpanFields
 from sidecar.exporters.datadog_stats import (
     BUCKET_NS,
     Concentrator,
@@ -97,13 +96,14 @@ def dd_span(span_id: int, *, parent: int = 0, kind: str = "server", service: str
             name: str = "op", resource: str = "GET /", typ: str = "web", error: int = 0,
             start: int = NOW - 2_000_000, duration: int = 1_000_000,
             metrics: dict[str, float] | None = None,
-            meta: dict[str, str] | None = None) -> DDSpan:
-    return DDSpan(service=service, name=name, resource=resource, traceID=7, spanID=span_id,
-                  parentID=parent, start=start, duration=duration, error=error, type=typ,
-                  meta={"span.kind": kind, **(meta or {})}, metrics=metrics or {})
+            meta: dict[str, str] | None = None) -> SpanFields:
+    return {"service": service, "name": name, "resource": resource, "traceID": 7,
+            "spanID": span_id, "parentID": parent, "start": start, "duration": duration,
+            "error": error, "type": typ, "meta": {"span.kind": kind, **(meta or {})},
+            "metrics": metrics or {}}
 
 
-def payload(*spans: DDSpan, env: str = "prod", host: str = "h", version: str = "1.0",
+def payload(*spans: SpanFields, env: str = "prod", host: str = "h", version: str = "1.0",
             base: dict[str, str] | None = None) -> MappedPayload:
     scope = Base(base or {}, b"")
     return MappedPayload(TracerPayload(env=env, hostname=host, appVersion=version),
