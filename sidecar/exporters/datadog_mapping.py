@@ -219,11 +219,13 @@ class _Lookup:
     """String attribute lookups on the span first, then the resource (the Agent's
     GetOTelAttrFromEitherMap): every span key before any resource key."""
 
-    __slots__ = ("resource", "span")
+    __slots__ = ("resource", "resource_env", "resource_version", "span")
 
-    def __init__(self, span: Mapping[str, str], resource: Mapping[str, str]) -> None:
+    def __init__(self, span: Mapping[str, str], resource: _Resource) -> None:
         self.span = span
-        self.resource = resource
+        self.resource = resource.strings
+        self.resource_env = resource.env
+        self.resource_version = resource.version
 
     def has_any(self, keys: frozenset[str]) -> bool:
         """Whether the span or the resource has any of `keys` (a C-level set test: the
@@ -248,6 +250,7 @@ _RESOURCE_KEYS = frozenset({
     "resource.name", "http.request.method", "http.method", "messaging.operation",
     "rpc.method", "graphql.operation.type", "db.system"})
 _TYPE_KEYS = frozenset({"span.type", "db.system"})
+_ENV_KEYS = frozenset({"deployment.environment.name", "deployment.environment"})
 _PLAIN_TYPE: dict[int, str] = {Span.SPAN_KIND_SERVER: "web", Span.SPAN_KIND_CLIENT: "http"}
 
 
@@ -437,7 +440,7 @@ def map_span(span: Span, res: _Resource, base: Mapping[str, str],
             metrics["http.status_code"] = number
         elif key == "sampling.priority":
             metrics["_sampling_priority_v1"] = number
-    attrs = _Lookup(span_strings, res.strings)
+    attrs = _Lookup(span_strings, res)
     service = span_strings.get("service.name") or res.service
     error = 1 if span.status.code == Status.STATUS_CODE_ERROR else 0
     _added_meta(span, meta, base, metrics, error, attrs, defaults)
@@ -461,10 +464,14 @@ def _added_meta(span: Span, meta: dict[str, str], base: Mapping[str, str],
                 metrics: dict[str, float], error: int, attrs: _Lookup,
                 defaults: Defaults) -> None:
     meta["span.kind"] = _KIND_META.get(span.kind, "unspecified")
-    env = attrs.get("deployment.environment.name", "deployment.environment") or defaults.env
+    own = attrs.span
+    if _ENV_KEYS.isdisjoint(own):  # the resource's, found once per resource
+        env = attrs.resource_env or defaults.env
+    else:
+        env = attrs.get("deployment.environment.name", "deployment.environment") or defaults.env
     if env:
         meta["env"] = env
-    version = attrs.get("service.version")
+    version = own.get("service.version") or attrs.resource_version
     if version:
         meta["version"] = version
     meta["otel.trace_id"] = span.trace_id.hex()

@@ -287,10 +287,9 @@ async def test_flusher_timer_sends_finished_buckets_and_close_sends_the_rest() -
     assert posts == []  # the bucket is still open
     clock.now = NOW + 2 * BUCKET_NS
     c.add([stat(NOW + 2 * BUCKET_NS)])
-    for _ in range(100):
-        if posts:
-            break
-        await asyncio.sleep(0.01)
+    async with asyncio.timeout(10):
+        while not posts:
+            await asyncio.sleep(0.01)
     assert [b["Start"] for b in posts[0]["Stats"][0]["Stats"]] == [NOW - NOW % BUCKET_NS]
     await flusher.close()
     assert len(posts) == 2  # the open bucket, at close
