@@ -395,6 +395,35 @@ def _rename(key: str) -> str:
     return key
 
 
+# per attribute key, what the loop in map_span needs (renamed, truncated, or None for a key
+# the mapping consumes): computed once per key, bounded for hostile key sets
+_META_NAMES: dict[str, str | None] = {}
+_METRIC_NAMES: dict[str, tuple[str, ...]] = {}
+_NAME_CACHE = 4096
+
+
+def _truncated_key(key: str) -> str:
+    return key if len(key) <= MAX_META_KEY else key[:MAX_META_KEY] + "..."
+
+
+def _meta_name(key: str) -> str | None:
+    name = None if key in _CONSUMED else _truncated_key(_rename(key))
+    if len(_META_NAMES) < _NAME_CACHE:
+        _META_NAMES[key] = name
+    return name
+
+
+def _metric_names(key: str) -> tuple[str, ...]:
+    names: tuple[str, ...] = (_truncated_key(_rename(key)),)
+    if key in ("http.response.status_code", "http.status_code"):
+        names += ("http.status_code",)
+    elif key == "sampling.priority":
+        names += ("_sampling_priority_v1",)
+    if len(_METRIC_NAMES) < _NAME_CACHE:
+        _METRIC_NAMES[key] = names
+    return names
+
+
 def base_meta(res: _Resource, scope_meta: Mapping[str, str]) -> dict[str, str]:
     """The meta every span of a scope starts from: resource attributes, then scope ones."""
     meta: dict[str, str] = {}
@@ -427,19 +456,13 @@ def map_span(span: Span, res: _Resource, base: Mapping[str, str],
             # strings, the common case, without as_string's second WhichOneof
             text = span_strings[key] = (value.string_value if kind == "string_value"
                                         else as_string(value))
-            if key not in _CONSUMED:
-                name = _rename(key)
-                if len(name) <= MAX_META_KEY and len(text) <= MAX_META_VALUE:
-                    meta[name] = text
-                else:
-                    _put_meta(meta, name, text)
+            name = _META_NAMES.get(key) or _meta_name(key)
+            if name is not None:
+                meta[name] = text if len(text) <= MAX_META_VALUE else (
+                    text[:MAX_META_VALUE] + "...")
             continue
-        name = _rename(key)
-        metrics[name if len(name) <= MAX_META_KEY else name[:MAX_META_KEY] + "..."] = number
-        if key in ("http.response.status_code", "http.status_code"):
-            metrics["http.status_code"] = number
-        elif key == "sampling.priority":
-            metrics["_sampling_priority_v1"] = number
+        for name in _METRIC_NAMES.get(key) or _metric_names(key):
+            metrics[name] = number
     attrs = _Lookup(span_strings, res)
     service = span_strings.get("service.name") or res.service
     error = 1 if span.status.code == Status.STATUS_CODE_ERROR else 0
