@@ -276,8 +276,11 @@ async def test_flusher_timer_sends_finished_buckets_and_close_sends_the_rest() -
     posts: list[dict[str, Any]] = []
     outcomes: list[str] = []
 
+    posted = asyncio.Event()
+
     async def post(body: bytes) -> None:
         posts.append(msgpack.unpackb(body))
+        posted.set()
 
     flusher = st.StatsFlusher(c, post, hostname="h", env="e", agent_version="v",
                               on_payload=outcomes.append, interval=0.01)
@@ -288,8 +291,7 @@ async def test_flusher_timer_sends_finished_buckets_and_close_sends_the_rest() -
     clock.now = NOW + 2 * BUCKET_NS
     c.add([stat(NOW + 2 * BUCKET_NS)])
     async with asyncio.timeout(10):
-        while not posts:
-            await asyncio.sleep(0.01)
+        await posted.wait()
     assert [b["Start"] for b in posts[0]["Stats"][0]["Stats"]] == [NOW - NOW % BUCKET_NS]
     await flusher.close()
     assert len(posts) == 2  # the open bucket, at close
