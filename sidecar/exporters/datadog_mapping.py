@@ -209,8 +209,16 @@ def _strings(attributes: Iterable[KeyValue]) -> dict[str, str]:
 
 
 def normalize_service(name: str) -> str:
-    name = _SERVICE_INVALID.sub("_", name.strip().lower())[:MAX_SERVICE]
-    return name or DEFAULT_SERVICE
+    normalized = _SERVICES.get(name)
+    if normalized is None:
+        normalized = _SERVICE_INVALID.sub("_", name.strip().lower())[:MAX_SERVICE]
+        normalized = normalized or DEFAULT_SERVICE
+        if len(_SERVICES) < _NAME_CACHE:  # a few services per process; bounded all the same
+            _SERVICES[name] = normalized
+    return normalized
+
+
+_SERVICES: dict[str, str] = {}
 
 
 # --- rules of §2.3 ------------------------------------------------------------------------
