@@ -333,6 +333,8 @@ class NativeTracesSender:
             except TimeoutError:
                 log.warning("datadog stats: final flush timed out after %ss",
                             self.config.timeout)
+            except Exception:  # a stats bug must not stop the traces exporter's shutdown
+                log.exception("datadog stats: final flush failed")
             metrics.DATADOG_STATS_KEYS.labels(self.name).set(self._stats.concentrator.keys)
         if self._session is not None:
             await self._session.close()

@@ -83,6 +83,7 @@ _PEER_SET = frozenset(PEER_TAG_KEYS)
 _BASE_SERVICE = "_dd.base_service"
 TRACE_ROOT_TRUE, TRACE_ROOT_FALSE = 1, 2  # the proto's Trilean
 _F64, _U64 = struct.Struct("<d"), struct.Struct("<Q")
+_U64_MAX = 2**64 - 1
 
 
 def truncate(duration: int) -> float:
@@ -238,7 +239,9 @@ def _status_code(meta: _Meta, metrics: Mapping[str, float]) -> int:
     if code is not None:
         return int(code) if 0 <= code < 2**32 else 0
     text = meta.get("http.status_code")
-    return int(text) if text.isdigit() and int(text) < 2**32 else 0
+    # at most 10 digits: int() of a hostile 25,000-digit value would raise (or be slow)
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 10 \
+        and int(text) < 2**32 else 0
 
 
 def _peer_tags(meta: _Meta, kind: str) -> tuple[str, ...]:
@@ -307,24 +310,38 @@ class Concentrator:
     def flush(self, force: bool = False) -> list[dict[str, Any]]:
         """Remove the finished buckets (all with `force`) and return them as
         ClientStatsPayload documents (msgpack field names of the Agent's msgp code)."""
+        return export(self.take(force))
+
+    def take(self, force: bool = False) -> list[tuple[int, PayloadKey, dict[GroupKey, Any]]]:
+        """Remove the finished buckets (all with `force`): (start, payload key, groups).
+        Cheap; `export` (sketch encoding) may then run in a thread, as nothing here
+        refers to the taken groups any more."""
         now = self._now()
-        by_payload: dict[PayloadKey, list[dict[str, Any]]] = {}
+        taken = []
         for btime in sorted(self._buckets):
             if not force and btime > now - BUFFER_LEN * BUCKET_NS:
                 continue
             for pkey, groups in self._buckets.pop(btime).items():
                 self.keys -= len(groups)
-                by_payload.setdefault(pkey, []).append({
-                    "Start": btime, "Duration": BUCKET_NS, "AgentTimeShift": 0,
-                    "Stats": [_grouped(key, g) for key, g in groups.items()]})
+                taken.append((btime, pkey, groups))
         oldest = _align(now) - (BUFFER_LEN - 1) * BUCKET_NS
         self._oldest = max(self._oldest, oldest)
-        return [{
-            "Hostname": host, "Env": env, "Version": version, "Stats": buckets,
-            "Lang": "", "TracerVersion": "", "RuntimeID": "", "Sequence": 0,
-            "AgentAggregation": "", "Service": "", "ContainerID": container, "Tags": [],
-            "GitCommitSha": "", "ImageTag": "",
-        } for (env, host, version, container), buckets in by_payload.items()]
+        return taken
+
+
+def export(taken: list[tuple[int, PayloadKey, dict[GroupKey, Any]]]) -> list[dict[str, Any]]:
+    """Taken buckets as ClientStatsPayload documents, one per payload key."""
+    by_payload: dict[PayloadKey, list[dict[str, Any]]] = {}
+    for btime, pkey, groups in taken:
+        by_payload.setdefault(pkey, []).append({
+            "Start": btime, "Duration": BUCKET_NS, "AgentTimeShift": 0,
+            "Stats": [_grouped(key, g) for key, g in groups.items()]})
+    return [{
+        "Hostname": host, "Env": env, "Version": version, "Stats": buckets,
+        "Lang": "", "TracerVersion": "", "RuntimeID": "", "Sequence": 0,
+        "AgentAggregation": "", "Service": "", "ContainerID": container, "Tags": [],
+        "GitCommitSha": "", "ImageTag": "",
+    } for (env, host, version, container), buckets in by_payload.items()]
 
 
 def _align(ns: int) -> int:
@@ -336,7 +353,9 @@ def _grouped(key: GroupKey, g: _Group) -> dict[str, Any]:
     return {
         "Service": service, "Name": name, "Resource": resource, "HTTPStatusCode": status,
         "Type": typ, "DBType": "", "Hits": g.hits, "Errors": g.errors,
-        "Duration": g.duration, "OkSummary": g.ok.encode(), "ErrorSummary": g.err.encode(),
+        # a uint64 on the wire: a hostile sum is capped
+        "Duration": min(g.duration, _U64_MAX),
+        "OkSummary": g.ok.encode(), "ErrorSummary": g.err.encode(),
         "Synthetics": synthetics, "TopLevelHits": g.top_level_hits, "SpanKind": kind,
         "PeerTags": list(peer_tags), "IsTraceRoot": root,
     }
@@ -413,11 +432,14 @@ class StatsFlusher:
                 log.exception("datadog stats flush failed")
 
     async def flush(self, force: bool = False) -> None:
-        clients = self.concentrator.flush(force)
-        if not clients:
+        taken = self.concentrator.take(force)
+        if not taken:
             return
-        for payload in payloads(clients, *self._meta):
-            await self._send(encode(payload), attempts=self.ATTEMPTS)
+        # encoding thousands of sketches is tens of ms: off the event loop
+        bodies = await asyncio.to_thread(
+            lambda: [encode(p) for p in payloads(export(taken), *self._meta)])
+        for body in bodies:
+            await self._send(body, attempts=self.ATTEMPTS)
 
     async def _send(self, body: bytes, attempts: int) -> None:
         for attempt in range(attempts):

@@ -296,3 +296,22 @@ async def test_flusher_timer_sends_finished_buckets_and_close_sends_the_rest() -
     await flusher.close()
     assert len(posts) == 2  # the open bucket, at close
     assert outcomes == ["sent", "sent"]
+
+
+def test_hostile_values_do_not_break_the_payload() -> None:
+    spans = [dd_span(1, metrics={**TOP, "http.status_code": float("nan")}),
+             dd_span(2, metrics=TOP, meta={"http.status_code": "9" * 20_000}),
+             dd_span(3, metrics={**TOP, "http.status_code": -5.0}),
+             dd_span(4, metrics=TOP, meta={"http.status_code": "\u0663"})]  # Arabic-Indic 3
+    got = stat_spans([payload(*spans)], StatsOptions())
+    assert [s.key[4] for s in got] == [0, 0, 0, 0]
+    c = Concentrator(10, now=Clock(NOW))
+    huge = 2**63 + 12345
+    c.add([stat(NOW, duration=huge), stat(NOW, duration=huge), stat(NOW, duration=0)])
+    (doc,) = st.payloads(c.flush(force=True), "h", "e", "v")
+    group = msgpack.unpackb(st.encode(doc))["Stats"][0]["Stats"][0]["Stats"][0]
+    assert group["Hits"] == 3
+    assert group["Duration"] == 2**64 - 1
+    bins, zero = decode_sketch(group["OkSummary"])
+    assert zero == 1
+    assert sum(n for _, n in bins) == 2
