@@ -16,6 +16,7 @@ permanent. Metrics are not supported yet and are dropped without a request."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import socket
 from typing import Literal
@@ -24,14 +25,20 @@ from urllib.parse import urlsplit
 import aiohttp
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from pydantic import SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from sidecar import __version__
 from sidecar.component import BuildContext, ExporterComponent, ExporterFactory, register_exporter
-from sidecar.errors import PermanentError, StartupError
-from sidecar.exporters import datadog_proto, otlp_vendor
+from sidecar.configtypes import Strict
+from sidecar.errors import PermanentError
+from sidecar.exporters import datadog_proto, datadog_stats, otlp_vendor
 from sidecar.exporters.datadog_logs import LogDefaults, entries
-from sidecar.exporters.datadog_mapping import Defaults, map_request
+from sidecar.exporters.datadog_mapping import (
+    TRACER_PAYLOADS_TAG,
+    Defaults,
+    length_delimited,
+    map_request,
+)
 from sidecar.exporters.otlp import OtlpConfig
 from sidecar.exporthelper import http
 from sidecar.exporthelper.chain import ExportChain, Sender
@@ -39,6 +46,9 @@ from sidecar.exporthelper.compression import gzip_body
 from sidecar.exporthelper.retry import RequestTooLargeError
 from sidecar.exporthelper.settings import BatchSettings, ExporterSettings, TlsSettings
 from sidecar.model import Batch, Signal
+from sidecar.telemetry import metrics
+
+log = logging.getLogger(__name__)
 
 TRACES_PATH = "/api/v0.2/traces"
 LOGS_PATH = "/api/v2/logs"
@@ -50,6 +60,21 @@ RETRYABLE = frozenset({408, 429, *range(500, 600)})
 # mapping runs in a thread for batches larger than this (it is Python, ~µs per span)
 _MAP_OFF_LOOP = 256
 _SITE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+")
+
+
+class StatsSettings(Strict):
+    """APM stats (mode: native): the Agent's 10 s concentrator, sent to /api/v0.2/stats."""
+
+    enabled: bool = True
+    # aggregation keys held at once over all open buckets; a span with a new key beyond
+    # this is left out of the stats and counted (sidecar_datadog_stats_refused_spans)
+    max_keys: int = Field(default=5000, ge=1, le=1_000_000)
+    # the Agent's peer_tags_aggregation: client/producer/consumer spans grouped by the
+    # peer.* precursor attributes they carry (db.system, server.address, peer.service...)
+    peer_tags: bool = True
+    # the Agent's compute_stats_by_span_kind: server/consumer/client/producer spans get
+    # stats even when neither top-level nor measured
+    compute_by_span_kind: bool = True
 
 
 class DatadogConfig(ExporterSettings):
@@ -70,6 +95,7 @@ class DatadogConfig(ExporterSettings):
     tags: dict[str, str] = {}  # AgentPayload tags; ddtags on logs
     source: str = "sidecar"  # ddsource on logs
     top_level_by_span_kind: bool = True  # the Agent's enable_otlp_compute_top_level_by_span_kind
+    stats: StatsSettings = StatsSettings()  # mode native: APM stats (RED metrics)
     tls: TlsSettings = TlsSettings()
     # OTLP bytes per request: the Datadog encoding of LLM spans is ~2x larger, so this
     # keeps a request under the intake's 3.2 MB; a larger one is split before it is sent.
@@ -172,9 +198,11 @@ class BySignal:
 
 
 class NativeTracesSender:
-    def __init__(self, config: DatadogConfig) -> None:
+    def __init__(self, config: DatadogConfig, name: str = "datadog") -> None:
         self.config = config
+        self.name = name
         self._url = config.base_url + TRACES_PATH
+        self._stats_url = config.base_url + datadog_stats.PATH
         self._defaults = Defaults(hostname=config.hostname or socket.gethostname(),
                                   env=config.env,
                                   top_level_by_span_kind=config.top_level_by_span_kind)
@@ -186,35 +214,55 @@ class NativeTracesSender:
         self._log_defaults = LogDefaults(
             hostname=self._defaults.hostname, env=config.env, source=config.source,
             tags=tuple(f"{k}:{v}" for k, v in config.tags.items()))
+        self._stats_headers = {"DD-Api-Key": key, "Content-Type": "application/msgpack",
+                               "Content-Encoding": "gzip"}
         self._session: aiohttp.ClientSession | None = None
+        self._stats_options = datadog_stats.StatsOptions(
+            compute_by_span_kind=config.stats.compute_by_span_kind,
+            peer_tags=config.stats.peer_tags)
+        self._stats: datadog_stats.StatsFlusher | None = None
+        if config.stats.enabled:
+            concentrator = datadog_stats.Concentrator(
+                config.stats.max_keys,
+                on_refused=metrics.DATADOG_STATS_REFUSED.labels(name).inc)
+            self._stats = datadog_stats.StatsFlusher(
+                concentrator, self._post_stats, hostname=self._defaults.hostname,
+                env=config.env or "none", agent_version=f"sidecar-{__version__}",
+                on_payload=lambda outcome: metrics.DATADOG_STATS_PAYLOADS.labels(
+                    name, outcome).inc())
 
     async def start(self) -> None:
         plaintext = self.config.base_url.startswith("http://")
-        try:
-            self._session = http.create_session(None if plaintext else self.config.tls,
-                                                connections=self.config.queue.concurrency)
-        except (OSError, ValueError) as exc:
-            raise StartupError(f"tls: {exc}") from exc
+        self._session = http.open_session(None if plaintext else self.config.tls,
+                                          connections=self.config.queue.concurrency)
+        if self._stats is not None:
+            self._stats.start()
 
-    def encode(self, batch: Batch) -> tuple[bytes | None, int, str]:
-        """(AgentPayload bytes or None when no span is left, skipped spans, languages)."""
+    def encode(self, batch: Batch) -> tuple[bytes | None, int, str,
+                                            list[datadog_stats.StatSpan]]:
+        """(AgentPayload bytes or None when no span is left, skipped spans, languages, the
+        spans for APM stats)."""
         request = batch.message
         assert isinstance(request, ExportTraceServiceRequest)
         mapped = map_request(request, self._defaults, MAX_PAYLOAD)
-        if not mapped.payloads:
-            return None, mapped.skipped, ""
-        payload = datadog_proto.load().AgentPayload(
-            hostName=self._defaults.hostname, env=self.config.env,
-            tracerPayloads=mapped.payloads, tags=self.config.tags,
+        if not mapped.mapped:
+            return None, mapped.skipped, "", []
+        header = datadog_proto.load().AgentPayload(
+            hostName=self._defaults.hostname, env=self.config.env, tags=self.config.tags,
             agentVersion=f"sidecar-{__version__}", targetTPS=1.0, errorTPS=1.0)
-        body = payload.SerializeToString()
+        parts = [header.SerializeToString()]
+        for payload in mapped.mapped:
+            parts.append(length_delimited(TRACER_PAYLOADS_TAG, payload.serialize()))
+        body = b"".join(parts)
         if len(body) > MAX_PAYLOAD:
             raise RequestTooLargeError(
                 f"Datadog payload of {len(body)} bytes for {batch.items} spans is over "
                 f"the intake's {MAX_PAYLOAD}")
-        languages = "|".join(sorted({p.languageName for p in mapped.payloads
-                                     if p.languageName}))
-        return body, mapped.skipped, languages
+        languages = "|".join(sorted({p.header.languageName for p in mapped.mapped
+                                     if p.header.languageName}))
+        stat_spans = (datadog_stats.stat_spans(mapped.mapped, self._stats_options)
+                      if self._stats is not None else [])
+        return body, mapped.skipped, languages, stat_spans
 
     def encode_logs(self, batch: Batch) -> bytes | None:
         """The JSON array for the logs intake, None without records."""
@@ -238,9 +286,9 @@ class NativeTracesSender:
             raise PermanentError(f"type datadog sends traces and logs, not "
                                  f"{batch.signal.value}; route them elsewhere under pipelines:")
         if batch.items > _MAP_OFF_LOOP:
-            body, skipped, languages = await asyncio.to_thread(self.encode, batch)
+            body, skipped, languages, stat_spans = await asyncio.to_thread(self.encode, batch)
         else:
-            body, skipped, languages = self.encode(batch)
+            body, skipped, languages, stat_spans = self.encode(batch)
         if body is None:
             return skipped
         headers = self._headers
@@ -249,7 +297,20 @@ class NativeTracesSender:
         await http.post(self._session, self._url, await gzip_body(body), headers,
                         batch.signal, extra_retryable=RETRYABLE, hinted=RETRYABLE,
                         otlp_answer=False)
+        if self._stats is not None and stat_spans:
+            # after the intake took the spans: a retried or split request counts once
+            concentrator = self._stats.concentrator
+            refused = concentrator.add(stat_spans)
+            metrics.DATADOG_STATS_SPANS.labels(self.name).inc(len(stat_spans) - refused)
+            metrics.DATADOG_STATS_KEYS.labels(self.name).set(concentrator.keys)
         return skipped
+
+    async def _post_stats(self, body: bytes) -> None:
+        if self._session is None:
+            raise PermanentError("stats flush after close")
+        await http.post(self._session, self._stats_url, await gzip_body(body),
+                        self._stats_headers, Signal.TRACES, extra_retryable=RETRYABLE,
+                        hinted=RETRYABLE, otlp_answer=False)
 
     async def _send_logs(self, batch: Batch) -> int:
         assert self._session is not None
@@ -265,12 +326,23 @@ class NativeTracesSender:
         return 0
 
     async def close(self) -> None:
+        if self._stats is not None and self._session is not None:
+            try:
+                async with asyncio.timeout(self.config.timeout):
+                    await self._stats.close()  # the open buckets, once
+            except TimeoutError:
+                log.warning("datadog stats: final flush timed out after %ss",
+                            self.config.timeout)
+            except Exception:  # a stats bug must not stop the traces exporter's shutdown
+                log.exception("datadog stats: final flush failed")
+            metrics.DATADOG_STATS_KEYS.labels(self.name).set(self._stats.concentrator.keys)
         if self._session is not None:
             await self._session.close()
             self._session = None
 
     def describe(self) -> str:
-        return f"datadog/native {self._url}, logs {self.config.logs_url}"
+        stats = f", stats {self._stats_url}" if self._stats is not None else ""
+        return f"datadog/native {self._url}, logs {self.config.logs_url}{stats}"
 
 
 def create(name: str, settings: ExporterSettings, ctx: BuildContext) -> ExporterComponent:
@@ -281,7 +353,7 @@ def create(name: str, settings: ExporterSettings, ctx: BuildContext) -> Exporter
         traces, other = settings.intake_otlp()
         return ExportChain(name, settings, BySignal(otlp_vendor.sender_for(traces),
                                                     otlp_vendor.sender_for(other)))
-    return ExportChain(name, settings, NativeTracesSender(settings))
+    return ExportChain(name, settings, NativeTracesSender(settings, name))
 
 
 FACTORY = register_exporter(ExporterFactory("datadog", DatadogConfig, create))

@@ -26,8 +26,7 @@ from sidecar.exporters import datadog_proto
 from sidecar.exporthelper.retry import RequestTooLargeError
 
 if TYPE_CHECKING:
-    from sidecar._proto.datadog_trace_pb2 import Span as DDSpan
-    from sidecar._proto.datadog_trace_pb2 import TraceChunk, TracerPayload
+    from sidecar._proto.datadog_trace_pb2 import TracerPayload
 
 DEFAULT_SERVICE = "otlpresourcenoservicename"
 MAX_SERVICE = 100
@@ -35,6 +34,8 @@ MAX_RESOURCE = 5000
 MAX_META_KEY = 200
 MAX_META_VALUE = 25_000
 PRIORITY_AUTO_KEEP = 1
+# a Datadog Span's fields by their proto names (meta and metrics as dicts)
+SpanFields = dict[str, Any]
 
 _KIND_META: dict[int, str] = {  # meta span.kind (the Agent's OTelSpanKindName)
     Span.SPAN_KIND_UNSPECIFIED: "unspecified", Span.SPAN_KIND_INTERNAL: "internal",
@@ -84,11 +85,77 @@ class Defaults:
     top_level_by_span_kind: bool = True
 
 
+@dataclass(frozen=True, slots=True)
+class Base:
+    """The meta every span of one scope starts from (its resource's attributes, then the
+    scope's), as a dict for lookups and, serialized once, as the bytes of a Span holding
+    only that meta."""
+
+    meta: dict[str, str]
+    raw: bytes
+
+
+@dataclass(slots=True)
+class MappedPayload:
+    """One TracerPayload: its fields but chunks, and per chunk its spans (Span fields,
+    each with only its own meta) paired with their scope's Base."""
+
+    header: TracerPayload
+    chunks: list[list[tuple[SpanFields, Base]]]
+
+    def serialize(self) -> bytes:
+        """The TracerPayload's bytes. Built by concatenation, which protobuf defines as a
+        merge: a span is its Base's bytes then its own, so its map entries are the union
+        with its own winning, exactly as if one meta map were filled; each span is placed
+        in its chunk without the copy `repeated.append` makes (~9 µs per span) and the
+        resource's and scope's meta is encoded once per scope, not once per span."""
+        new_span = datadog_proto.load().Span
+        parts = [self.header.SerializeToString()]
+        for chunk in self.chunks:
+            body = [_chunk_header()]
+            for span, base in chunk:
+                raw = base.raw + new_span(**span).SerializeToString()
+                body += (_SPANS_TAG, _varint(len(raw)), raw)
+            joined = b"".join(body)
+            parts += (_CHUNKS_TAG, _varint(len(joined)), joined)
+        return b"".join(parts)
+
+
 @dataclass(slots=True)
 class Mapped:
-    payloads: list[TracerPayload] = field(default_factory=list)
+    mapped: list[MappedPayload] = field(default_factory=list)
     spans: int = 0
     skipped: int = 0  # all-zero trace or span ids
+
+    @property
+    def payloads(self) -> list[TracerPayload]:
+        """The TracerPayloads as the intake decodes them (for tests and tools; the
+        exporter sends `serialize()` bytes)."""
+        pb = datadog_proto.load()
+        return [pb.TracerPayload.FromString(p.serialize()) for p in self.mapped]
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+# length-delimited field keys (field number << 3 | 2), written by hand with the lengths:
+# TraceChunk.spans = 3, TracerPayload.chunks = 6, AgentPayload.tracerPayloads = 5
+_SPANS_TAG, _CHUNKS_TAG, TRACER_PAYLOADS_TAG = b"\x1a", b"\x32", b"\x2a"
+
+
+@functools.cache
+def _chunk_header() -> bytes:
+    return bytes(datadog_proto.load().TraceChunk(priority=PRIORITY_AUTO_KEEP).SerializeToString())
+
+
+def length_delimited(tag: bytes, data: bytes) -> bytes:
+    return tag + _varint(len(data)) + data
 
 
 # --- OTLP values --------------------------------------------------------------------------
@@ -142,21 +209,36 @@ def _strings(attributes: Iterable[KeyValue]) -> dict[str, str]:
 
 
 def normalize_service(name: str) -> str:
-    name = _SERVICE_INVALID.sub("_", name.strip().lower())[:MAX_SERVICE]
-    return name or DEFAULT_SERVICE
+    normalized = _SERVICES.get(name)
+    if normalized is None:
+        normalized = _SERVICE_INVALID.sub("_", name.strip().lower())[:MAX_SERVICE]
+        normalized = normalized or DEFAULT_SERVICE
+        if len(_SERVICES) < _NAME_CACHE:  # a few services per process; bounded all the same
+            _SERVICES[name] = normalized
+    return normalized
+
+
+_SERVICES: dict[str, str] = {}
 
 
 # --- rules of §2.3 ------------------------------------------------------------------------
 
 class _Lookup:
     """String attribute lookups on the span first, then the resource (the Agent's
-    GetOTelAttrFromEitherMap)."""
+    GetOTelAttrFromEitherMap): every span key before any resource key."""
 
-    __slots__ = ("resource", "span")
+    __slots__ = ("resource", "resource_env", "resource_version", "span")
 
-    def __init__(self, span: Mapping[str, str], resource: Mapping[str, str]) -> None:
+    def __init__(self, span: Mapping[str, str], resource: _Resource) -> None:
         self.span = span
-        self.resource = resource
+        self.resource = resource.strings
+        self.resource_env = resource.env
+        self.resource_version = resource.version
+
+    def has_any(self, keys: frozenset[str]) -> bool:
+        """Whether the span or the resource has any of `keys` (a C-level set test: the
+        rules below only need their lookups when one of their keys is there)."""
+        return not (keys.isdisjoint(self.span) and keys.isdisjoint(self.resource))
 
     def get(self, *keys: str, lower: bool = False) -> str:
         for source in (self.span, self.resource):
@@ -167,7 +249,26 @@ class _Lookup:
         return ""
 
 
+# the keys each rule reads: without any of them, the rule's answer is its fallback
+_OPERATION_KEYS = frozenset({
+    "operation.name", "http.request.method", "http.method", "db.system", "messaging.system",
+    "messaging.operation", "rpc.system", "faas.invoked_provider", "faas.invoked_name",
+    "faas.trigger", "graphql.operation.type", "network.protocol.name"})
+_RESOURCE_KEYS = frozenset({
+    "resource.name", "http.request.method", "http.method", "messaging.operation",
+    "rpc.method", "graphql.operation.type", "db.system"})
+_TYPE_KEYS = frozenset({"span.type", "db.system"})
+_ENV_KEYS = frozenset({"deployment.environment.name", "deployment.environment"})
+_PLAIN_TYPE: dict[int, str] = {Span.SPAN_KIND_SERVER: "web", Span.SPAN_KIND_CLIENT: "http"}
+
+
 def operation_name(kind: int, attrs: _Lookup) -> str:
+    if not attrs.has_any(_OPERATION_KEYS):
+        if kind == Span.SPAN_KIND_SERVER:
+            return "server.request"
+        if kind == Span.SPAN_KIND_CLIENT:
+            return "client.request"
+        return _KIND_NAME.get(kind, "Internal")
     name = attrs.get("operation.name", lower=True)
     if name:
         return name
@@ -211,6 +312,8 @@ def operation_name(kind: int, attrs: _Lookup) -> str:
 
 
 def resource_name(span: Span, attrs: _Lookup) -> str:
+    if not attrs.has_any(_RESOURCE_KEYS):
+        return span.name[:MAX_RESOURCE]
     name = attrs.get("resource.name")
     if not name:
         name = _resource_from_semconv(span, attrs)
@@ -246,6 +349,8 @@ def _resource_from_semconv(span: Span, attrs: _Lookup) -> str:
 
 
 def span_type(kind: int, attrs: _Lookup) -> str:
+    if not attrs.has_any(_TYPE_KEYS):
+        return _PLAIN_TYPE.get(kind, "custom")
     explicit = attrs.get("span.type")
     if explicit:
         return explicit
@@ -298,6 +403,35 @@ def _rename(key: str) -> str:
     return key
 
 
+# per attribute key, what the loop in map_span needs (renamed, truncated, or None for a key
+# the mapping consumes): computed once per key, bounded for hostile key sets
+_META_NAMES: dict[str, str | None] = {}
+_METRIC_NAMES: dict[str, tuple[str, ...]] = {}
+_NAME_CACHE = 4096
+
+
+def _truncated_key(key: str) -> str:
+    return key if len(key) <= MAX_META_KEY else key[:MAX_META_KEY] + "..."
+
+
+def _meta_name(key: str) -> str | None:
+    name = None if key in _CONSUMED else _truncated_key(_rename(key))
+    if len(_META_NAMES) < _NAME_CACHE:
+        _META_NAMES[key] = name
+    return name
+
+
+def _metric_names(key: str) -> tuple[str, ...]:
+    names: tuple[str, ...] = (_truncated_key(_rename(key)),)
+    if key in ("http.response.status_code", "http.status_code"):
+        names += ("http.status_code",)
+    elif key == "sampling.priority":
+        names += ("_sampling_priority_v1",)
+    if len(_METRIC_NAMES) < _NAME_CACHE:
+        _METRIC_NAMES[key] = names
+    return names
+
+
 def base_meta(res: _Resource, scope_meta: Mapping[str, str]) -> dict[str, str]:
     """The meta every span of a scope starts from: resource attributes, then scope ones."""
     meta: dict[str, str] = {}
@@ -310,57 +444,65 @@ def base_meta(res: _Resource, scope_meta: Mapping[str, str]) -> dict[str, str]:
 
 
 def map_span(span: Span, res: _Resource, base: Mapping[str, str],
-             defaults: Defaults) -> DDSpan:
+             defaults: Defaults) -> SpanFields:
+    """The Datadog span's fields with only its own meta: `base` (resource and scope meta)
+    is merged in when serialized (`MappedPayload.serialize`), its own entries winning.
+    Plain Python until then: top-level marking and APM stats read dicts, not protobuf."""
     span_strings: dict[str, str] = {}
     metrics: dict[str, float] = {}
-    # precedence: span attributes over scope over resource (later writes win)
-    meta = dict(base)
+    meta: dict[str, str] = {}
     for kv in span.attributes:
         key, value = kv.key, kv.value
         kind = value.WhichOneof("value")
         if kind == "int_value":
             number: float = float(value.int_value)
+            span_strings[key] = str(value.int_value)
         elif kind == "double_value":
             number = value.double_value
+            span_strings[key] = _float_text(number)
         else:
-            text = span_strings[key] = as_string(value)
-            if key not in _CONSUMED:
-                _put_meta(meta, _rename(key), text)
+            # strings, the common case, without as_string's second WhichOneof
+            text = span_strings[key] = (value.string_value if kind == "string_value"
+                                        else as_string(value))
+            name = _META_NAMES.get(key) or _meta_name(key)
+            if name is not None:
+                meta[name] = text if len(text) <= MAX_META_VALUE else (
+                    text[:MAX_META_VALUE] + "...")
             continue
-        span_strings[key] = as_string(value)
-        name = _rename(key)
-        metrics[name if len(name) <= MAX_META_KEY else name[:MAX_META_KEY] + "..."] = number
-        if key in ("http.response.status_code", "http.status_code"):
-            metrics["http.status_code"] = number
-        elif key == "sampling.priority":
-            metrics["_sampling_priority_v1"] = number
-    attrs = _Lookup(span_strings, res.strings)
+        for name in _METRIC_NAMES.get(key) or _metric_names(key):
+            metrics[name] = number
+    attrs = _Lookup(span_strings, res)
     service = span_strings.get("service.name") or res.service
     error = 1 if span.status.code == Status.STATUS_CODE_ERROR else 0
-    _added_meta(span, meta, metrics, error, attrs, defaults)
-    return datadog_proto.load().Span(  # type: ignore[no-any-return]  # a generated class
-        service=normalize_service(service) if service else DEFAULT_SERVICE,
-        name=operation_name(span.kind, attrs),
-        resource=resource_name(span, attrs),
-        traceID=int.from_bytes(span.trace_id[8:], "big"),
-        spanID=int.from_bytes(span.span_id, "big"),
-        parentID=int.from_bytes(span.parent_span_id, "big") if span.parent_span_id else 0,
-        start=span.start_time_unix_nano,
-        duration=max(span.end_time_unix_nano - span.start_time_unix_nano, 0),
-        error=error,
-        type=span_type(span.kind, attrs),
-        meta=meta,
-        metrics=metrics,
-    )
+    _added_meta(span, meta, base, metrics, error, attrs, defaults)
+    return {
+        "service": normalize_service(service) if service else DEFAULT_SERVICE,
+        "name": operation_name(span.kind, attrs),
+        "resource": resource_name(span, attrs),
+        "traceID": int.from_bytes(span.trace_id[8:], "big"),
+        "spanID": int.from_bytes(span.span_id, "big"),
+        "parentID": int.from_bytes(span.parent_span_id, "big") if span.parent_span_id else 0,
+        "start": span.start_time_unix_nano,
+        "duration": max(span.end_time_unix_nano - span.start_time_unix_nano, 0),
+        "error": error,
+        "type": span_type(span.kind, attrs),
+        "meta": meta,
+        "metrics": metrics,
+    }
 
 
-def _added_meta(span: Span, meta: dict[str, str], metrics: dict[str, float], error: int,
-                attrs: _Lookup, defaults: Defaults) -> None:
+def _added_meta(span: Span, meta: dict[str, str], base: Mapping[str, str],
+                metrics: dict[str, float], error: int, attrs: _Lookup,
+                defaults: Defaults) -> None:
     meta["span.kind"] = _KIND_META.get(span.kind, "unspecified")
-    env = attrs.get("deployment.environment.name", "deployment.environment") or defaults.env
+    own = attrs.span
+    if _ENV_KEYS.isdisjoint(own):  # the resource's, found once per resource
+        env = attrs.resource_env or defaults.env
+    else:
+        env = attrs.get("deployment.environment.name", "deployment.environment") or defaults.env
     if env:
         meta["env"] = env
-    version = attrs.get("service.version")
+    version = own.get("service.version") or attrs.resource_version
     if version:
         meta["version"] = version
     meta["otel.trace_id"] = span.trace_id.hex()
@@ -370,7 +512,7 @@ def _added_meta(span: Span, meta: dict[str, str], metrics: dict[str, float], err
     if span.trace_state:
         _put_meta(meta, "w3c.tracestate", span.trace_state)
     namespace = attrs.get("db.namespace")
-    if namespace and "db.name" not in meta:
+    if namespace and "db.name" not in meta and "db.name" not in base:
         _put_meta(meta, "db.name", namespace)
     if span.events:
         _events(span, meta)
@@ -382,7 +524,7 @@ def _added_meta(span: Span, meta: dict[str, str], metrics: dict[str, float], err
             **({"dropped_attributes_count": link.dropped_attributes_count}
                if link.dropped_attributes_count else {}),
         } for link in span.links]).decode())
-    if error and "error.msg" not in meta:
+    if error and "error.msg" not in meta and "error.msg" not in base:
         if span.status.message:
             _put_meta(meta, "error.msg", span.status.message)
         else:
@@ -420,21 +562,21 @@ def _events(span: Span, meta: dict[str, str]) -> None:
 
 # --- payloads -----------------------------------------------------------------------------
 
-def _top_level(chunk: TraceChunk, by_span_kind: bool, kinds: list[int]) -> None:
+def _top_level(spans: list[SpanFields], by_span_kind: bool, kinds: list[int]) -> None:
     """`_top_level` (and `_dd.measured` in span-kind mode) as the Agent computes them."""
-    spans = chunk.spans
     if by_span_kind:
         for span, kind in zip(spans, kinds, strict=True):
-            if span.parentID == 0 or kind in (Span.SPAN_KIND_SERVER, Span.SPAN_KIND_CONSUMER):
-                span.metrics["_top_level"] = 1.0
+            if span["parentID"] == 0 or kind in (Span.SPAN_KIND_SERVER,
+                                                 Span.SPAN_KIND_CONSUMER):
+                span["metrics"]["_top_level"] = 1.0
             if kind in (Span.SPAN_KIND_CLIENT, Span.SPAN_KIND_PRODUCER):
-                span.metrics["_dd.measured"] = 1.0
+                span["metrics"]["_dd.measured"] = 1.0
         return
-    services = {span.spanID: span.service for span in spans}
+    services = {span["spanID"]: span["service"] for span in spans}
     for span in spans:
-        parent = services.get(span.parentID) if span.parentID else None
-        if parent is None or parent != span.service:
-            span.metrics["_top_level"] = 1.0
+        parent = services.get(span["parentID"]) if span["parentID"] else None
+        if parent is None or parent != span["service"]:
+            span["metrics"]["_top_level"] = 1.0
 
 
 def map_request(request: ExportTraceServiceRequest, defaults: Defaults,
@@ -445,10 +587,10 @@ def map_request(request: ExportTraceServiceRequest, defaults: Defaults,
     only to find the payload too large would cost seconds on every split."""
     mapped = Mapped()
     floor = 0  # a lower bound of the payload's size: the meta keys copied onto each span
+    pb = datadog_proto.load()
     for rs in request.resource_spans:
         res = _resource(rs)
-        pb = datadog_proto.load()
-        payload: TracerPayload = pb.TracerPayload(
+        header: TracerPayload = pb.TracerPayload(
             containerID=res.strings.get("container.id", ""),
             languageName=res.strings.get("telemetry.sdk.language", ""),
             tracerVersion=f"otlp-{res.strings['telemetry.sdk.version']}"
@@ -457,13 +599,14 @@ def map_request(request: ExportTraceServiceRequest, defaults: Defaults,
             hostname=res.strings.get("host.name") or defaults.hostname,
             appVersion=res.version,
         )
-        chunks: dict[bytes, tuple[TraceChunk, list[int]]] = {}
+        chunks: dict[bytes, tuple[list[tuple[SpanFields, Base]], list[int]]] = {}
         for ss in rs.scope_spans:
             if not ss.spans:
                 continue
-            base = base_meta(res, _scope_meta(ss.scope))
+            meta = base_meta(res, _scope_meta(ss.scope))
+            base = Base(meta, pb.Span(meta=meta).SerializeToString())
             if max_bytes is not None:
-                floor += len(ss.spans) * sum(len(key) + 2 for key in base)
+                floor += len(ss.spans) * sum(len(key) + 2 for key in meta)
                 if floor > max_bytes:
                     raise RequestTooLargeError(
                         f"Datadog payload of over {floor} bytes (the spans' resource and "
@@ -474,21 +617,19 @@ def map_request(request: ExportTraceServiceRequest, defaults: Defaults,
                     continue
                 entry = chunks.get(span.trace_id)
                 if entry is None:
-                    entry = chunks[span.trace_id] = (
-                        pb.TraceChunk(priority=PRIORITY_AUTO_KEEP), [])
-                dd = map_span(span, res, base, defaults)
-                if not entry[0].spans:
+                    entry = chunks[span.trace_id] = ([], [])
+                dd = map_span(span, res, meta, defaults)
+                if not entry[0]:
                     high = span.trace_id[:8]
                     if any(high):
-                        dd.meta["_dd.p.tid"] = high.hex()
-                entry[0].spans.append(dd)
+                        dd["meta"]["_dd.p.tid"] = high.hex()
+                entry[0].append((dd, base))
                 entry[1].append(span.kind)
                 mapped.spans += 1
-        for chunk, kinds in chunks.values():
-            _top_level(chunk, defaults.top_level_by_span_kind, kinds)
-            payload.chunks.append(chunk)
-        if payload.chunks:
-            mapped.payloads.append(payload)
+        if chunks:
+            for pairs, kinds in chunks.values():
+                _top_level([dd for dd, _ in pairs], defaults.top_level_by_span_kind, kinds)
+            mapped.mapped.append(MappedPayload(header, [pairs for pairs, _ in chunks.values()]))
     return mapped
 
 

@@ -20,3 +20,16 @@ def load() -> ModuleType:
     except ImportError as exc:
         raise ImportError(f"{MODULE} is not built: run `make protos` (grpcio-tools compiles "
                           "protos/datadog_trace.proto)") from exc
+
+
+SKETCH_MODULE = "sidecar._proto.datadog_sketch_pb2"
+
+
+@functools.cache
+def load_sketch() -> ModuleType:
+    """The DDSketch module (protos/datadog_sketch.proto) for APM stats summaries."""
+    try:
+        return importlib.import_module(SKETCH_MODULE)
+    except ImportError as exc:
+        raise ImportError(f"{SKETCH_MODULE} is not built: run `make protos` (grpcio-tools "
+                          "compiles protos/datadog_sketch.proto)") from exc

@@ -87,10 +87,7 @@ async def _datadog(config: DatadogConfig) -> str:
     base = config.endpoint or f"https://api.{config.site}"
     url = base + VALIDATE_PATH
     plaintext = url.startswith("http://")
-    try:
-        session = http.create_session(None if plaintext else config.tls, connections=1)
-    except (OSError, ValueError) as exc:
-        raise StartupError(f"tls: {exc}") from exc
+    session = http.open_session(None if plaintext else config.tls, connections=1)
     async with session:
         try:
             async with session.get(

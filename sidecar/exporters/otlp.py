@@ -323,15 +323,9 @@ class HttpSender:
         self._urls = {s: f"{base}/v1/{s.value}" for s in Signal}
 
     async def start(self) -> None:
-        if not self.config.plaintext:
-            for key in ("ca_file", "cert_file", "key_file"):
-                _read(self.config, key)  # names a missing file the way gRPC does
-        try:
-            self._session = http.create_session(
-                None if self.config.plaintext else self.config.tls,
-                connections=self.config.queue.concurrency)
-        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError: a bad PEM
-            raise StartupError(f"tls: {exc}") from exc
+        self._session = http.open_session(
+            None if self.config.plaintext else self.config.tls,
+            connections=self.config.queue.concurrency)
 
     async def send(self, batch: Batch) -> int:
         assert self._session is not None, "send() before start()"

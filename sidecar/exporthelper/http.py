@@ -16,7 +16,7 @@ import orjson
 from google.protobuf.message import DecodeError
 
 from sidecar import __version__
-from sidecar.errors import PermanentError, RetryableError
+from sidecar.errors import PermanentError, RetryableError, StartupError
 from sidecar.exporthelper.retry import (
     DestinationRefusedError,
     RequestTooLargeError,
@@ -66,6 +66,25 @@ def create_session(tls: TlsSettings | None = None, *, connections: int = 8,
         cookie_jar=aiohttp.DummyCookieJar(),
         auto_decompress=True,
     )
+
+
+def open_session(tls: TlsSettings | None, *, connections: int = 8) -> aiohttp.ClientSession:
+    """`create_session` for a sender's start(): a missing TLS file or a bad PEM is a
+    StartupError naming the setting (`tls.ca_file: <path>: No such file or directory`).
+    `tls=None`: plaintext."""
+    if tls is not None and not tls.insecure:
+        for key in ("ca_file", "cert_file", "key_file"):
+            path = getattr(tls, key)
+            if path is None:
+                continue
+            try:
+                path.read_bytes()
+            except OSError as exc:
+                raise StartupError(f"tls.{key}: {path}: {exc.strerror}") from exc
+    try:
+        return create_session(tls, connections=connections)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError: a bad PEM
+        raise StartupError(f"tls: {exc}") from exc
 
 
 def partial_success(signal: Signal, body: bytes, content_type: str) -> tuple[int, str]:

@@ -101,6 +101,31 @@ EXPORTER_LATENCY = Histogram(
     registry=REGISTRY,
 )
 
+# --- Datadog APM stats (exporters/datadog_stats.py) ---------------------------------------
+DATADOG_STATS_SPANS = Counter(
+    "sidecar_datadog_stats_spans",
+    "Spans aggregated into Datadog APM stats (spans the trace intake accepted)",
+    ["exporter"],
+    registry=REGISTRY,
+)
+DATADOG_STATS_REFUSED = Counter(
+    "sidecar_datadog_stats_refused_spans",
+    "Spans left out of Datadog APM stats: their aggregation key is new and the aggregator "
+    "holds stats.max_keys keys",
+    ["exporter"],
+    registry=REGISTRY,
+)
+DATADOG_STATS_KEYS = Gauge(
+    "sidecar_datadog_stats_keys", "Aggregation keys the Datadog APM stats aggregator holds",
+    ["exporter"], registry=REGISTRY,
+)
+DATADOG_STATS_PAYLOADS = Counter(
+    "sidecar_datadog_stats_payloads",
+    "Datadog APM stats payloads by outcome (sent; dropped after retries or refused)",
+    ["exporter", "outcome"],
+    registry=REGISTRY,
+)
+
 # --- redact -------------------------------------------------------------------------------
 REDACT_REDACTIONS = Counter(
     "sidecar_redact_redactions",

@@ -9,6 +9,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
 import orjson
 from aiohttp import web
 from google.protobuf.message import DecodeError
@@ -53,6 +54,60 @@ class DatadogRequest:
     size: int  # uncompressed body bytes
     at: float
     entries: list[dict[str, Any]] | None = None  # decoded logs body
+    stats: dict[str, Any] | None = None  # decoded StatsPayload
+
+
+# StatsPayload as the Agent's msgp code writes it (pkg/proto/pbgo/trace/stats_gen.go): the
+# keys each level must carry, with their msgpack types
+_STATS_KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "payload": {"AgentHostname": str, "AgentEnv": str, "Stats": list, "AgentVersion": str,
+                "ClientComputed": bool, "SplitPayload": bool},
+    "client": {"Hostname": str, "Env": str, "Version": str, "Stats": list, "Lang": str,
+               "TracerVersion": str, "RuntimeID": str, "Sequence": int,
+               "AgentAggregation": str, "Service": str, "ContainerID": str, "Tags": list,
+               "GitCommitSha": str, "ImageTag": str},
+    "bucket": {"Start": int, "Duration": int, "Stats": list, "AgentTimeShift": int},
+    "group": {"Service": str, "Name": str, "Resource": str, "HTTPStatusCode": int,
+              "Type": str, "DBType": str, "Hits": int, "Errors": int, "Duration": int,
+              "OkSummary": bytes, "ErrorSummary": bytes, "Synthetics": bool,
+              "TopLevelHits": int, "SpanKind": str, "PeerTags": list, "IsTraceRoot": int},
+}
+
+
+def stats_problem(doc: Any) -> str:
+    """What is wrong with a decoded StatsPayload ("" if nothing): missing or mistyped keys,
+    a summary that is not a DDSketch protobuf, more than 4,000 groups."""
+    from ddsketch.pb.ddsketch_pb2 import DDSketch
+
+    def check(level: str, item: Any) -> str:
+        if not isinstance(item, dict):
+            return f"{level} is not a map"
+        for key, kind in _STATS_KEYS[level].items():
+            if key not in item:
+                return f"{level} without {key}"
+            if not isinstance(item[key], kind) or (kind is int and isinstance(item[key], bool)):
+                return f"{level}.{key} is {type(item[key]).__name__}"
+        return ""
+
+    problem = check("payload", doc)
+    if problem:
+        return problem
+    groups = 0
+    for client in doc["Stats"]:
+        problem = check("client", client)
+        for bucket in [] if problem else client["Stats"]:
+            problem = problem or check("bucket", bucket)
+            for group in [] if problem else bucket["Stats"]:
+                problem = problem or check("group", group)
+                groups += 1
+                for summary in () if problem else ("OkSummary", "ErrorSummary"):
+                    try:
+                        DDSketch.FromString(group[summary])
+                    except DecodeError:
+                        problem = f"group.{summary} is not a DDSketch"
+        if problem:
+            return problem
+    return "more than 4000 groups" if groups > 4000 else ""
 
 
 class DatadogIntake:
@@ -71,6 +126,8 @@ class DatadogIntake:
         self.max_payload = max_payload
         self.max_logs_body = 5_000_000
         self.requests: list[DatadogRequest] = []
+        self.stats_requests: list[DatadogRequest] = []  # POST /api/v0.2/stats
+        self.stats_script: deque[Answer] = deque()
         self.script: deque[Answer] = deque()
         self._runner: web.AppRunner | None = None
         self._changed = asyncio.Condition()
@@ -103,6 +160,23 @@ class DatadogIntake:
         return [r.payload for r in self.requests
                 if r.payload is not None and 200 <= r.status < 300]
 
+    def stats(self) -> list[dict[str, Any]]:
+        """The accepted StatsPayloads."""
+        return [r.stats for r in self.stats_requests
+                if r.stats is not None and 200 <= r.status < 300]
+
+    def stats_groups(self) -> list[dict[str, Any]]:
+        """Every ClientGroupedStats accepted, with its bucket's Start and its client
+        payload's Env/Hostname/Version added (as _start, _env, _hostname, _version)."""
+        return [{**g, "_start": b["Start"], "_env": c["Env"], "_hostname": c["Hostname"],
+                 "_version": c["Version"]}
+                for p in self.stats() for c in p["Stats"] for b in c["Stats"]
+                for g in b["Stats"]]
+
+    async def wait_for_stats(self, n: int = 1, timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: len(self.stats()) >= n)
+
     def logs(self) -> list[dict[str, Any]]:
         return [e for r in self.requests if r.entries is not None and 200 <= r.status < 300
                 for e in r.entries]
@@ -130,6 +204,8 @@ class DatadogIntake:
                                                 asyncio.get_running_loop().time()))
             return web.Response(status=status, content_type="application/json",
                                 text='{"valid":true}' if ok else '{"errors":["Forbidden"]}')
+        if request.path == "/api/v0.2/stats":
+            return await self._handle_stats(request, headers, raw)
         if request.path == "/api/v2/logs":
             status, entries, size, text = self._check_logs(request, headers, raw)
             payload = None
@@ -149,6 +225,55 @@ class DatadogIntake:
             return web.Response(status=answer.status, headers=answer.headers,
                                 body=answer.body, content_type="application/json")
         return web.Response(status=status, text=text, content_type="application/json")
+
+    async def _handle_stats(self, request: web.Request, headers: dict[str, str],
+                            raw: bytes) -> web.Response:
+        status, doc, size, text = self._check_stats(request, headers, raw)
+        answer = None
+        if status == 202 and self.stats_script:
+            answer = self.stats_script.popleft()
+            status = answer.status
+        self.stats_requests.append(DatadogRequest(
+            request.path, headers, status, None, size, asyncio.get_running_loop().time(),
+            stats=doc))
+        async with self._changed:
+            self._changed.notify_all()
+        if answer is not None:
+            if answer.delay:
+                await asyncio.sleep(answer.delay)
+            return web.Response(status=answer.status, headers=answer.headers,
+                                body=answer.body, content_type="application/json")
+        return web.Response(status=status, text=text, content_type="application/json")
+
+    def _check_stats(self, request: web.Request, headers: dict[str, str], raw: bytes,
+                     ) -> tuple[int, dict[str, Any] | None, int, str]:
+        """The Agent's writer sends gzipped msgpack (Content-Type application/msgpack)."""
+        if request.method != "POST":
+            return 404, None, 0, '{"errors":["not found"]}'
+        if "dd-api-key" not in headers:
+            return 401, None, 0, '{"errors":["API key missing"]}'
+        if headers["dd-api-key"] != self.api_key:
+            return 403, None, 0, '{"errors":["Forbidden"]}'
+        if headers.get("content-type") != "application/msgpack":
+            return 415, None, 0, '{"errors":["unsupported content type"]}'
+        if headers.get("content-encoding") != "gzip":
+            return 415, None, 0, '{"errors":["expected gzip"]}'
+        if "content-length" not in headers:
+            return 411, None, 0, '{"errors":["length required"]}'
+        try:
+            body = gzip_decompress(raw, self.max_payload)
+        except ValueError as exc:
+            if "exceeds" in str(exc):
+                return 413, None, 0, '{"errors":["Request Entity Too Large"]}'
+            return 400, None, 0, '{"errors":["bad gzip"]}'
+        try:
+            doc = msgpack.unpackb(body, raw=False)
+        except (ValueError, msgpack.UnpackException):
+            return 400, None, len(body), '{"errors":["not msgpack"]}'
+        problem = stats_problem(doc)
+        if problem:
+            return 400, None, len(body), orjson.dumps({"errors": [problem]}).decode()
+        return 202, doc, len(body), "{}"
 
     def _check(self, request: web.Request, headers: dict[str, str], raw: bytes,
                ) -> tuple[int, AgentPayload | None, int, str]:

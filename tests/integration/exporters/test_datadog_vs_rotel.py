@@ -136,7 +136,7 @@ async def test_same_request_through_rotel_and_ours(tmp_path: Path) -> None:
     body = request().SerializeToString()
     theirs = _spans(await _through_rotel(body, tmp_path))
     cfg = DatadogConfig.model_validate({"type": "datadog", "api_key": KEY, "env": "test"})
-    encoded, skipped, _ = NativeTracesSender(cfg).encode(Batch.from_bytes(Signal.TRACES, body))
+    encoded, skipped, _, _ = NativeTracesSender(cfg).encode(Batch.from_bytes(Signal.TRACES, body))
     assert encoded is not None
     assert skipped == 0
     ours = _spans(AgentPayload.FromString(encoded))
