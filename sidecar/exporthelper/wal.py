@@ -218,6 +218,7 @@ class SegmentLog:
         self._written = 0  # highest seq written
         self._synced = 0  # highest seq covered by an fsync
         self._dirty = asyncio.Event()
+        self._kick = asyncio.Event()
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._sync_task: asyncio.Task[None] | None = None
         self._closed = False
@@ -253,8 +254,7 @@ class SegmentLog:
         except OSError as exc:
             raise StorageError(f"cannot create {path}: {exc.strerror}",
                                _reason(exc)) from exc
-        if self._fd is not None:
-            self._to_close.append(self._fd)
+        self._retire()
         self._fd = fd
         segment = Segment(self.next_seq, path)
         self.segments.append(segment)
@@ -264,6 +264,7 @@ class SegmentLog:
         """Sync what was written (unless `never`) and close every file."""
         self._closed = True
         self._dirty.set()
+        self._kick.set()
         if self._sync_task is not None:
             await self._sync_task
             self._sync_task = None
@@ -326,11 +327,20 @@ class SegmentLog:
     async def _sync_loop(self) -> None:
         while not self._closed:
             if self.fsync == "interval":
-                await asyncio.sleep(self.fsync_interval)
+                # early when a retired file waits to be closed (its space comes back then)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.fsync_interval):
+                        await self._kick.wait()
+                self._kick.clear()
             else:
                 await self._dirty.wait()
             self._dirty.clear()
-            if self.fsync == "never" or self._closed:
+            if self._closed:
+                break
+            if self.fsync == "never":
+                if self._to_close:
+                    closing, self._to_close = self._to_close, []
+                    await asyncio.to_thread(_sync_and_close, closing, False)
                 continue
             await self._sync_once()
 
@@ -386,10 +396,17 @@ class SegmentLog:
             yield from zip(s.seqs, s.lengths, s.items, s.times, strict=True)
 
     def delete_before(self, seq: int) -> int:
-        """Delete the files whose every record is older than `seq` (never the one being
-        written). Returns how many files went."""
+        """Delete the files whose every record is older than `seq`; the one being written
+        too, once every record in it is passed (the next append opens a new one), so a
+        small disk gets its space back without waiting for `segment_bytes`. Returns how
+        many files went."""
+        active = self.segments[-1] if self.segments and self._fd is not None else None
+        if active is not None and active.seqs and active.last_seq < seq:
+            self._retire()
+            active = None
         gone = 0
-        while len(self.segments) > 1 and self.segments[0].last_seq < seq:
+        while self.segments and self.segments[0] is not active \
+                and self.segments[0].last_seq < seq:
             segment = self.segments.pop(0)
             try:
                 segment.path.unlink(missing_ok=True)
@@ -398,6 +415,15 @@ class SegmentLog:
                             segment.path.name, exc.strerror)
             gone += 1
         return gone
+
+    def _retire(self) -> None:
+        """Stop writing the active file; the sync task syncs and closes it (never the loop,
+        so a close cannot race an fsync running in the thread)."""
+        if self._fd is not None:
+            self._to_close.append(self._fd)
+            self._fd = None
+            self._dirty.set()
+            self._kick.set()
 
     @property
     def disk_bytes(self) -> int:
