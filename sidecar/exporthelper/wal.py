@@ -426,6 +426,11 @@ class SegmentLog:
             self._kick.set()
 
     @property
+    def synced_seq(self) -> int:
+        """The highest sequence number an fsync has covered."""
+        return self._synced
+
+    @property
     def disk_bytes(self) -> int:
         return sum(s.size for s in self.segments)
 
