@@ -105,6 +105,7 @@ class ExportChain:
         self.deadletters: DeadLetterBox | None = None
         self._stopping = asyncio.Event()
         self._sleep = sleep
+        self._rand = rand
         self._backoff = Backoff(settings.retry) if rand is None else Backoff(settings.retry, rand)
         b = settings.batch
         self._acc: Accumulator[int] = Accumulator(b.max_items, b.max_bytes, b.max_delay)
@@ -126,6 +127,11 @@ class ExportChain:
         self._m.queue_items.set_function(lambda: queue.size_items)
         dropped = self._m.dropped
         queue.on_drop = lambda signal, items, reason: dropped[signal, reason].inc(items)
+        if queue.durable and self.settings.retry.max_elapsed > 0:
+            # on disk, data waits for the destination however long it is down (bounded
+            # by queue.max_bytes): giving up after max_elapsed would drop what is safe
+            retry = self.settings.retry.model_copy(update={"max_elapsed": 0.0})
+            self._backoff = Backoff(retry) if self._rand is None else Backoff(retry, self._rand)
 
     # --- ExporterComponent ------------------------------------------------------------
     def has_room(self, batch: Batch) -> bool:

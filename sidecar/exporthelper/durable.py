@@ -40,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sidecar.errors import StorageFullError
+from sidecar.errors import StartupError, StorageFullError
 from sidecar.exporthelper.queue import Lease
 from sidecar.exporthelper.wal import FsyncPolicy, Record, SegmentLog, StorageError, read_records
 from sidecar.model import Batch, Signal
@@ -191,6 +191,11 @@ class Cursor:
             self.dirty = True
             return
         segment, start = found
+        if not single and segment.seqs[start] > seq:
+            # a gap (records lost to damage): move on, the next call reads or takes it
+            self.next_seq = segment.seqs[start]
+            self.dirty = True
+            return
         stop, total = start, 0
         window = self.log.window
         while stop < len(segment.seqs) and total < FETCH_BYTES and (stop == start or not single):
@@ -201,12 +206,18 @@ class Cursor:
         if stop == start:
             return
         try:
-            records = await asyncio.to_thread(read_records, segment, start, stop)
+            records: list[Record | None] = await asyncio.to_thread(
+                read_records, segment, start, stop)
+        except FileNotFoundError:
+            # deleted behind our back: what it held is gone (counted as corrupt)
+            self.log.read_errors.inc()
+            log.error("queue %s: %s vanished", self.log.signal.value, segment.path)
+            records = [None] * (stop - start)
         except OSError as exc:
             self.log.read_errors.inc()
             log.error("queue %s: cannot read %s: %s", self.log.signal.value, segment.path,
                       exc.strerror)
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)  # an I/O error may pass: try again, not in a hot loop
             return
         # the state may have moved while the thread read (drop_oldest)
         for i, rec in enumerate(records, start):
@@ -282,7 +293,10 @@ class SharedLog:
         if self._opened:
             return
         self._opened = True
-        states = await asyncio.to_thread(self._open_sync)
+        try:
+            states = await asyncio.to_thread(self._open_sync)
+        except OSError as exc:
+            raise StartupError(f"storage.dir: {self.directory}: {exc.strerror}") from exc
         wal = self.wal
         if wal.corrupt:
             self.corrupt.inc(wal.corrupt)

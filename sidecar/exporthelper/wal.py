@@ -168,7 +168,9 @@ def list_segments(directory: Path) -> list[tuple[int, Path]]:
     if directory.is_dir():
         for path in directory.iterdir():
             stem = path.name.removesuffix(SUFFIX)
-            if path.name.endswith(SUFFIX) and stem.isdigit() and path.is_file():
+            # a name beyond 2**62 is not ours (sequence numbers are u64 on disk)
+            if path.name.endswith(SUFFIX) and stem.isdigit() and len(stem) <= 20 \
+                    and int(stem) < 1 << 62 and path.is_file():
                 found.append((int(stem), path))
     return sorted(found)
 
@@ -231,7 +233,12 @@ class SegmentLog:
         self.directory.mkdir(parents=True, exist_ok=True)
         last = 0
         for first_seq, path in list_segments(self.directory):
-            result = scan(path, first_seq, last)
+            try:
+                result = scan(path, first_seq, last)
+            except OSError as exc:  # unreadable: skipped and counted, never a crash loop
+                self.corrupt += 1
+                self.problems.append(f"{path.name}: unreadable: {exc.strerror}")
+                continue
             self.corrupt += result.corrupt
             self.problems.extend(result.problems)
             if result.segment.seqs:

@@ -305,3 +305,47 @@ async def test_disk_full_answers_retryable_errors_and_recovers(short_tmp: Path) 
             assert code == 0, err
     finally:
         await asyncio.to_thread(subprocess.run, ["umount", "-l", str(mount)], check=False)
+
+
+async def test_refused_batches_become_dead_letters_that_replay_after_the_fix(
+        short_tmp: Path) -> None:
+    async with OtlpSink() as sink:
+        sink.fail_next(1, grpc_code=grpc.StatusCode.INVALID_ARGUMENT,
+                       message="vendor says: bad attribute")
+        exporters = {"up": exporter(sink.grpc_port, batch={"max_delay": "0s"})}
+        daemon = DaemonProcess(short_tmp, exporters=exporters)
+        await daemon.start()
+        try:
+            refused = await send(daemon.grpc_endpoint, 0, 1)
+            await wait_for(lambda: len(sink.requests) >= 1, 10, "the refused request")
+            for _ in range(100):
+                if await daemon.metric("sidecar_deadletter_items_total", exporter="up") > 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert await daemon.metric("sidecar_deadletter_items_total",
+                                       exporter="up", signal="traces") == SPANS
+            accepted = await send(daemon.grpc_endpoint, 1000, 2)
+            await sink.wait_for_items(Signal.TRACES, len(expected(accepted)), 10)
+        finally:
+            code, _, err = await daemon.stop()
+        assert code == 0, err
+        config = str(short_tmp / "sidecar.yaml")
+
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([SIDECAR, "dlq", *args, "--config", config],
+                                  capture_output=True, text=True, check=False)
+
+        listed = await asyncio.to_thread(cli, "list")
+        assert listed.returncode == 0, listed.stderr
+        [line] = listed.stdout.splitlines()
+        ident = line.split()[0]
+        assert f"up  traces  {SPANS} items  permanent" in line
+        shown = await asyncio.to_thread(cli, "show", ident)
+        assert "vendor says: bad attribute" in shown.stdout
+        assert '"spanId"' in shown.stdout
+        replayed = await asyncio.to_thread(cli, "replay")
+        assert replayed.returncode == 0, replayed.stderr
+        assert set(span_ids(sink)) == expected(accepted) | expected(refused)
+        assert (await asyncio.to_thread(cli, "list")).stdout == ""
+        purged = await asyncio.to_thread(cli, "purge", "--yes")
+        assert "deleted 0" in purged.stdout
