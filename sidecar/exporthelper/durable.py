@@ -4,7 +4,10 @@ one cursor per exporter of that signal.
 Why one shared log and not a queue per exporter: fan-out must be all-or-nothing. With N
 per-exporter files a request costs N writes in sequence on the request path, and a write
 failing after the first has delivered to one exporter what the client will send again to
-both (a reserve/commit step fixes the duplicate, not the N writes). With one log per signal
+both (a reserve/commit step fixes the duplicate, not the N writes). Measured here: one
+append of a 100-span request (75 KB) costs ~0.1 ms of CPU, nearly all of it the kernel's
+page-cache write (copying the same bytes in user space: 3 µs), so N queues cost N times
+that on every request. With one log per signal
 the request is one `writev`; each exporter's cursor advances on its own acks, and a segment
 file is deleted only once every cursor has passed it. The price is that a slow exporter
 keeps the segments the fast one has already delivered (bounded: each cursor's unacked bytes
