@@ -3,8 +3,9 @@
     .venv/bin/python bench/run.py [--quick]
 
 1. bench/otlp_bench.py  -- OTLP pipeline, sidecar vs rotel (results/otlp.json)
-2. bench/cache_bench.py -- cache server, if present
-3. bench/datadog_encoding.py -- Datadog native encoding vs OTLP pass-through, CPU us per
+2. bench/queue_bench.py -- durable vs memory queue, per fsync policy; RSS with the exporter down
+3. bench/cache_bench.py -- cache server, if present
+4. bench/datadog_encoding.py -- Datadog native encoding vs OTLP pass-through, CPU us per
    span, with rotel-agent's Datadog exporter as the peer in the same run
 Exit status: non-zero if any benchmark failed to run (missed targets are reported in the
 tables, not as failures).
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ("otlp_bench.py", "cache_bench.py", "datadog_encoding.py")
+BENCHES = ("otlp_bench.py", "queue_bench.py", "cache_bench.py", "datadog_encoding.py")
 # hard cap per benchmark; a full otlp_bench run takes about 5 minutes
 TIMEOUT_S = 30 * 60
 

@@ -19,6 +19,7 @@ from sidecar.cache.server import CacheService
 from sidecar.component import BuildContext, ReceiverComponent, receiver_factories
 from sidecar.config import Config
 from sidecar.errors import StartupError
+from sidecar.exporthelper.chain import ExportChain
 from sidecar.memlimit import MemoryLimiter, guard
 from sidecar.pipeline.graph import Graph, build_graph
 from sidecar.telemetry import looplag
@@ -74,8 +75,10 @@ class Daemon:
             raise
 
     def undelivered_items(self) -> int:
-        """Items accepted from clients and not yet delivered (queued or in flight)."""
-        return sum(e.pending_items() for e in self.graph.exporters.values())
+        """Items accepted from clients and not yet delivered (queued or in flight) that an
+        exit now loses: a durable queue keeps its own on disk."""
+        return sum(e.pending_items() for e in self.graph.exporters.values()
+                   if not (isinstance(e, ExportChain) and e.queue.durable))
 
     def request_stop(self) -> None:
         self._stop.set()

@@ -11,6 +11,8 @@ import click
 from sidecar import __version__
 from sidecar.cache.cli import cache as cache_cli
 from sidecar.errors import ConfigError
+from sidecar.queue_cli import dlq as dlq_cli
+from sidecar.queue_cli import queue as queue_cli
 
 CONFIG_OPTION = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False), default=None,
@@ -37,6 +39,8 @@ def main() -> None:
 
 
 main.add_command(cache_cli)
+main.add_command(queue_cli)
+main.add_command(dlq_cli)
 
 
 @main.command()

@@ -122,6 +122,16 @@ class PipelinesConfig(Strict):
 
 class StorageConfig(Strict):
     dir: Path = Path("./data")
+    # durable queue (one log per signal, shared by the signal's exporters; README "Durable
+    # queue"): never = survives a process crash; interval = a power loss loses at most
+    # fsync_interval; always = the client's ack waits for the fsync covering its request
+    fsync: Literal["never", "interval", "always"] = "interval"
+    fsync_interval: Duration = Field(default=0.2, gt=0)
+    segment_bytes: ByteSize = Field(default=16 * 1024 * 1024, ge=4096)
+    # payloads kept in RAM per log for exporters that keep up; the rest is read from disk
+    memory_window: ByteSize = Field(default=8 * 1024 * 1024, ge=0)
+    # batches refused for good, kept for `sidecar dlq` (oldest deleted beyond the bound)
+    deadletter_max_bytes: ByteSize = Field(default=64 * 1024 * 1024, ge=0)
 
 
 class AdminConfig(Strict):

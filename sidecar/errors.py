@@ -54,6 +54,11 @@ class PipelineFullError(SidecarError):
         self.retry_after = retry_after
 
 
+class StorageFullError(PipelineFullError):
+    """The durable queue could not store the batch (disk full, I/O error): nothing was kept.
+    Receivers answer RESOURCE_EXHAUSTED / 503 with a retry hint."""
+
+
 class BadInputError(SidecarError):
     """The client sent something we cannot decode. `reason` is a short metric label."""
 

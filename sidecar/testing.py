@@ -153,7 +153,7 @@ class OtlpSink:
 
     def __init__(self, *, require_headers: dict[str, str] | None = None,
                  grpc_max_receive: int = 4 * 1024 * 1024, tls: SinkTls | None = None,
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", grpc_port: int = 0) -> None:
         self.requests: list[ReceivedRequest] = []
         self.tls = tls
         self.host = host
@@ -167,7 +167,7 @@ class OtlpSink:
         self._changed = asyncio.Condition()
         self._grpc: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None
-        self.grpc_port = 0
+        self.grpc_port = grpc_port  # 0: any free port (a fixed one: "bring a destination up")
         self.http_port = 0
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -187,9 +187,9 @@ class OtlpSink:
                 "Export": grpc.unary_unary_rpc_method_handler(self._grpc_handler(signal))})
             for signal, service in _SERVICES.items()])
         if self.tls is None:
-            self.grpc_port = server.add_insecure_port(f"{self._netloc}:0")
+            self.grpc_port = server.add_insecure_port(f"{self._netloc}:{self.grpc_port}")
         else:
-            self.grpc_port = server.add_secure_port(f"{self._netloc}:0",
+            self.grpc_port = server.add_secure_port(f"{self._netloc}:{self.grpc_port}",
                                                     self.tls.grpc_credentials())
         await server.start()
         self._grpc = server

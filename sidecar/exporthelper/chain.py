@@ -6,6 +6,11 @@ makes delivery reliable lives here once (OpenTelemetry Collector's exporterhelpe
 Isolation: `consume` only enqueues, so a slow destination fills its own queue and answers
 backpressure; it never delays the pipeline or another exporter. Each chain has its own
 queue, batching task and `queue.concurrency` workers.
+
+With a durable queue (`attach_queue`, done by the graph) the pipeline writes the signal's
+log itself and `consume` is not called; at shutdown the chain stops retrying at once (what
+it holds stays on disk) instead of retrying until the deadline. Batches dropped as
+`permanent` or `malformed` go to the dead-letter box when one is attached.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from sidecar.errors import (
     StartupError,
 )
 from sidecar.exporthelper.batcher import Accumulator, Request, Ticket, split
+from sidecar.exporthelper.deadletter import DeadLetterBox
 from sidecar.exporthelper.queue import MemoryQueue, Queue
 from sidecar.exporthelper.retry import (
     Backoff,
@@ -42,7 +48,8 @@ from sidecar.telemetry.health import supervised
 log = logging.getLogger(__name__)
 
 DROP_REASONS = ("permanent", "malformed", "rejected", "retries_exhausted", "retry_disabled",
-                "shutdown", "internal_error")
+                "shutdown", "internal_error", "queue_full", "corrupt")
+DEAD_LETTER_REASONS = frozenset({"permanent", "malformed"})
 
 
 class Sender(Protocol):
@@ -93,8 +100,12 @@ class ExportChain:
         self.name = name
         self.settings = settings
         self.sender = sender
-        self.queue: Queue = queue if queue is not None else MemoryQueue(settings.queue.max_bytes)
+        self.queue: Queue = queue if queue is not None else MemoryQueue(
+            settings.queue.max_bytes, settings.queue.when_full)
+        self.deadletters: DeadLetterBox | None = None
+        self._stopping = asyncio.Event()
         self._sleep = sleep
+        self._rand = rand
         self._backoff = Backoff(settings.retry) if rand is None else Backoff(settings.retry, rand)
         b = settings.batch
         self._acc: Accumulator[int] = Accumulator(b.max_items, b.max_bytes, b.max_delay)
@@ -105,11 +116,22 @@ class ExportChain:
         self._deadline: float | None = None
         self._accepting = False
         self._m = _Labels(name)
-        self._m.capacity.set(self.queue.capacity_bytes)
+        self.attach_queue(self.queue)
+
+    def attach_queue(self, queue: Queue) -> None:
+        """Use `queue` (before `start`): the graph gives durable exporters theirs."""
+        self.queue = queue
+        self._m.capacity.set(queue.capacity_bytes)
         # read at scrape time: the fill level costs nothing per request
-        queue = self.queue
         self._m.queue_bytes.set_function(lambda: queue.size_bytes)
         self._m.queue_items.set_function(lambda: queue.size_items)
+        dropped = self._m.dropped
+        queue.on_drop = lambda signal, items, reason: dropped[signal, reason].inc(items)
+        if queue.durable and self.settings.retry.max_elapsed > 0:
+            # on disk, data waits for the destination however long it is down (bounded
+            # by queue.max_bytes): giving up after max_elapsed would drop what is safe
+            retry = self.settings.retry.model_copy(update={"max_elapsed": 0.0})
+            self._backoff = Backoff(retry) if self._rand is None else Backoff(retry, self._rand)
 
     # --- ExporterComponent ------------------------------------------------------------
     def has_room(self, batch: Batch) -> bool:
@@ -145,6 +167,7 @@ class ExportChain:
         loop = asyncio.get_running_loop()
         self._accepting = False
         self._deadline = deadline
+        self._stopping.set()
         self.queue.seal()
         if self._tasks:
             _done, pending = await asyncio.wait(
@@ -246,7 +269,7 @@ class ExportChain:
         try:
             rejected = await retry_call(
                 lambda: self._attempt(batch), self._backoff, clock=loop.time,
-                sleep=self._sleep, give_up_at=lambda: self._deadline, on_retry=on_retry)
+                sleep=self._backoff_sleep, give_up_at=self._give_up_at, on_retry=on_retry)
         except RequestTooLargeError as exc:
             # the peer's size limit is below ours: halve and send each half (OTLP spec:
             # never resend a 413 as is; splitting is allowed) - by members while there are
@@ -284,9 +307,33 @@ class ExportChain:
             m.dropped[signal, "rejected"].inc(rejected)
         return True
 
+    def _give_up_at(self) -> float | None:
+        if self._deadline is not None and self.queue.durable:
+            return asyncio.get_running_loop().time()  # stored for the next start
+        return self._deadline
+
+    async def _backoff_sleep(self, delay: float) -> None:
+        """The retry wait; with a durable queue, shutdown ends it at once."""
+        if not self.queue.durable:
+            await self._sleep(delay)
+            return
+        if self._stopping.is_set():
+            raise GiveUpError("shutting down", "shutdown")
+        sleeper = asyncio.ensure_future(self._sleep(delay))
+        stopper = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait((sleeper, stopper), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sleeper, stopper):
+                task.cancel()
+        if self._stopping.is_set():
+            raise GiveUpError("shutting down", "shutdown")
+
     def _drop(self, batch: Batch, reason: str, exc: Exception) -> bool:
         """Count and log items given up on; True: done with them."""
         self._m.dropped[batch.signal, reason].inc(batch.items)
+        if reason in DEAD_LETTER_REASONS and self.deadletters is not None:
+            self.deadletters.write(batch, reason, str(exc))
         # a bug in this layer gets its traceback; a peer's or the data's fault does not
         log.error("exporter %s: dropped %d items: %s", self.name, batch.items, exc,
                   exc_info=exc if reason == "internal_error" else None,

@@ -5,6 +5,8 @@ never blocks (a full queue answers `False`, the chain turns that into backpressu
 every `get` hands out a `Lease` that stays counted against the bound until it is acked.
 A durable queue deletes data only on `ack`; whatever was never acked survives `close()`
 (and `kill -9`) and is delivered again after a restart, so delivery is at-least-once.
+`DurableQueue` (durable.py) is that queue; the pipeline writes it once per request through
+its signal's `SharedLog`, so its `put` is not used.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from sidecar.model import Batch
+from sidecar.model import Batch, Signal
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +30,11 @@ class Lease:
 
 
 class Queue(Protocol):
+    # True: what is left at close stays stored for the next start (nothing to drain)
+    durable: bool
+    # told about data dropped to make room (when_full: drop_oldest): signal, items, reason
+    on_drop: Callable[[Signal, int, str], None]
+
     @property
     def capacity_bytes(self) -> int: ...
 
@@ -75,10 +83,14 @@ class Queue(Protocol):
 class MemoryQueue:
     """A FIFO bounded in bytes. Lost on exit, so the chain counts leftovers as dropped."""
 
-    def __init__(self, capacity_bytes: int) -> None:
+    durable = False
+
+    def __init__(self, capacity_bytes: int, when_full: str = "block") -> None:
         if capacity_bytes <= 0:
             raise ValueError("capacity_bytes must be positive")
         self._capacity = capacity_bytes
+        self._drop_oldest = when_full == "drop_oldest"
+        self.on_drop: Callable[[Signal, int, str], None] = lambda _s, _n, _r: None
         self._ready: deque[Lease] = deque()
         self._leased: dict[int, Lease] = {}
         self._tokens = itertools.count()
@@ -107,7 +119,11 @@ class MemoryQueue:
     def has_room(self, nbytes: int) -> bool:
         # An empty queue takes any one batch, so a batch larger than the whole bound is
         # still delivered instead of being refused forever (memory: capacity + one batch).
-        return not self._sealed and (self._bytes == 0 or self._bytes + nbytes <= self._capacity)
+        return not self._sealed and (self._drop_oldest or self._bytes == 0
+                                     or self._bytes + nbytes <= self._capacity)
+
+    def _fits(self, nbytes: int) -> bool:
+        return self._bytes == 0 or self._bytes + nbytes <= self._capacity
 
     async def wait_for_room(self, nbytes: int) -> None:
         while not self._sealed and not self.has_room(nbytes):
@@ -121,6 +137,11 @@ class MemoryQueue:
         nbytes = batch.nbytes
         if not self.has_room(nbytes):
             return False
+        while self._drop_oldest and self._ready and not self._fits(nbytes):
+            old = self._ready.popleft().batch
+            self._bytes -= old.nbytes
+            self._items -= old.items
+            self.on_drop(old.signal, old.items, "queue_full")
         self._ready.append(Lease(batch, next(self._tokens)))
         self._bytes += nbytes
         self._items += batch.items

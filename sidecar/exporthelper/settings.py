@@ -14,7 +14,13 @@ from sidecar.configtypes import ByteSize, Duration, Strict
 
 
 class QueueSettings(Strict):
+    # durable: on disk under storage.dir, survives restarts and kill -9 (README "Durable
+    # queue"); memory: lost on exit (what is left at shutdown is dropped and counted)
+    type: Literal["durable", "memory"] = "durable"
     max_bytes: ByteSize = Field(default=64 * 1024 * 1024, gt=0)
+    # block: refuse new data (clients retry: backpressure); drop_oldest: make room by
+    # dropping the oldest data not yet handed to a worker (counted, reason queue_full)
+    when_full: Literal["block", "drop_oldest"] = "block"
     # how many pushes run at once for this exporter
     concurrency: int = Field(default=2, ge=1, le=64)
 

@@ -5,14 +5,21 @@ a full queue turns into backpressure to the client (who retries) rather than a s
 in one destination. Room is checked before processing (no work for a request that cannot
 be taken) and again on the processed batch, whose size may differ, right before the puts.
 Enqueueing never awaits the network, so one slow exporter cannot stall delivery to another;
-it only refuses new work once its own queue is full."""
+it only refuses new work once its own queue is full.
+
+Exporters with a durable queue share the signal's log (`exporthelper/durable.py`): the
+processed batch is written to it once, for all of them, before any memory queue takes it,
+and nothing yields between the room check and the last put, so the admission stays
+all-or-nothing. `consume` returns only once the batch is as durable as `storage.fsync`
+promises, so the receiver (and a file checkpoint) may acknowledge after it."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from sidecar.component import ExporterComponent, Processor
 from sidecar.errors import PipelineFullError
+from sidecar.exporthelper.durable import SharedLog
 from sidecar.model import Batch, Signal
 from sidecar.pipeline.stage import Stage
 
@@ -23,10 +30,15 @@ class Fanout:
         signal: Signal,
         exporters: Sequence[ExporterComponent],
         processors: Sequence[Processor] = (),
+        log: SharedLog | None = None,
+        durable: Collection[str] = (),
     ) -> None:
         self.signal = signal
         self.exporters = tuple(exporters)
         self.stage = Stage(signal, processors)
+        self.log = log if durable else None
+        # exporters whose queue takes the batch through `consume` (memory queues)
+        self.direct = tuple(e for e in self.exporters if e.name not in durable)
 
     def _check_room(self, batch: Batch) -> None:
         for exporter in self.exporters:
@@ -40,9 +52,14 @@ class Fanout:
             return  # the processors removed every item: nothing to deliver
         if processed is not batch:
             self._check_room(processed)
+        log = self.log
+        # one write for every durable exporter; raises StorageFullError with nothing kept
+        seq = log.append(processed) if log is not None else 0
         # Exporters share the processed batch: it is immutable bytes.
-        for exporter in self.exporters:
+        for exporter in self.direct:
             await exporter.consume(processed)
+        if log is not None:
+            await log.committed(seq)
 
     async def wait_for_room(self, nbytes: int) -> None:
         for exporter in self.exporters:

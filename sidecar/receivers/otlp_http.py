@@ -23,7 +23,7 @@ from google.protobuf.message import Message
 from sidecar.component import Consumer
 from sidecar.config import HttpListenerConfig
 from sidecar.configtypes import split_endpoint
-from sidecar.errors import BadInputError, PipelineFullError, StartupError
+from sidecar.errors import BadInputError, PipelineFullError, StartupError, StorageFullError
 from sidecar.model import Batch, Signal
 from sidecar.net.security import BearerAuth, ServerTls, banner
 from sidecar.otlp_json import decode_request
@@ -379,7 +379,9 @@ class OtlpHttpReceiver:
             await intake.deliver(batch)
         except PipelineFullError as exc:
             seconds, status = backpressure_status(route.signal, exc)
-            response = _status_response(fmt, content_type, 429, status)
+            # disk full is the server's trouble, not the client's rate: 503 (retryable)
+            code = 503 if isinstance(exc, StorageFullError) else 429
+            response = _status_response(fmt, content_type, code, status)
             response.headers["Retry-After"] = str(seconds)
             return response
         except InternalError as exc:

@@ -125,6 +125,53 @@ DATADOG_STATS_PAYLOADS = Counter(
     ["exporter", "outcome"],
     registry=REGISTRY,
 )
+# --- durable queue (exporthelper/durable.py, wal.py) and dead letters -----------------------
+QUEUE_DISK_BYTES = Gauge(
+    "sidecar_queue_disk_bytes", "Bytes of segment files on disk, per signal log", ["log"],
+    registry=REGISTRY,
+)
+QUEUE_DISK_RECORDS = Gauge(
+    "sidecar_queue_disk_records", "Requests stored in segment files on disk, per signal log",
+    ["log"], registry=REGISTRY,
+)
+QUEUE_OLDEST_AGE = Gauge(
+    "sidecar_queue_oldest_item_age_seconds",
+    "Age of the oldest request the exporter has not finished with (0: none)", ["exporter"],
+    registry=REGISTRY,
+)
+QUEUE_FSYNC = Histogram(
+    "sidecar_queue_fsync_duration_seconds", "Time of one fsync of a queue log", ["log"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    registry=REGISTRY,
+)
+QUEUE_CORRUPT = Counter(
+    "sidecar_queue_corrupt_records",
+    "Damaged regions of a queue log skipped (torn tail, failed checksum)", ["log"],
+    registry=REGISTRY,
+)
+QUEUE_DISK_ERRORS = Counter(
+    "sidecar_queue_disk_errors",
+    "Queue storage failures (disk_full: the client was told to retry)", ["log", "reason"],
+    registry=REGISTRY,
+)
+QUEUE_REDELIVERED = Counter(
+    "sidecar_queue_redelivered_items",
+    "Items handed to the exporter again after a restart that it had been given before "
+    "(possible duplicates; a lower bound)", ["exporter"],
+    registry=REGISTRY,
+)
+DEADLETTER_ITEMS = Counter(
+    "sidecar_deadletter_items",
+    "Items of batches refused for good and written to the dead-letter directory",
+    ["exporter", "signal"],
+    registry=REGISTRY,
+)
+DEADLETTER_DROPPED = Counter(
+    "sidecar_deadletter_dropped_items",
+    "Dead-letter items deleted to stay within deadletter.max_bytes, or not writable",
+    ["exporter", "reason"],
+    registry=REGISTRY,
+)
 
 # --- redact -------------------------------------------------------------------------------
 REDACT_REDACTIONS = Counter(

@@ -71,17 +71,21 @@ async def test_a_startup_failure_stops_everything_already_started(short_tmp: Pat
         await chain.consume(traces_batch(1))
 
 
-async def test_undelivered_items_counts_what_every_queue_holds(short_tmp: Path) -> None:
+async def test_undelivered_items_counts_what_an_exit_would_lose(short_tmp: Path) -> None:
     cfg = config_module.from_tree(tree(
         short_tmp,
         exporters={"a": {"type": "file", "path": str(short_tmp / "a"),
-                         "batch": {"max_delay": 60}},
+                         "batch": {"max_delay": 60}, "queue": {"type": "memory"}},
                    "b": {"type": "file", "path": str(short_tmp / "b"),
+                         "batch": {"max_delay": 60}, "queue": {"type": "memory"}},
+                   "c": {"type": "file", "path": str(short_tmp / "c"),
                          "batch": {"max_delay": 60}}}))
     daemon = build_daemon(cfg)
     await daemon.graph.start()
     try:
         await daemon.graph.consumers[Signal.TRACES].consume(traces_batch(7))
-        assert daemon.undelivered_items() == 14  # 7 waiting in each exporter's batcher
+        # 7 waiting in each memory queue's batcher; the durable queue (c) keeps its 7
+        assert daemon.undelivered_items() == 14
+        assert daemon.graph.exporters["c"].pending_items() == 7
     finally:
         await daemon.graph.shutdown(0)

@@ -112,6 +112,7 @@ async def test_every_exporter_type_receives_the_same_edited_bytes(
         assert {e["type"] for e in exporters.values()} == set(exporter_factories()), \
             "a new exporter type must be added to this test"
         cfg = config_module.from_tree({
+            "storage": {"dir": str(tmp_path / "data")},
             "exporters": {n: {**e, "batch": {"max_delay": 0}} for n, e in exporters.items()},
             # only the planted processor edits: `want` is its output
             "processors": {"test_mask_prompts": {"enabled": True}, "cost": {"enabled": False}},

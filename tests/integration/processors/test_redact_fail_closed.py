@@ -31,7 +31,7 @@ async def test_a_raise_in_redaction_exports_nothing(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
     secret = secrets(random.Random(3))["github-token"]
-    cfg = config_module.from_tree({"exporters": {
+    cfg = config_module.from_tree({"storage": {"dir": str(tmp_path / "data")}, "exporters": {
         "local": {"type": "file", "path": str(tmp_path / "out"), "batch": {"max_delay": 0}}}})
     graph = build_graph(cfg)
     (processor,) = [p for p in graph.processors if isinstance(p, RedactProcessor)]
@@ -75,7 +75,7 @@ async def test_otlp_json_is_redacted_like_protobuf(tmp_path: Path) -> None:
     from sidecar.otlp_json import request_to_json_bytes
 
     secret = secrets(random.Random(5))["stripe-key"]
-    cfg = config_module.from_tree({"exporters": {
+    cfg = config_module.from_tree({"storage": {"dir": str(tmp_path / "data")}, "exporters": {
         "local": {"type": "file", "path": str(tmp_path / "out"), "batch": {"max_delay": 0}}}})
     graph = build_graph(cfg)
     request = ExportLogsServiceRequest()

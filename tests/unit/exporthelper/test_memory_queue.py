@@ -5,6 +5,7 @@ import asyncio
 import pytest
 
 from sidecar.exporthelper.queue import MemoryQueue
+from sidecar.model import Batch, Signal
 from sidecar.testing import logs_batch, traces_batch
 
 
@@ -109,3 +110,17 @@ async def test_wait_for_room_returns_once_sealed() -> None:
     assert not waiter.done()
     queue.seal()
     await asyncio.wait_for(waiter, 1)
+
+
+def test_drop_oldest_makes_room_and_reports_what_it_dropped() -> None:
+    queue = MemoryQueue(250, when_full="drop_oldest")
+    dropped: list[tuple[int, str]] = []
+    queue.on_drop = lambda _signal, items, reason: dropped.append((items, reason))
+    for i in range(5):
+        assert queue.has_room(100)
+        assert queue.put_nowait(Batch(Signal.TRACES, 1, bytes([i]) * 100))
+    assert queue.size_bytes == 200
+    assert dropped == [(1, "queue_full")] * 3
+    lease = queue.get_nowait()
+    assert lease is not None
+    assert lease.batch.payload[0] == 3
