@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 NODE_DIR := tests/e2e/node
 
-.PHONY: run test lint bench sysdeps node clean protos
+.PHONY: run test lint bench fuzz soak sysdeps node clean protos
 
 $(STAMP): pyproject.toml
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,26 @@ lint: $(STAMP) protos
 
 test: $(STAMP) protos sysdeps node lint
 	$(VENV)/bin/pytest -q
+
+# coverage-guided fuzzing of every parser (tests/fuzz/targets.py), FUZZ_SECONDS each
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := otlp_protobuf otlp_json ndjson resp config
+fuzz: $(STAMP) protos
+	@mkdir -p fuzz-findings
+	@for t in $(FUZZ_TARGETS); do \
+	  echo "fuzzing $$t for $(FUZZ_SECONDS)s (log: fuzz-findings/$$t.log)"; \
+	  $(PY) -m tests.fuzz.run $$t -max_total_time=$(FUZZ_SECONDS) -timeout=10 \
+	    -rss_limit_mb=2048 -artifact_prefix=fuzz-findings/$$t- > fuzz-findings/$$t.log 2>&1 \
+	    || { tail -40 fuzz-findings/$$t.log; exit 1; }; \
+	  grep '^Done' fuzz-findings/$$t.log; \
+	done
+
+# 10 minutes of mixed load with the exporter flapping; CSV, PNG and JSON in bench/results/
+# (not part of make test). SOAK_ARGS e.g. "--minutes 3 --flap-every 60".
+SOAK_ARGS ?=
+soak: $(STAMP) protos
+	$(PY) -m pip install -q 'matplotlib>=3.8'
+	$(PY) bench/soak.py $(SOAK_ARGS)
 
 bench: $(STAMP) protos sysdeps
 	$(PY) bench/run.py

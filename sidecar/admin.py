@@ -1,31 +1,61 @@
-"""Admin HTTP server: /metrics (Prometheus text), /healthz, /readyz, /cache/stats."""
+"""Admin HTTP server: /metrics (Prometheus text), /healthz, /readyz, /cache/stats.
+
+With `admin.auth`, every path but the probes (/healthz, /readyz: kubelet and load balancers
+call them without credentials, and they say nothing secret) needs the bearer token."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sidecar.configtypes import split_endpoint
 from sidecar.errors import StartupError
+from sidecar.net.security import AuthConfig, BearerAuth, ServerTls, ServerTlsConfig, banner
 from sidecar.telemetry.health import HEALTH
-from sidecar.telemetry.metrics import READY, REGISTRY
+from sidecar.telemetry.metrics import ADMIN_UNAUTHENTICATED, READY, REGISTRY
 
 StatsProvider = Callable[[], dict[str, object]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+
+
+def _auth_middleware(auth: BearerAuth) -> Middleware:
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path not in OPEN_PATHS and not auth.check(
+                request.headers.get("Authorization")):
+            ADMIN_UNAUTHENTICATED.inc()
+            return web.json_response(
+                {"error": "missing or wrong bearer token in the Authorization header"},
+                status=401, headers={"WWW-Authenticate": 'Bearer realm="sidecar"'})
+        return await handler(request)
+
+    return check
 
 
 class AdminServer:
-    def __init__(self, endpoint: str, cache_stats: StatsProvider | None = None) -> None:
+    def __init__(self, endpoint: str, cache_stats: StatsProvider | None = None, *,
+                 tls: ServerTlsConfig | None = None, auth: AuthConfig | None = None) -> None:
         self.endpoint = endpoint
         self.ready = False
         self._cache_stats = cache_stats
+        self._tls_config = tls
+        self._auth_config = auth
+        self._auth = BearerAuth(auth) if auth is not None else None
         self._runner: web.AppRunner | None = None
         self.bound_port: int | None = None
 
+    @property
+    def scheme(self) -> str:
+        return "https" if self._tls_config is not None else "http"
+
     def _app(self) -> web.Application:
-        app = web.Application()
+        middlewares = [_auth_middleware(self._auth)] if self._auth is not None else []
+        app = web.Application(middlewares=middlewares)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
@@ -61,9 +91,12 @@ class AdminServer:
 
     async def start(self) -> None:
         host, port = split_endpoint(self.endpoint)
+        tls = (ServerTls(self._tls_config, "admin.tls")
+               if self._tls_config is not None else None)
         self._runner = web.AppRunner(self._app(), access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        site = web.TCPSite(self._runner, host, port, reuse_address=True,
+                           ssl_context=tls.listener_context if tls is not None else None)
         try:
             await site.start()
         except OSError as exc:
@@ -78,4 +111,5 @@ class AdminServer:
             self._runner = None
 
     def describe(self) -> str:
-        return f"admin      http://{self.endpoint}  /metrics /healthz /readyz /cache/stats"
+        return (f"admin      {self.scheme}://{self.endpoint}  /metrics /healthz /readyz "
+                f"/cache/stats{banner(self._tls_config, self._auth_config)}")

@@ -20,7 +20,9 @@ from sidecar.component import BuildContext, ReceiverComponent, receiver_factorie
 from sidecar.config import Config
 from sidecar.errors import StartupError
 from sidecar.exporthelper.chain import ExportChain
+from sidecar.memlimit import MemoryLimiter, guard
 from sidecar.pipeline.graph import Graph, build_graph
+from sidecar.telemetry import looplag
 
 log = logging.getLogger("sidecar")
 
@@ -32,6 +34,8 @@ class Daemon:
     receivers: list[ReceiverComponent]
     cache: CacheService | None
     admin: AdminServer | None
+    memory: MemoryLimiter | None = None
+    _lag: asyncio.Task[None] | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _started: list[str] = field(default_factory=list)
 
@@ -50,6 +54,9 @@ class Daemon:
     async def start(self) -> None:
         """Start downstream-first; on any failure stop what started and re-raise."""
         _ensure_writable_dir(self.config.storage.dir, "storage.dir")
+        if self.memory is not None:
+            self.memory.start()
+        self._lag = looplag.start()
         try:
             await self.graph.start()
             self._started.append("graph")
@@ -95,6 +102,12 @@ class Daemon:
             await self.cache.shutdown(deadline)
         if "admin" in self._started and self.admin is not None:
             await self.admin.shutdown(deadline)
+        if self.memory is not None:
+            await self.memory.stop()
+        if self._lag is not None:
+            self._lag.cancel()
+            await asyncio.gather(self._lag, return_exceptions=True)
+            self._lag = None
         self._started.clear()
 
 
@@ -110,23 +123,31 @@ def _ensure_writable_dir(path: Path, setting: str) -> None:
 def build_daemon(config: Config) -> Daemon:
     """Build every component without I/O. `sidecar validate` stops here."""
     graph = build_graph(config)
-    receivers = build_receivers(config, graph)
     cache = CacheService(config.cache) if config.cache.unix is not None else None
+    memory = None
+    if config.service.memory.enabled:
+        memory = MemoryLimiter(config.service.memory,
+                               shed=cache.tiers.l1.shed if cache is not None else None)
+    receivers = build_receivers(config, graph, memory)
     admin = None
     if config.admin.endpoint is not None:
-        admin = AdminServer(config.admin.endpoint, cache.stats if cache is not None else None)
-    return Daemon(config, graph, receivers, cache, admin)
+        admin = AdminServer(config.admin.endpoint, cache.stats if cache is not None else None,
+                            tls=config.admin.tls, auth=config.admin.auth)
+    return Daemon(config, graph, receivers, cache, admin, memory)
 
 
-def build_receivers(config: Config, graph: Graph) -> list[ReceiverComponent]:
+def build_receivers(config: Config, graph: Graph,
+                    memory: MemoryLimiter | None = None) -> list[ReceiverComponent]:
     """One receiver per section under `receivers:`, by the factory registered for its name;
-    a section set to `null` is off."""
+    a section set to `null` is off. With a memory limiter, receivers see the pipeline
+    behind it."""
     factories = receiver_factories()
     context = BuildContext(signals=frozenset(graph.consumers))
+    consumers = guard(graph.consumers, memory)
     receivers: list[ReceiverComponent] = []
     for name, section in config.receivers:
         if section is not None:
-            receivers.append(factories[name].create(name, section, graph.consumers, context))
+            receivers.append(factories[name].create(name, section, consumers, context))
     return receivers
 
 

@@ -67,6 +67,10 @@ def validate(config_path: str | None, overrides: tuple[str, ...], healthcheck: b
     except ConfigError as exc:
         _fail([str(problem) for problem in exc.problems], 1)
     click.echo(f"{config_path or '<defaults>'}: configuration is valid")
+    from sidecar.config_audit import audit
+
+    for warning in audit(cfg, config_path):
+        click.echo(f"warning: {warning}", err=True)
     if healthcheck:
         _healthcheck(cfg.exporters)
 
@@ -98,17 +102,19 @@ def run(config_path: str | None, overrides: tuple[str, ...], log_format: str | N
     from sidecar.app import run_event_loop
     from sidecar.errors import StartupError
     from sidecar.telemetry.logs import setup_logging
+    from sidecar.telemetry.secrets import SecretMask, configured_secrets
 
     try:
         cfg = config_module.load(config_path, overrides)
     except ConfigError as exc:
         _fail([str(problem) for problem in exc.problems], 1)
     fmt = log_format or cfg.service.log_format
-    setup_logging("json" if fmt == "json" else "text", cfg.service.log_level)
+    mask = SecretMask(configured_secrets(cfg))
+    setup_logging("json" if fmt == "json" else "text", cfg.service.log_level, mask)
     try:
-        run_event_loop(run_app(cfg, lambda line: click.echo(line)))
+        run_event_loop(run_app(cfg, lambda line: click.echo(mask(line))))
     except StartupError as exc:
-        _fail([str(exc)], 2)
+        _fail([mask(str(exc))], 2)
 
 
 @main.command()

@@ -22,17 +22,34 @@ from sidecar.component import ProcessorSettings, exporter_factories, processor_f
 from sidecar.configtypes import ByteSize, Duration, Endpoint, Strict
 from sidecar.errors import ConfigError, ConfigProblem
 from sidecar.exporthelper.settings import ExporterSettings
+from sidecar.memlimit import MemoryConfig
 from sidecar.model import Signal
+from sidecar.net.security import AuthConfig, ServerTlsConfig, check_local
 
 DEFAULT_EXPORTERS: dict[str, Any] = {"local": {"type": "file", "path": "./data/export"}}
 
 
-class GrpcListenerConfig(Strict):
+class ListenerConfig(Strict):
+    """What every TCP listener of the daemon shares: loopback unless `allow_remote`,
+    optional TLS (mTLS with `tls.client_ca_file`) and bearer-token auth."""
+
+    endpoint: Endpoint
+    allow_remote: bool = False
+    tls: ServerTlsConfig | None = None
+    auth: AuthConfig | None = None
+
+    @model_validator(mode="after")
+    def _local_unless_allowed(self) -> ListenerConfig:
+        check_local(self.endpoint, self.allow_remote)
+        return self
+
+
+class GrpcListenerConfig(ListenerConfig):
     endpoint: Endpoint = "127.0.0.1:4317"
     max_recv_msg_size: ByteSize = Field(default=4 * 1024 * 1024, gt=0)
 
 
-class HttpListenerConfig(Strict):
+class HttpListenerConfig(ListenerConfig):
     endpoint: Endpoint = "127.0.0.1:4318"
     # measured after decompression, as the OTLP spec asks
     max_body_size: ByteSize = Field(default=20 * 1024 * 1024, gt=0)
@@ -119,6 +136,15 @@ class StorageConfig(Strict):
 
 class AdminConfig(Strict):
     endpoint: Endpoint | None = "127.0.0.1:9464"
+    allow_remote: bool = False
+    tls: ServerTlsConfig | None = None
+    # when set, everything but /healthz and /readyz needs the bearer token
+    auth: AuthConfig | None = None
+
+    @model_validator(mode="after")
+    def _local_unless_allowed(self) -> AdminConfig:
+        check_local(self.endpoint, self.allow_remote)
+        return self
 
 
 class ServiceConfig(Strict):
@@ -126,6 +152,7 @@ class ServiceConfig(Strict):
     shutdown_timeout: Duration = 30.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
+    memory: MemoryConfig = MemoryConfig()
 
 
 class Config(Strict):

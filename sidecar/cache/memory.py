@@ -208,6 +208,19 @@ class MemoryStore:
         entry.ns.bytes_l1 += sign * entry.size
         entry.ns.items_l1 += sign
 
+    def shed(self, fraction: float = 0.5) -> int:
+        """Evict the least recently used entries until `fraction` of the bytes is gone
+        (the memory limiter over its hard limit). Returns the bytes freed."""
+        target = int(self.bytes * (1.0 - fraction))
+        before = self.bytes
+        data = self.data
+        while self.bytes > target and data:
+            _, entry = data.popitem(last=False)
+            self._account(entry, -1)
+            self._release(entry.slot)
+            entry.ns.evictions += 1
+        return before - self.bytes
+
     def _evict(self) -> None:
         # the entry just written is the most recent and fits on its own, so it survives
         data = self.data

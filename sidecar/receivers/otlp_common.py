@@ -74,6 +74,7 @@ CODE_NOT_FOUND: Final[int] = code_pb2.NOT_FOUND
 CODE_INTERNAL: Final[int] = code_pb2.INTERNAL
 CODE_UNAVAILABLE: Final[int] = code_pb2.UNAVAILABLE
 CODE_DEADLINE_EXCEEDED: Final[int] = code_pb2.DEADLINE_EXCEEDED
+CODE_UNAUTHENTICATED: Final[int] = code_pb2.UNAUTHENTICATED
 
 
 class Intake:
@@ -151,7 +152,7 @@ def build_intakes(
 
 def describe(
     receiver: str, transport: str, endpoint: str, port: int | None,
-    signals: Mapping[Signal, object],
+    signals: Mapping[Signal, object], protection: str = "",
 ) -> str:
     """The startup banner line, e.g. `otlp/grpc  127.0.0.1:4317  traces logs metrics`,
     with the port actually bound once started (the config may say 0)."""
@@ -160,4 +161,4 @@ def describe(
         host, _, _ = endpoint.rpartition(":")
         address = f"{host}:{port}"
     names = " ".join(s.value for s in Signal if s in signals) or "(no pipelines)"
-    return f"{receiver}/{transport}  {address}  {names}"
+    return f"{receiver}/{transport}  {address}  {names}{protection}"

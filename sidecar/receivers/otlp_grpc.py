@@ -18,6 +18,7 @@ from sidecar.config import GrpcListenerConfig
 from sidecar.configtypes import split_endpoint
 from sidecar.errors import BadInputError, PipelineFullError, StartupError
 from sidecar.model import Batch, Signal
+from sidecar.net.security import BearerAuth, GrpcServerTls, banner
 from sidecar.receivers.otlp_common import (
     EMPTY_RESPONSE,
     BadRequestCounters,
@@ -49,18 +50,30 @@ def _server_options(config: GrpcListenerConfig) -> list[tuple[str, Any]]:
     ]
 
 
+async def _refuse_unauthenticated(context: aio.ServicerContext[bytes, bytes],
+                                  bad: BadRequestCounters) -> None:
+    bad.inc("unauthenticated")
+    await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                        "missing or wrong bearer token in the authorization metadata")
+
+
 class _ExportHandler:
     """One signal's Export RPC. Kept to a parse, an await and an increment per request."""
 
-    __slots__ = ("_bad", "_empty", "_intake", "_signal")
+    __slots__ = ("_auth", "_bad", "_empty", "_intake", "_signal")
 
-    def __init__(self, intake: Intake, bad: BadRequestCounters) -> None:
+    def __init__(self, intake: Intake, bad: BadRequestCounters,
+                 auth: BearerAuth | None = None) -> None:
         self._intake = intake
         self._signal = intake.signal
         self._empty = EMPTY_RESPONSE[intake.signal]
         self._bad = bad
+        self._auth = auth
 
     async def export(self, request: bytes, context: aio.ServicerContext[bytes, bytes]) -> bytes:
+        if self._auth is not None and not self._auth.check_metadata(
+                context.invocation_metadata()):
+            await _refuse_unauthenticated(context, self._bad)
         try:
             batch = Batch.from_bytes(self._signal, request)
         except BadInputError as exc:
@@ -84,13 +97,18 @@ class _NoPipelineHandler:
     """Answers UNIMPLEMENTED with a message that says why, instead of grpc's bare
     'Method not found!'."""
 
-    __slots__ = ("_bad", "_message")
+    __slots__ = ("_auth", "_bad", "_message")
 
-    def __init__(self, signal: Signal, bad: BadRequestCounters) -> None:
+    def __init__(self, signal: Signal, bad: BadRequestCounters,
+                 auth: BearerAuth | None = None) -> None:
         self._message = f"no {signal.value} pipeline is configured in this sidecar"
         self._bad = bad
+        self._auth = auth
 
     async def export(self, request: bytes, context: aio.ServicerContext[bytes, bytes]) -> bytes:
+        if self._auth is not None and not self._auth.check_metadata(
+                context.invocation_metadata()):
+            await _refuse_unauthenticated(context, self._bad)
         self._bad.inc("no_pipeline")
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, self._message)
 
@@ -119,6 +137,9 @@ class OtlpGrpcReceiver:
         self._setting = f"receivers.{name}.{TRANSPORT}.endpoint"
         self._intakes = build_intakes(name, TRANSPORT, consumers)
         self._bad = BadRequestCounters(name, TRANSPORT)
+        self._auth = BearerAuth(config.auth) if config.auth is not None else None
+        self._tls = (GrpcServerTls(config.tls, f"receivers.{name}.{TRANSPORT}.tls")
+                     if config.tls is not None else None)
         self._server: aio.Server | None = None
         self._port: int | None = None
 
@@ -135,9 +156,9 @@ class OtlpGrpcReceiver:
             # A bound `async def` method: grpc.aio looks for a coroutine function, which an
             # object with an async __call__ is not.
             behaviour = (
-                _ExportHandler(intake, self._bad).export
+                _ExportHandler(intake, self._bad, self._auth).export
                 if intake is not None
-                else _NoPipelineHandler(signal, self._bad).export
+                else _NoPipelineHandler(signal, self._bad, self._auth).export
             )
             method = grpc.unary_unary_rpc_method_handler(behaviour)
             handlers.append(
@@ -152,7 +173,8 @@ class OtlpGrpcReceiver:
             raise StartupError(f"{self._setting}: {endpoint}: {problem}")
         server = aio.server(handlers=self._handlers(), options=_server_options(self._config))
         try:
-            bound = server.add_insecure_port(endpoint)
+            bound = (server.add_insecure_port(endpoint) if self._tls is None
+                     else server.add_secure_port(endpoint, self._tls.credentials()))
         except RuntimeError:
             bound = 0  # lost a race for the port since the probe; same answer
         if not bound:
@@ -171,4 +193,5 @@ class OtlpGrpcReceiver:
         await server.stop(grace)
 
     def describe(self) -> str:
-        return describe(self.name, TRANSPORT, self._config.endpoint, self._port, self._intakes)
+        return describe(self.name, TRANSPORT, self._config.endpoint, self._port, self._intakes,
+                        banner(self._config.tls, self._config.auth))

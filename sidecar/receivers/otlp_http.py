@@ -25,6 +25,7 @@ from sidecar.config import HttpListenerConfig
 from sidecar.configtypes import split_endpoint
 from sidecar.errors import BadInputError, PipelineFullError, StartupError, StorageFullError
 from sidecar.model import Batch, Signal
+from sidecar.net.security import BearerAuth, ServerTls, banner
 from sidecar.otlp_json import decode_request
 from sidecar.receivers.otlp_common import (
     CODE_DEADLINE_EXCEEDED,
@@ -32,6 +33,7 @@ from sidecar.receivers.otlp_common import (
     CODE_INVALID_ARGUMENT,
     CODE_NOT_FOUND,
     CODE_RESOURCE_EXHAUSTED,
+    CODE_UNAUTHENTICATED,
     CODE_UNAVAILABLE,
     EMPTY_RESPONSE,
     HTTP_PATHS,
@@ -247,6 +249,8 @@ class OtlpHttpReceiver:
         }
         self._bad = BadRequestCounters(name, TRANSPORT)
         self._budget = InFlightBudget(config.max_in_flight_bytes)
+        self._auth = BearerAuth(config.auth) if config.auth is not None else None
+        self._tls: ServerTls | None = None
         self._web: web.Server | None = None
         self._server: asyncio.Server | None = None
         self._port: int | None = None
@@ -268,8 +272,11 @@ class OtlpHttpReceiver:
             access_log=None,  # one log line per export request would dwarf the telemetry
             keepalive_timeout=KEEPALIVE_TIMEOUT,
         )
+        if self._config.tls is not None:
+            self._tls = ServerTls(self._config.tls, f"receivers.{self.name}.{TRANSPORT}.tls")
+        ssl_context = self._tls.listener_context if self._tls is not None else None
         try:
-            server = await loop.create_server(handler, host, port, backlog=512)
+            server = await loop.create_server(handler, host, port, backlog=512, ssl=ssl_context)
         except OSError as exc:
             # asyncio rewrites strerror into a long sentence; the errno says it plainly
             reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
@@ -293,11 +300,19 @@ class OtlpHttpReceiver:
         await server.wait_closed()
 
     def describe(self) -> str:
-        return describe(self.name, TRANSPORT, self._config.endpoint, self._port, self._intakes)
+        return describe(self.name, TRANSPORT, self._config.endpoint, self._port, self._intakes,
+                        banner(self._config.tls, self._config.auth))
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         content_type = request.content_type
         fmt = CONTENT_TYPES.get(content_type)
+        if self._auth is not None and not self._auth.check(request.headers.get("Authorization")):
+            self._bad.inc("unauthenticated")
+            response = _error(fmt, content_type, 401, CODE_UNAUTHENTICATED,
+                              "missing or wrong bearer token in the Authorization header")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="sidecar"'
+            response.force_close()  # the body is never read
+            return response
         checked = self._check_headers(request, fmt, content_type)
         if isinstance(checked, web.Response):
             return checked

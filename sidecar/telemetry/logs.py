@@ -9,6 +9,8 @@ from typing import Literal
 
 import orjson
 
+from sidecar.telemetry.secrets import SecretMask
+
 LogFormat = Literal["json", "text"]
 
 # attributes every LogRecord has; anything else came from `extra=` and is a field
@@ -40,9 +42,29 @@ class TextFormatter(logging.Formatter):
         return super().format(record)
 
 
-def setup_logging(fmt: LogFormat = "json", level: str = "info") -> None:
+class MaskingFormatter(logging.Formatter):
+    """Another formatter's output with the configured secrets masked: whatever a log call,
+    an exception message or a traceback says, a configured key never reaches stderr."""
+
+    def __init__(self, inner: logging.Formatter, mask: SecretMask) -> None:
+        super().__init__()
+        self._inner = inner
+        self._mask = mask
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self._mask(self._inner.format(record))
+
+
+def setup_logging(fmt: LogFormat = "json", level: str = "info",
+                  mask: SecretMask | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    formatter: logging.Formatter = JsonFormatter() if fmt == "json" else TextFormatter()
+    if mask is not None:
+        formatter = MaskingFormatter(formatter, mask)
+        # a crash's traceback goes through the same mask instead of Python's raw print
+        sys.excepthook = lambda kind, value, tb: logging.getLogger("sidecar").critical(
+            "the daemon crashed", exc_info=(kind, value, tb))
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -245,6 +245,28 @@ LOGS_CONNECTIONS_REFUSED = Counter(
 )
 
 # --- daemon -------------------------------------------------------------------------------
+EVENT_LOOP_LAG = Gauge("sidecar_event_loop_lag_seconds",
+                       "Worst lateness of a 100 ms timer over the last 15 s (a held loop "
+                       "delays every client)", registry=REGISTRY)
+MEMORY_RSS = Gauge("sidecar_memory_rss_bytes",
+                   "Resident memory of the daemon at the memory limiter's last check",
+                   registry=REGISTRY)
+MEMORY_SOFT_LIMIT = Gauge("sidecar_memory_soft_limit_bytes", "service.memory.soft_limit",
+                          registry=REGISTRY)
+MEMORY_HARD_LIMIT = Gauge("sidecar_memory_hard_limit_bytes", "service.memory.hard_limit",
+                          registry=REGISTRY)
+MEMORY_LEVEL = Gauge("sidecar_memory_limit_level",
+                     "0 under the soft limit, 1 over it (receivers refuse), 2 over the hard "
+                     "limit (the cache sheds too)", registry=REGISTRY)
+MEMORY_REFUSED = Counter("sidecar_memory_refused_requests",
+                         "Requests refused (retryable) because memory was over the soft limit",
+                         ["signal"], registry=REGISTRY)
+MEMORY_CACHE_SHED_BYTES = Counter("sidecar_memory_cache_shed_bytes",
+                                  "Bytes of cache L1 entries evicted over the hard limit",
+                                  registry=REGISTRY)
+ADMIN_UNAUTHENTICATED = Counter(
+    "sidecar_admin_unauthenticated",
+    "Admin requests refused for a missing or wrong bearer token", registry=REGISTRY)
 READY = Gauge("sidecar_ready", "1 when every listener is bound and every exporter started",
               registry=REGISTRY)
 COMPONENT_RESTARTS = Counter(

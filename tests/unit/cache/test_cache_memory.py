@@ -164,3 +164,20 @@ def test_evicted_and_rejected_keys_give_their_slot_back() -> None:
     assert sorted(found) == sorted(store.data)
     assert b"A" not in found
     assert store.scan(4, 100, 0.0) == (0, [])  # slots are reused: all within the first 4
+
+
+def test_shed_evicts_the_least_recently_used_half() -> None:
+    space = ns()
+    entry_size = 1 + 10 + ENTRY_OVERHEAD
+    store = MemoryStore(max_bytes=100 * entry_size)
+    keys = [bytes([65 + i]) for i in range(10)]
+    for key in keys:
+        store.put(key, b"x" * 10, NEVER, NEVER, 0, 0, space)
+    assert store.get(keys[0], 0.0) is not None  # the oldest becomes the most recent
+    freed = store.shed(0.5)
+    assert freed == 5 * entry_size
+    assert store.bytes == 5 * entry_size == space.bytes_l1
+    assert {k for k in keys if store.get(k, 0.0)} == {keys[0], *keys[6:]}
+    assert space.evictions == 5
+    assert store.shed(0.5) == 3 * entry_size  # down to at most half of 5 entries: 2 stay
+    assert MemoryStore(max_bytes=10).shed() == 0

@@ -1,0 +1,140 @@
+"""Fuzz targets: each takes arbitrary bytes and must either accept them or refuse them with
+the component's own error type. Anything else escaping (a crash), a hang (libFuzzer's
+per-input timeout) or runaway memory (its RSS limit) is a finding.
+
+Run coverage-guided by `tests/fuzz/run.py` under atheris (`make fuzz`); `make test` runs a
+short pass of each (tests/fuzz/test_fuzz_short.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from sidecar import config
+from sidecar.cache.config import CacheConfig
+from sidecar.cache.server import CacheConnection, CacheService
+from sidecar.errors import BadInputError, ConfigError
+from sidecar.model import Batch, Signal
+from sidecar.net.framing import LineSplitter
+from sidecar.otlp_json import decode_request
+from sidecar.pipeline.graph import build_processors
+from sidecar.pipeline.stage import Stage
+from sidecar.receivers.logparse import LogBatchBuilder
+
+_SIGNALS = tuple(Signal)
+# the default processors (redaction on) run over whatever parsed: a request the receiver
+# accepts must never make a processor fail
+_STAGES = {s: Stage(s, build_processors(config.from_tree({}))) for s in _SIGNALS}
+
+
+def _signal(data: bytes) -> tuple[Signal, bytes]:
+    if not data:
+        return Signal.TRACES, b""
+    return _SIGNALS[data[0] % len(_SIGNALS)], data[1:]
+
+
+def otlp_protobuf(data: bytes) -> None:
+    signal, body = _signal(data)
+    try:
+        batch = Batch.from_bytes(signal, body)
+    except BadInputError:
+        return
+    processed = _STAGES[signal].run(batch)
+    if processed is not None:
+        Batch.from_bytes(signal, processed.payload)  # what goes on re-parses
+
+
+def otlp_json(data: bytes) -> None:
+    signal, body = _signal(data)
+    try:
+        decoded = decode_request(signal, body)
+    except BadInputError:
+        return
+    batch = Batch.from_message(signal, decoded.message)
+    processed = _STAGES[signal].run(batch)
+    if processed is not None:
+        Batch.from_bytes(signal, processed.payload)
+
+
+def ndjson(data: bytes) -> None:
+    splitter = LineSplitter(4096)
+    builder = LogBatchBuilder("fuzz")
+    # two reads, split where the first byte says: framing must not depend on read sizes
+    cut = data[0] % (len(data) + 1) if data else 0
+    for chunk in (data[:cut], data[cut:]):
+        for line in splitter.feed(chunk):
+            builder.add(line, observed_ns=1)
+    request = builder.take()
+    if request is not None:
+        Batch.from_bytes(Signal.LOGS, request.SerializeToString())
+
+
+class _Transport:
+    """What CacheConnection writes to (asyncio's transport interface)."""
+
+    def __init__(self) -> None:
+        self.written = 0
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written += len(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default
+
+
+_loop: asyncio.AbstractEventLoop | None = None
+_cache: CacheService | None = None
+
+
+def resp(data: bytes) -> None:
+    """Raw bytes into a cache connection (RESP parser and the whole command layer), on a
+    service that lives across inputs as a real one does."""
+    global _loop, _cache
+    if _loop is None:
+        _loop = asyncio.new_event_loop()
+        _cache = CacheService(CacheConfig(unix=None))
+    assert _cache is not None
+
+    async def feed() -> None:
+        assert _cache is not None
+        connection = CacheConnection(_cache, None, "fuzz")
+        transport = _Transport()
+        connection.connection_made(transport)  # type: ignore[arg-type]
+        connection.data_received(data)
+        for _ in range(3):  # let commands that returned coroutines run
+            await asyncio.sleep(0)
+        connection.connection_lost(None)
+
+    _loop.run_until_complete(feed())
+
+
+_config_dir = Path(tempfile.mkdtemp(prefix="sc-fuzz-config-"))
+
+
+def config_file(data: bytes) -> None:
+    path = _config_dir / "sidecar.yaml"
+    path.write_bytes(data)
+    with contextlib.suppress(ConfigError):
+        config.load(path)
+
+
+TARGETS: dict[str, Callable[[bytes], None]] = {
+    "otlp_protobuf": otlp_protobuf,
+    "otlp_json": otlp_json,
+    "ndjson": ndjson,
+    "resp": resp,
+    "config": config_file,
+}
