@@ -42,6 +42,8 @@ class Daemon:
     switches: dict[Signal, Switch] = field(default_factory=dict)
     # where the config came from, read again by a reload: (file or None, --set overrides)
     source: tuple[str | None, tuple[str, ...]] | None = None
+    # told about each applied config (the CLI extends its secret mask with it)
+    on_reload: Callable[[Config], None] | None = None
     _lag: asyncio.Task[None] | None = None
     _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -126,6 +128,8 @@ class Daemon:
             return False, f"{exc} (the running config stays)"
         self.graph = graph
         self.config = new
+        if self.on_reload is not None:
+            self.on_reload(new)
         for kind, fanout in graph.consumers.items():
             switch = self.switches.get(kind)
             if switch is None:
@@ -231,12 +235,14 @@ def build_receivers(config: Config, switches: Mapping[Signal, Consumer],
 
 
 async def run(config: Config, echo: Callable[[str], None],
-              source: tuple[str | None, tuple[str, ...]] | None = None) -> None:
+              source: tuple[str | None, tuple[str, ...]] | None = None,
+              on_reload: Callable[[Config], None] | None = None) -> None:
     """`sidecar run`: start, print the banner, serve until SIGTERM/SIGINT, drain, return.
     With `source` (the config file and --set overrides), SIGHUP and POST /-/reload apply
     the file's current contents."""
     daemon = build_daemon(config)
     daemon.source = source
+    daemon.on_reload = on_reload
     install_signal_handlers(daemon)
     await daemon.start()
     # Everything built so far lives as long as the process: move it out of the collector's
