@@ -1,4 +1,5 @@
-"""Admin HTTP server: /metrics (Prometheus text), /healthz, /readyz, /cache/stats.
+"""Admin HTTP server: /metrics (Prometheus text), /healthz, /readyz, /cache/stats, and
+POST /-/reload (apply the config file again; 200 when applied, 400 with the reason).
 
 With `admin.auth`, every path but the probes (/healthz, /readyz: kubelet and load balancers
 call them without credentials, and they say nothing secret) needs the bearer token."""
@@ -19,6 +20,7 @@ from sidecar.telemetry.health import HEALTH
 from sidecar.telemetry.metrics import ADMIN_UNAUTHENTICATED, READY, REGISTRY
 
 StatsProvider = Callable[[], dict[str, object]]
+Reloader = Callable[[], Awaitable[tuple[bool, str]]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 
@@ -39,13 +41,15 @@ def _auth_middleware(auth: BearerAuth) -> Middleware:
 
 class AdminServer:
     def __init__(self, endpoint: str, cache_stats: StatsProvider | None = None, *,
-                 tls: ServerTlsConfig | None = None, auth: AuthConfig | None = None) -> None:
+                 tls: ServerTlsConfig | None = None, auth: AuthConfig | None = None,
+                 reload: Reloader | None = None) -> None:
         self.endpoint = endpoint
         self.ready = False
         self._cache_stats = cache_stats
         self._tls_config = tls
         self._auth_config = auth
         self._auth = BearerAuth(auth) if auth is not None else None
+        self._reload = reload
         self._runner: web.AppRunner | None = None
         self.bound_port: int | None = None
 
@@ -60,6 +64,7 @@ class AdminServer:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/cache/stats", self._cache)
+        app.router.add_post("/-/reload", self._reload_config)
         return app
 
     async def _metrics(self, _: web.Request) -> web.Response:
@@ -84,6 +89,13 @@ class AdminServer:
             return web.json_response({"error": "cache is disabled"}, status=404)
         return web.Response(body=orjson.dumps(self._cache_stats()),
                             content_type="application/json")
+
+    async def _reload_config(self, _: web.Request) -> web.Response:
+        if self._reload is None:
+            return web.json_response({"error": "reload is not available"}, status=404)
+        ok, message = await self._reload()
+        return web.json_response({"status": "reloaded" if ok else "refused",
+                                  "detail": message}, status=200 if ok else 400)
 
     def set_ready(self, ready: bool) -> None:
         self.ready = ready

@@ -9,20 +9,24 @@ import gc
 import logging
 import os
 import signal
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sidecar import config as config_module
 from sidecar.admin import AdminServer
 from sidecar.cache.server import CacheService
-from sidecar.component import BuildContext, ReceiverComponent, receiver_factories
+from sidecar.component import BuildContext, Consumer, ReceiverComponent, receiver_factories
 from sidecar.config import Config
-from sidecar.errors import StartupError
+from sidecar.errors import ConfigError, StartupError
 from sidecar.exporthelper.chain import ExportChain
 from sidecar.memlimit import MemoryLimiter, guard
-from sidecar.pipeline.graph import Graph, build_graph
+from sidecar.model import Signal
+from sidecar.pipeline.graph import Graph, ReconfigureError, Switch, build_graph, reconfigure
+from sidecar.reload import plan
 from sidecar.telemetry import looplag
+from sidecar.telemetry.metrics import RELOADS
 
 log = logging.getLogger("sidecar")
 
@@ -35,7 +39,13 @@ class Daemon:
     cache: CacheService | None
     admin: AdminServer | None
     memory: MemoryLimiter | None = None
+    switches: dict[Signal, Switch] = field(default_factory=dict)
+    # where the config came from, read again by a reload: (file or None, --set overrides)
+    source: tuple[str | None, tuple[str, ...]] | None = None
+    # told about each applied config (the CLI extends its secret mask with it)
+    on_reload: Callable[[Config], None] | None = None
     _lag: asyncio.Task[None] | None = None
+    _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _started: list[str] = field(default_factory=list)
 
@@ -79,6 +89,76 @@ class Daemon:
         exit now loses: a durable queue keeps its own on disk."""
         return sum(e.pending_items() for e in self.graph.exporters.values()
                    if not (isinstance(e, ExportChain) and e.queue.durable))
+
+    async def reload(self) -> tuple[bool, str]:
+        """Read the config again and apply it (SIGHUP, POST /-/reload): validated first, the
+        running config stays when it is invalid; see reload.py for what restarts.
+        Returns (applied, what happened)."""
+        async with self._reloading:
+            ok, message = await self._reload()
+        RELOADS.labels("success" if ok else "failure").inc()
+        if ok:
+            log.info("config reloaded: %s", message)
+        else:
+            log.error("config reload refused: %s", message)
+        return ok, message
+
+    async def _reload(self) -> tuple[bool, str]:
+        if self.source is None:
+            return False, "this daemon was not started from a config source"
+        path, overrides = self.source
+        try:
+            new = config_module.load(path, overrides)
+        except ConfigError as exc:
+            return False, "; ".join(str(p) for p in exc.problems)
+        change = plan(self.config, new)
+        if change.restart_required:
+            return False, change.describe() + " (the running config stays)"
+        if change.noop:
+            self.config = new
+            return True, "no change"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + new.service.shutdown_timeout
+        problem = ""
+        try:
+            graph = await reconfigure(self.graph, new, change, deadline)
+        except ReconfigureError as exc:
+            graph, problem = exc.graph, f"; not started: {exc}"
+        except (ConfigError, StartupError, ValueError) as exc:
+            return False, f"{exc} (the running config stays)"
+        self.graph = graph
+        self.config = new
+        if self.on_reload is not None:
+            self.on_reload(new)
+        for kind, fanout in graph.consumers.items():
+            switch = self.switches.get(kind)
+            if switch is None:
+                self.switches[kind] = Switch(fanout)
+            else:
+                switch.point(fanout)
+        if change.receivers:
+            await self._restart_receivers(change.receivers, deadline)
+        return not problem, change.describe() + problem
+
+    async def _restart_receivers(self, names: tuple[str, ...], deadline: float) -> None:
+        """Receivers whose section changed, or all when the signals with a pipeline did:
+        stop (in-flight requests finish), then bind again with the new settings."""
+        consumers = guard({s: self.switches[s] for s in self.graph.consumers}, self.memory)
+        factories = receiver_factories()
+        context = BuildContext(signals=frozenset(self.graph.consumers))
+        sections = dict(self.config.receivers)
+        kept = [r for r in self.receivers if r.name not in names]
+        old = [r for r in self.receivers if r.name in names]
+        await asyncio.gather(*(r.shutdown(deadline) for r in old))
+        started = []
+        for name in names:
+            section = sections.get(name)
+            if section is None:
+                continue
+            receiver = factories[name].create(name, section, consumers, context)
+            await receiver.start()
+            started.append(receiver)
+        self.receivers = kept + started
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -128,22 +208,25 @@ def build_daemon(config: Config) -> Daemon:
     if config.service.memory.enabled:
         memory = MemoryLimiter(config.service.memory,
                                shed=cache.tiers.l1.shed if cache is not None else None)
-    receivers = build_receivers(config, graph, memory)
-    admin = None
+    switches = {signal: Switch(fanout) for signal, fanout in graph.consumers.items()}
+    receivers = build_receivers(config, switches, memory)
+    daemon = Daemon(config, graph, receivers, cache, None, memory, switches)
     if config.admin.endpoint is not None:
-        admin = AdminServer(config.admin.endpoint, cache.stats if cache is not None else None,
-                            tls=config.admin.tls, auth=config.admin.auth)
-    return Daemon(config, graph, receivers, cache, admin, memory)
+        daemon.admin = AdminServer(config.admin.endpoint,
+                                   cache.stats if cache is not None else None,
+                                   tls=config.admin.tls, auth=config.admin.auth,
+                                   reload=daemon.reload)
+    return daemon
 
 
-def build_receivers(config: Config, graph: Graph,
+def build_receivers(config: Config, switches: Mapping[Signal, Consumer],
                     memory: MemoryLimiter | None = None) -> list[ReceiverComponent]:
     """One receiver per section under `receivers:`, by the factory registered for its name;
-    a section set to `null` is off. With a memory limiter, receivers see the pipeline
-    behind it."""
+    a section set to `null` is off. Receivers see each signal's pipeline through its
+    `Switch` (so a reload can replace the pipeline) and, with a memory limiter, behind it."""
     factories = receiver_factories()
-    context = BuildContext(signals=frozenset(graph.consumers))
-    consumers = guard(graph.consumers, memory)
+    context = BuildContext(signals=frozenset(switches))
+    consumers = guard(switches, memory)
     receivers: list[ReceiverComponent] = []
     for name, section in config.receivers:
         if section is not None:
@@ -151,9 +234,15 @@ def build_receivers(config: Config, graph: Graph,
     return receivers
 
 
-async def run(config: Config, echo: Callable[[str], None]) -> None:
-    """`sidecar run`: start, print the banner, serve until SIGTERM/SIGINT, drain, return."""
+async def run(config: Config, echo: Callable[[str], None],
+              source: tuple[str | None, tuple[str, ...]] | None = None,
+              on_reload: Callable[[Config], None] | None = None) -> None:
+    """`sidecar run`: start, print the banner, serve until SIGTERM/SIGINT, drain, return.
+    With `source` (the config file and --set overrides), SIGHUP and POST /-/reload apply
+    the file's current contents."""
     daemon = build_daemon(config)
+    daemon.source = source
+    daemon.on_reload = on_reload
     install_signal_handlers(daemon)
     await daemon.start()
     # Everything built so far lives as long as the process: move it out of the collector's
@@ -181,8 +270,7 @@ def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
 
 def install_signal_handlers(daemon: Daemon) -> None:
     """First SIGTERM/SIGINT drains; a second one exits at once (uvicorn does the same),
-    saying how many items that loses. SIGHUP (a closed terminal sends it) is logged and
-    otherwise ignored until hot reload exists: it must not cost acknowledged data."""
+    saying how many items that loses. SIGHUP reloads the configuration (`Daemon.reload`)."""
     loop = asyncio.get_running_loop()
     count = 0
 
@@ -197,9 +285,13 @@ def install_signal_handlers(daemon: Daemon) -> None:
         log.info("signal received, draining", extra={"signal": signal.Signals(signum).name})
         daemon.request_stop()
 
+    reloads: set[asyncio.Task[tuple[bool, str]]] = set()
+
     def hangup() -> None:
-        log.warning("SIGHUP received and ignored: configuration reload is not supported yet "
-                    "(restart the daemon to apply a new config)")
+        log.info("SIGHUP received: reloading the configuration")
+        task = loop.create_task(daemon.reload(), name="reload")
+        reloads.add(task)  # kept until done, so the task is not collected mid-reload
+        task.add_done_callback(reloads.discard)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):

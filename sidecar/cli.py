@@ -112,7 +112,9 @@ def run(config_path: str | None, overrides: tuple[str, ...], log_format: str | N
     mask = SecretMask(configured_secrets(cfg))
     setup_logging("json" if fmt == "json" else "text", cfg.service.log_level, mask)
     try:
-        run_event_loop(run_app(cfg, lambda line: click.echo(mask(line))))
+        run_event_loop(run_app(
+            cfg, lambda line: click.echo(mask(line)), source=(config_path, tuple(overrides)),
+            on_reload=lambda new: mask.extend(configured_secrets(new))))
     except StartupError as exc:
         _fail([mask(str(exc))], 2)
 

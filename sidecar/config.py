@@ -33,24 +33,30 @@ class ListenerConfig(Strict):
     """What every TCP listener of the daemon shares: loopback unless `allow_remote`,
     optional TLS (mTLS with `tls.client_ca_file`) and bearer-token auth."""
 
-    endpoint: Endpoint
+    endpoint: Endpoint | None  # null: no TCP listener (then `unix` is needed)
     allow_remote: bool = False
     tls: ServerTlsConfig | None = None
     auth: AuthConfig | None = None
+    # OTLP over a unix socket too (or only, with endpoint: null), created with this mode
+    unix: str | None = None
+    unix_mode: FileMode = 0o660
+    unix_group: str | None = None
 
     @model_validator(mode="after")
     def _local_unless_allowed(self) -> ListenerConfig:
         check_local(self.endpoint, self.allow_remote)
+        if self.endpoint is None and self.unix is None:
+            raise ValueError("set endpoint, unix or both (or the whole listener to null)")
         return self
 
 
 class GrpcListenerConfig(ListenerConfig):
-    endpoint: Endpoint = "127.0.0.1:4317"
+    endpoint: Endpoint | None = "127.0.0.1:4317"
     max_recv_msg_size: ByteSize = Field(default=4 * 1024 * 1024, gt=0)
 
 
 class HttpListenerConfig(ListenerConfig):
-    endpoint: Endpoint = "127.0.0.1:4318"
+    endpoint: Endpoint | None = "127.0.0.1:4318"
     # measured after decompression, as the OTLP spec asks
     max_body_size: ByteSize = Field(default=20 * 1024 * 1024, gt=0)
     # a body must arrive whole within this (408 otherwise): a stalled upload holds memory

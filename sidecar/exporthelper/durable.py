@@ -33,6 +33,7 @@ on disk (~40 bytes each, no payload) stays in RAM.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -242,6 +243,16 @@ class Cursor:
             self.prefetched.append(rec)
         self.dirty = True
 
+    def release(self) -> None:
+        """A reload stopped this cursor's exporter: what it leased and never acked is
+        delivered again by the next owner, as after a restart (counted as redelivered)."""
+        if self.leased:
+            self.redeliver = deque(sorted({*self.leased, *self.redeliver}))
+            self.redeliver_set |= set(self.leased)
+            self.leased.clear()  # still pending: the bytes stay counted
+            self.dirty = True
+        self.owner = None
+
     def ack(self, seq: int) -> None:
         nbytes, items, _ = self.leased.pop(seq)
         self._forget(nbytes, items)
@@ -286,7 +297,19 @@ class SharedLog:
         cursor = self.cursors.get(exporter)
         if cursor is None:
             cursor = self.cursors[exporter] = Cursor(exporter, self)
+            if self._opened:  # added by a reload: it starts at the end, like a new exporter
+                cursor.load(None, self.wal.next_seq, self.wal.next_seq)
         return cursor
+
+    async def detach(self, exporter: str) -> None:
+        """A reload removed this exporter from the signal: forget its cursor (and its file),
+        so the log no longer keeps records for it."""
+        if self.cursors.pop(exporter, None) is None:
+            return
+        path = self.cursor_dir / cursor_file_name(exporter)
+        with contextlib.suppress(FileNotFoundError):
+            await asyncio.to_thread(path.unlink)
+        self.housekeep()
 
     @property
     def cursor_dir(self) -> Path:

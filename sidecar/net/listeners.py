@@ -26,24 +26,8 @@ MAX_UNIX_PATH = 107
 def bind_unix(path: str, setting: str, mode: int = 0o660, group: str | None = None,
               backlog: int = 1024) -> socket.socket:
     """A listening unix socket at `path`; `setting` (e.g. "cache.unix") prefixes errors."""
-
-    def fail(reason: str) -> StartupError:
-        return StartupError(f"{setting}: {path}: {reason}")
-
-    if len(os.fsencode(path)) > MAX_UNIX_PATH:
-        raise fail(f"path longer than {MAX_UNIX_PATH} bytes (unix socket limit)")
-    parent = Path(path).parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise fail(f"cannot create directory {parent}: {exc.strerror}") from exc
-    _remove_stale(path, fail)
-    gid = -1
-    if group is not None:
-        try:
-            gid = grp.getgrnam(group).gr_gid
-        except KeyError:
-            raise fail(f"unknown group {group!r}") from None
+    fail = prepare_unix(path, setting)
+    gid = _gid(group, fail)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)
@@ -56,6 +40,46 @@ def bind_unix(path: str, setting: str, mode: int = 0o660, group: str | None = No
         sock.close()
         raise fail(exc.strerror or str(exc)) from exc
     return sock
+
+
+def prepare_unix(path: str, setting: str) -> Callable[[str], StartupError]:
+    """Check the path, create its directory and remove a stale socket file, for a server
+    that binds the path itself (grpc); returns the error maker for the setting."""
+    fail = prepare_fail(path, setting)
+    if len(os.fsencode(path)) > MAX_UNIX_PATH:
+        raise fail(f"path longer than {MAX_UNIX_PATH} bytes (unix socket limit)")
+    parent = Path(path).parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise fail(f"cannot create directory {parent}: {exc.strerror}") from exc
+    _remove_stale(path, fail)
+    return fail
+
+
+def own_unix(path: str, setting: str, mode: int, group: str | None) -> None:
+    """Give a socket file bound by someone else (grpc) the configured mode and group."""
+    fail = prepare_fail(path, setting)
+    gid = _gid(group, fail)
+    try:
+        os.chmod(path, mode)
+        if gid != -1:
+            os.chown(path, -1, gid)
+    except OSError as exc:
+        raise fail(exc.strerror or str(exc)) from exc
+
+
+def prepare_fail(path: str, setting: str) -> Callable[[str], StartupError]:
+    return lambda reason: StartupError(f"{setting}: {path}: {reason}")
+
+
+def _gid(group: str | None, fail: Callable[[str], StartupError]) -> int:
+    if group is None:
+        return -1
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise fail(f"unknown group {group!r}") from None
 
 
 def _remove_stale(path: str, fail: Callable[[str], StartupError]) -> None:

@@ -151,14 +151,19 @@ def build_intakes(
 
 
 def describe(
-    receiver: str, transport: str, endpoint: str, port: int | None,
-    signals: Mapping[Signal, object], protection: str = "",
+    receiver: str, transport: str, endpoint: str | None, port: int | None,
+    signals: Mapping[Signal, object], protection: str = "", unix: str | None = None,
 ) -> str:
     """The startup banner line, e.g. `otlp/grpc  127.0.0.1:4317  traces logs metrics`,
     with the port actually bound once started (the config may say 0)."""
-    address = endpoint
-    if port is not None:
-        host, _, _ = endpoint.rpartition(":")
-        address = f"{host}:{port}"
+    addresses = []
+    if endpoint is not None:
+        address = endpoint
+        if port is not None:
+            host, _, _ = endpoint.rpartition(":")
+            address = f"{host}:{port}"
+        addresses.append(address)
+    if unix is not None:
+        addresses.append(f"unix:{unix}")
     names = " ".join(s.value for s in Signal if s in signals) or "(no pipelines)"
-    return f"{receiver}/{transport}  {address}  {names}{protection}"
+    return f"{receiver}/{transport}  {' '.join(addresses)}  {names}{protection}"

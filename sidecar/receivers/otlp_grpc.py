@@ -18,6 +18,7 @@ from sidecar.config import GrpcListenerConfig
 from sidecar.configtypes import split_endpoint
 from sidecar.errors import BadInputError, PipelineFullError, StartupError
 from sidecar.model import Batch, Signal
+from sidecar.net.listeners import own_unix, prepare_unix, remove_unix, socket_inode
 from sidecar.net.security import BearerAuth, GrpcServerTls, banner
 from sidecar.receivers.otlp_common import (
     EMPTY_RESPONSE,
@@ -142,6 +143,7 @@ class OtlpGrpcReceiver:
                      if config.tls is not None else None)
         self._server: aio.Server | None = None
         self._port: int | None = None
+        self._unix_inode: int | None = None
 
     @property
     def bound_port(self) -> int:
@@ -166,21 +168,42 @@ class OtlpGrpcReceiver:
         return handlers
 
     async def start(self) -> None:
-        endpoint = self._config.endpoint
-        host, port = split_endpoint(endpoint)
-        problem = _bind_problem(host, port)
-        if problem is not None:
-            raise StartupError(f"{self._setting}: {endpoint}: {problem}")
-        server = aio.server(handlers=self._handlers(), options=_server_options(self._config))
+        config = self._config
+        server = aio.server(handlers=self._handlers(), options=_server_options(config))
+        credentials = self._tls.credentials() if self._tls is not None else None
+
+        def add(address: str) -> int:
+            try:
+                return (server.add_insecure_port(address) if credentials is None
+                        else server.add_secure_port(address, credentials))
+            except RuntimeError:
+                return 0  # lost a race for the port since the probe; same answer
+
         try:
-            bound = (server.add_insecure_port(endpoint) if self._tls is None
-                     else server.add_secure_port(endpoint, self._tls.credentials()))
-        except RuntimeError:
-            bound = 0  # lost a race for the port since the probe; same answer
-        if not bound:
+            bound = None
+            if config.endpoint is not None:
+                host, port = split_endpoint(config.endpoint)
+                problem = _bind_problem(host, port)
+                if problem is not None:
+                    raise StartupError(f"{self._setting}: {config.endpoint}: {problem}")
+                bound = add(config.endpoint)
+                if not bound:
+                    raise StartupError(
+                        f"{self._setting}: {config.endpoint}: cannot bind this address")
+            if config.unix is not None:
+                setting = f"receivers.{self.name}.{TRANSPORT}.unix"
+                prepare_unix(config.unix, setting)
+                if not add(f"unix:{config.unix}"):
+                    raise StartupError(f"{setting}: {config.unix}: cannot bind this socket")
+            await server.start()
+            if config.unix is not None:
+                # grpc creates the file itself: give it the configured mode and group
+                own_unix(config.unix, f"receivers.{self.name}.{TRANSPORT}.unix",
+                         config.unix_mode, config.unix_group)
+                self._unix_inode = socket_inode(config.unix)
+        except BaseException:
             await server.stop(None)
-            raise StartupError(f"{self._setting}: {endpoint}: cannot bind this address")
-        await server.start()
+            raise
         self._server = server
         self._port = bound
 
@@ -191,7 +214,9 @@ class OtlpGrpcReceiver:
             return
         grace = max(0.0, deadline - asyncio.get_running_loop().time())
         await server.stop(grace)
+        if self._config.unix is not None:
+            remove_unix(self._config.unix, self._unix_inode)
 
     def describe(self) -> str:
         return describe(self.name, TRANSPORT, self._config.endpoint, self._port, self._intakes,
-                        banner(self._config.tls, self._config.auth))
+                        banner(self._config.tls, self._config.auth), self._config.unix)

@@ -25,6 +25,7 @@ from sidecar.config import HttpListenerConfig
 from sidecar.configtypes import split_endpoint
 from sidecar.errors import BadInputError, PipelineFullError, StartupError, StorageFullError
 from sidecar.model import Batch, Signal
+from sidecar.net.listeners import bind_unix, remove_unix, socket_inode
 from sidecar.net.security import BearerAuth, ServerTls, banner
 from sidecar.otlp_json import decode_request
 from sidecar.receivers.otlp_common import (
@@ -252,8 +253,9 @@ class OtlpHttpReceiver:
         self._auth = BearerAuth(config.auth) if config.auth is not None else None
         self._tls: ServerTls | None = None
         self._web: web.Server | None = None
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []
         self._port: int | None = None
+        self._unix_inode: int | None = None
 
     @property
     def bound_port(self) -> int:
@@ -262,8 +264,7 @@ class OtlpHttpReceiver:
         return self._port
 
     async def start(self) -> None:
-        endpoint = self._config.endpoint
-        host, port = split_endpoint(endpoint)
+        config = self._config
         loop = asyncio.get_running_loop()
         handler = web.Server(
             self._handle,
@@ -272,36 +273,55 @@ class OtlpHttpReceiver:
             access_log=None,  # one log line per export request would dwarf the telemetry
             keepalive_timeout=KEEPALIVE_TIMEOUT,
         )
-        if self._config.tls is not None:
-            self._tls = ServerTls(self._config.tls, f"receivers.{self.name}.{TRANSPORT}.tls")
+        if config.tls is not None:
+            self._tls = ServerTls(config.tls, f"receivers.{self.name}.{TRANSPORT}.tls")
         ssl_context = self._tls.listener_context if self._tls is not None else None
+        servers: list[asyncio.Server] = []
         try:
-            server = await loop.create_server(handler, host, port, backlog=512, ssl=ssl_context)
-        except OSError as exc:
-            # asyncio rewrites strerror into a long sentence; the errno says it plainly
-            reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
-            raise StartupError(f"{self._setting}: {endpoint}: {reason}") from None
-        self._web, self._server = handler, server
-        self._port = int(server.sockets[0].getsockname()[1])
+            if config.endpoint is not None:
+                host, port = split_endpoint(config.endpoint)
+                try:
+                    servers.append(await loop.create_server(handler, host, port, backlog=512,
+                                                            ssl=ssl_context))
+                except OSError as exc:
+                    # asyncio rewrites strerror into a long sentence; the errno says it plainly
+                    reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+                    raise StartupError(f"{self._setting}: {config.endpoint}: {reason}") from None
+                self._port = int(servers[0].sockets[0].getsockname()[1])
+            if config.unix is not None:
+                sock = bind_unix(config.unix, f"receivers.{self.name}.{TRANSPORT}.unix",
+                                 config.unix_mode, config.unix_group, backlog=512)
+                self._unix_inode = socket_inode(config.unix)
+                servers.append(await loop.create_unix_server(handler, sock=sock,
+                                                             ssl=ssl_context))
+        except BaseException:
+            for server in servers:
+                server.close()
+            raise
+        self._web, self._servers = handler, servers
 
     async def shutdown(self, deadline: float) -> None:
         """Stop listening at once; requests in flight get until `deadline` (loop time)."""
-        server, handler = self._server, self._web
-        self._server = self._web = None
-        if server is None or handler is None:
+        servers, handler = self._servers, self._web
+        self._servers, self._web = [], None
+        if not servers or handler is None:
             return
-        server.close()
+        for server in servers:
+            server.close()
         # Let requests already read off the sockets reach their handlers before idle
         # keep-alive connections are closed (what aiohttp's runner does too).
         await asyncio.sleep(0)
         handler.pre_shutdown()
         grace = max(0.0, deadline - asyncio.get_running_loop().time())
         await handler.shutdown(grace)
-        await server.wait_closed()
+        for server in servers:
+            await server.wait_closed()
+        if self._config.unix is not None:
+            remove_unix(self._config.unix, self._unix_inode)
 
     def describe(self) -> str:
         return describe(self.name, TRANSPORT, self._config.endpoint, self._port, self._intakes,
-                        banner(self._config.tls, self._config.auth))
+                        banner(self._config.tls, self._config.auth), self._config.unix)
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         content_type = request.content_type

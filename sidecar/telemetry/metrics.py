@@ -269,6 +269,8 @@ LOGS_CONNECTIONS_REFUSED = Counter(
 )
 
 # --- daemon -------------------------------------------------------------------------------
+RELOADS = Counter("sidecar_config_reload", "Configuration reloads (SIGHUP, POST /-/reload)",
+                  ["result"], registry=REGISTRY)
 EVENT_LOOP_LAG = Gauge("sidecar_event_loop_lag_seconds",
                        "Worst lateness of a 100 ms timer over the last 15 s (a held loop "
                        "delays every client)", registry=REGISTRY)

@@ -81,14 +81,19 @@ class SecretMask:
     """`mask(text)`: text with every configured secret replaced. One regex alternation
     (longest first, so a secret that contains another is masked whole); linear in the text."""
 
-    __slots__ = ("_pattern",)
+    __slots__ = ("_forms", "_pattern")
 
     def __init__(self, secrets: Iterable[str]) -> None:
-        forms: set[str] = set()
+        self._forms: set[str] = set()
+        self._pattern: re.Pattern[str] | None = None
+        self.extend(secrets)
+
+    def extend(self, secrets: Iterable[str]) -> None:
+        """Mask these too (a reload brought new secrets; the old ones stay masked)."""
         for secret in secrets:
-            forms.add(secret)
-            forms.add(orjson.dumps(secret).decode()[1:-1])  # as it appears in a JSON string
-        ordered = sorted(forms, key=len, reverse=True)
+            self._forms.add(secret)
+            self._forms.add(orjson.dumps(secret).decode()[1:-1])  # as in a JSON string
+        ordered = sorted(self._forms, key=len, reverse=True)
         self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
 
     def __call__(self, text: str) -> str:

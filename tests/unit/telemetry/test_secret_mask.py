@@ -75,3 +75,9 @@ def test_a_secret_inside_another_is_masked_whole() -> None:
     mask = SecretMask(["abcdef", "abcdefghij"])
     assert mask("x abcdefghij y abcdef") == f"x {MASK} y {MASK}"
     assert SecretMask([])("unchanged") == "unchanged"
+
+
+def test_a_reload_adds_secrets_and_keeps_the_old_ones() -> None:
+    mask = SecretMask(["first-secret"])
+    mask.extend(["second-secret"])
+    assert mask("first-secret second-secret") == f"{MASK} {MASK}"
