@@ -39,7 +39,7 @@ async def test_soft_limit_refuses_and_nothing_acknowledged_is_lost(short_tmp: Pa
             "type": "otlp", "protocol": "grpc", "endpoint": sink.grpc_endpoint,
             "timeout": "2s", "retry": {"initial_interval": "200ms", "max_interval": "1s",
                                        "max_elapsed": 0},
-            "queue": {"max_bytes": "4GiB"}}})
+            "queue": {"type": "memory", "max_bytes": "4GiB"}}})
         daemon.extra = {
             "service": {"shutdown_timeout": "10s", "log_format": "text",
                         "memory": {"soft_limit": SOFT, "hard_limit": HARD,
