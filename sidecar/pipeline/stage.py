@@ -2,7 +2,8 @@
 re-serialisation, so no processor can leave bytes and message out of step.
 
 Per request: the message is parsed at most once (the receiver's parse is reused when it
-has one), re-serialised at most once (only when a mutating processor read it), items are
+has one), re-serialised at most once (only when a mutating processor read it; a processor
+may instead hand back bytes it re-encoded itself, `Work.replace_payload`), items are
 recounted, and a new immutable `Batch` holding bytes only goes on to fan-out. Processors
 never see a Batch and nothing downstream ever sees the message they edited."""
 
@@ -33,6 +34,8 @@ class Stage:
             processor.process(work)
             changed = changed or (processor.mutates and work.touched)
         if not changed:
+            if work.payload is not batch.payload:  # re-encoded in place (replace_payload)
+                return Batch(batch.signal, batch.items, work.payload)
             return batch
         message = work.message
         items = count_items(batch.signal, message)

@@ -36,10 +36,10 @@ async def test_a_raise_in_redaction_exports_nothing(
     graph = build_graph(cfg)
     (processor,) = [p for p in graph.processors if isinstance(p, RedactProcessor)]
 
-    def broken(signal: Signal, payload: bytes, message: ExportRequest) -> None:
+    def broken(signal: Signal, payload: bytes, message: ExportRequest | None) -> None:
         raise ValueError(f"cannot handle {secret}")
 
-    monkeypatch.setattr(processor.redactor, "redact_hits", broken)
+    monkeypatch.setattr(processor.redactor, "redact_payload", broken)
     request = ExportLogsServiceRequest()
     record = request.resource_logs.add().scope_logs.add().log_records.add()
     record.body.string_value = f"pushing with {secret}"
