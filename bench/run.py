@@ -4,6 +4,7 @@
 
 1. bench/otlp_bench.py  -- OTLP pipeline, sidecar vs rotel (results/otlp.json)
 2. bench/cache_bench.py -- cache server, if present
+3. bench/redact_ab.py   -- redaction on vs off through the daemon, three workloads
 Exit status: non-zero if any benchmark failed to run (missed targets are reported in the
 tables, not as failures).
 """
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ("otlp_bench.py", "cache_bench.py")
+BENCHES = ("otlp_bench.py", "cache_bench.py", "redact_ab.py")
 # hard cap per benchmark; a full otlp_bench run takes about 5 minutes
 TIMEOUT_S = 30 * 60
 

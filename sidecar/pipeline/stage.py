@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sidecar.component import Processor
+from sidecar.errors import ProcessingError
 from sidecar.model import Batch, Signal, Work, count_items
 
 
@@ -31,7 +32,15 @@ class Stage:
         changed = False
         for processor in self.processors:
             work.touched = False
-            processor.process(work)
+            try:
+                processor.process(work)
+            except ProcessingError:
+                raise
+            except Exception as exc:
+                # fail closed; `from None`: the cause's message could quote the content
+                raise ProcessingError(
+                    f"{processor.name} processor failed on a {self.signal.value} request "
+                    f"({type(exc).__name__})") from None
             changed = changed or (processor.mutates and work.touched)
         if not changed:
             if work.payload is not batch.payload:  # re-encoded in place (replace_payload)

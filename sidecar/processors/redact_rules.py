@@ -163,17 +163,14 @@ def is_card_number(digits: str) -> bool:
 
 
 _ALNUM = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-_CARD_RUN_MAX = 37  # 19 digits and 18 separators
 
 
 def _card_check(text: bytes, start: int, end: int) -> list[tuple[int, int]]:
     """`start:end` is a maximal run of digits with single spaces or dashes between: each
     window of whole digit groups that is a card number (the shortest from each group on,
     the next one after it; a run of 37 bytes holds two). Not when the run touches a
-    letter or `_` (ids: `call_5017262279051f`), follows `$` or touches `-` (UUIDs), is part
-    of a decimal, or is longer than a card."""
-    if end - start > _CARD_RUN_MAX:
-        return []
+    letter or `_` (ids: `call_5017262279051f`), follows `$` or touches `-` (UUIDs), or is
+    part of a decimal. A run may hold any number of cards (`4111 1111 1111 1111 5500 ...`)."""
     if start > 0 and (text[start - 1] in _ALNUM or text[start - 1] in b"-_$" or (
             start >= 2 and text[start - 1] == 0x2E and text[start - 2] in _DIGITS)):
         return []
@@ -206,11 +203,13 @@ def _card_check(text: bytes, start: int, end: int) -> list[tuple[int, int]]:
 # other than [0-9A-Za-z_$-] (raw bytes hold it verbatim: first arm); or before a byte other
 # than [0-9A-Za-z_-] (third arm); or it is the whole string, at most 37 bytes, so the length
 # byte before it is 13..37, none of [0-9A-Za-z_-], and `$` (36) only before a run of 19
-# digits (second arm). Each arm holds a CARD_DIGITS match ending at its end or one byte
-# before, within CARD_REACH bytes: the pre-scan finds CARD_DIGITS (cheap) and confirms the
-# arms around each hit (`redact_scan.Form`).
+# digits (second arm). A run longer than 37 bytes, whose length byte may be anything, has
+# at least 20 digits (fourth arm: cards run on in one run, `4111 1111 1111 1111 5500 ...`;
+# a 20-digit id costs a walk of its item). Each arm holds a CARD_DIGITS match ending at its
+# end or one byte before, within CARD_REACH bytes: the pre-scan finds CARD_DIGITS (cheap)
+# and confirms the arms around each hit (`redact_scan.Form`).
 CARD_PRESCAN = (r"[^0-9A-Za-z_$-]\d(?:[ -]?\d){12}|\$\d(?:[ -]?\d){18}"
-                r"|\d(?:[ -]?\d){12}[^0-9A-Za-z_-]")
+                r"|\d(?:[ -]?\d){12}[^0-9A-Za-z_-]|\d(?:[ -]?\d){19}")
 CARD_DIGITS = r"\d(?:[ -]?\d){12}"
 CARD_REACH = 40  # the longest arm: `$`, 19 digits, 18 separators
 

@@ -30,26 +30,31 @@ class Layout:
     resources: list[tuple[int, int]]
     # (start, end, resource index, scope index, item index), sorted by start
     items: list[tuple[int, int, int, int, int]]
+    starts: list[int]  # of the items
+    ends: list[int]
     resource_fields: list[Field]
     scope_fields: dict[tuple[int, int], Field]  # (resource, scope) -> field
     item_heads: list[int]  # where each item's tag starts
 
 
-def fields(buf: bytes, pos: int, end: int) -> list[tuple[int, int, int, int]]:
-    """(number, head, start, end) of every length-delimited field in buf[pos:end]."""
-    return [(n, h, s, e) for n, h, s, e in _walk(buf, pos, end, -1)]
+def fields(buf: bytes, pos: int, end: int, until: int | None = None,
+           ) -> list[tuple[int, int, int, int]]:
+    """(number, head, start, end) of every length-delimited field in buf[pos:end], up to
+    the field holding byte `until` (the rest is not read)."""
+    return _walk(buf, pos, end, -1, end if until is None else until)
 
 
 def _fields(buf: bytes, pos: int, end: int, wanted: int) -> list[Field]:
     """(head, start, end) of each length-delimited field number `wanted` in buf[pos:end]."""
-    return [(h, s, e) for _, h, s, e in _walk(buf, pos, end, wanted)]
+    return [(h, s, e) for _, h, s, e in _walk(buf, pos, end, wanted, end)]
 
 
-def _walk(buf: bytes, pos: int, end: int, wanted: int) -> list[tuple[int, int, int, int]]:
+def _walk(buf: bytes, pos: int, end: int, wanted: int,
+          until: int) -> list[tuple[int, int, int, int]]:
     """Length-delimited fields numbered `wanted` (all when -1). Varints are read inline:
     this loop runs once per item of every hit request."""
     out: list[tuple[int, int, int, int]] = []
-    while pos < end:
+    while pos < end and pos <= until:
         head = pos
         b = buf[pos]
         pos += 1
@@ -108,7 +113,8 @@ def layout(payload: bytes) -> Layout:
             for i, (head, is_, ie) in enumerate(_fields(payload, scope[1], scope[2], 2)):
                 items.append((is_, ie, r, s, i))
                 heads.append(head)
-    return Layout([(s, e) for _, s, e in resources], items, resources, scopes, heads)
+    return Layout([(s, e) for _, s, e in resources], items, [it[0] for it in items],
+                  [it[1] for it in items], resources, scopes, heads)
 
 
 def _varint(n: int) -> bytes:

@@ -38,10 +38,12 @@ from sidecar.receivers.otlp_common import (
     BadRequestCounters,
     Intake,
     InternalError,
+    RetryLater,
     backpressure_status,
     build_intakes,
     describe,
     partial_success_response,
+    retry_later_status,
     rpc_status,
 )
 
@@ -365,6 +367,11 @@ class OtlpHttpReceiver:
         except PipelineFullError as exc:
             seconds, status = backpressure_status(route.signal, exc)
             response = _status_response(fmt, content_type, 429, status)
+            response.headers["Retry-After"] = str(seconds)
+            return response
+        except RetryLater as exc:
+            seconds, status = retry_later_status(exc)
+            response = _status_response(fmt, content_type, 503, status)
             response.headers["Retry-After"] = str(seconds)
             return response
         except InternalError as exc:
