@@ -18,11 +18,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import re
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, MutableSequence
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, Literal
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -35,6 +37,7 @@ from sidecar.component import ProcessorFactory, ProcessorSettings, register_proc
 from sidecar.configtypes import Strict
 from sidecar.errors import ProcessingError
 from sidecar.model import Signal, Work, parse_request
+from sidecar.processors.redact_gitleaks import GitleaksError, GitleaksRule, load_gitleaks
 from sidecar.processors.redact_rules import (
     BUILTIN_RULES,
     KEY_STEM_FORMS,
@@ -61,6 +64,8 @@ from sidecar.processors.redact_wire import (
 )
 from sidecar.signals import SIGNALS
 from sidecar.telemetry.metrics import REDACT_FAILURES, REDACT_REDACTIONS, REDACT_REQUESTS
+
+log = logging.getLogger("sidecar.redact")
 
 __all__ = ["RedactProcessor", "RedactSettings", "RedactionError", "Redactor"]
 
@@ -118,6 +123,8 @@ class RedactSettings(ProcessorSettings):
     # (redaction.masked.count, redaction.redacted.count), `debug` also the keys
     # (redaction.masked.keys, redaction.redacted.keys): the OTel Collector's names
     summary: Literal["silent", "info", "debug"] = "silent"
+    # a gitleaks TOML config whose rules run as value rules too (redact_gitleaks.py)
+    rules_file: Path | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> RedactSettings:
@@ -134,6 +141,11 @@ class RedactSettings(ProcessorSettings):
             r.action is Action.HASH for r in self.rules)
         if hashing and not (self.hash_key and self.hash_key.get_secret_value()):
             raise ValueError("hash_key is required when a rule's action is hash")
+        if self.rules_file is not None:
+            try:
+                load_gitleaks(self.rules_file)
+            except GitleaksError as exc:
+                raise ValueError(str(exc)) from None
         return self
 
 
@@ -158,6 +170,7 @@ class _Rule:
     group: int
     check: Check | None
     action: Action
+    gitleaks: GitleaksRule | None = None  # keywords, secret group, entropy, allowlists
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,6 +305,15 @@ class Redactor:
                 self._user_keys.append(_KeyRule(u.name, compile_bytes(u.key), value, u.action))
                 # a hit needs the key (and the value) verbatim in the bytes: either suffices
                 key_forms.append(boundary_free(u.value if u.value is not None else u.key))
+        if settings.rules_file is not None:
+            loaded = load_gitleaks(settings.rules_file)
+            for note in loaded.skipped:
+                log.warning("rules_file %s: skipped %s", settings.rules_file, note)
+            for g in loaded.rules:
+                rules.append(_Rule(g.id, g.regex, 0, None, Action.MASK, g))
+                form = g.prescan_form() or boundary_free(g.pattern)
+                value_forms.append(form)
+                prescan_forms.append(form)
         self._rules = tuple(rules)
         if self._user_keys:
             key_forms.append(_JSON_QUOTE_ESCAPE)
@@ -498,7 +520,7 @@ class Redactor:
         rule could match, so the others skip their own search (~2 µs each)."""
         texts: list[bytes] = []
         _ITEM_TEXTS[signal](item, texts)
-        if len(texts) > 1:
+        if texts:
             starts, ends, pos = [], [], 0
             for t in texts:
                 starts.append(pos)
@@ -725,7 +747,17 @@ class Redactor:
         rules = self._rules if only is None else [
             r for i, r in enumerate(self._rules) if i in only]
         spans: list[tuple[int, int, _Rule]] = []
+        lowered: bytes | None = None
         for rule in rules:
+            gitleaks = rule.gitleaks
+            if gitleaks is not None:
+                if lowered is None:
+                    lowered = data.lower()  # ASCII only, as the keywords' pre-scan form
+                if not gitleaks.applies(lowered):
+                    continue
+            # each pass over a long string counts too: hundreds of rules (a gitleaks
+            # file) over megabytes stay within the budget (~0.3 s of scanning)
+            self.candidates_left -= len(data) >> 12
             for m in rule.regex.finditer(data):
                 start, end = m.start(rule.group), m.end(rule.group)
                 # a check reads its match in Python: a long digit run costs as much as
@@ -733,9 +765,13 @@ class Redactor:
                 self.candidates_left -= 1 if rule.check is None else 1 + (end - start) // 16
                 if self.candidates_left < 0:
                     raise _BudgetExceeded
-                if start < 0 or start == end:
+                if gitleaks is not None:
+                    found = gitleaks.secret(data, m)
+                elif start < 0 or start == end:
                     continue
-                found = [(start, end)] if rule.check is None else rule.check(data, start, end)
+                else:
+                    found = ([(start, end)] if rule.check is None
+                             else rule.check(data, start, end))
                 if not found:
                     continue
                 if rule.action is Action.DROP and droppable:

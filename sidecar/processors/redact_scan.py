@@ -83,18 +83,22 @@ class MultiScan:
 
     def __init__(self, forms: Sequence[str | Form]) -> None:
         every = [f if isinstance(f, Form) else Form(f) for f in forms]
-        chosen = [f for f in every if _hyperscan_safe(f.pattern) and _compiles(f.pattern)]
+        # by index: equal forms (two gitleaks rules with one keyword) each keep their own
+        fast_ids = [i for i, f in enumerate(every)
+                    if _hyperscan_safe(f.pattern) and _compiles(f.pattern)]
+        chosen = [every[i] for i in fast_ids]
         fast = [f.pattern for f in chosen]
+        slow_ids = [i for i in range(len(every)) if i not in set(fast_ids)]
         # a form left to RE2 is searched as its exact confirm pattern when it has one
-        slow = [f.confirm or f.pattern for f in every if f not in chosen]
+        slow = [every[i].confirm or every[i].pattern for i in slow_ids]
         self._confirm: dict[int, tuple[Pattern, int]] = {
             i: (compile_bytes(f.confirm, capture=False), f.reach)
             for i, f in enumerate(chosen) if f.confirm is not None}
         self.hyperscan_forms = len(fast)
         self.re2_forms = tuple(slow)
         # hyperscan id -> index in `forms`; the indices of the forms left to RE2
-        self._fast_ids = [every.index(f) for f in chosen]
-        self.re2_indices = frozenset(i for i, f in enumerate(every) if f not in chosen)
+        self._fast_ids = fast_ids
+        self.re2_indices = frozenset(slow_ids)
         self._db: Any = None
         self._scratch: Any = None
         if fast:
