@@ -53,7 +53,7 @@ from sidecar.processors.redact_rules import (
     is_secret_key,
     normalise_key,
 )
-from sidecar.processors.redact_scan import Form, MultiScan, TooManyHits, locate
+from sidecar.processors.redact_scan import Form, MultiScan, TooManyHits, hyperscan_takes, locate
 from sidecar.processors.redact_wire import (
     Layout,
     WireError,
@@ -311,7 +311,11 @@ class Redactor:
                 log.warning("rules_file %s: skipped %s", settings.rules_file, note)
             for g in loaded.rules:
                 rules.append(_Rule(g.id, g.regex, 0, None, Action.MASK, g))
-                form = g.prescan_form() or boundary_free(g.pattern)
+                # its regex, where Hyperscan takes it (a clean request stays unhit: keywords
+                # such as `token` or `key` are in most attribute keys); else its keywords
+                form = boundary_free(g.pattern)
+                if not hyperscan_takes(form):
+                    form = g.prescan_form() or form
                 value_forms.append(form)
                 prescan_forms.append(form)
         self._rules = tuple(rules)

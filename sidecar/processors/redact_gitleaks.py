@@ -4,9 +4,11 @@ redaction value rules, so the daemon runs the rules a security team already keep
 What applies to telemetry, as gitleaks applies it to a file fragment (here: one string):
 - `regex` (Go RE2 syntax; compiled by RE2 as is, in the redactor's Latin-1 byte mode), and
   the secret it masks: `secretGroup`, else the first non-empty capture group, else the match;
-- `keywords`: the rule runs only on a string holding one of them, ASCII case-insensitively;
-  they are also the rule's pre-scan form (a superset: the keyword's bytes are in the raw
-  request, inside that string);
+- `keywords`: the rule runs only on a string holding one of them, ASCII case-insensitively.
+  The pre-scan looks for the rule's regex without anchors (Hyperscan, prefilter mode), or
+  for its keywords where Hyperscan cannot take the regex: both supersets, since the match
+  and the keyword lie inside the string. (Keywords alone would hit nearly every request:
+  `token` and `key` are in most attribute keys.)
 - `entropy`: a secret whose Shannon entropy is at or below it is left alone;
 - allowlists, global `[allowlist]` and per rule `[[rules.allowlists]]`: `regexes` against
   the secret, the match or the line (`regexTarget`), `stopwords` in the secret, `condition`

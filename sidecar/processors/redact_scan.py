@@ -6,8 +6,8 @@ alternation (perf-notes.md; `bench/redact_bench.py`). It compiles in prefilter m
 matches are a documented superset of the pattern's, with `.` matching newlines too (again
 wider), and it reports *every* end offset of every pattern, so the segment holding a match
 is always among those reported. Patterns it rejects, and patterns whose meaning in RE2's
-Latin-1 mode it may not share (non-ASCII text, `\\p` classes, `\\x` escapes, POSIX
-classes, `\\C`, `\\Q`), are searched with one RE2 alternation instead: leftmost-first,
+Latin-1 mode it may not share (non-ASCII text, `\\p` classes, `\\x` escapes of
+non-ASCII bytes, `\\C`, `\\Q`), are searched with one RE2 alternation instead: leftmost-first,
 restarting after each hit segment, which also finds every segment holding a match.
 
 A pattern may look at one byte after the text it is about (the key stems' `token[^s._]`):
@@ -22,6 +22,7 @@ when run over everything and nothing when run around the rare hits."""
 from __future__ import annotations
 
 import functools
+import re
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,13 +32,13 @@ import hyperscan
 
 from sidecar.processors.redact_rules import Pattern, PatternError, compile_bytes
 
-__all__ = ["MAX_HITS", "Form", "MultiScan", "TooManyHits", "locate"]
+__all__ = ["MAX_HITS", "Form", "MultiScan", "TooManyHits", "hyperscan_takes", "locate"]
 
 # Reported matches per scan before it stops and the caller walks everything: each costs a
 # Python call (~0.5 µs), so hostile text (megabytes of digits) stops at ~5 ms.
 MAX_HITS = 10_000
 
-_RE2_ONLY = ("\\p", "\\P", "\\x", "\\C", "\\Q", "[[:")
+_RE2_ONLY = ("\\p", "\\P", "\\x", "\\C", "\\Q")
 _FLAGS = hyperscan.HS_FLAG_PREFILTER | hyperscan.HS_FLAG_DOTALL
 
 
@@ -54,8 +55,18 @@ class TooManyHits(Exception):
     """More than MAX_HITS matches: treat every segment as hit."""
 
 
+_HEX_ESCAPE = re.compile(r"\\x([0-9a-fA-F]{2})")
+
+
 def _hyperscan_safe(form: str) -> bool:
-    return form.isascii() and not any(s in form for s in _RE2_ONLY)
+    """ASCII text, and `\\xHH` escapes of ASCII bytes only (`\\x60` in gitleaks' rules):
+    in both engines those mean one byte, whatever the case folding."""
+    if not form.isascii() or "\\x{" in form:
+        return False
+    if any(int(h, 16) >= 0x80 for h in _HEX_ESCAPE.findall(form)):
+        return False
+    rest = _HEX_ESCAPE.sub("", form)
+    return not any(s in rest for s in _RE2_ONLY)
 
 
 # Compiling is the slow part (~20 ms a form); processors, the CLI and tests build the same
@@ -76,6 +87,10 @@ def _database(forms: tuple[str, ...]) -> Any:
     db.compile(expressions=[f.encode() for f in forms], ids=list(range(len(forms))),
                elements=len(forms), flags=[_FLAGS] * len(forms))
     return db
+
+
+def hyperscan_takes(form: str) -> bool:
+    return _hyperscan_safe(form) and _compiles(form)
 
 
 class MultiScan:
