@@ -389,6 +389,7 @@ class Options:
     sidecar_processors: str = "default"
     sidecar_queue: str = "durable"
     sidecar_fsync: str = "interval"
+    workload: str = "agent"
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -425,6 +426,8 @@ def measure(target_name: str, scenario: Scenario, sink: Child, opts: Options) ->
                 "--grace", "10"]
         if aux_cpu is not None:
             argv += ["--cpu", str(aux_cpu)]
+        if opts.workload != "agent":  # the redaction workloads (loadgen.WORKLOADS)
+            argv += ["--workload", opts.workload]
         loadgen = Child("loadgen", argv, cpus=None, stdout_lines=True,
                         log=workdir / "loadgen.log")
         ready = loadgen.next_json(60, "ready")
@@ -725,6 +728,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="py-spy the sidecar during each measured window, stacks to DIR "
                              "(needs py-spy in the venv)")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--workload", choices=("agent", "secrets", "large"), default="agent",
+                        help="loadgen's spans: agent (default); secrets: 10 %% carry a token; "
+                             "large: 20 attributes x 5 KB per span, 20 spans a request")
     args = parser.parse_args(argv)
 
     # SIGTERM (e.g. from run.py's time cap) unwinds through every `finally`, so the
@@ -740,7 +746,7 @@ def main(argv: list[str] | None = None) -> int:
         sidecar_cmd=shlex.split(args.sidecar_cmd) if args.sidecar_cmd else None,
         compression=args.compression, sidecar_protocol=args.sidecar_protocol,
         sidecar_processors=args.sidecar_processors, profile_dir=args.profile,
-        sidecar_queue=args.queue, sidecar_fsync=args.fsync)
+        sidecar_queue=args.queue, sidecar_fsync=args.fsync, workload=args.workload)
     all_scenarios = {"10k": Scenario("10k", 10_000, 8),
                      "max": Scenario("max", 0, args.max_concurrency)}
     scenarios = [all_scenarios[s] for s in args.scenarios.split(",") if s in all_scenarios]
@@ -760,6 +766,7 @@ def main(argv: list[str] | None = None) -> int:
         "sidecar_protocol": args.sidecar_protocol,
         "sidecar_processors": args.sidecar_processors,
         "sidecar_queue": args.queue, "sidecar_fsync": args.fsync,
+        "workload": args.workload,
     }
     if "rotel" in targets:
         try:

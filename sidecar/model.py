@@ -138,3 +138,14 @@ class Work:
         if self._message is None:
             self._message = parse_request(self.signal, self.payload)
         return self._message
+
+    def peek_message(self) -> ExportRequest | None:
+        """The message if it is parsed already, without parsing it or marking it touched:
+        for a processor that edits it in step with `replace_payload`."""
+        return self._message
+
+    def replace_payload(self, payload: bytes) -> None:
+        """New bytes for the same items, re-encoded by the processor (the redact
+        processor splices re-encoded items in). A message parsed already must have been
+        edited to match; one parsed later is parsed from these bytes."""
+        self.payload = payload

@@ -2,7 +2,8 @@
 re-serialisation, so no processor can leave bytes and message out of step.
 
 Per request: the message is parsed at most once (the receiver's parse is reused when it
-has one), re-serialised at most once (only when a mutating processor read it), items are
+has one), re-serialised at most once (only when a mutating processor read it; a processor
+may instead hand back bytes it re-encoded itself, `Work.replace_payload`), items are
 recounted, and a new immutable `Batch` holding bytes only goes on to fan-out. Processors
 never see a Batch and nothing downstream ever sees the message they edited."""
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sidecar.component import Processor
+from sidecar.errors import ProcessingError
 from sidecar.model import Batch, Signal, Work, count_items
 
 
@@ -30,9 +32,19 @@ class Stage:
         changed = False
         for processor in self.processors:
             work.touched = False
-            processor.process(work)
+            try:
+                processor.process(work)
+            except ProcessingError:
+                raise
+            except Exception as exc:
+                # fail closed; `from None`: the cause's message could quote the content
+                raise ProcessingError(
+                    f"{processor.name} processor failed on a {self.signal.value} request "
+                    f"({type(exc).__name__})") from None
             changed = changed or (processor.mutates and work.touched)
         if not changed:
+            if work.payload is not batch.payload:  # re-encoded in place (replace_payload)
+                return Batch(batch.signal, batch.items, work.payload)
             return batch
         message = work.message
         items = count_items(batch.signal, message)

@@ -8,6 +8,7 @@ import pytest
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from sidecar.errors import ProcessingError
 from sidecar.model import Batch, ExportRequest, Signal, Work
 from sidecar.pipeline.stage import Stage
 from sidecar.sample import agent_run
@@ -132,12 +133,15 @@ def test_processors_apply_only_to_their_signals() -> None:
     assert isinstance(out.message, ExportLogsServiceRequest)
 
 
-def test_a_processor_error_fails_the_request() -> None:
+def test_a_processor_error_fails_the_request_retryably_without_its_message() -> None:
     def boom(_work: Work) -> None:
-        raise ValueError("processor bug")
+        raise ValueError("processor bug quoting the content")
 
-    with pytest.raises(ValueError, match="processor bug"):
+    with pytest.raises(ProcessingError) as info:
         Stage(Signal.TRACES, [Probe(boom, mutates=True)]).run(traces())
+    assert "failed on a traces request (ValueError)" in str(info.value)
+    assert "quoting" not in str(info.value)
+    assert info.value.__cause__ is None
 
 
 def test_a_batch_is_immutable_and_its_message_is_a_private_copy() -> None:
