@@ -17,6 +17,7 @@ A model without a price gets no cost attribute; it is counted and logged once pe
 from __future__ import annotations
 
 import logging
+from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Iterable
 from decimal import Decimal
@@ -26,7 +27,6 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
-from prometheus_client import Counter
 from pydantic import Field
 
 from sidecar.component import ProcessorFactory, ProcessorSettings, register_processor
@@ -44,8 +44,8 @@ log = logging.getLogger(__name__)
 _PRESCAN = (b"okens", b"token_count")
 # spans walked: those that may hold usage, and agent roots (AI SDK v7 names the agent on
 # the root only; Traceloop agent/workflow spans; AI SDK v6 functionId)
-_NEEDLES = (*_PRESCAN, b"invoke_agent", b"create_agent", b"traceloop.", b"functionId",
-            b"ai.telemetry.metadata.agent")
+_SPANS = span_index.Needles((*_PRESCAN, b"invoke_agent", b"create_agent", b"traceloop.",
+                             b"functionId", b"ai.telemetry.metadata.agent"))
 OTHER = "other"
 UNKNOWN = "unknown"
 TOKEN_TYPES = ("input", "output", "cache_read", "cache_creation", "reasoning")
@@ -164,7 +164,10 @@ class LlmCost:
         self._agents: OrderedDict[bytes, str] = OrderedDict()
         self._agent_limit = settings.agent_traces
         self._logged: set[tuple[str, str]] = set()
-        self._children: dict[tuple[str, ...], tuple[Counter, Counter, tuple[Counter, ...]]] = {}
+        # raw label values -> (guarded labels, their token_type keys, latency histogram row)
+        self._series: dict[tuple[str | None, ...],
+                           tuple[tuple[str, ...], tuple[tuple[str, ...], ...], list[float]]] = {}
+        self._labels_seen: set[tuple[str, ...]] = set()
 
     def process(self, work: Work) -> None:
         payload = work.payload
@@ -174,39 +177,47 @@ class LlmCost:
         if work.signal is Signal.LOGS:
             self._process_logs(work)
             return
-        found = span_index.index(payload, _NEEDLES)
-        if found is not None and not found[1]:
-            return  # usage bytes outside any span (a resource attribute, an event)
+        try:
+            lay = span_index.layout(payload)
+        except span_index.WireError:
+            lay = None  # bytes the parser took but the walk does not follow: walk it all
         message = work.message
         assert isinstance(message, ExportTraceServiceRequest)
         resources = message.resource_spans
-        if found is not None and span_index.same_shape(found[0], resources):
-            positions: Iterable[tuple[int, int, int]] = found[1]
-        else:  # the message no longer lines up with the bytes: walk it all
-            positions = ((i, j, k) for i, rs in enumerate(resources)
-                         for j, ss in enumerate(rs.scope_spans) for k in range(len(ss.spans)))
+        if lay is not None:
+            hits = _SPANS.spans(payload, lay)
+            if not hits:
+                work.read_only()
+                return  # usage bytes outside any span (a resource attribute, an event)
+            positions = [lay.positions[h] for h in hits]
+        else:
+            positions = [(i, j, k) for i, rs in enumerate(resources)
+                         for j, ss in enumerate(rs.scope_spans) for k in range(len(ss.spans))]
         known = self._known
-        changed = False
-        pending: list[tuple[bytes, gu.GenAIUsage, str, str, float | None]] = []
+        extra: dict[tuple[int, int, int], bytes] = {}
+        pending: list[tuple[bytes, gu.GenAIUsage, str, str, float | None, int]] = []
         resource_index = -1
         service, resource_tenant = UNKNOWN, None
-        for i, j, k in positions:
+        for position in positions:
+            i, j, k = position
             if i != resource_index:
                 resource_index = i
                 resource_attrs = resources[i].resource.attributes
                 service = _string_attr(resource_attrs, ("service.name",)) or UNKNOWN
                 resource_tenant = _string_attr(resource_attrs, self._tenant_keys)
             span = resources[i].scope_spans[j].spans[k]
-            hits = gu.collect(span.attributes, known)
-            if hits is None:
+            if lay is None and not _SPANS.in_any(span.SerializeToString()):
                 continue
-            if not gu.has_usage(hits):
-                if not _AGENT_HINTS.isdisjoint(hits):
-                    named = gu.agent_of(gu.resolve(hits))
+            hits_of_span = gu.collect(span.attributes, known)
+            if hits_of_span is None:
+                continue
+            if not gu.has_usage(hits_of_span):
+                if not _AGENT_HINTS.isdisjoint(hits_of_span):
+                    named = gu.agent_of(gu.resolve(hits_of_span))
                     if named is not None:
                         self._remember(span.trace_id, named)
                 continue
-            scanned = gu.resolve(hits)
+            scanned = gu.resolve(hits_of_span)
             for reason in scanned.invalid:
                 metrics.LLM_USAGE_INVALID.labels(reason).inc()
             named = gu.agent_of(scanned)
@@ -215,17 +226,23 @@ class LlmCost:
             usage = gu.usage_of(scanned, self._extra)
             if usage is None:
                 continue
-            changed = True
-            cost = self._price_span(span, usage)
-            tenant = self._tenant(hits) or resource_tenant
-            pending.append((span.trace_id, usage, service, tenant or UNKNOWN, cost))
-        if not changed:
-            # nothing was edited: spare the stage a re-serialisation
-            work.touched = False
+            out: list[bytes] = []
+            cost = self._cost_attributes(usage, span.start_time_unix_nano, out)
+            added = b"".join(out)
+            # the same fields on the message (for later processors) and in the bytes
+            span.MergeFromString(added)
+            extra[position] = added
+            tenant = self._tenant(hits_of_span) or resource_tenant
+            duration = span.end_time_unix_nano - span.start_time_unix_nano
+            pending.append((span.trace_id, usage, service, tenant or UNKNOWN, cost, duration))
+        if not extra:
+            work.read_only()  # nothing was edited: spare the stage a re-serialisation
             return
-        for trace_id, usage, service_name, tenant_name, cost in pending:
+        if lay is not None:
+            work.edited(span_index.splice(payload, lay, extra))
+        for trace_id, usage, service_name, tenant_name, cost, duration in pending:
             agent = usage.agent or self._agents.get(trace_id)
-            self._count(usage, service_name, agent, tenant_name, cost)
+            self._count(usage, service_name, agent, tenant_name, cost, duration)
 
     def _process_logs(self, work: Work) -> None:
         message = work.message
@@ -257,9 +274,9 @@ class LlmCost:
                                    if isinstance(v := flat.get(k), str) and v), None)
                     agent = usage.agent or self._agents.get(record.trace_id)
                     self._count(usage, service, agent, tenant or resource_tenant or UNKNOWN,
-                                cost)
+                                cost, None)
         if not changed:
-            work.touched = False
+            work.read_only()
 
     def _tenant(self, hits: dict[str, AnyValue]) -> str | None:
         for key in self._tenant_keys:
@@ -372,26 +389,40 @@ class LlmCost:
                         "(add it under processors.cost.prices)", model[:200], provider[:200])
 
     def _count(self, usage: gu.GenAIUsage, service: str, agent: str | None, tenant: str,
-               cost: float | None) -> None:
-        guards = self._guards
-        labels: tuple[str, ...] = (guards["provider"](usage.provider), guards["model"](usage.model),
-                  guards["service"](service), guards["agent"](agent), guards["tenant"](tenant))
-        children = self._children.get(labels)
-        if children is None and len(self._children) >= MAX_SERIES:
-            labels = (OTHER,) * len(labels)
-            children = self._children.get(labels)
-        if children is None:
-            children = (metrics.LLM_CALLS.labels(*labels), metrics.LLM_COST.labels(*labels),
-                        tuple(metrics.LLM_TOKENS.labels(*labels, t) for t in TOKEN_TYPES))
-            self._children[labels] = children
-        calls, cost_counter, tokens = children
-        calls.inc()
+               cost: float | None, duration_ns: int | None) -> None:
+        raw = (usage.provider, usage.model, service, agent, tenant)
+        series = self._series.get(raw)
+        if series is None:
+            series = self._new_series(raw)
+        labels, token_keys, duration_row = series
+        metrics.LLM_CALLS.add(labels)
         if cost is not None:
-            cost_counter.inc(cost)
-        for counter, count in zip(tokens, (usage.input, usage.output, usage.cache_read,
+            metrics.LLM_COST.add(labels, cost)
+        tokens = metrics.LLM_TOKENS
+        for key, count in zip(token_keys, (usage.input, usage.output, usage.cache_read,
                                            usage.cache_write, usage.reasoning), strict=True):
             if count:
-                counter.inc(count)
+                tokens.add(key, count)
+        if duration_ns is not None:
+            seconds = max(duration_ns, 0) / 1e9
+            duration_row[bisect_left(metrics.LLM_DURATION.bounds, seconds)] += 1
+            duration_row[-1] += seconds
+
+    def _new_series(self, raw: tuple[str | None, ...],
+                    ) -> tuple[tuple[str, ...], tuple[tuple[str, ...], ...], list[float]]:
+        guards = self._guards
+        provider, model, service, agent, tenant = raw
+        labels: tuple[str, ...] = (
+            guards["provider"](provider), guards["model"](model), guards["service"](service),
+            guards["agent"](agent), guards["tenant"](tenant))
+        if labels not in self._labels_seen and len(self._labels_seen) >= MAX_SERIES:
+            labels = (OTHER,) * len(labels)
+        self._labels_seen.add(labels)
+        series = (labels, tuple((*labels, t) for t in TOKEN_TYPES),
+                  metrics.LLM_DURATION.row(labels))
+        if len(self._series) < MAX_SERIES:
+            self._series[raw] = series
+        return series
 
 
 def _create(settings: ProcessorSettings) -> LlmCost:
