@@ -24,7 +24,7 @@ from decimal import Decimal
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from pydantic import Field
@@ -74,7 +74,7 @@ class PriceOverride(Strict):
 
 class CostSettings(ProcessorSettings):
     # off by default until its hot path meets issue 12's budget (< 2 µs per span on the
-    # standard workload; it costs 15-22 µs today, 3-4x the whole forwarding path)
+    # standard workload; ~12-16 µs in-process and ~22 µs in the daemon today, bench/)
     enabled: bool = False
     prices: list[PriceOverride] = Field(default_factory=list)
     # provider -> factor on every price of that provider (negotiated discounts)
@@ -189,16 +189,15 @@ class LlmCost:
             if not hits:
                 work.read_only()
                 return  # usage bytes outside any span (a resource attribute, an event)
-            positions = [lay.positions[h] for h in hits]
+            positions = [(lay.positions[h], h) for h in hits]
         else:
-            positions = [(i, j, k) for i, rs in enumerate(resources)
+            positions = [((i, j, k), -1) for i, rs in enumerate(resources)
                          for j, ss in enumerate(rs.scope_spans) for k in range(len(ss.spans))]
-        known = self._known
         extra: dict[tuple[int, int, int], bytes] = {}
         pending: list[tuple[bytes, gu.GenAIUsage, str, str, float | None, int]] = []
         resource_index = -1
         service, resource_tenant = UNKNOWN, None
-        for position in positions:
+        for position, hit in positions:
             i, j, k = position
             if i != resource_index:
                 resource_index = i
@@ -206,18 +205,20 @@ class LlmCost:
                 service = _string_attr(resource_attrs, ("service.name",)) or UNKNOWN
                 resource_tenant = _string_attr(resource_attrs, self._tenant_keys)
             span = resources[i].scope_spans[j].spans[k]
-            if lay is None and not _SPANS.in_any(span.SerializeToString()):
+            if lay is None:
+                if not _SPANS.in_any(span.SerializeToString()):
+                    continue
+                scanned = self._scan_message(span)
+            else:
+                scanned = self._scan_bytes(payload, lay, hit, span)
+            if scanned is None:
                 continue
-            hits_of_span = gu.collect(span.attributes, known)
-            if hits_of_span is None:
-                continue
-            if not gu.has_usage(hits_of_span):
-                if not _AGENT_HINTS.isdisjoint(hits_of_span):
-                    named = gu.agent_of(gu.resolve(hits_of_span))
+            if not gu.has_usage(scanned.present):
+                if not _AGENT_HINTS.isdisjoint(scanned.present):
+                    named = gu.agent_of(scanned)
                     if named is not None:
                         self._remember(span.trace_id, named)
                 continue
-            scanned = gu.resolve(hits_of_span)
             for reason in scanned.invalid:
                 metrics.LLM_USAGE_INVALID.labels(reason).inc()
             named = gu.agent_of(scanned)
@@ -232,7 +233,7 @@ class LlmCost:
             # the same fields on the message (for later processors) and in the bytes
             span.MergeFromString(added)
             extra[position] = added
-            tenant = self._tenant(hits_of_span) or resource_tenant
+            tenant = self._tenant(scanned) or resource_tenant
             duration = span.end_time_unix_nano - span.start_time_unix_nano
             pending.append((span.trace_id, usage, service, tenant or UNKNOWN, cost, duration))
         if not extra:
@@ -278,12 +279,37 @@ class LlmCost:
         if not changed:
             work.read_only()
 
-    def _tenant(self, hits: dict[str, AnyValue]) -> str | None:
+    def _tenant(self, scanned: gu.Scan) -> str | None:
         for key in self._tenant_keys:
-            value = hits.get(key)
-            if value is not None and value.WhichOneof("value") == "string_value":
-                return value.string_value
+            value = scanned.extra.get(key)
+            if isinstance(value, str):
+                return value
         return None
+
+    def _scan_message(self, span: Span) -> gu.Scan | None:
+        hits = gu.collect(span.attributes, self._known)
+        if hits is None:
+            return None
+        return self._resolve({key: gu.scalar(value) for key, value in hits.items()},
+                             frozenset(hits))
+
+    def _scan_bytes(self, payload: bytes, lay: span_index.Layout, hit: int,
+                    span: Span) -> gu.Scan | None:
+        view = span_index.SpanView.FromString(payload[lay.starts[hit]:lay.ends[hit]])
+        attributes = view.attributes  # type: ignore[attr-defined]
+        present = self._known.intersection(attributes)
+        if not present:
+            return None
+        if len(attributes) != len(span.attributes):
+            return self._scan_message(span)  # duplicate keys: the first one counts
+        raw_scalar = gu.raw_scalar
+        return self._resolve({key: raw_scalar(attributes[key]) for key in present},
+                             frozenset(present))
+
+    def _resolve(self, values: dict[str, object], keys: frozenset[str]) -> gu.Scan:
+        scanned = gu.resolve_values(values, keys)
+        scanned.extra = {k: values[k] for k in self._tenant_keys if k in values}
+        return scanned
 
     def _remember(self, trace_id: bytes, agent: str) -> None:
         # only valid (16-byte) trace ids are keys, and a name past MAX_LABEL is kept cut at

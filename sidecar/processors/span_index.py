@@ -20,6 +20,32 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import ahocorasick_rs
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import Message
+
+
+def _span_view() -> type[Message]:
+    """A Span read as its attributes only, as a map from key to the serialized AnyValue
+    (a KeyValue is wire-identical to a map entry), built by the parser in C: looking up a
+    few keys costs less than walking every attribute through the message wrappers. A map
+    keeps the last of duplicate keys; the caller compares counts to catch those."""
+    field = descriptor_pb2.FieldDescriptorProto
+    file = descriptor_pb2.FileDescriptorProto(name="sidecar_span_view.proto",
+                                              package="sidecar.span_view", syntax="proto3")
+    view = file.message_type.add(name="Span")
+    entry = view.nested_type.add(name="AttributesEntry")
+    entry.field.add(name="key", number=1, label=field.LABEL_OPTIONAL, type=field.TYPE_STRING)
+    entry.field.add(name="value", number=2, label=field.LABEL_OPTIONAL, type=field.TYPE_BYTES)
+    entry.options.map_entry = True
+    # Span.attributes = 9; every other field is kept as an unknown field and not read
+    view.field.add(name="attributes", number=9, label=field.LABEL_REPEATED,
+                   type=field.TYPE_MESSAGE, type_name=".sidecar.span_view.Span.AttributesEntry")
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("sidecar.span_view.Span"))
+
+
+SpanView = _span_view()
 
 
 class WireError(ValueError):
@@ -57,8 +83,10 @@ def encode_varint(n: int) -> bytes:
 
 
 def _entries(buf: bytes, pos: int, end: int, wanted: int) -> list[Entry]:
-    """Each length-delimited field with tag `wanted` in buf[pos:end]."""
+    """Each length-delimited field with tag `wanted` in buf[pos:end]. (Lengths of one and
+    two bytes, nearly all of them, are read inline: this loop runs once per span.)"""
     out: list[Entry] = []
+    append = out.append
     while pos < end:
         at = pos
         tag = buf[pos]
@@ -70,11 +98,15 @@ def _entries(buf: bytes, pos: int, end: int, wanted: int) -> list[Entry]:
             if pos >= end:
                 raise WireError("truncated length")
             length = buf[pos]
-            pos += 1
-            if length >= 0x80:
-                length, pos = _varint(buf, pos - 1, end)
+            if length < 0x80:
+                pos += 1
+            elif pos + 1 < end and buf[pos + 1] < 0x80:
+                length = (length & 0x7F) | buf[pos + 1] << 7
+                pos += 2
+            else:
+                length, pos = _varint(buf, pos, end)
             if tag == wanted:
-                out.append((at, pos, pos + length))
+                append((at, pos, pos + length))
             pos += length
         elif wire == 0:
             _, pos = _varint(buf, pos, end)

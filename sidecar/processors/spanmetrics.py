@@ -43,7 +43,6 @@ class SpanMetrics:
         message = work.message
         assert isinstance(message, ExportTraceServiceRequest)
         series = self._series
-        calls = metrics.SPAN_CALLS.values
         bounds = metrics.SPAN_DURATION.bounds
         for resource_spans in message.resource_spans:
             service = UNKNOWN
@@ -57,11 +56,10 @@ class SpanMetrics:
                     found = series.get(key)
                     if found is None:
                         found = self._new_series(key)
-                    labels, row = found
+                    row = found[1]
                     seconds = max(span.end_time_unix_nano - span.start_time_unix_nano, 0) / 1e9
                     row[bisect_left(bounds, seconds)] += 1
                     row[-1] += seconds
-                    calls[labels] = calls.get(labels, 0.0) + 1
 
     def _new_series(self, key: tuple[str, str, int, int]) -> tuple[tuple[str, ...], list[float]]:
         service, name, kind, status = key

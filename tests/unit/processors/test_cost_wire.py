@@ -12,12 +12,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
 from sidecar.model import Batch, Signal, Work
 from sidecar.pipeline.stage import Stage
+from sidecar.processors import genai_usage as gu
 from sidecar.processors import span_index, wire
 from sidecar.processors.llm_cost import CostSettings, LlmCost
 from sidecar.sample import attrs
@@ -118,7 +119,7 @@ def requests(draw: st.DrawFn) -> ExportTraceServiceRequest:
                              spans=draw(st.lists(spans(), max_size=5)),
                              schema_url=draw(st.text(max_size=5)))
                   for _ in range(draw(st.integers(min_value=0, max_value=3)))]
-        resource_attrs = draw(st.dictionaries(st.sampled_from(KEYS + ["service.name"]),
+        resource_attrs = draw(st.dictionaries(st.sampled_from([*KEYS, "service.name"]),
                                               VALUES, max_size=3))
         resources.append(ResourceSpans(resource=Resource(attributes=attrs(resource_attrs)),
                                        scope_spans=scopes))
@@ -206,3 +207,23 @@ def test_a_span_dropped_by_an_earlier_processor_is_not_priced_in_its_place() -> 
         sources = [kv.value.string_value for kv in s.attributes
                    if kv.key == "gen_ai.usage.cost.source"]
         assert sources == ["local"], s.name
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(
+    st.builds(lambda v: AnyValue(string_value=v), st.text(max_size=200)),
+    st.builds(lambda v: AnyValue(int_value=v), st.integers(min_value=-2**63,
+                                                           max_value=2**63 - 1)),
+    st.builds(lambda v: AnyValue(double_value=v), st.floats(allow_nan=False)),
+    st.builds(lambda v: AnyValue(bool_value=v), st.booleans()),
+    st.builds(lambda v: AnyValue(bytes_value=v), st.binary(max_size=10)),
+    st.just(AnyValue())))
+def test_raw_scalar_decodes_as_the_library(value: AnyValue) -> None:
+    assert gu.raw_scalar(value.SerializeToString()) == gu.scalar(value)
+
+
+@pytest.mark.parametrize("data", [b"\x18\x81\x80\x00", b"\x18\x01\x18\x02", b"\x10\x02",
+                                  b"\x0a\x01a\x0a\x01b", b"\x21" + b"\x00" * 8 + b"\x18\x01"])
+def test_raw_scalar_of_unusual_encodings_is_the_librarys(data: bytes) -> None:
+    # non-minimal varints, repeated oneof fields (the last wins), a bool of 2
+    assert gu.raw_scalar(data) == gu.scalar(AnyValue.FromString(data))
