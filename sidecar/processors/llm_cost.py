@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from bisect import bisect_left
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from decimal import Decimal
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
@@ -32,20 +32,26 @@ from pydantic import Field
 from sidecar.component import ProcessorFactory, ProcessorSettings, register_processor
 from sidecar.configtypes import Strict
 from sidecar.model import Signal, Work
+from sidecar.processors import genai_names, log_usage, span_index, wire
 from sidecar.processors import genai_usage as gu
-from sidecar.processors import log_usage, span_index, wire
 from sidecar.processors.prices import MAX_NAME, Price, PriceBook, Rates
 from sidecar.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
-# Every usage attribute of every dialect contains one of these byte strings; a request
+# Every usage attribute of every dialect contains one of these byte strings; a log request
 # without them has no model call and is not parsed or walked.
 _PRESCAN = (b"okens", b"token_count")
-# spans walked: those that may hold usage, and agent roots (AI SDK v7 names the agent on
-# the root only; Traceloop agent/workflow spans; AI SDK v6 functionId)
+# spans walked (a trace request without any is not parsed or walked): those that may hold
+# usage, and agent roots (AI SDK v7 names the agent on the root only; Traceloop
+# agent/workflow spans; AI SDK v6 functionId)
 _SPANS = span_index.Needles((*_PRESCAN, b"invoke_agent", b"create_agent", b"traceloop.",
-                             b"functionId", b"ai.telemetry.metadata.agent"))
+                             b"functionId", b"ai.telemetry.metadata.agent",
+                             # dialect names with canonical ones (genai_names.py)
+                             b"openinference.span.kind", b"llm.", b"ai.operationId"))
+# a walked span: what was read, its attributes (key -> serialized AnyValue) and the keys
+# that may be flattened messages
+_Found = tuple[gu.Scan, Mapping[str, bytes], Iterable[str]]
 OTHER = "other"
 UNKNOWN = "unknown"
 TOKEN_TYPES = ("input", "output", "cache_read", "cache_creation", "reasoning")
@@ -157,7 +163,7 @@ class LlmCost:
                               settings.provider_aliases)
         self._extra = frozenset(settings.extra_operations)
         self._tenant_keys = tuple(settings.tenant_keys)
-        self._known = gu.KNOWN_KEYS | frozenset(self._tenant_keys)
+        self._known = gu.KNOWN_KEYS | frozenset(self._tenant_keys) | genai_names.SOURCES
         self._canonical_kvs: dict[tuple[str, str], bytes] = {}
         self._provenance_kvs: dict[tuple[str, str | None, str, str], tuple[bytes, ...]] = {}
         self._guards = {label: LabelGuard(settings.label_values) for label in metrics.LLM_LABELS}
@@ -171,12 +177,16 @@ class LlmCost:
 
     def process(self, work: Work) -> None:
         payload = work.payload
-        if not any(marker in payload for marker in _PRESCAN):
+        if work.signal is Signal.LOGS:
+            if any(marker in payload for marker in _PRESCAN):
+                self.book.lookups_left = LOOKUPS_PER_REQUEST
+                self._process_logs(work)
+            return
+        # one search over the whole request: none of the needles, nothing to read
+        matches = _SPANS.matches(payload)
+        if not matches:
             return
         self.book.lookups_left = LOOKUPS_PER_REQUEST
-        if work.signal is Signal.LOGS:
-            self._process_logs(work)
-            return
         try:
             lay = span_index.layout(payload)
         except span_index.WireError:
@@ -185,7 +195,7 @@ class LlmCost:
         assert isinstance(message, ExportTraceServiceRequest)
         resources = message.resource_spans
         if lay is not None:
-            hits = _SPANS.spans(payload, lay)
+            hits = _SPANS.spans(payload, lay, matches)
             if not hits:
                 work.read_only()
                 return  # usage bytes outside any span (a resource attribute, an event)
@@ -208,16 +218,19 @@ class LlmCost:
             if lay is None:
                 if not _SPANS.in_any(span.SerializeToString()):
                     continue
-                scanned = self._scan_message(span)
+                found = self._scan_message(span)
             else:
-                scanned = self._scan_bytes(payload, lay, hit, span)
-            if scanned is None:
+                found = self._scan_bytes(payload, lay, hit, span)
+            if found is None:
                 continue
+            scanned, raw_values, message_keys = found
+            sources = scanned.present & genai_names.SOURCES
             if not gu.has_usage(scanned.present):
                 if not _AGENT_HINTS.isdisjoint(scanned.present):
                     named = gu.agent_of(scanned)
                     if named is not None:
                         self._remember(span.trace_id, named)
+                self._add_names(span, position, raw_values, sources, message_keys, extra)
                 continue
             for reason in scanned.invalid:
                 metrics.LLM_USAGE_INVALID.labels(reason).inc()
@@ -226,9 +239,13 @@ class LlmCost:
                 self._remember(span.trace_id, named)
             usage = gu.usage_of(scanned, self._extra)
             if usage is None:
+                self._add_names(span, position, raw_values, sources, message_keys, extra)
                 continue
             out: list[bytes] = []
             cost = self._cost_attributes(usage, span.start_time_unix_nano, out)
+            if sources:
+                out += genai_names.added(raw_values, sources, message_keys, gu.raw_scalar,
+                                         skip=(key for key, _ in usage.missing))
             added = b"".join(out)
             # the same fields on the message (for later processors) and in the bytes
             span.MergeFromString(added)
@@ -286,16 +303,32 @@ class LlmCost:
                 return value
         return None
 
-    def _scan_message(self, span: Span) -> gu.Scan | None:
+    @staticmethod
+    def _add_names(span: Span, position: tuple[int, int, int], raw_values: Mapping[str, bytes],
+                   sources: frozenset[str], message_keys: Iterable[str],
+                   extra: dict[tuple[int, int, int], bytes]) -> None:
+        """The canonical names of a span that is not priced (genai_names.py)."""
+        if not sources:
+            return
+        names = b"".join(genai_names.added(raw_values, sources, message_keys, gu.raw_scalar))
+        if names:
+            span.MergeFromString(names)
+            extra[position] = names
+
+    def _scan_message(self, span: Span) -> _Found | None:
         hits = gu.collect(span.attributes, self._known)
         if hits is None:
             return None
-        return self._resolve({key: gu.scalar(value) for key, value in hits.items()},
-                             frozenset(hits))
+        raw_values: dict[str, bytes] = {}
+        for kv in span.attributes:
+            raw_values.setdefault(kv.key, kv.value.SerializeToString())
+        return (self._resolve({key: gu.scalar(value) for key, value in hits.items()},
+                              frozenset(hits)), raw_values, list(raw_values))
 
     def _scan_bytes(self, payload: bytes, lay: span_index.Layout, hit: int,
-                    span: Span) -> gu.Scan | None:
-        view = span_index.SpanView.FromString(payload[lay.starts[hit]:lay.ends[hit]])
+                    span: Span) -> _Found | None:
+        raw = payload[lay.starts[hit]:lay.ends[hit]]
+        view = span_index.SpanView.FromString(raw)
         attributes = view.attributes  # type: ignore[attr-defined]
         present = self._known.intersection(attributes)
         if not present:
@@ -303,8 +336,10 @@ class LlmCost:
         if len(attributes) != len(span.attributes):
             return self._scan_message(span)  # duplicate keys: the first one counts
         raw_scalar = gu.raw_scalar
-        return self._resolve({key: raw_scalar(attributes[key]) for key in present},
-                             frozenset(present))
+        scanned = self._resolve({key: raw_scalar(attributes[key]) for key in present},
+                                frozenset(present))
+        message_keys = attributes if genai_names.MESSAGE_NEEDLE in raw else ()
+        return scanned, attributes, message_keys
 
     def _resolve(self, values: dict[str, object], keys: frozenset[str]) -> gu.Scan:
         scanned = gu.resolve_values(values, keys)

@@ -168,11 +168,16 @@ class Needles:
     def in_any(self, data: bytes) -> bool:
         return any(needle in data for needle in self._needles)
 
-    def spans(self, payload: bytes, lay: Layout) -> list[int]:
+    def matches(self, payload: bytes) -> list[tuple[int, int, int]]:
+        """(needle, start, end) of the needles in `payload`, leftmost first, not overlapping."""
+        return self._search.find_matches_as_indexes(payload)
+
+    def spans(self, payload: bytes, lay: Layout,
+              matches: list[tuple[int, int, int]] | None = None) -> list[int]:
         """Indexes (into `lay.positions`) of the spans holding a needle, in wire order."""
         starts, ends = lay.starts, lay.ends
         found: set[int] = set()
-        for _, start, end in self._search.find_matches_as_indexes(payload):
+        for _, start, end in self.matches(payload) if matches is None else matches:
             s = bisect_right(starts, start) - 1
             if s >= 0 and end <= ends[s]:
                 found.add(s)

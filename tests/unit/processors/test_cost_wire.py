@@ -89,7 +89,9 @@ KEYS = ["gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens", "gen_ai.reque
         "gen_ai.provider.name", "gen_ai.operation.name", "gen_ai.agent.name",
         "llm.token_count.prompt", "llm.token_count.completion", "openinference.span.kind",
         "traceloop.span.kind", "traceloop.workflow.name", "ai.telemetry.functionId",
-        "gen_ai.usage.cost", "tenant.id", "http.method", "okens"]
+        "gen_ai.usage.cost", "tenant.id", "http.method", "okens", "session.id", "tool.name",
+        "llm.input_messages.0.message.content", "llm.input_messages.1.message.role",
+        "llm.response.finish_reason", "llm.request.type", "gen_ai.conversation.id"]
 VALUES = st.one_of(
     st.integers(min_value=-5, max_value=10**6),
     st.sampled_from(["chat", "invoke_agent", "LLM", "agent", "gpt-4o-mini", "ollama",
