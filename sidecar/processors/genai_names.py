@@ -77,6 +77,7 @@ RENAMES: dict[str, str] = {
     "ai.toolCall.args": "gen_ai.tool.call.arguments",
 }
 SOURCES = frozenset(RENAMES)
+_ORDER = {key: n for n, key in enumerate(RENAMES)}
 _OPENINFERENCE = frozenset(("embedding.model_name", "reranker.model_name", "llm.input_messages",
                             "llm.output_messages", "tool.name", "tool.description",
                             "tool_call.function.arguments", "tool_call.id", "agent.name",
@@ -123,13 +124,16 @@ def added(values: Mapping[str, bytes], sources: frozenset[str], keys: Iterable[s
     """Span attribute bytes for the canonical names the dialect names in `values` (key ->
     serialized AnyValue) stand for: `sources` are the span's keys of `RENAMES`, `keys` the
     span's keys that may be flattened messages, `skip` canonical names written elsewhere."""
+    openinference = OPENINFERENCE_KIND in sources
+    if not openinference:
+        sources = sources - _OPENINFERENCE
+        if not sources:
+            return []
     out: list[bytes] = []
     done = set(skip)
-    openinference = OPENINFERENCE_KIND in sources
-    for source, target in RENAMES.items() if sources else ():
-        if source not in sources or target in done or target in values:
-            continue
-        if not openinference and source in _OPENINFERENCE:
+    for source in sorted(sources, key=_ORDER.__getitem__):
+        target = RENAMES[source]
+        if target in done or target in values:
             continue
         raw = values[source]
         folds = OPERATION_VALUES.get(source)
