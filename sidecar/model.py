@@ -148,11 +148,6 @@ class Work:
         return self._payload
 
     @property
-    def stale(self) -> bool:
-        """The message was edited since `payload` was last made from it."""
-        return self._payload is None
-
-    @property
     def message(self) -> ExportRequest:
         self.touched = True
         if self._message is None:
