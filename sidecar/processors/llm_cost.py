@@ -16,11 +16,13 @@ A model without a price gets no cost attribute; it is counted and logged once pe
 
 from __future__ import annotations
 
+import heapq
 import logging
 from bisect import bisect_left
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
+from operator import itemgetter
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -52,6 +54,7 @@ _SPANS = span_index.Needles((*_PRESCAN, b"invoke_agent", b"create_agent", b"trac
 # a walked span: what was read, its attributes (key -> serialized AnyValue) and the keys
 # that may be flattened messages
 _Found = tuple[gu.Scan, Mapping[str, bytes], Iterable[str]]
+_Series = tuple[tuple[str, ...], tuple[tuple[str, ...], ...], list[float], list[float]]
 OTHER = "other"
 UNKNOWN = "unknown"
 TOKEN_TYPES = ("input", "output", "cache_read", "cache_creation", "reasoning")
@@ -94,22 +97,31 @@ class CostSettings(ProcessorSettings):
     extra_operations: list[str] = Field(default_factory=list)
     # span or resource attributes naming the tenant, first found wins
     tenant_keys: list[str] = Field(default_factory=lambda: ["tenant.id", "tenantId", "tenant"])
-    # distinct values kept per metric label; later ones are counted as "other"
+    # values per metric label with their own series (the top ones by volume); the rest are
+    # counted as "other"
     label_values: int = Field(default=50, ge=1, le=10_000)
+    # requests between rankings of the label values by volume (0: the first ones seen keep
+    # their series)
+    label_rerank_requests: int = Field(default=100, ge=0, le=1_000_000)
     # trace_id -> agent entries remembered for child spans that do not name their agent
     agent_traces: int = Field(default=10_000, ge=0, le=1_000_000)
 
 
 class LabelGuard:
-    """The first `limit` distinct values of a label, then `other`: the series count stays
-    bounded whatever the spans say. (First seen rather than top by volume: a ranking would
-    have to move series between values, and counters must not go backwards.)"""
+    """The top `limit` values of a label by volume, then `other`: the series count stays
+    bounded whatever the spans say. Values get their own series as they come until the
+    limit is reached; then, at each `rerank` (the processor passes the volumes it counted
+    since the last), the `limit` values of highest volume (earlier volume counts half at
+    each rerank) keep or get one. A value that falls out stops being counted under its
+    name (its series keeps what it had: counters never go back) and `other` takes its
+    later counts; one that rises is counted under its name from then on."""
 
-    __slots__ = ("_limit", "_seen")
+    __slots__ = ("_limit", "_seen", "_volume")
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
         self._seen: set[str] = set()
+        self._volume: dict[str, float] = {}
 
     def __call__(self, value: str | None) -> str:
         if not value:
@@ -120,6 +132,44 @@ class LabelGuard:
             return OTHER
         self._seen.add(value)
         return value
+
+    def rerank(self, volumes: Mapping[object, float]) -> bool:
+        """Fold in the volumes since the last rerank; True when the values kept changed."""
+        merged = {v: c / 2 for v, c in self._volume.items() if c >= 1}
+        for value, count in volumes.items():
+            if isinstance(value, str) and value and len(value) <= MAX_LABEL and count > 0:
+                merged[value] = merged.get(value, 0.0) + count
+        keep = 4 * self._limit  # the volume table's bound
+        if len(merged) > keep:
+            merged = dict(heapq.nlargest(keep, merged.items(), key=itemgetter(1)))
+        self._volume = merged
+        seen = self._seen
+        top = heapq.nlargest(self._limit, merged, key=lambda v: (merged[v], v in seen))
+        # values counted before the limit and quiet since keep their series while there
+        # is room (the volume table forgets quiet values)
+        live = set(top)
+        for value in seen:
+            if len(live) >= self._limit:
+                break
+            live.add(value)
+        if live == seen:
+            return False
+        self._seen = live
+        return True
+
+
+def volumes_by(entries: Iterable[tuple[Sequence[object], list[float]]],
+               positions: int) -> list[dict[object, float]]:
+    """Per label position, the volume of each raw value over (raw key, [.., count])
+    entries; the counts are reset."""
+    out: list[dict[object, float]] = [{} for _ in range(positions)]
+    for key, entry in entries:
+        count = entry[-1]
+        if count:
+            entry[-1] = 0.0
+            for table, value in zip(out, key, strict=False):
+                table[value] = table.get(value, 0.0) + count
+    return out
 
 
 # span attribute bytes start with Span.attributes' tag; a log record's have their own
@@ -170,12 +220,17 @@ class LlmCost:
         self._agents: OrderedDict[bytes, str] = OrderedDict()
         self._agent_limit = settings.agent_traces
         self._logged: set[tuple[str, str]] = set()
-        # raw label values -> (guarded labels, their token_type keys, latency histogram row)
-        self._series: dict[tuple[str | None, ...],
-                           tuple[tuple[str, ...], tuple[tuple[str, ...], ...], list[float]]] = {}
+        # raw label values -> (guarded labels, their token_type keys, latency histogram row,
+        # [calls since the last ranking of the label values])
+        self._series: dict[tuple[str | None, ...], _Series] = {}
+        self._rerank_every = settings.label_rerank_requests
+        self._requests = 0
         self._labels_seen: set[tuple[str, ...]] = set()
 
     def process(self, work: Work) -> None:
+        self._requests += 1
+        if self._rerank_every and self._requests % self._rerank_every == 0:
+            self._rerank()
         payload = work.payload
         if work.signal is Signal.LOGS:
             if any(marker in payload for marker in _PRESCAN):
@@ -455,7 +510,8 @@ class LlmCost:
         series = self._series.get(raw)
         if series is None:
             series = self._new_series(raw)
-        labels, token_keys, duration_row = series
+        labels, token_keys, duration_row, volume = series
+        volume[0] += 1
         metrics.LLM_CALLS.add(labels)
         if cost is not None:
             metrics.LLM_COST.add(labels, cost)
@@ -469,8 +525,16 @@ class LlmCost:
             duration_row[bisect_left(metrics.LLM_DURATION.bounds, seconds)] += 1
             duration_row[-1] += seconds
 
-    def _new_series(self, raw: tuple[str | None, ...],
-                    ) -> tuple[tuple[str, ...], tuple[tuple[str, ...], ...], list[float]]:
+    def _rerank(self) -> None:
+        """Rank each label's values by the calls counted since the last ranking."""
+        volumes = volumes_by(((raw, series[3]) for raw, series in self._series.items()),
+                             len(metrics.LLM_LABELS))
+        changed = [self._guards[label].rerank(volume)
+                   for label, volume in zip(metrics.LLM_LABELS, volumes, strict=True)]
+        if any(changed):
+            self._series.clear()  # their labels were made by the old ranking
+
+    def _new_series(self, raw: tuple[str | None, ...]) -> _Series:
         guards = self._guards
         provider, model, service, agent, tenant = raw
         labels: tuple[str, ...] = (
@@ -480,7 +544,7 @@ class LlmCost:
             labels = (OTHER,) * len(labels)
         self._labels_seen.add(labels)
         series = (labels, tuple((*labels, t) for t in TOKEN_TYPES),
-                  metrics.LLM_DURATION.row(labels))
+                  metrics.LLM_DURATION.row(labels), [0.0])
         if len(self._series) < MAX_SERIES:
             self._series[raw] = series
         return series

@@ -4,7 +4,7 @@ Collector's spanmetrics connector. Read-only: spans go on unchanged.
 `sidecar_span_calls_total` and the `sidecar_span_duration_seconds` histogram, labelled by
 service, span name, span kind and status code (`unset`/`ok`/`error`: errors are the calls
 with `status_code="error"`). Span names and services pass the cardinality guard of the cost
-processor (first N distinct values, then `other`)."""
+processor (the top N values by volume, then `other`)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pydantic import Field
 
 from sidecar.component import ProcessorFactory, ProcessorSettings, register_processor
 from sidecar.model import Signal, Work
-from sidecar.processors.llm_cost import MAX_SERIES, OTHER, UNKNOWN, LabelGuard
+from sidecar.processors.llm_cost import MAX_SERIES, OTHER, UNKNOWN, LabelGuard, volumes_by
 from sidecar.telemetry import metrics
 
 _KINDS = {0: "unspecified", 1: "internal", 2: "server", 3: "client", 4: "producer",
@@ -24,8 +24,11 @@ _STATUS = {0: "unset", 1: "ok", 2: "error"}
 
 
 class SpanMetricsSettings(ProcessorSettings):
-    # distinct span names (and services) with their own series; later ones count as "other"
+    # span names (and services) with their own series, the top ones by volume; the rest
+    # count as "other"
     label_values: int = Field(default=200, ge=1, le=10_000)
+    # requests between rankings of names and services by volume (0: first ones seen)
+    label_rerank_requests: int = Field(default=100, ge=0, le=1_000_000)
 
 
 class SpanMetrics:
@@ -36,10 +39,17 @@ class SpanMetrics:
     def __init__(self, settings: SpanMetricsSettings) -> None:
         self._services = LabelGuard(settings.label_values)
         self._names = LabelGuard(settings.label_values)
-        # (service, span name, kind, status code) -> (guarded labels, histogram row)
-        self._series: dict[tuple[str, str, int, int], tuple[tuple[str, ...], list[float]]] = {}
+        # (service, span name, kind, status code) -> (guarded labels, histogram row,
+        # [spans since the last ranking])
+        self._series: dict[tuple[str, str, int, int],
+                           tuple[tuple[str, ...], list[float], list[float]]] = {}
+        self._rerank_every = settings.label_rerank_requests
+        self._requests = 0
 
     def process(self, work: Work) -> None:
+        self._requests += 1
+        if self._rerank_every and self._requests % self._rerank_every == 0:
+            self._rerank()
         message = work.message
         assert isinstance(message, ExportTraceServiceRequest)
         series = self._series
@@ -57,15 +67,24 @@ class SpanMetrics:
                     if found is None:
                         found = self._new_series(key)
                     row = found[1]
+                    found[2][0] += 1
                     seconds = max(span.end_time_unix_nano - span.start_time_unix_nano, 0) / 1e9
                     row[bisect_left(bounds, seconds)] += 1
                     row[-1] += seconds
 
-    def _new_series(self, key: tuple[str, str, int, int]) -> tuple[tuple[str, ...], list[float]]:
+    def _rerank(self) -> None:
+        services, names = volumes_by(((key, found[2]) for key, found in self._series.items()),
+                                     2)
+        changed = [self._services.rerank(services), self._names.rerank(names)]
+        if any(changed):
+            self._series.clear()  # their labels were made by the old ranking
+
+    def _new_series(self, key: tuple[str, str, int, int],
+                    ) -> tuple[tuple[str, ...], list[float], list[float]]:
         service, name, kind, status = key
         labels = (self._services(service), self._names(name) if name else UNKNOWN,
                   _KINDS.get(kind, OTHER), _STATUS.get(status, OTHER))
-        found = (labels, metrics.SPAN_DURATION.row(labels))
+        found = (labels, metrics.SPAN_DURATION.row(labels), [0.0])
         if len(self._series) < MAX_SERIES:
             self._series[key] = found
         return found

@@ -229,3 +229,15 @@ def test_raw_scalar_decodes_as_the_library(value: AnyValue) -> None:
 def test_raw_scalar_of_unusual_encodings_is_the_librarys(data: bytes) -> None:
     # non-minimal varints, repeated oneof fields (the last wins), a bool of 2
     assert gu.raw_scalar(data) == gu.scalar(AnyValue.FromString(data))
+
+
+def test_label_guard_keeps_the_heaviest_values_and_quiet_ones_while_there_is_room() -> None:
+    from sidecar.processors.llm_cost import OTHER, LabelGuard
+
+    guard = LabelGuard(3)
+    assert [guard(v) for v in ("a", "b", "c", "d")] == ["a", "b", "c", OTHER]
+    assert not guard.rerank({})  # quiet values keep their series
+    assert guard.rerank({f"v{i}": i for i in range(1000)})  # bounded: 1000 candidates
+    assert [guard(v) for v in ("v999", "v998", "v997", "a")] == ["v999", "v998", "v997",
+                                                                  OTHER]
+    assert guard("x" * 500) == OTHER

@@ -277,3 +277,15 @@ def test_model_call_latency_is_a_histogram_by_provider_model_service_agent_and_t
     assert metric(f"{name}_bucket", **labels, le="2.56") == 2
     assert metric(f"{name}_bucket", **labels, le="5.12") == 3
     assert metric(f"{name}_bucket", **labels, le="+Inf") == 3
+
+
+def test_models_are_ranked_by_calls_and_a_promoted_model_counts_from_then_on() -> None:
+    service = f"svc-{uuid.uuid4().hex[:8]}"
+    processor = LlmCost(CostSettings.model_validate({
+        "label_values": 1, "label_rerank_requests": 1, "free_providers": ["vllm"]}))
+    for model, calls in (("model-a", 1), ("model-b", 3), ("model-b", 1)):
+        run(processor, request(service, *(span(chat(model)) for _ in range(calls))))
+    labels = {"provider": "vllm", "service": service, "agent": "unknown", "tenant": "unknown"}
+    calls_of = {m: metric("sidecar_llm_calls_total", **labels, model=m)
+                for m in ("model-a", "model-b", "other")}
+    assert calls_of == {"model-a": 1, "model-b": 1, "other": 3}
