@@ -206,9 +206,55 @@ def build_request(rng: random.Random, spans: int = SPANS_PER_REQUEST) -> bytes:
     return request.SerializeToString()
 
 
-def build_pool(size: int, seed: int = 1) -> list[bytes]:
+# Workloads for the redaction benchmarks (`--workload`): `agent` as above; `secrets`, the
+# same with a GitHub token in a `tool.note` attribute of 10 % of the spans; `large`, the
+# OTel testbed's large-attribute shape, 20 attributes x 5 KB strings per span (20 spans a
+# request: 2 MB, under gRPC's default 4 MiB message limit).
+WORKLOADS = ("agent", "secrets", "large")
+LARGE_SPANS_PER_REQUEST = 20
+
+
+def with_secrets(payload: bytes, rng: random.Random, share: float = 0.1) -> bytes:
+    req = ExportTraceServiceRequest.FromString(payload)
+    for rs in req.resource_spans:
+        for ss in rs.scope_spans:
+            for span in ss.spans:
+                if rng.random() < share:
+                    token = "ghp_" + "".join(
+                        rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+                        for _ in range(36))
+                    span.attributes.add(key="tool.note",
+                                        value=AnyValue(string_value=f"pushed with {token}"))
+    return req.SerializeToString()
+
+
+def large_request(rng: random.Random, spans: int = LARGE_SPANS_PER_REQUEST) -> bytes:
+    req = ExportTraceServiceRequest.FromString(build_request(rng, spans))
+    words = ["lorem", "ipsum", "dolor", "sit", "amet", "agent", "tool", "result", "42"]
+    for rs in req.resource_spans:
+        for ss in rs.scope_spans:
+            for span in ss.spans:
+                for i in range(20):
+                    text = " ".join(rng.choice(words) for _ in range(900))[:5000]
+                    span.attributes.add(key=f"large.{i}", value=AnyValue(string_value=text))
+    return req.SerializeToString()
+
+
+def build_workload(rng: random.Random, workload: str = "agent") -> bytes:
+    if workload == "secrets":
+        return with_secrets(build_request(rng), rng)
+    if workload == "large":
+        return large_request(rng)
+    return build_request(rng)
+
+
+def spans_per_request(workload: str) -> int:
+    return LARGE_SPANS_PER_REQUEST if workload == "large" else SPANS_PER_REQUEST
+
+
+def build_pool(size: int, seed: int = 1, workload: str = "agent") -> list[bytes]:
     rng = random.Random(seed)
-    return [build_request(rng) for _ in range(size)]
+    return [build_workload(rng, workload) for _ in range(size)]
 
 
 @dataclass
@@ -246,14 +292,16 @@ async def _send(call: Any, payload: bytes, stats: Stats, deadline: float) -> Non
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    pool = build_pool(args.pool)
+    pool = build_pool(args.pool if args.workload != "large" else min(args.pool, 8),
+                      workload=args.workload)
     sizes = [len(p) for p in pool]
+    per_request = spans_per_request(args.workload)
     options = [("grpc.max_send_message_length", 64 << 20)]
     async with grpc.aio.insecure_channel(args.target, options=options) as channel:
         await asyncio.wait_for(channel.channel_ready(), timeout=10.0)
         call = channel.unary_unary(EXPORT_METHOD, request_serializer=None,
                                    response_deserializer=None)
-        emit("ready", pool=len(pool), bytes_per_span=sum(sizes) / len(sizes) / SPANS_PER_REQUEST)
+        emit("ready", pool=len(pool), bytes_per_span=sum(sizes) / len(sizes) / per_request)
         stats = Stats()
         begin = time.monotonic()
         measure_at = begin + args.warmup
@@ -263,8 +311,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         inflight: set[asyncio.Task[None]] = set()
         limit = max(1, args.concurrency)
         slots = asyncio.Semaphore(limit)
-        max_requests = args.max_spans // SPANS_PER_REQUEST if args.max_spans else 1 << 62
-        interval = SPANS_PER_REQUEST / args.rate if args.rate > 0 else 0.0
+        max_requests = args.max_spans // per_request if args.max_spans else 1 << 62
+        interval = per_request / args.rate if args.rate > 0 else 0.0
         next_send = begin
         measuring = False
         late = 0
@@ -280,8 +328,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             if not measuring and now >= measure_at:
                 measuring = True
                 window_started = stats.started
-                emit("measure_start", sent=stats.started * SPANS_PER_REQUEST,
-                     ok=stats.ok * SPANS_PER_REQUEST)
+                emit("measure_start", sent=stats.started * per_request,
+                     ok=stats.ok * per_request)
             if now >= stop_at or stats.started >= max_requests:
                 break
             if interval:
@@ -300,9 +348,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             inflight.add(task)
             task.add_done_callback(release)
         window = time.monotonic() - measure_at if measuring else 0.0
-        emit("measure_end", sent=stats.started * SPANS_PER_REQUEST,
-             ok=stats.ok * SPANS_PER_REQUEST, window_s=window,
-             window_sent=(stats.started - window_started) * SPANS_PER_REQUEST)
+        emit("measure_end", sent=stats.started * per_request,
+             ok=stats.ok * per_request, window_s=window,
+             window_sent=(stats.started - window_started) * per_request)
         if inflight:
             _done, pending = await asyncio.wait(
                 inflight, timeout=max(0.1, hard_deadline - time.monotonic()))
@@ -313,8 +361,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         lat = sorted(stats.latencies)
         return {
             "requests_started": stats.started,
-            "spans_sent": stats.started * SPANS_PER_REQUEST,
-            "spans_ok": stats.ok * SPANS_PER_REQUEST,
+            "spans_sent": stats.started * per_request,
+            "spans_ok": stats.ok * per_request,
             "resource_exhausted_retries": stats.exhausted,
             "errors": stats.errors,
             "pacer_resets": late,
@@ -337,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-spans", type=int, default=0, help="stop after this many (0: none)")
     parser.add_argument("--pool", type=int, default=64, help="distinct pre-encoded requests")
     parser.add_argument("--cpu", type=int, default=None, help="pin this process to one CPU")
+    parser.add_argument("--workload", choices=WORKLOADS, default="agent",
+                        help="agent spans; 10 %% of them with a secret; 20 x 5 KB attributes")
     args = parser.parse_args(argv)
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})

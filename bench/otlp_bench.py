@@ -320,6 +320,17 @@ service: {log_level: warning}
 
 PROCESSORS_OFF = ("processors: {redact: {enabled: false}, cost: {enabled: false}, "
                   "spanmetrics: {enabled: false}}")
+# sidecar variants run as their own targets, to tell what one processor adds per span
+# (on the standard workload: bench/loadgen.py's spans, a third of them model calls)
+SIDECAR_VARIANTS = {
+    "sidecar-cost": "processors: {cost: {enabled: true}, spanmetrics: {enabled: true}}",
+    "sidecar-nocost": "processors: {cost: {enabled: false}, spanmetrics: {enabled: true}}",
+    "sidecar-nospanmetrics": "processors: {cost: {enabled: false}, "
+                             "spanmetrics: {enabled: false}}",
+}
+# µs per span a processor adds: (label, with it, without it), CPU per span at max rate
+PROCESSOR_DELTAS = (("cost", "sidecar-cost", "sidecar-nocost"),
+                    ("spanmetrics", "sidecar-nocost", "sidecar-nospanmetrics"))
 
 
 def start_sidecar(workdir: Path, sink_port: int, cpus: set[int] | None,
@@ -333,8 +344,10 @@ def start_sidecar(workdir: Path, sink_port: int, cpus: set[int] | None,
         "dir": workdir, "port": port, "admin": admin, "sink": sink_port,
         "compression": compression, "protocol": protocol, "queue": queue, "fsync": fsync,
         "batch": f"    batch: {{max_items: {batch}}}" if batch else "",
-        # default: what an empty config runs (redaction on); none: every processor off
-        "processors": PROCESSORS_OFF if processors == "none" else "",
+        # default: what an empty config runs (redaction, spanmetrics); none: every processor
+        # off; a SIDECAR_VARIANTS name: that variant
+        "processors": PROCESSORS_OFF if processors == "none"
+        else SIDECAR_VARIANTS.get(processors, ""),
     })
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     argv = [*(command or [str(sidecar_binary())]), "run", "--config", str(config)]
@@ -389,6 +402,7 @@ class Options:
     sidecar_processors: str = "default"
     sidecar_queue: str = "durable"
     sidecar_fsync: str = "interval"
+    workload: str = "agent"
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -411,7 +425,8 @@ def measure(target_name: str, scenario: Scenario, sink: Child, opts: Options) ->
                             else int(opts.extra["sink_http_port"]))
             target = start_sidecar(workdir, sidecar_sink, target_cpus, opts.sidecar_batch,
                                    opts.sidecar_cmd, opts.compression, opts.sidecar_protocol,
-                                   opts.sidecar_processors, opts.sidecar_queue,
+                                   target_name if target_name in SIDECAR_VARIANTS
+                                   else opts.sidecar_processors, opts.sidecar_queue,
                                    opts.sidecar_fsync)
         pid = target.child.proc.pid
         # spans are counted where they end up: the sink, or the floor server itself
@@ -425,6 +440,8 @@ def measure(target_name: str, scenario: Scenario, sink: Child, opts: Options) ->
                 "--grace", "10"]
         if aux_cpu is not None:
             argv += ["--cpu", str(aux_cpu)]
+        if opts.workload != "agent":  # the redaction workloads (loadgen.WORKLOADS)
+            argv += ["--workload", opts.workload]
         loadgen = Child("loadgen", argv, cpus=None, stdout_lines=True,
                         log=workdir / "loadgen.log")
         ready = loadgen.next_json(60, "ready")
@@ -432,8 +449,8 @@ def measure(target_name: str, scenario: Scenario, sink: Child, opts: Options) ->
         t0, c0, s0 = time.monotonic(), cpu_seconds(pid), sink_stats(counter)
         lg0 = cpu_seconds(loadgen.proc.pid)
         sys0, sk0 = machine_busy(), sink_stats(sink)["cpu_s"]
-        if opts.profile_dir is not None and target_name == "sidecar":
-            profiler = start_profiler(pid, opts, f"sidecar-{scenario.name}", workdir)
+        if opts.profile_dir is not None and target_name.startswith("sidecar"):
+            profiler = start_profiler(pid, opts, f"{target_name}-{scenario.name}", workdir)
         end = loadgen.next_json(opts.duration + 15, "measure_end")
         t1, c1, s1 = time.monotonic(), cpu_seconds(pid), sink_stats(counter)
         lg1 = cpu_seconds(loadgen.proc.pid)
@@ -609,7 +626,7 @@ def print_report(summary: dict[str, Any], meta: dict[str, Any]) -> list[str]:
         f"{'peak RSS':>9} {'idle RSS':>9} {'delivered':>9} {'429s':>6} {'p99 ms':>7} "
         f"{'other %':>7}",
     ]
-    for target in ("rotel", "sidecar", "pyfloor"):
+    for target in ("rotel", "sidecar", "pyfloor", *SIDECAR_VARIANTS):
         for scenario in ("10k", "max"):
             e = summary.get(target, {}).get(scenario)
             if e is None:
@@ -652,9 +669,10 @@ def print_report(summary: dict[str, Any], meta: dict[str, Any]) -> list[str]:
     def verdict(ok: bool | None) -> str:
         return "n/a" if ok is None else ("PASS" if ok else "FAIL")
 
+    default = meta.get("sidecar_processors") == "default"
     lines += [
         f"sidecar / rotel (targets from the issue; sidecar processors: "
-        f"{'default (redaction)' if meta.get('sidecar_processors') == 'default' else 'none'}):",
+        f"{'default (redaction, spanmetrics)' if default else 'none'}):",
         f"  CPU per span at max rate   {fmt(cpu_r, '.2f'):>6}x   (target <= {TARGET_CPU_RATIO}x)"
         f"  {verdict(None if cpu_r is None else cpu_r <= TARGET_CPU_RATIO)}",
         f"  peak RSS at max rate       {fmt(rss_r, '.2f'):>6}x   (target <= {TARGET_RSS_RATIO}x)"
@@ -666,6 +684,17 @@ def print_report(summary: dict[str, Any], meta: dict[str, Any]) -> list[str]:
         f"  {verdict(None if steady is None else steady < TARGET_STEADY_CPU)}",
         f"  CPU per span at 10k        {fmt(ratio(summary, '10k', 'cpu_us_per_span'), '.2f'):>6}x",
     ]
+    rotel_max = summary.get("rotel", {}).get("max", {}).get("cpu_us_per_span")
+    for label, with_it, without in PROCESSOR_DELTAS:
+        on = summary.get(with_it, {}).get("max", {}).get("cpu_us_per_span")
+        off = summary.get(without, {}).get("max", {}).get("cpu_us_per_span")
+        if on is not None and off is not None:
+            lines.append(f"  {label} adds {on - off:.2f} µs/span at max rate ({with_it} "
+                         f"{on:.1f} - {without} {off:.1f}; budget 2)")
+    full = summary.get("sidecar-cost", {}).get("max", {}).get("cpu_us_per_span")
+    if full is not None and rotel_max:
+        lines.append(f"  redaction + cost + spanmetrics {full:.1f} µs/span vs rotel "
+                     f"{rotel_max:.1f}: {full / rotel_max:.2f}x")
     floor = summary.get("pyfloor", {}).get("10k", {}).get("cpu_pct_core")
     if steady is not None and floor:
         lines.append(f"  sidecar CPU at 10k / bare grpc.aio receiver (pyfloor) "
@@ -696,9 +725,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="measured seconds per run (default 10, --quick 5)")
     parser.add_argument("--warmup", type=float, default=None,
                         help="warm-up seconds per run (default 3, --quick 2)")
-    parser.add_argument("--targets", default="rotel,sidecar,pyfloor",
+    parser.add_argument("--targets", default="rotel,sidecar,pyfloor," + ",".join(SIDECAR_VARIANTS),
                         help="comma-separated: rotel, sidecar, pyfloor (a bare grpc.aio "
-                             "server that only counts: the floor for any Python receiver)")
+                             "server that only counts: the floor for any Python receiver), "
+                             + ", ".join(SIDECAR_VARIANTS) + " (sidecar with cost on / off / "
+                             "cost on and spanmetrics off; measured at max rate only)")
     parser.add_argument("--scenarios", default="10k,max", help="comma-separated: 10k,max")
     parser.add_argument("--max-concurrency", type=int, default=64,
                         help="requests in flight at max rate")
@@ -715,7 +746,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sidecar-protocol", choices=("grpc", "http"), default="grpc",
                         help="sidecar's exporter protocol to the sink (rotel: always grpc)")
     parser.add_argument("--sidecar-processors", choices=("default", "none"), default="default",
-                        help="default: the processors an empty config runs (redaction); "
+                        help="default: the processors an empty config runs (redaction, "
+                             "spanmetrics); "
                              "none: every processor off")
     parser.add_argument("--queue", choices=("durable", "memory"), default="durable",
                         help="sidecar exporter queue type (default durable, as the daemon)")
@@ -725,6 +757,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="py-spy the sidecar during each measured window, stacks to DIR "
                              "(needs py-spy in the venv)")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--workload", choices=("agent", "secrets", "large"), default="agent",
+                        help="loadgen's spans: agent (default); secrets: 10 %% carry a token; "
+                             "large: 20 attributes x 5 KB per span, 20 spans a request")
     args = parser.parse_args(argv)
 
     # SIGTERM (e.g. from run.py's time cap) unwinds through every `finally`, so the
@@ -740,12 +775,13 @@ def main(argv: list[str] | None = None) -> int:
         sidecar_cmd=shlex.split(args.sidecar_cmd) if args.sidecar_cmd else None,
         compression=args.compression, sidecar_protocol=args.sidecar_protocol,
         sidecar_processors=args.sidecar_processors, profile_dir=args.profile,
-        sidecar_queue=args.queue, sidecar_fsync=args.fsync)
+        sidecar_queue=args.queue, sidecar_fsync=args.fsync, workload=args.workload)
     all_scenarios = {"10k": Scenario("10k", 10_000, 8),
                      "max": Scenario("max", 0, args.max_concurrency)}
     scenarios = [all_scenarios[s] for s in args.scenarios.split(",") if s in all_scenarios]
     targets = [t for t in args.targets.split(",") if t]
-    unknown = [t for t in targets if t not in ("rotel", "sidecar", "pyfloor")] + [
+    unknown = [t for t in targets
+               if t not in ("rotel", "sidecar", "pyfloor", *SIDECAR_VARIANTS)] + [
         s for s in args.scenarios.split(",") if s and s not in all_scenarios]
     if unknown:
         parser.error(f"unknown target or scenario: {', '.join(unknown)}")
@@ -760,6 +796,7 @@ def main(argv: list[str] | None = None) -> int:
         "sidecar_protocol": args.sidecar_protocol,
         "sidecar_processors": args.sidecar_processors,
         "sidecar_queue": args.queue, "sidecar_fsync": args.fsync,
+        "workload": args.workload,
     }
     if "rotel" in targets:
         try:
@@ -779,6 +816,8 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(repeats):
             for scenario in scenarios:
                 for target in targets:
+                    if target in SIDECAR_VARIANTS and scenario.name != "max":
+                        continue
                     print(f"[{rep + 1}/{repeats}] {target:8} {scenario.name:4} ...",
                           end=" ", flush=True, file=sys.stderr)
                     result = measure(target, scenario, sink, opts)

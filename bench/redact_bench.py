@@ -11,44 +11,16 @@ large-attribute case). Each figure is the minimum over repeats of process CPU ti
 from __future__ import annotations
 
 import random
-import string
 import time
 from collections.abc import Callable
 
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue
-
-from bench.loadgen import build_request
+from bench.loadgen import build_request, large_request, with_secrets
 from sidecar.model import Batch, Signal
 from sidecar.pipeline.stage import Stage
 from sidecar.processors.redact import RedactProcessor, RedactSettings
 
 REQUESTS = 20
 REPEATS = 5
-
-
-def _with_secrets(payload: bytes, rng: random.Random, share: float) -> bytes:
-    req = ExportTraceServiceRequest.FromString(payload)
-    for rs in req.resource_spans:
-        for ss in rs.scope_spans:
-            for span in ss.spans:
-                if rng.random() < share:
-                    token = "ghp_" + "".join(rng.choice(string.ascii_letters) for _ in range(36))
-                    span.attributes.add(key="tool.note",
-                                        value=AnyValue(string_value=f"pushed with {token}"))
-    return req.SerializeToString()
-
-
-def _large(rng: random.Random, spans: int = 20) -> bytes:
-    req = ExportTraceServiceRequest.FromString(build_request(rng, spans))
-    words = ["lorem", "ipsum", "dolor", "sit", "amet", "agent", "tool", "result", "42"]
-    for rs in req.resource_spans:
-        for ss in rs.scope_spans:
-            for span in ss.spans:
-                for i in range(20):
-                    text = " ".join(rng.choice(words) for _ in range(900))[:5000]
-                    span.attributes.add(key=f"large.{i}", value=AnyValue(string_value=text))
-    return req.SerializeToString()
 
 
 def _cpu(fn: Callable[[], None]) -> float:
@@ -82,8 +54,8 @@ def main() -> None:
     rng = random.Random(1)
     clean = [build_request(rng) for _ in range(REQUESTS)]
     measure("100-span requests, no secrets", clean)
-    measure("10 % of spans with a secret", [_with_secrets(p, rng, 0.1) for p in clean])
-    measure("20 attributes x 5 KB per span", [_large(rng) for _ in range(REQUESTS)])
+    measure("10 % of spans with a secret", [with_secrets(p, rng, 0.1) for p in clean])
+    measure("20 attributes x 5 KB per span", [large_request(rng) for _ in range(REQUESTS)])
 
 
 if __name__ == "__main__":

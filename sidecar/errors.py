@@ -59,6 +59,17 @@ class StorageFullError(PipelineFullError):
     Receivers answer RESOURCE_EXHAUSTED / 503 with a retry hint."""
 
 
+class ProcessingError(SidecarError):
+    """A processor failed on (or refused) a batch: nothing of it goes on (fail closed, so
+    a batch redaction could not finish is never exported unredacted). Receivers refuse it
+    with a retryable answer (gRPC UNAVAILABLE, HTTP 503 + Retry-After): the client still
+    holds the data. The message names the processor and signal, never the content."""
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class BadInputError(SidecarError):
     """The client sent something we cannot decode. `reason` is a short metric label."""
 

@@ -114,23 +114,38 @@ def merge(batches: list[Batch]) -> Batch:
 
 
 class Work:
-    """What processors see of one request in the processing stage: the client's bytes (for
-    cheap pre-scans that decide whether to look further) and a message parsed on first use.
-    The stage, not the processor, re-serializes and recounts after a mutating processor
-    touched the message, so bytes and message cannot drift apart."""
+    """What processors see of one request in the processing stage: its bytes (for cheap
+    pre-scans that decide whether to look further) and a message parsed on first use.
 
-    __slots__ = ("_message", "payload", "signal", "touched")
+    Bytes and message cannot drift apart: after a mutating processor read the message, the
+    stage counts it as edited and `payload` re-serializes it (once, on next use); a
+    processor that read it without changing anything says so with `read_only()`. A
+    processor that edits the message *and* splices the same fields into the bytes itself
+    (cheaper than re-serializing a whole request) hands those bytes over with
+    `edited(payload)`: they must parse to the edited message (tests check it)."""
+
+    __slots__ = ("_message", "_payload", "changed", "signal", "spliced", "touched")
 
     def __init__(self, signal: Signal, payload: bytes,
                  decoded: ExportRequest | None = None) -> None:
         self.signal = signal
-        self.payload = payload
+        self._payload: bytes | None = payload
         self._message = decoded
         self.touched = False  # `message` was read since the stage last reset this
+        self.spliced = False  # the current processor handed over its bytes (`edited`)
+        self.changed = False  # the request differs from the one the stage was given
 
     @property
     def parsed(self) -> bool:
         return self._message is not None
+
+    @property
+    def payload(self) -> bytes:
+        """The request's current bytes."""
+        if self._payload is None:
+            assert self._message is not None
+            self._payload = self._message.SerializeToString()
+        return self._payload
 
     @property
     def message(self) -> ExportRequest:
@@ -138,3 +153,29 @@ class Work:
         if self._message is None:
             self._message = parse_request(self.signal, self.payload)
         return self._message
+
+    def read_only(self) -> None:
+        """The current processor read the message and changed nothing."""
+        self.touched = False
+
+    def edited(self, payload: bytes) -> None:
+        """The current processor edited the message and gives its serialization."""
+        self._payload = payload
+        self.spliced = True
+        self.changed = True
+
+    def message_edited(self) -> None:
+        """(stage) The message may have changed: the bytes are made again on next use."""
+        self._payload = None
+        self.changed = True
+
+    def peek_message(self) -> ExportRequest | None:
+        """The message if it is parsed already, without parsing it or marking it touched:
+        for a processor that edits it in step with the bytes it hands over."""
+        return self._message
+
+    def replace_payload(self, payload: bytes) -> None:
+        """New bytes for the same items, re-encoded by the processor (redaction splices
+        re-encoded items in). A message parsed already must have been edited to match
+        (`edited`); one parsed later is parsed from these bytes."""
+        self.edited(payload)

@@ -2,8 +2,9 @@
 re-serialisation, so no processor can leave bytes and message out of step.
 
 Per request: the message is parsed at most once (the receiver's parse is reused when it
-has one), re-serialised at most once (only when a mutating processor read it), items are
-recounted, and a new immutable `Batch` holding bytes only goes on to fan-out. Processors
+has one), re-serialised at most once (only when a mutating processor read it and did not
+hand over bytes of its own, `Work.edited` / `Work.replace_payload`), items are recounted,
+and a new immutable `Batch` holding bytes only goes on to fan-out. Processors
 never see a Batch and nothing downstream ever sees the message they edited."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sidecar.component import Processor
+from sidecar.errors import ProcessingError
 from sidecar.model import Batch, Signal, Work, count_items
 
 
@@ -27,18 +29,27 @@ class Stage:
         if not self.processors:
             return batch
         work = Work(batch.signal, batch.payload, decoded)
-        changed = False
         for processor in self.processors:
-            work.touched = False
-            processor.process(work)
-            changed = changed or (processor.mutates and work.touched)
-        if not changed:
+            work.touched = work.spliced = False
+            try:
+                processor.process(work)
+            except ProcessingError:
+                raise
+            except Exception as exc:
+                # fail closed; `from None`: the cause's message could quote the content
+                raise ProcessingError(
+                    f"{processor.name} processor failed on a {self.signal.value} request "
+                    f"({type(exc).__name__})") from None
+            if processor.mutates and work.touched and not work.spliced:
+                work.message_edited()
+        if not work.changed:
             return batch
-        message = work.message
-        items = count_items(batch.signal, message)
+        if not work.parsed:  # only spliced bytes: same items (the `edited` contract)
+            return Batch(batch.signal, batch.items, work.payload)
+        items = count_items(batch.signal, work.message)
         if items == 0:
             return None
-        return Batch(batch.signal, items, message.SerializeToString())
+        return Batch(batch.signal, items, work.payload)
 
     def __repr__(self) -> str:
         names = ", ".join(p.name for p in self.processors)

@@ -9,8 +9,10 @@ OpenInference > OpenLLMetry extras > Vercel > ad hoc). Only model-call spans are
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
@@ -182,6 +184,57 @@ def scalar(value: AnyValue) -> object:
     return None
 
 
+_ANY_STRING, _ANY_BOOL, _ANY_INT, _ANY_DOUBLE = 0x0A, 0x10, 0x18, 0x21
+_DOUBLE = struct.Struct("<d")
+
+
+# serialized AnyValue -> value: provider, model, operation and agent names repeat on every
+# call, and counts fall in a small range; bounded, emptied when full
+_SCALARS: dict[bytes, object] = {}
+_MAX_SCALARS = 1 << 16
+_MAX_SCALAR_BYTES = 64
+
+
+def raw_scalar(data: bytes) -> object:
+    """`scalar` of a serialized AnyValue (memoised for short ones)."""
+    value = _SCALARS.get(data)
+    if value is None:
+        value = _raw_scalar(data)
+        if len(data) <= _MAX_SCALAR_BYTES:
+            if len(_SCALARS) >= _MAX_SCALARS:
+                _SCALARS.clear()
+            _SCALARS[data] = value
+    return value
+
+
+def _raw_scalar(data: bytes) -> object:
+    """Decodes the one-field forms an SDK writes by hand (a parse costs more than the
+    value); anything else goes through the library."""
+    n = len(data)
+    if n >= 2:
+        tag = data[0]
+        if tag == _ANY_STRING:
+            length = data[1]
+            if length < 0x80 and n == length + 2:
+                return data[2:].decode("utf-8")
+        elif tag == _ANY_INT and n <= 11:
+            value = shift = 0
+            for i in range(1, n):
+                byte = data[i]
+                value |= (byte & 0x7F) << shift
+                shift += 7
+                if byte < 0x80:
+                    if i != n - 1:
+                        break  # more fields follow: the library decides
+                    value &= (1 << 64) - 1
+                    return value - (1 << 64) if value >= 1 << 63 else value
+        elif tag == _ANY_DOUBLE and n == 9:
+            return _DOUBLE.unpack_from(data, 1)[0]
+        elif tag == _ANY_BOOL and n == 2 and data[1] < 2:
+            return data[1] == 1
+    return scalar(AnyValue.FromString(data))
+
+
 @dataclass(slots=True)
 class GenAIUsage:
     """Canonical usage of one model call. Counts are inclusive: `input` includes the cache
@@ -216,12 +269,12 @@ class Scan:
     """What one pass over a span's attributes found."""
 
     counts: list[int | None]
-    count_ranks: list[int]
     strings: list[str | None]
-    string_ranks: list[int]
-    present: set[str]
+    present: frozenset[str]
     markers: dict[str, object]
     invalid: list[str]
+    # values of other keys the caller asked for (the cost processor's tenant keys)
+    extra: dict[str, object] = dataclass_field(default_factory=dict)
 
 
 # every attribute key the normalisation reads
@@ -243,35 +296,68 @@ def collect(attributes: Iterable[KeyValue], known: frozenset[str] = KNOWN_KEYS,
     return hits
 
 
-def has_usage(hits: dict[str, AnyValue]) -> bool:
+def has_usage(hits: Iterable[str]) -> bool:
     return not _COUNT_KEYSET.isdisjoint(hits)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """For one set of known keys: per canonical field, the keys present in precedence
+    order, and the marker keys present. Spans of one instrumentation share a key set."""
+
+    counts: tuple[tuple[str, ...], ...]
+    strings: tuple[tuple[str, ...], ...]
+    markers: tuple[str, ...]
+    present: frozenset[str]
+
+
+_PLANS: dict[frozenset[str], Plan] = {}
+_MAX_PLANS = 4096
+
+
+def plan(keys: frozenset[str]) -> Plan:
+    found = _PLANS.get(keys)
+    if found is not None:
+        return found
+
+    def ranked(table: dict[str, tuple[int, int]], fields: int) -> tuple[tuple[str, ...], ...]:
+        return tuple(tuple(sorted((k for k in keys if k in table and table[k][0] == field),
+                                  key=lambda k: table[k][1])) for field in range(fields))
+
+    made = Plan(ranked(COUNT_KEYS, COUNT_FIELDS), ranked(STRING_KEYS, STRING_FIELDS),
+                tuple(k for k in sorted(keys) if k in MARKER_KEYS), keys)
+    if len(_PLANS) >= _MAX_PLANS:
+        _PLANS.clear()
+    _PLANS[keys] = made
+    return made
 
 
 def resolve(hits: dict[str, AnyValue]) -> Scan:
     """Per canonical field, the value of the highest-precedence name present."""
-    result = Scan([None] * COUNT_FIELDS, [99] * COUNT_FIELDS, [None] * STRING_FIELDS,
-                  [99] * STRING_FIELDS, set(hits), {}, [])
-    for key, any_value in hits.items():
-        value = scalar(any_value)
-        count_slot = COUNT_KEYS.get(key)
-        if count_slot is not None:
-            field, rank = count_slot
-            if rank < result.count_ranks[field]:
-                try:
-                    result.counts[field] = parse_count(value)
-                    result.count_ranks[field] = rank
-                except InvalidCount as exc:
-                    result.invalid.append(str(exc))
-            continue
-        string_slot = STRING_KEYS.get(key)
-        if string_slot is not None:
-            field, rank = string_slot
-            if rank < result.string_ranks[field] and isinstance(value, str) and value:
-                result.strings[field] = value
-                result.string_ranks[field] = rank
-        elif key in MARKER_KEYS:
-            result.markers[key] = value
-    return result
+    return resolve_values({key: scalar(value) for key, value in hits.items()})
+
+
+def resolve_values(values: dict[str, object], keys: frozenset[str] | None = None) -> Scan:
+    """`resolve` over plain values. Per field the names are tried in precedence order; the
+    first valid one wins, and an invalid one counts only when it was tried."""
+    found = plan(frozenset(values) if keys is None else keys)
+    counts: list[int | None] = [None] * COUNT_FIELDS
+    invalid: list[str] = []
+    for field, names in enumerate(found.counts):
+        for name in names:
+            try:
+                counts[field] = parse_count(values[name])
+                break
+            except InvalidCount as exc:
+                invalid.append(str(exc))
+    strings: list[str | None] = [None] * STRING_FIELDS
+    for field, names in enumerate(found.strings):
+        for name in names:
+            value = values[name]
+            if isinstance(value, str) and value:
+                strings[field] = value
+                break
+    return Scan(counts, strings, found.present, {k: values[k] for k in found.markers}, invalid)
 
 
 def scan(attributes: Iterable[KeyValue]) -> Scan | None:

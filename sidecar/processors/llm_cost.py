@@ -16,36 +16,45 @@ A model without a price gets no cost attribute; it is counted and logged once pe
 
 from __future__ import annotations
 
+import heapq
 import logging
+from bisect import bisect_left
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
+from operator import itemgetter
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
-from prometheus_client import Counter
 from pydantic import Field
 
 from sidecar.component import ProcessorFactory, ProcessorSettings, register_processor
 from sidecar.configtypes import Strict
 from sidecar.model import Signal, Work
+from sidecar.processors import genai_names, log_usage, span_index, wire
 from sidecar.processors import genai_usage as gu
-from sidecar.processors import log_usage, span_index, wire
 from sidecar.processors.prices import MAX_NAME, Price, PriceBook, Rates
 from sidecar.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
-# Every usage attribute of every dialect contains one of these byte strings; a request
+# Every usage attribute of every dialect contains one of these byte strings; a log request
 # without them has no model call and is not parsed or walked.
 _PRESCAN = (b"okens", b"token_count")
-# spans walked: those that may hold usage, and agent roots (AI SDK v7 names the agent on
-# the root only; Traceloop agent/workflow spans; AI SDK v6 functionId)
-_NEEDLES = (*_PRESCAN, b"invoke_agent", b"create_agent", b"traceloop.", b"functionId",
-            b"ai.telemetry.metadata.agent")
+# spans walked (a trace request without any is not parsed or walked): those that may hold
+# usage, and agent roots (AI SDK v7 names the agent on the root only; Traceloop
+# agent/workflow spans; AI SDK v6 functionId)
+_SPANS = span_index.Needles((*_PRESCAN, b"invoke_agent", b"create_agent", b"traceloop.",
+                             b"functionId", b"ai.telemetry.metadata.agent",
+                             # dialect names with canonical ones (genai_names.py)
+                             b"openinference.span.kind", b"llm.", b"ai.operationId"))
+# a walked span: what was read, its attributes (key -> serialized AnyValue) and the keys
+# that may be flattened messages
+_Found = tuple[gu.Scan, Mapping[str, bytes], Iterable[str]]
+_Series = tuple[tuple[str, ...], tuple[tuple[str, ...], ...], list[float], list[float]]
 OTHER = "other"
 UNKNOWN = "unknown"
 TOKEN_TYPES = ("input", "output", "cache_read", "cache_creation", "reasoning")
@@ -74,7 +83,7 @@ class PriceOverride(Strict):
 
 class CostSettings(ProcessorSettings):
     # off by default until its hot path meets issue 12's budget (< 2 µs per span on the
-    # standard workload; it costs 15-22 µs today, 3-4x the whole forwarding path)
+    # standard workload; ~12-16 µs in-process and ~22 µs in the daemon today, bench/)
     enabled: bool = False
     prices: list[PriceOverride] = Field(default_factory=list)
     # provider -> factor on every price of that provider (negotiated discounts)
@@ -88,22 +97,31 @@ class CostSettings(ProcessorSettings):
     extra_operations: list[str] = Field(default_factory=list)
     # span or resource attributes naming the tenant, first found wins
     tenant_keys: list[str] = Field(default_factory=lambda: ["tenant.id", "tenantId", "tenant"])
-    # distinct values kept per metric label; later ones are counted as "other"
+    # values per metric label with their own series (the top ones by volume); the rest are
+    # counted as "other"
     label_values: int = Field(default=50, ge=1, le=10_000)
+    # requests between rankings of the label values by volume (0: the first ones seen keep
+    # their series)
+    label_rerank_requests: int = Field(default=100, ge=0, le=1_000_000)
     # trace_id -> agent entries remembered for child spans that do not name their agent
     agent_traces: int = Field(default=10_000, ge=0, le=1_000_000)
 
 
 class LabelGuard:
-    """The first `limit` distinct values of a label, then `other`: the series count stays
-    bounded whatever the spans say. (First seen rather than top by volume: a ranking would
-    have to move series between values, and counters must not go backwards.)"""
+    """The top `limit` values of a label by volume, then `other`: the series count stays
+    bounded whatever the spans say. Values get their own series as they come until the
+    limit is reached; then, at each `rerank` (the processor passes the volumes it counted
+    since the last), the `limit` values of highest volume (earlier volume counts half at
+    each rerank) keep or get one. A value that falls out stops being counted under its
+    name (its series keeps what it had: counters never go back) and `other` takes its
+    later counts; one that rises is counted under its name from then on."""
 
-    __slots__ = ("_limit", "_seen")
+    __slots__ = ("_limit", "_seen", "_volume")
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
         self._seen: set[str] = set()
+        self._volume: dict[str, float] = {}
 
     def __call__(self, value: str | None) -> str:
         if not value:
@@ -114,6 +132,44 @@ class LabelGuard:
             return OTHER
         self._seen.add(value)
         return value
+
+    def rerank(self, volumes: Mapping[object, float]) -> bool:
+        """Fold in the volumes since the last rerank; True when the values kept changed."""
+        merged = {v: c / 2 for v, c in self._volume.items() if c >= 1}
+        for value, count in volumes.items():
+            if isinstance(value, str) and value and len(value) <= MAX_LABEL and count > 0:
+                merged[value] = merged.get(value, 0.0) + count
+        keep = 4 * self._limit  # the volume table's bound
+        if len(merged) > keep:
+            merged = dict(heapq.nlargest(keep, merged.items(), key=itemgetter(1)))
+        self._volume = merged
+        seen = self._seen
+        top = heapq.nlargest(self._limit, merged, key=lambda v: (merged[v], v in seen))
+        # values counted before the limit and quiet since keep their series while there
+        # is room (the volume table forgets quiet values)
+        live = set(top)
+        for value in seen:
+            if len(live) >= self._limit:
+                break
+            live.add(value)
+        if live == seen:
+            return False
+        self._seen = live
+        return True
+
+
+def volumes_by(entries: Iterable[tuple[Sequence[object], list[float]]],
+               positions: int) -> list[dict[object, float]]:
+    """Per label position, the volume of each raw value over (raw key, [.., count])
+    entries; the counts are reset."""
+    out: list[dict[object, float]] = [{} for _ in range(positions)]
+    for key, entry in entries:
+        count = entry[-1]
+        if count:
+            entry[-1] = 0.0
+            for table, value in zip(out, key, strict=False):
+                table[value] = table.get(value, 0.0) + count
+    return out
 
 
 # span attribute bytes start with Span.attributes' tag; a log record's have their own
@@ -157,56 +213,80 @@ class LlmCost:
                               settings.provider_aliases)
         self._extra = frozenset(settings.extra_operations)
         self._tenant_keys = tuple(settings.tenant_keys)
-        self._known = gu.KNOWN_KEYS | frozenset(self._tenant_keys)
+        self._known = gu.KNOWN_KEYS | frozenset(self._tenant_keys) | genai_names.SOURCES
         self._canonical_kvs: dict[tuple[str, str], bytes] = {}
         self._provenance_kvs: dict[tuple[str, str | None, str, str], tuple[bytes, ...]] = {}
         self._guards = {label: LabelGuard(settings.label_values) for label in metrics.LLM_LABELS}
         self._agents: OrderedDict[bytes, str] = OrderedDict()
         self._agent_limit = settings.agent_traces
         self._logged: set[tuple[str, str]] = set()
-        self._children: dict[tuple[str, ...], tuple[Counter, Counter, tuple[Counter, ...]]] = {}
+        # raw label values -> (guarded labels, their token_type keys, latency histogram row,
+        # [calls since the last ranking of the label values])
+        self._series: dict[tuple[str | None, ...], _Series] = {}
+        self._rerank_every = settings.label_rerank_requests
+        self._requests = 0
+        self._labels_seen: set[tuple[str, ...]] = set()
 
     def process(self, work: Work) -> None:
+        self._requests += 1
+        if self._rerank_every and self._requests % self._rerank_every == 0:
+            self._rerank()
         payload = work.payload
-        if not any(marker in payload for marker in _PRESCAN):
+        if work.signal is Signal.LOGS:
+            if any(marker in payload for marker in _PRESCAN):
+                self.book.lookups_left = LOOKUPS_PER_REQUEST
+                self._process_logs(work)
+            return
+        # one search over the whole request: none of the needles, nothing to read
+        matches = _SPANS.matches(payload)
+        if not matches:
             return
         self.book.lookups_left = LOOKUPS_PER_REQUEST
-        if work.signal is Signal.LOGS:
-            self._process_logs(work)
-            return
-        found = span_index.index(payload, _NEEDLES)
-        if found is not None and not found[1]:
-            return  # usage bytes outside any span (a resource attribute, an event)
+        try:
+            lay = span_index.layout(payload)
+        except span_index.WireError:
+            lay = None  # bytes the parser took but the walk does not follow: walk it all
         message = work.message
         assert isinstance(message, ExportTraceServiceRequest)
         resources = message.resource_spans
-        if found is not None and span_index.same_shape(found[0], resources):
-            positions: Iterable[tuple[int, int, int]] = found[1]
-        else:  # the message no longer lines up with the bytes: walk it all
-            positions = ((i, j, k) for i, rs in enumerate(resources)
-                         for j, ss in enumerate(rs.scope_spans) for k in range(len(ss.spans)))
-        known = self._known
-        changed = False
-        pending: list[tuple[bytes, gu.GenAIUsage, str, str, float | None]] = []
+        if lay is not None:
+            hits = _SPANS.spans(payload, lay, matches)
+            if not hits:
+                work.read_only()
+                return  # usage bytes outside any span (a resource attribute, an event)
+            positions = [(lay.positions[h], h) for h in hits]
+        else:
+            positions = [((i, j, k), -1) for i, rs in enumerate(resources)
+                         for j, ss in enumerate(rs.scope_spans) for k in range(len(ss.spans))]
+        extra: dict[tuple[int, int, int], bytes] = {}
+        pending: list[tuple[bytes, gu.GenAIUsage, str, str, float | None, int]] = []
         resource_index = -1
         service, resource_tenant = UNKNOWN, None
-        for i, j, k in positions:
+        for position, hit in positions:
+            i, j, k = position
             if i != resource_index:
                 resource_index = i
                 resource_attrs = resources[i].resource.attributes
                 service = _string_attr(resource_attrs, ("service.name",)) or UNKNOWN
                 resource_tenant = _string_attr(resource_attrs, self._tenant_keys)
             span = resources[i].scope_spans[j].spans[k]
-            hits = gu.collect(span.attributes, known)
-            if hits is None:
+            if lay is None:
+                if not _SPANS.in_any(span.SerializeToString()):
+                    continue
+                found = self._scan_message(span)
+            else:
+                found = self._scan_bytes(payload, lay, hit, span)
+            if found is None:
                 continue
-            if not gu.has_usage(hits):
-                if not _AGENT_HINTS.isdisjoint(hits):
-                    named = gu.agent_of(gu.resolve(hits))
+            scanned, raw_values, message_keys = found
+            sources = scanned.present & genai_names.SOURCES
+            if not gu.has_usage(scanned.present):
+                if not _AGENT_HINTS.isdisjoint(scanned.present):
+                    named = gu.agent_of(scanned)
                     if named is not None:
                         self._remember(span.trace_id, named)
+                self._add_names(span, position, raw_values, sources, message_keys, extra)
                 continue
-            scanned = gu.resolve(hits)
             for reason in scanned.invalid:
                 metrics.LLM_USAGE_INVALID.labels(reason).inc()
             named = gu.agent_of(scanned)
@@ -214,18 +294,28 @@ class LlmCost:
                 self._remember(span.trace_id, named)
             usage = gu.usage_of(scanned, self._extra)
             if usage is None:
+                self._add_names(span, position, raw_values, sources, message_keys, extra)
                 continue
-            changed = True
-            cost = self._price_span(span, usage)
-            tenant = self._tenant(hits) or resource_tenant
-            pending.append((span.trace_id, usage, service, tenant or UNKNOWN, cost))
-        if not changed:
-            # nothing was edited: spare the stage a re-serialisation
-            work.touched = False
+            out: list[bytes] = []
+            cost = self._cost_attributes(usage, span.start_time_unix_nano, out)
+            if sources:
+                out += genai_names.added(raw_values, sources, message_keys, gu.raw_scalar,
+                                         skip=(key for key, _ in usage.missing))
+            added = b"".join(out)
+            # the same fields on the message (for later processors) and in the bytes
+            span.MergeFromString(added)
+            extra[position] = added
+            tenant = self._tenant(scanned) or resource_tenant
+            duration = span.end_time_unix_nano - span.start_time_unix_nano
+            pending.append((span.trace_id, usage, service, tenant or UNKNOWN, cost, duration))
+        if not extra:
+            work.read_only()  # nothing was edited: spare the stage a re-serialisation
             return
-        for trace_id, usage, service_name, tenant_name, cost in pending:
+        if lay is not None:
+            work.edited(span_index.splice(payload, lay, extra))
+        for trace_id, usage, service_name, tenant_name, cost, duration in pending:
             agent = usage.agent or self._agents.get(trace_id)
-            self._count(usage, service_name, agent, tenant_name, cost)
+            self._count(usage, service_name, agent, tenant_name, cost, duration)
 
     def _process_logs(self, work: Work) -> None:
         message = work.message
@@ -257,16 +347,59 @@ class LlmCost:
                                    if isinstance(v := flat.get(k), str) and v), None)
                     agent = usage.agent or self._agents.get(record.trace_id)
                     self._count(usage, service, agent, tenant or resource_tenant or UNKNOWN,
-                                cost)
+                                cost, None)
         if not changed:
-            work.touched = False
+            work.read_only()
 
-    def _tenant(self, hits: dict[str, AnyValue]) -> str | None:
+    def _tenant(self, scanned: gu.Scan) -> str | None:
         for key in self._tenant_keys:
-            value = hits.get(key)
-            if value is not None and value.WhichOneof("value") == "string_value":
-                return value.string_value
+            value = scanned.extra.get(key)
+            if isinstance(value, str):
+                return value
         return None
+
+    @staticmethod
+    def _add_names(span: Span, position: tuple[int, int, int], raw_values: Mapping[str, bytes],
+                   sources: frozenset[str], message_keys: Iterable[str],
+                   extra: dict[tuple[int, int, int], bytes]) -> None:
+        """The canonical names of a span that is not priced (genai_names.py)."""
+        if not sources:
+            return
+        names = b"".join(genai_names.added(raw_values, sources, message_keys, gu.raw_scalar))
+        if names:
+            span.MergeFromString(names)
+            extra[position] = names
+
+    def _scan_message(self, span: Span) -> _Found | None:
+        hits = gu.collect(span.attributes, self._known)
+        if hits is None:
+            return None
+        raw_values: dict[str, bytes] = {}
+        for kv in span.attributes:
+            raw_values.setdefault(kv.key, kv.value.SerializeToString())
+        return (self._resolve({key: gu.scalar(value) for key, value in hits.items()},
+                              frozenset(hits)), raw_values, list(raw_values))
+
+    def _scan_bytes(self, payload: bytes, lay: span_index.Layout, hit: int,
+                    span: Span) -> _Found | None:
+        raw = payload[lay.starts[hit]:lay.ends[hit]]
+        view = span_index.SpanView.FromString(raw)
+        attributes = view.attributes  # type: ignore[attr-defined]
+        present = self._known.intersection(attributes)
+        if not present:
+            return None
+        if len(attributes) != len(span.attributes):
+            return self._scan_message(span)  # duplicate keys: the first one counts
+        raw_scalar = gu.raw_scalar
+        scanned = self._resolve({key: raw_scalar(attributes[key]) for key in present},
+                                frozenset(present))
+        message_keys = attributes if genai_names.MESSAGE_NEEDLE in raw else ()
+        return scanned, attributes, message_keys
+
+    def _resolve(self, values: dict[str, object], keys: frozenset[str]) -> gu.Scan:
+        scanned = gu.resolve_values(values, keys)
+        scanned.extra = {k: values[k] for k in self._tenant_keys if k in values}
+        return scanned
 
     def _remember(self, trace_id: bytes, agent: str) -> None:
         # only valid (16-byte) trace ids are keys, and a name past MAX_LABEL is kept cut at
@@ -372,26 +505,49 @@ class LlmCost:
                         "(add it under processors.cost.prices)", model[:200], provider[:200])
 
     def _count(self, usage: gu.GenAIUsage, service: str, agent: str | None, tenant: str,
-               cost: float | None) -> None:
-        guards = self._guards
-        labels: tuple[str, ...] = (guards["provider"](usage.provider), guards["model"](usage.model),
-                  guards["service"](service), guards["agent"](agent), guards["tenant"](tenant))
-        children = self._children.get(labels)
-        if children is None and len(self._children) >= MAX_SERIES:
-            labels = (OTHER,) * len(labels)
-            children = self._children.get(labels)
-        if children is None:
-            children = (metrics.LLM_CALLS.labels(*labels), metrics.LLM_COST.labels(*labels),
-                        tuple(metrics.LLM_TOKENS.labels(*labels, t) for t in TOKEN_TYPES))
-            self._children[labels] = children
-        calls, cost_counter, tokens = children
-        calls.inc()
+               cost: float | None, duration_ns: int | None) -> None:
+        raw = (usage.provider, usage.model, service, agent, tenant)
+        series = self._series.get(raw)
+        if series is None:
+            series = self._new_series(raw)
+        labels, token_keys, duration_row, volume = series
+        volume[0] += 1
+        metrics.LLM_CALLS.add(labels)
         if cost is not None:
-            cost_counter.inc(cost)
-        for counter, count in zip(tokens, (usage.input, usage.output, usage.cache_read,
+            metrics.LLM_COST.add(labels, cost)
+        tokens = metrics.LLM_TOKENS
+        for key, count in zip(token_keys, (usage.input, usage.output, usage.cache_read,
                                            usage.cache_write, usage.reasoning), strict=True):
             if count:
-                counter.inc(count)
+                tokens.add(key, count)
+        if duration_ns is not None:
+            seconds = max(duration_ns, 0) / 1e9
+            duration_row[bisect_left(metrics.LLM_DURATION.bounds, seconds)] += 1
+            duration_row[-1] += seconds
+
+    def _rerank(self) -> None:
+        """Rank each label's values by the calls counted since the last ranking."""
+        volumes = volumes_by(((raw, series[3]) for raw, series in self._series.items()),
+                             len(metrics.LLM_LABELS))
+        changed = [self._guards[label].rerank(volume)
+                   for label, volume in zip(metrics.LLM_LABELS, volumes, strict=True)]
+        if any(changed):
+            self._series.clear()  # their labels were made by the old ranking
+
+    def _new_series(self, raw: tuple[str | None, ...]) -> _Series:
+        guards = self._guards
+        provider, model, service, agent, tenant = raw
+        labels: tuple[str, ...] = (
+            guards["provider"](provider), guards["model"](model), guards["service"](service),
+            guards["agent"](agent), guards["tenant"](tenant))
+        if labels not in self._labels_seen and len(self._labels_seen) >= MAX_SERIES:
+            labels = (OTHER,) * len(labels)
+        self._labels_seen.add(labels)
+        series = (labels, tuple((*labels, t) for t in TOKEN_TYPES),
+                  metrics.LLM_DURATION.row(labels), [0.0])
+        if len(self._series) < MAX_SERIES:
+            self._series[raw] = series
+        return series
 
 
 def _create(settings: ProcessorSettings) -> LlmCost:

@@ -111,6 +111,9 @@ class ValueRule:
     group: int = 0  # the capture group to mask (0: the whole match)
     pii: bool = False  # opt-in
     prescan: str | None = None  # a hand-proved superset, when the boundary-free form is weak
+    # a cheap superset of `prescan` to scan for, confirmed around each hit (redact_scan.Form)
+    prescan_fast: str | None = None
+    prescan_reach: int = 0
 
     def prescan_form(self) -> str:
         return self.prescan if self.prescan is not None else boundary_free(self.pattern)
@@ -160,17 +163,14 @@ def is_card_number(digits: str) -> bool:
 
 
 _ALNUM = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-_CARD_RUN_MAX = 37  # 19 digits and 18 separators
 
 
 def _card_check(text: bytes, start: int, end: int) -> list[tuple[int, int]]:
     """`start:end` is a maximal run of digits with single spaces or dashes between: each
     window of whole digit groups that is a card number (the shortest from each group on,
     the next one after it; a run of 37 bytes holds two). Not when the run touches a
-    letter or `_` (ids: `call_5017262279051f`), follows `$` or touches `-` (UUIDs), is part
-    of a decimal, or is longer than a card (CARD_PRESCAN: these keep the pre-scan cheap)."""
-    if end - start > _CARD_RUN_MAX:
-        return []
+    letter or `_` (ids: `call_5017262279051f`), follows `$` or touches `-` (UUIDs), or is
+    part of a decimal. A run may hold any number of cards (`4111 1111 1111 1111 5500 ...`)."""
     if start > 0 and (text[start - 1] in _ALNUM or text[start - 1] in b"-_$" or (
             start >= 2 and text[start - 1] == 0x2E and text[start - 2] in _DIGITS)):
         return []
@@ -203,9 +203,15 @@ def _card_check(text: bytes, start: int, end: int) -> list[tuple[int, int]]:
 # other than [0-9A-Za-z_$-] (raw bytes hold it verbatim: first arm); or before a byte other
 # than [0-9A-Za-z_-] (third arm); or it is the whole string, at most 37 bytes, so the length
 # byte before it is 13..37, none of [0-9A-Za-z_-], and `$` (36) only before a run of 19
-# digits (second arm).
+# digits (second arm). A run longer than 37 bytes, whose length byte may be anything, has
+# at least 20 digits (fourth arm: cards run on in one run, `4111 1111 1111 1111 5500 ...`;
+# a 20-digit id costs a walk of its item). Each arm holds a CARD_DIGITS match ending at its
+# end or one byte before, within CARD_REACH bytes: the pre-scan finds CARD_DIGITS (cheap)
+# and confirms the arms around each hit (`redact_scan.Form`).
 CARD_PRESCAN = (r"[^0-9A-Za-z_$-]\d(?:[ -]?\d){12}|\$\d(?:[ -]?\d){18}"
-                r"|\d(?:[ -]?\d){12}[^0-9A-Za-z_-]")
+                r"|\d(?:[ -]?\d){12}[^0-9A-Za-z_-]|\d(?:[ -]?\d){19}")
+CARD_DIGITS = r"\d(?:[ -]?\d){12}"
+CARD_REACH = 40  # the longest arm: `$`, 19 digits, 18 separators
 
 
 def _aws_key_id_check(text: bytes, start: int, end: int) -> list[tuple[int, int]]:
@@ -238,7 +244,8 @@ BUILTIN_RULES: tuple[ValueRule, ...] = (
     ValueRule("google-api-key", r"\bAIza[0-9A-Za-z_-]{35}", _not_followed_by(_B64 + b"_-")),
     # the password only: user and host stay; `"` ends it so a match cannot cross a JSON string
     ValueRule("url-credentials", r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/:@\"]*:([^\s/@\"]+)@", group=1),
-    ValueRule("card-number", r"\d(?:[ -]?\d){12,}", _card_check, prescan=CARD_PRESCAN),
+    ValueRule("card-number", r"\d(?:[ -]?\d){12,}", _card_check, prescan=CARD_PRESCAN,
+              prescan_fast=CARD_DIGITS, prescan_reach=CARD_REACH),
     ValueRule("email", r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b",
               pii=True),
     ValueRule("phone", r"\+[1-9]\d{0,2}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]?\d{2,4}){1,3}",

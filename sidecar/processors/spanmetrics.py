@@ -4,17 +4,18 @@ Collector's spanmetrics connector. Read-only: spans go on unchanged.
 `sidecar_span_calls_total` and the `sidecar_span_duration_seconds` histogram, labelled by
 service, span name, span kind and status code (`unset`/`ok`/`error`: errors are the calls
 with `status_code="error"`). Span names and services pass the cardinality guard of the cost
-processor (first N distinct values, then `other`)."""
+processor (the top N values by volume, then `other`)."""
 
 from __future__ import annotations
 
+from bisect import bisect_left
+
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from prometheus_client import Counter, Histogram
 from pydantic import Field
 
 from sidecar.component import ProcessorFactory, ProcessorSettings, register_processor
 from sidecar.model import Signal, Work
-from sidecar.processors.llm_cost import MAX_SERIES, OTHER, UNKNOWN, LabelGuard
+from sidecar.processors.llm_cost import MAX_SERIES, OTHER, UNKNOWN, LabelGuard, volumes_by
 from sidecar.telemetry import metrics
 
 _KINDS = {0: "unspecified", 1: "internal", 2: "server", 3: "client", 4: "producer",
@@ -23,10 +24,11 @@ _STATUS = {0: "unset", 1: "ok", 2: "error"}
 
 
 class SpanMetricsSettings(ProcessorSettings):
-    # off by default until it meets its budget (< 2 µs per span; 2.1-3.5 µs today)
-    enabled: bool = False
-    # distinct span names (and services) with their own series; later ones count as "other"
+    # span names (and services) with their own series, the top ones by volume; the rest
+    # count as "other"
     label_values: int = Field(default=200, ge=1, le=10_000)
+    # requests between rankings of names and services by volume (0: first ones seen)
+    label_rerank_requests: int = Field(default=100, ge=0, le=1_000_000)
 
 
 class SpanMetrics:
@@ -37,13 +39,21 @@ class SpanMetrics:
     def __init__(self, settings: SpanMetricsSettings) -> None:
         self._services = LabelGuard(settings.label_values)
         self._names = LabelGuard(settings.label_values)
-        self._children: dict[tuple[str, str, int, int], tuple[Counter, Histogram]] = {}
+        # (service, span name, kind, status code) -> (guarded labels, histogram row,
+        # [spans since the last ranking])
+        self._series: dict[tuple[str, str, int, int],
+                           tuple[tuple[str, ...], list[float], list[float]]] = {}
+        self._rerank_every = settings.label_rerank_requests
+        self._requests = 0
 
     def process(self, work: Work) -> None:
+        self._requests += 1
+        if self._rerank_every and self._requests % self._rerank_every == 0:
+            self._rerank()
         message = work.message
         assert isinstance(message, ExportTraceServiceRequest)
-        # per batch: (service, name, kind, status) -> durations, then one counter add each
-        durations: dict[tuple[str, str, int, int], list[float]] = {}
+        series = self._series
+        bounds = metrics.SPAN_DURATION.bounds
         for resource_spans in message.resource_spans:
             service = UNKNOWN
             for kv in resource_spans.resource.attributes:
@@ -52,31 +62,32 @@ class SpanMetrics:
                     break
             for scope_spans in resource_spans.scope_spans:
                 for span in scope_spans.spans:
-                    key: tuple[str, str, int, int] = (
-                        service, span.name, span.kind, span.status.code)
+                    key = (service, span.name, span.kind, span.status.code)
+                    found = series.get(key)
+                    if found is None:
+                        found = self._new_series(key)
+                    row = found[1]
+                    found[2][0] += 1
                     seconds = max(span.end_time_unix_nano - span.start_time_unix_nano, 0) / 1e9
-                    bucket = durations.get(key)
-                    if bucket is None:
-                        durations[key] = [seconds]
-                    else:
-                        bucket.append(seconds)
-        for key, values in durations.items():
-            calls, histogram = self._series(key)
-            calls.inc(len(values))
-            for seconds in values:
-                histogram.observe(seconds)
+                    row[bisect_left(bounds, seconds)] += 1
+                    row[-1] += seconds
 
-    def _series(self, key: tuple[str, str, int, int]) -> tuple[Counter, Histogram]:
-        children = self._children.get(key)
-        if children is not None:
-            return children
+    def _rerank(self) -> None:
+        services, names = volumes_by(((key, found[2]) for key, found in self._series.items()),
+                                     2)
+        changed = [self._services.rerank(services), self._names.rerank(names)]
+        if any(changed):
+            self._series.clear()  # their labels were made by the old ranking
+
+    def _new_series(self, key: tuple[str, str, int, int],
+                    ) -> tuple[tuple[str, ...], list[float], list[float]]:
         service, name, kind, status = key
         labels = (self._services(service), self._names(name) if name else UNKNOWN,
                   _KINDS.get(kind, OTHER), _STATUS.get(status, OTHER))
-        children = (metrics.SPAN_CALLS.labels(*labels), metrics.SPAN_DURATION.labels(*labels))
-        if len(self._children) < MAX_SERIES:
-            self._children[key] = children
-        return children
+        found = (labels, metrics.SPAN_DURATION.row(labels), [0.0])
+        if len(self._series) < MAX_SERIES:
+            self._series[key] = found
+        return found
 
 
 def _create(settings: ProcessorSettings) -> SpanMetrics:

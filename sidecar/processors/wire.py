@@ -45,6 +45,13 @@ def attribute(key: str, value: Value) -> bytes:
     return _TAG + _varint(len(data)) + data
 
 
+def raw_attribute(key: str, value: bytes) -> bytes:
+    """A span attribute whose value is an already serialized AnyValue."""
+    encoded = key.encode("utf-8")
+    data = b"\n" + _varint(len(encoded)) + encoded + b"\x12" + _varint(len(value)) + value
+    return _TAG + _varint(len(data)) + data
+
+
 class DoubleAttribute:
     """A double attribute of a fixed key: cached prefix + packed value."""
 

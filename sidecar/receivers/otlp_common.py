@@ -14,7 +14,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from sidecar.errors import PipelineFullError
+from sidecar.errors import PipelineFullError, ProcessingError
 from sidecar.model import Batch, Signal
 from sidecar.signals import HTTP_PATHS, SIGNALS
 from sidecar.telemetry.metrics import RECEIVER_ACCEPTED, RECEIVER_BAD_REQUESTS, RECEIVER_REFUSED
@@ -84,7 +84,8 @@ class Intake:
     `receiver` is the receiver's name (its config section), the `receiver` metric label.
     Counter children are taken once here so the hot path is one `inc()`."""
 
-    __slots__ = ("_accepted", "_backpressure", "_bad_input", "_internal", "consumer", "signal")
+    __slots__ = ("_accepted", "_backpressure", "_bad_input", "_internal", "_processing",
+                 "consumer", "signal")
 
     def __init__(self, receiver: str, transport: str, signal: Signal, consumer: Consumer) -> None:
         self.signal = signal
@@ -94,6 +95,7 @@ class Intake:
         self._backpressure = refused.labels(receiver, transport, signal.value, "backpressure")
         self._bad_input = refused.labels(receiver, transport, signal.value, "bad_input")
         self._internal = refused.labels(receiver, transport, signal.value, "internal_error")
+        self._processing = refused.labels(receiver, transport, signal.value, "processing_failed")
 
     async def deliver(self, batch: Batch) -> None:
         """Hand the batch on. Raises `PipelineFullError` (counted) for the client to retry,
@@ -107,6 +109,12 @@ class Intake:
         except PipelineFullError:
             self._backpressure.inc(items)
             raise
+        except ProcessingError as exc:
+            # fail closed and retryable: nothing of the batch went on; the client keeps it.
+            # No traceback: the message is content-free, the frames' locals are not.
+            self._processing.inc(items)
+            log.error("refused a %s batch (the client may retry): %s", self.signal.value, exc)
+            raise RetryLater(str(exc), exc.retry_after) from None
         except Exception as exc:
             # The boundary where a pipeline bug becomes an answer instead of a dropped
             # connection; the client is told not to retry a batch that breaks us.
@@ -123,6 +131,20 @@ class Intake:
 
 class InternalError(Exception):
     """A downstream stage raised something other than backpressure."""
+
+
+class RetryLater(Exception):
+    """A processor failed on the batch; nothing of it went on, the client should retry."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def retry_later_status(exc: RetryLater) -> tuple[int, status_pb2.Status]:
+    """The retry delay in whole seconds, and the UNAVAILABLE status carrying it."""
+    seconds = max(1, math.ceil(exc.retry_after))
+    return seconds, rpc_status(code_pb2.UNAVAILABLE, f"{exc}, retry in {seconds}s", seconds)
 
 
 class BadRequestCounters:

@@ -25,9 +25,11 @@ from sidecar.receivers.otlp_common import (
     BadRequestCounters,
     Intake,
     InternalError,
+    RetryLater,
     backpressure_status,
     build_intakes,
     describe,
+    retry_later_status,
 )
 from sidecar.signals import GRPC_RETRY_INFO_KEY, GRPC_STATUS_DETAILS_KEY, SIGNALS
 
@@ -89,6 +91,13 @@ class _ExportHandler:
                 (GRPC_RETRY_INFO_KEY, status.details[0].value),
             )
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, status.message, trailers)
+        except RetryLater as exc:
+            _, status = retry_later_status(exc)
+            trailers = (
+                (GRPC_STATUS_DETAILS_KEY, status.SerializeToString()),
+                (GRPC_RETRY_INFO_KEY, status.details[0].value),
+            )
+            await context.abort(grpc.StatusCode.UNAVAILABLE, status.message, trailers)
         except InternalError as exc:
             await context.abort(grpc.StatusCode.INTERNAL, str(exc))
         return self._empty

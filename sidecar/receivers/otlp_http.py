@@ -41,10 +41,12 @@ from sidecar.receivers.otlp_common import (
     BadRequestCounters,
     Intake,
     InternalError,
+    RetryLater,
     backpressure_status,
     build_intakes,
     describe,
     partial_success_response,
+    retry_later_status,
     rpc_status,
 )
 
@@ -402,6 +404,11 @@ class OtlpHttpReceiver:
             # disk full is the server's trouble, not the client's rate: 503 (retryable)
             code = 503 if isinstance(exc, StorageFullError) else 429
             response = _status_response(fmt, content_type, code, status)
+            response.headers["Retry-After"] = str(seconds)
+            return response
+        except RetryLater as exc:
+            seconds, status = retry_later_status(exc)
+            response = _status_response(fmt, content_type, 503, status)
             response.headers["Retry-After"] = str(seconds)
             return response
         except InternalError as exc:

@@ -197,22 +197,6 @@ REDACT_FAILURES = Counter(
 # --- cost (LLM call pricing, processors/llm_cost.py) ---------------------------------------
 # label values pass the processor's cardinality guard (first N distinct, then "other")
 LLM_LABELS = ["provider", "model", "service", "agent", "tenant"]
-LLM_CALLS = Counter(
-    "sidecar_llm_calls", "Model calls seen on spans (priced or not)", LLM_LABELS,
-    registry=REGISTRY,
-)
-LLM_TOKENS = Counter(
-    "sidecar_llm_tokens",
-    "Tokens of model calls by type (input includes cache reads and writes, output includes "
-    "reasoning)",
-    [*LLM_LABELS, "token_type"],
-    registry=REGISTRY,
-)
-LLM_COST = Counter(
-    "sidecar_llm_cost_usd",
-    "Cost of model calls in USD, as written on the spans (gen_ai.usage.cost)",
-    LLM_LABELS, registry=REGISTRY,
-)
 LLM_PRICE_LOOKUP_FAILURES = Counter(
     "sidecar_llm_price_lookup_failures", "Model calls left unpriced: no price for the model",
     ["provider", "model"], registry=REGISTRY,
@@ -229,14 +213,8 @@ LLM_USAGE_INVALID = Counter(
 )
 # span-derived RED metrics (processors/spanmetrics.py)
 SPAN_LABELS = ["service", "span_name", "span_kind", "status_code"]
-SPAN_CALLS = Counter("sidecar_span_calls", "Spans seen, by service, name, kind and status",
-                     SPAN_LABELS, registry=REGISTRY)
-SPAN_DURATION = Histogram(
-    "sidecar_span_duration_seconds", "Span durations (end - start)", SPAN_LABELS,
-    # the OpenTelemetry Collector spanmetrics connector's default buckets
-    buckets=(0.002, 0.004, 0.006, 0.008, 0.01, 0.05, 0.1, 0.2, 0.4, 0.8, 1, 1.4, 2, 5, 10, 15),
-    registry=REGISTRY,
-)
+# the model-call counters, their latency histogram and the span RED metrics are tables
+# (`Tables` at the end of this module): counted per span, so kept as plain floats
 
 # --- logs receiver ------------------------------------------------------------------------
 LOGS_LINES = Counter(
@@ -471,3 +449,134 @@ class CacheCollector(Collector):
 
 CACHE_COLLECTOR = CacheCollector()
 REGISTRY.register(CACHE_COLLECTOR)
+
+
+# --- model calls and span RED metrics (processors/llm_cost.py, processors/spanmetrics.py) -
+# Counted per span: a prometheus_client `inc()` or `observe()` takes a lock and walks its
+# buckets in Python (~1 µs each; a model call counted 4-5 of them), so the processors add
+# plain floats into these tables and the collector turns them into metric families at
+# scrape time. The processors run on the event loop, as scrapes do; `collect` copies each
+# row anyway before reading it.
+
+from bisect import bisect_left  # noqa: E402
+
+from prometheus_client.utils import floatToGoString  # noqa: E402
+
+
+class CounterTable:
+    """A counter family: label values -> total."""
+
+    __slots__ = ("documentation", "labels", "name", "values")
+
+    def __init__(self, name: str, documentation: str, labels: list[str]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labels = labels
+        self.values: dict[tuple[str, ...], float] = {}
+
+    def add(self, key: tuple[str, ...], amount: float = 1.0) -> None:
+        values = self.values
+        values[key] = values.get(key, 0.0) + amount
+
+    def family(self) -> Metric:
+        out = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
+        for key, value in list(self.values.items()):
+            out.add_metric(list(key), value)
+        return out
+
+
+class HistogramTable:
+    """A histogram family: label values -> [count per bucket (last: +Inf), sum]."""
+
+    __slots__ = ("bounds", "documentation", "labels", "name", "rows")
+
+    def __init__(self, name: str, documentation: str, labels: list[str],
+                 bounds: tuple[float, ...]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labels = labels
+        self.bounds = bounds
+        self.rows: dict[tuple[str, ...], list[float]] = {}
+
+    def row(self, key: tuple[str, ...]) -> list[float]:
+        row = self.rows.get(key)
+        if row is None:
+            row = self.rows[key] = [0.0] * (len(self.bounds) + 2)
+        return row
+
+    def observe(self, key: tuple[str, ...], value: float) -> None:
+        row = self.row(key)
+        row[bisect_left(self.bounds, value)] += 1  # the first bucket with value <= le
+        row[-1] += value
+
+    def family(self) -> Metric:
+        out = HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
+        les = [*(floatToGoString(b) for b in self.bounds), "+Inf"]  # type: ignore[no-untyped-call]
+        for key, row in list(self.rows.items()):
+            counts = list(row)
+            running = 0.0
+            buckets: list[tuple[str, float]] = []
+            for le, count in zip(les, counts, strict=False):
+                running += count
+                buckets.append((le, running))
+            out.add_metric(list(key), buckets, counts[-1])
+        return out
+
+
+class CallsOf:
+    """A counter family of the observations of a histogram table (its `_count`), so the
+    hot path counts once."""
+
+    __slots__ = ("documentation", "histogram", "name")
+
+    def __init__(self, name: str, documentation: str, histogram: HistogramTable) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.histogram = histogram
+
+    @property
+    def labels(self) -> list[str]:
+        return self.histogram.labels
+
+    def family(self) -> Metric:
+        out = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
+        for key, row in list(self.histogram.rows.items()):
+            out.add_metric(list(key), sum(row[:-1]))
+        return out
+
+
+class Tables(Collector):
+    def __init__(self, *tables: CounterTable | HistogramTable | CallsOf) -> None:
+        self._tables = tables
+
+    def describe(self) -> Iterable[Metric]:
+        return [table.family() for table in self._tables]
+
+    def collect(self) -> Iterable[Metric]:
+        return [table.family() for table in self._tables]
+
+
+LLM_CALLS = CounterTable("sidecar_llm_calls", "Model calls seen on spans (priced or not)",
+                         LLM_LABELS)
+LLM_TOKENS = CounterTable(
+    "sidecar_llm_tokens",
+    "Tokens of model calls by type (input includes cache reads and writes, output includes "
+    "reasoning)",
+    [*LLM_LABELS, "token_type"])
+LLM_COST = CounterTable(
+    "sidecar_llm_cost_usd",
+    "Cost of model calls in USD, as written on the spans (gen_ai.usage.cost)", LLM_LABELS)
+LLM_DURATION = HistogramTable(
+    "sidecar_llm_operation_duration_seconds",
+    "Model call durations (span end - start), like gen_ai.client.operation.duration",
+    LLM_LABELS,
+    # the GenAI semantic conventions' advised buckets for gen_ai.client.operation.duration
+    (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92))
+SPAN_DURATION = HistogramTable(
+    "sidecar_span_duration_seconds", "Span durations (end - start)", SPAN_LABELS,
+    # the OpenTelemetry Collector spanmetrics connector's default buckets
+    (0.002, 0.004, 0.006, 0.008, 0.01, 0.05, 0.1, 0.2, 0.4, 0.8, 1, 1.4, 2, 5, 10, 15))
+SPAN_CALLS = CallsOf("sidecar_span_calls", "Spans seen, by service, name, kind and status",
+                     SPAN_DURATION)
+REGISTRY.register(Tables(LLM_CALLS, LLM_TOKENS, LLM_COST, LLM_DURATION, SPAN_CALLS,
+                         SPAN_DURATION))

@@ -1,6 +1,7 @@
 """Through the real OTLP/HTTP receiver: OTLP/JSON is redacted like protobuf; and fail
-closed: when redaction raises, the receiver answers 500, nothing of the request reaches
-the exporter, the failure is counted, and neither the answer nor the log quotes it."""
+closed: when redaction raises, the receiver answers 503 with Retry-After (the client keeps
+the data and retries), nothing of the request reaches the exporter, the failure is
+counted, and neither the answer nor the log quotes it."""
 
 from __future__ import annotations
 
@@ -36,10 +37,10 @@ async def test_a_raise_in_redaction_exports_nothing(
     graph = build_graph(cfg)
     (processor,) = [p for p in graph.processors if isinstance(p, RedactProcessor)]
 
-    def broken(signal: Signal, payload: bytes, message: ExportRequest) -> None:
+    def broken(signal: Signal, payload: bytes, message: ExportRequest | None) -> None:
         raise ValueError(f"cannot handle {secret}")
 
-    monkeypatch.setattr(processor.redactor, "redact_hits", broken)
+    monkeypatch.setattr(processor.redactor, "redact_payload", broken)
     request = ExportLogsServiceRequest()
     record = request.resource_logs.add().scope_logs.add().log_records.add()
     record.body.string_value = f"pushing with {secret}"
@@ -55,10 +56,12 @@ async def test_a_raise_in_redaction_exports_nothing(
                     url, data=request.SerializeToString(),
                     headers={"Content-Type": "application/x-protobuf"}) as response:
                 status, body = response.status, await response.read()
+                retry_after = response.headers.get("Retry-After")
     finally:
         await receiver.shutdown(asyncio.get_running_loop().time() + 1)
         await graph.shutdown(asyncio.get_running_loop().time() + 5)
-    assert status == 500
+    assert status == 503
+    assert retry_after == "1"
     assert secret.encode() not in body
     assert _failures() - before == 1
     out = tmp_path / "out"

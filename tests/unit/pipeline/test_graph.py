@@ -149,8 +149,9 @@ async def test_shutdown_drains_every_exporter() -> None:
 
 
 def test_the_built_in_processors_run_in_their_fixed_order() -> None:
-    # redaction is on by default; cost and span metrics are opt-in for now (their CPU)
-    assert [p.name for p in build_graph(config_module.from_tree({})).processors] == ["redact"]
+    # redaction and span metrics are on by default; cost is opt-in for now (its CPU)
+    assert [p.name for p in build_graph(config_module.from_tree({})).processors] == [
+        "redact", "spanmetrics"]
     on = build_graph(config_module.from_tree({"processors": {
         "spanmetrics": {"enabled": True}, "cost": {"enabled": True}}}))
     assert [p.name for p in on.processors] == ["redact", "cost", "spanmetrics"]

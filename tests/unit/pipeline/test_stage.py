@@ -8,6 +8,7 @@ import pytest
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from sidecar.errors import ProcessingError
 from sidecar.model import Batch, ExportRequest, Signal, Work
 from sidecar.pipeline.stage import Stage
 from sidecar.sample import agent_run
@@ -132,12 +133,15 @@ def test_processors_apply_only_to_their_signals() -> None:
     assert isinstance(out.message, ExportLogsServiceRequest)
 
 
-def test_a_processor_error_fails_the_request() -> None:
+def test_a_processor_error_fails_the_request_retryably_without_its_message() -> None:
     def boom(_work: Work) -> None:
-        raise ValueError("processor bug")
+        raise ValueError("processor bug quoting the content")
 
-    with pytest.raises(ValueError, match="processor bug"):
+    with pytest.raises(ProcessingError) as info:
         Stage(Signal.TRACES, [Probe(boom, mutates=True)]).run(traces())
+    assert "failed on a traces request (ValueError)" in str(info.value)
+    assert "quoting" not in str(info.value)
+    assert info.value.__cause__ is None
 
 
 def test_a_batch_is_immutable_and_its_message_is_a_private_copy() -> None:
@@ -148,3 +152,45 @@ def test_a_batch_is_immutable_and_its_message_is_a_private_copy() -> None:
     assert isinstance(copy, ExportTraceServiceRequest)
     copy.resource_spans[0].scope_spans[0].spans[0].name = "edited"
     assert "edited" not in spans_of(batch.message)
+
+
+def test_a_processor_that_read_but_changed_nothing_keeps_the_clients_bytes() -> None:
+    batch = traces()
+
+    def look(work: Work) -> None:
+        assert spans_of(work.message)
+        work.read_only()
+
+    out = Stage(Signal.TRACES, [Probe(look, mutates=True)]).run(batch)
+    assert out is not None
+    assert out.payload is batch.payload
+
+
+def test_bytes_handed_over_with_the_edit_are_the_output_and_later_processors_see_both() -> None:
+    batch = traces()
+    spliced: list[bytes] = []
+
+    def rename_and_splice(work: Work) -> None:
+        rename_all(work)
+        spliced.append(work.message.SerializeToString())  # as a splice would make them
+        work.edited(spliced[0])
+
+    seen: list[tuple[bytes, list[str]]] = []
+    later = Probe(lambda work: seen.append((work.payload, spans_of(work.message))),
+                  mutates=False, name="later")
+    out = Stage(Signal.TRACES, [Probe(rename_and_splice, mutates=True), later]).run(batch)
+    assert out is not None
+    assert out.payload is spliced[0]  # not serialised again
+    assert seen[0][0] is spliced[0]
+    assert set(seen[0][1]) == {"renamed"}
+    assert out.items == batch.items
+
+
+def test_bytes_read_after_an_edit_are_the_edited_message() -> None:
+    batch = traces()
+    payloads: list[bytes] = []
+    reader = Probe(lambda work: payloads.append(work.payload), mutates=False, name="reader")
+    out = Stage(Signal.TRACES, [Probe(rename_all, mutates=True), reader]).run(batch)
+    assert out is not None
+    assert set(spans_of(ExportTraceServiceRequest.FromString(payloads[0]))) == {"renamed"}
+    assert out.payload is payloads[0]  # serialised once

@@ -254,3 +254,38 @@ def test_a_free_providers_hostile_model_names_are_not_kept() -> None:
     assert [attr(s, "gen_ai.usage.cost") for s in spans] == [0.0] * len(names)
     kept = sum(len(part) for parts in processor._provenance_kvs.values() for part in parts)
     assert kept < 10_000
+
+
+def test_model_call_latency_is_a_histogram_by_provider_model_service_agent_and_tenant() -> None:
+    service = f"svc-{uuid.uuid4().hex[:8]}"
+    calls = []
+    for ms in (300, 700, 3_000):
+        one = span(chat("house-llama", **{"tenant.id": "acme", "gen_ai.agent.name": "triage"}))
+        one.end_time_unix_nano = one.start_time_unix_nano + ms * 1_000_000
+        calls.append(one)
+    not_a_call = span({"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "triage",
+                       "gen_ai.usage.input_tokens": 9_000})
+    run(LlmCost(OVERRIDE), request(service, *calls, not_a_call))
+    labels = {"provider": "vllm", "model": "house-llama", "service": service,
+              "agent": "triage", "tenant": "acme"}
+    name = "sidecar_llm_operation_duration_seconds"
+    assert metric(f"{name}_count", **labels) == 3
+    assert metric(f"{name}_sum", **labels) == pytest.approx(4.0)
+    assert metric(f"{name}_bucket", **labels, le="0.32") == 1
+    assert metric(f"{name}_bucket", **labels, le="0.64") == 1
+    assert metric(f"{name}_bucket", **labels, le="1.28") == 2
+    assert metric(f"{name}_bucket", **labels, le="2.56") == 2
+    assert metric(f"{name}_bucket", **labels, le="5.12") == 3
+    assert metric(f"{name}_bucket", **labels, le="+Inf") == 3
+
+
+def test_models_are_ranked_by_calls_and_a_promoted_model_counts_from_then_on() -> None:
+    service = f"svc-{uuid.uuid4().hex[:8]}"
+    processor = LlmCost(CostSettings.model_validate({
+        "label_values": 1, "label_rerank_requests": 1, "free_providers": ["vllm"]}))
+    for model, calls in (("model-a", 1), ("model-b", 3), ("model-b", 1)):
+        run(processor, request(service, *(span(chat(model)) for _ in range(calls))))
+    labels = {"provider": "vllm", "service": service, "agent": "unknown", "tenant": "unknown"}
+    calls_of = {m: metric("sidecar_llm_calls_total", **labels, model=m)
+                for m in ("model-a", "model-b", "other")}
+    assert calls_of == {"model-a": 1, "model-b": 1, "other": 3}

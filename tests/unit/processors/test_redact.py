@@ -294,10 +294,10 @@ def test_a_raise_while_redacting_refuses_the_request_without_its_content(
     req, record = _logs()
     record.body.string_value = secret
 
-    def boom(signal: Signal, payload: bytes, message: ExportRequest) -> None:
+    def boom(signal: Signal, payload: bytes, message: ExportRequest | None) -> None:
         raise ValueError(f"cannot handle {secret}")
 
-    monkeypatch.setattr(processor.redactor, "redact_hits", boom)
+    monkeypatch.setattr(processor.redactor, "redact_payload", boom)
     before = _sample("sidecar_redact_failures_total", {"signal": "logs"})
     stage = Stage(Signal.LOGS, [processor])
     with pytest.raises(RedactionError) as info:

@@ -245,3 +245,27 @@ def test_a_card_number_that_is_its_whole_string_trips_the_prescan_at_every_lengt
         REDACTOR.redact_request(Signal.TRACES, message)
         assert REDACTOR.counts == {"card-number": 1}, text
         assert REDACTOR.can_match(payload), text
+
+
+def _spliced(signal: Signal, payload: bytes, with_message: bool) -> tuple[dict[str, int], bytes]:
+    message = Batch.from_bytes(signal, payload).message if with_message else None
+    REDACTOR.counts = {}
+    _, out = REDACTOR.redact_payload(signal, payload, message)
+    out = payload if out is None else out
+    if message is not None:  # edited in step with the bytes
+        assert message == Batch.from_bytes(signal, out).message
+    return REDACTOR.counts, out
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(requests(), st.booleans())
+def test_splicing_the_redacted_items_into_the_bytes_equals_the_full_walk(
+        request: tuple[Signal, bytes], with_message: bool) -> None:
+    signal, payload = request
+    full = Batch.from_bytes(signal, payload).message
+    REDACTOR.counts = {}
+    REDACTOR.redact_request(signal, full)
+    full_counts = REDACTOR.counts
+    counts, out = _spliced(signal, payload, with_message)
+    assert counts == full_counts
+    assert Batch.from_bytes(signal, out).message == full

@@ -74,3 +74,32 @@ def test_negative_durations_count_as_zero() -> None:
               "status_code": "unset"}
     assert value("sidecar_span_duration_seconds_sum", **labels) == 0
     assert value("sidecar_span_duration_seconds_count", **labels) == 1
+
+
+def test_names_are_ranked_by_volume_and_counters_never_go_back() -> None:
+    service = f"svc-{uuid.uuid4().hex[:8]}"
+    stage = Stage(Signal.TRACES, [SpanMetrics(SpanMetricsSettings(
+        label_values=2, label_rerank_requests=1))])
+
+    def send(*names: str) -> None:
+        stage.run(Batch.from_bytes(Signal.TRACES, request(service, *(span(n, 1) for n in names))))
+
+    send("a", "a", "b")  # first come: a and b get series
+    send(*["c"] * 5)  # no room: other
+    send(*["c"] * 3, "b")  # ranked: c (5) and a (2, halved) beat b (1, halved)
+    base = {"service": service, "span_kind": "client", "status_code": "unset"}
+    counts = {n: value("sidecar_span_calls_total", **base, span_name=n)
+              for n in ("a", "b", "c", "other")}
+    assert counts == {"a": 2, "b": 1, "c": 3, "other": 6}
+    assert value("sidecar_span_duration_seconds_count", **base, span_name="other") == 6
+
+
+def test_first_seen_values_keep_their_series_without_ranking() -> None:
+    service = f"svc-{uuid.uuid4().hex[:8]}"
+    stage = Stage(Signal.TRACES, [SpanMetrics(SpanMetricsSettings(
+        label_values=1, label_rerank_requests=0))])
+    for names in (["a"], ["b"] * 9, ["b"]):
+        stage.run(Batch.from_bytes(Signal.TRACES, request(service, *(span(n, 1) for n in names))))
+    base = {"service": service, "span_kind": "client", "status_code": "unset"}
+    assert value("sidecar_span_calls_total", **base, span_name="a") == 1
+    assert value("sidecar_span_calls_total", **base, span_name="other") == 10
