@@ -119,7 +119,8 @@ def build_receivers(config: Config, graph: Graph) -> list[ReceiverComponent]:
     """One receiver per section under `receivers:`, by the factory registered for its name;
     a section set to `null` is off."""
     factories = receiver_factories()
-    context = BuildContext(signals=frozenset(graph.consumers))
+    context = BuildContext(signals=frozenset(graph.consumers),
+                           storage_dir=config.storage.dir)
     receivers: list[ReceiverComponent] = []
     for name, section in config.receivers:
         if section is not None:

@@ -34,6 +34,7 @@ from sidecar.model import Batch, Signal
 from sidecar.net.delivery import StreamDelivery
 from sidecar.net.framing import LineSplitter
 from sidecar.net.listeners import bind_tcp, bind_unix, remove_unix, socket_inode
+from sidecar.receivers.filetail import FileTailer
 from sidecar.receivers.logparse import LogBatchBuilder
 from sidecar.telemetry.metrics import (
     LOGS_CONNECTIONS,
@@ -233,7 +234,8 @@ class LogConnection(asyncio.Protocol):
 
 class LogsReceiver:
     def __init__(self, name: str, config: LogsReceiverConfig,
-                 consumers: Mapping[Signal, Consumer]) -> None:
+                 consumers: Mapping[Signal, Consumer],
+                 context: BuildContext | None = None) -> None:
         self.name = name
         self.config = config
         consumer = consumers.get(Signal.LOGS)
@@ -250,6 +252,11 @@ class LogsReceiver:
             self._listeners.append(self.tcp)
         self._pipelined = consumer is not None
         self._unix_inode: int | None = None
+        self.files: FileTailer | None = None
+        if config.files is not None:
+            storage = (context or BuildContext()).storage_dir
+            self.files = FileTailer(name, config, config.files, consumer,
+                                    storage / "filetail" / f"{name}.json")
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -267,26 +274,33 @@ class LogsReceiver:
                 bound = sock.getsockname()[1]
                 self.tcp.address = f"{config.tcp.endpoint.rpartition(':')[0]}:{bound}"
                 self.tcp.server = await loop.create_server(self.tcp.protocol, sock=sock)
+            if self.files is not None:
+                await self.files.start()
         except StartupError:
             await self.shutdown(loop.time())
             raise
 
     async def shutdown(self, deadline: float) -> None:
-        await asyncio.gather(*(listener.shutdown(deadline) for listener in self._listeners))
+        tailing = [self.files.shutdown(deadline)] if self.files is not None else []
+        await asyncio.gather(*(listener.shutdown(deadline) for listener in self._listeners),
+                             *tailing)
         if self.config.unix is not None and self._unix_inode is not None:
             remove_unix(self.config.unix, self._unix_inode)
             self._unix_inode = None
 
     def describe(self) -> list[str]:
         signals = "logs" if self._pipelined else "(no pipelines)"
-        return [f"{self.name}/{listener.transport}  {listener.address}  {signals}"
-                for listener in self._listeners]
+        lines = [f"{self.name}/{listener.transport}  {listener.address}  {signals}"
+                 for listener in self._listeners]
+        if self.files is not None:
+            lines.append(self.files.describe())
+        return lines
 
 
 def create(name: str, config: BaseModel, consumers: Mapping[Signal, Consumer],
            context: BuildContext) -> ReceiverComponent:
     assert isinstance(config, LogsReceiverConfig)
-    return LogsReceiver(name, config, consumers)
+    return LogsReceiver(name, config, consumers, context)
 
 
 FACTORY = register_receiver(ReceiverFactory("logs", LogsReceiverConfig, create))

@@ -375,3 +375,24 @@ class CacheCollector(Collector):
 
 CACHE_COLLECTOR = CacheCollector()
 REGISTRY.register(CACHE_COLLECTOR)
+
+# --- logs: tailed files, connection bounds, tail feed (receivers.logs, sidecar tail) --------
+LOGS_FILES_OPEN = Gauge(
+    "sidecar_logs_files_open", "Log files being tailed", ["receiver"], registry=REGISTRY)
+LOGS_FILE_RESTARTS = Counter(
+    "sidecar_logs_file_restarts",
+    "Tailed files read again from the start: truncated (shorter than the offset read) or "
+    "replaced (first bytes changed: copytruncate, a reused inode)",
+    ["receiver", "reason"], registry=REGISTRY)
+LOGS_FILES_SKIPPED = Counter(
+    "sidecar_logs_files_skipped",
+    "Matching files not tailed because max_files were open (counted once per poll)",
+    ["receiver"], registry=REGISTRY)
+LOGS_FILE_ERRORS = Counter(
+    "sidecar_logs_file_errors",
+    "Tailed-file operations that failed (open, read, checkpoint write); retried next poll",
+    ["receiver", "operation"], registry=REGISTRY)
+LOGS_CHECKPOINTS = Counter(
+    "sidecar_logs_checkpoints_written",
+    "File-tail checkpoint files written (after the records up to them were accepted)",
+    ["receiver"], registry=REGISTRY)
