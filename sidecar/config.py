@@ -96,6 +96,11 @@ class LogsReceiverConfig(Strict):
     # a longer line is cut to this and marked `sidecar.log.truncated`
     max_line_length: ByteSize = Field(default=1024 * 1024, gt=0)
     max_connections: int = Field(default=1024, gt=0)  # per listener
+    # unfinished lines held across all connections of both listeners; a connection whose
+    # partial line takes the total over this has it cut there (marked truncated, counted)
+    max_buffered_bytes: ByteSize = Field(default=64 * 1024 * 1024, gt=0)
+    # a connection that sends no byte within this is closed (and counted); 0: never
+    idle_timeout: Duration = Field(default=300.0, ge=0)
     batch: LogsBatchConfig = LogsBatchConfig()
     files: LogsFilesConfig | None = None
 

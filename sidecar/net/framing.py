@@ -55,6 +55,17 @@ class LineSplitter:
         self._partial.clear()
         self._discarding = True
 
+    def cut(self) -> Line | None:
+        """The unfinished line so far, now, flagged `truncated`; the rest of it up to its
+        newline is skipped. For a caller out of memory budget for unfinished lines."""
+        if not self._partial:
+            return None
+        line = bytes(self._partial)
+        self._partial.clear()
+        self._discarding = True
+        self.truncated_lines += 1
+        return Line(line[:self._max], truncated=True)
+
     def feed(self, data: bytes) -> list[Line]:
         lines: list[Line] = []
         limit = self._max + 1

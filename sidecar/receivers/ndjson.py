@@ -32,13 +32,16 @@ from sidecar.configtypes import split_endpoint
 from sidecar.errors import StartupError
 from sidecar.model import Batch, Signal
 from sidecar.net.delivery import StreamDelivery
-from sidecar.net.framing import LineSplitter
+from sidecar.net.framing import Line, LineSplitter
 from sidecar.net.listeners import bind_tcp, bind_unix, remove_unix, socket_inode
 from sidecar.receivers.filetail import FileTailer
 from sidecar.receivers.logparse import LogBatchBuilder
 from sidecar.telemetry.metrics import (
+    LOGS_BUDGET_CUTS,
+    LOGS_BUFFERED_BYTES,
     LOGS_CONNECTIONS,
     LOGS_CONNECTIONS_REFUSED,
+    LOGS_IDLE_CLOSED,
     LOGS_LINES,
     LOGS_PARSE_ERRORS,
     LOGS_TRUNCATED,
@@ -50,7 +53,8 @@ log = logging.getLogger("sidecar.receivers.logs")
 
 # requests read from one connection and not yet taken by the pipeline; above this, reading
 # pauses (besides while the pipeline refuses). Per connection: max_connections times this,
-# plus a partial line of up to max_line_length each, bounds what clients can make us hold.
+# plus the unfinished lines of all connections (max_buffered_bytes, `PartialBudget`),
+# bounds what clients can make us hold.
 _MAX_PENDING_BYTES: Final = 1024 * 1024
 
 
@@ -71,12 +75,32 @@ class _Counted:
         await self._inner.wait_for_room(nbytes)
 
 
+class PartialBudget:
+    """Bytes of unfinished lines held by all connections of one receiver (both listeners),
+    so 1,000 clients each holding a max_line_length partial line cannot take 1,000 times
+    it: a connection whose partial line takes the total over `limit` has it cut."""
+
+    __slots__ = ("gauge", "limit", "used")
+
+    def __init__(self, receiver: str, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.gauge = LOGS_BUFFERED_BYTES.labels(receiver)
+
+    def change(self, delta: int) -> None:
+        self.used += delta
+        self.gauge.inc(delta)
+
+
 class StreamListener:
     """One listening socket (unix or TCP) and its connections."""
 
     def __init__(self, receiver: str, transport: str, config: LogsReceiverConfig,
-                 consumer: Consumer | None) -> None:
+                 consumer: Consumer | None, budget: PartialBudget | None = None) -> None:
         self.receiver = receiver
+        self.budget = budget or PartialBudget(receiver, config.max_buffered_bytes)
+        self.budget_cuts = LOGS_BUDGET_CUTS.labels(receiver, transport)
+        self.idle_closed = LOGS_IDLE_CLOSED.labels(receiver, transport)
         self.transport = transport
         self.config = config
         accepted = RECEIVER_ACCEPTED.labels(receiver, transport, Signal.LOGS.value)
@@ -137,8 +161,8 @@ class StreamListener:
 
 
 class LogConnection(asyncio.Protocol):
-    __slots__ = ("_builder", "_finished", "_listener", "_loop", "_splitter", "_timer",
-                 "delivery", "transport")
+    __slots__ = ("_builder", "_finished", "_held", "_idle", "_listener", "_loop",
+                 "_splitter", "_timer", "delivery", "transport")
 
     def __init__(self, listener: StreamListener) -> None:
         self._listener = listener
@@ -146,6 +170,8 @@ class LogConnection(asyncio.Protocol):
         self._splitter = LineSplitter(config.max_line_length)
         self._builder = LogBatchBuilder(config.service_name)
         self._timer: asyncio.TimerHandle | None = None
+        self._idle: asyncio.TimerHandle | None = None
+        self._held = 0  # this connection's share of the listener's PartialBudget
         self._finished = False
         self.transport: asyncio.Transport | None = None
         self.delivery: StreamDelivery | None = None
@@ -162,6 +188,9 @@ class LogConnection(asyncio.Protocol):
             return
         listener.connections.add(self)
         listener.open_connections.inc()
+        if listener.config.idle_timeout > 0:
+            self._idle = asyncio.get_running_loop().call_later(
+                listener.config.idle_timeout, self._idle_close)
         if listener.consumer is not None:
             self.delivery = StreamDelivery(transport, listener.consumer,
                                            max_pending_bytes=_MAX_PENDING_BYTES)
@@ -169,7 +198,13 @@ class LogConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._finished:
             return
-        lines = self._splitter.feed(data)
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        splitter = self._splitter
+        lines = splitter.feed(data)
+        if splitter.buffered != self._held:
+            self._hold(splitter.buffered, lines)
         if not lines:
             return
         builder = self._builder
@@ -184,6 +219,29 @@ class LogConnection(asyncio.Protocol):
         if builder.records and self._timer is None:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(batch.max_delay, self._flush)
+
+    def _hold(self, held: int, lines: list[Line]) -> None:
+        """Account for this connection's partial line; cut it if over the budget."""
+        budget = self._listener.budget
+        budget.change(held - self._held)
+        self._held = held
+        if budget.used > budget.limit and held:
+            cut = self._splitter.cut()
+            if cut is not None:
+                lines.append(cut)
+                self._listener.budget_cuts.inc()
+            budget.change(-held)
+            self._held = 0
+
+    def _idle_close(self) -> None:
+        self._idle = None
+        if self._finished:
+            return
+        self._listener.idle_closed.inc()
+        log.info("closing a log connection that sent nothing for %ss",
+                 self._listener.config.idle_timeout,
+                 extra={"transport": self._listener.transport})
+        self.finish()
 
     def eof_received(self) -> bool | None:
         return None  # close our side too
@@ -203,6 +261,12 @@ class LogConnection(asyncio.Protocol):
             return
         self._finished = True
         self._listener.open_connections.dec()
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        if self._held:
+            self._listener.budget.change(-self._held)
+            self._held = 0
         last = self._splitter.close()
         if last is not None and self._builder.add(last):
             self._listener.lines.inc()
@@ -242,12 +306,13 @@ class LogsReceiver:
         self._listeners: list[StreamListener] = []
         self.unix: StreamListener | None = None
         self.tcp: StreamListener | None = None
+        budget = PartialBudget(name, config.max_buffered_bytes)
         if config.unix is not None:
-            self.unix = StreamListener(name, "unix", config, consumer)
+            self.unix = StreamListener(name, "unix", config, consumer, budget)
             self.unix.address = f"unix:{config.unix}"
             self._listeners.append(self.unix)
         if config.tcp is not None:
-            self.tcp = StreamListener(name, "tcp", config, consumer)
+            self.tcp = StreamListener(name, "tcp", config, consumer, budget)
             self.tcp.address = config.tcp.endpoint
             self._listeners.append(self.tcp)
         self._pipelined = consumer is not None

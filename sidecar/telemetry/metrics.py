@@ -396,3 +396,15 @@ LOGS_CHECKPOINTS = Counter(
     "sidecar_logs_checkpoints_written",
     "File-tail checkpoint files written (after the records up to them were accepted)",
     ["receiver"], registry=REGISTRY)
+LOGS_BUFFERED_BYTES = Gauge(
+    "sidecar_logs_buffered_bytes",
+    "Bytes of unfinished lines held across a logs receiver's connections "
+    "(bounded by max_buffered_bytes)", ["receiver"], registry=REGISTRY)
+LOGS_BUDGET_CUTS = Counter(
+    "sidecar_logs_budget_cut_lines",
+    "Unfinished lines cut (delivered marked truncated) because all connections together "
+    "held max_buffered_bytes", ["receiver", "transport"], registry=REGISTRY)
+LOGS_IDLE_CLOSED = Counter(
+    "sidecar_logs_connections_idle_closed",
+    "Log stream connections closed for sending nothing within idle_timeout",
+    ["receiver", "transport"], registry=REGISTRY)
