@@ -15,6 +15,7 @@ from sidecar.component import ExporterComponent, Processor
 from sidecar.errors import PipelineFullError
 from sidecar.model import Batch, Signal
 from sidecar.pipeline.stage import Stage
+from sidecar.telemetry.tap import TAPS
 
 
 class Fanout:
@@ -43,6 +44,8 @@ class Fanout:
         # Exporters share the processed batch: it is immutable bytes.
         for exporter in self.exporters:
             await exporter.consume(processed)
+        if TAPS:  # `sidecar tail` is watching (telemetry/tap.py)
+            TAPS.publish(processed)
 
     async def wait_for_room(self, nbytes: int) -> None:
         for exporter in self.exporters:

@@ -408,3 +408,13 @@ LOGS_IDLE_CLOSED = Counter(
     "sidecar_logs_connections_idle_closed",
     "Log stream connections closed for sending nothing within idle_timeout",
     ["receiver", "transport"], registry=REGISTRY)
+TAIL_SUBSCRIBERS = Gauge(
+    "sidecar_tail_subscribers", "Open `sidecar tail` feeds (GET /tail on the admin server)",
+    registry=REGISTRY)
+TAIL_SENT = Counter(
+    "sidecar_tail_items_sent", "Spans and log records sent to `sidecar tail` feeds",
+    registry=REGISTRY)
+TAIL_DROPPED = Counter(
+    "sidecar_tail_items_dropped",
+    "Spans and log records a `sidecar tail` feed missed because its reader was slower than "
+    "the pipeline (per feed; the pipeline never waits for a reader)", registry=REGISTRY)
