@@ -4,6 +4,7 @@
 
 1. bench/otlp_bench.py  -- OTLP pipeline, sidecar vs rotel (results/otlp.json)
 2. bench/cache_bench.py -- cache server, if present
+3. bench/logs_bench.py  -- log-file tailing, sidecar vs otelcol-contrib filelog (results/logs.json)
 Exit status: non-zero if any benchmark failed to run (missed targets are reported in the
 tables, not as failures).
 """
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ("otlp_bench.py", "cache_bench.py")
+BENCHES = ("otlp_bench.py", "cache_bench.py", "logs_bench.py")
 # hard cap per benchmark; a full otlp_bench run takes about 5 minutes
 TIMEOUT_S = 30 * 60
 
