@@ -446,12 +446,10 @@ class FileTailer:
         if builder.truncated:
             self._truncated.inc(builder.truncated)
             builder.truncated = 0
-        request = builder.take()
-        if request is not None:
-            if self.consumer is None:
-                pass  # no logs pipeline: the lines are read and counted, not kept
-            elif not await self._consume(Batch.from_message(Signal.LOGS, request)):
-                return False
+        batch = builder.take_batch()
+        # no logs pipeline: the lines are read and counted, not kept
+        if batch is not None and self.consumer is not None and not await self._consume(batch):
+            return False
         splitter = tracked.splitter
         offset = tracked.read_pos - splitter.buffered
         if offset != tracked.committed or splitter.discarding != tracked.committed_skip:

@@ -286,10 +286,9 @@ class LogConnection(asyncio.Protocol):
         if builder.truncated:
             listener.truncated.inc(builder.truncated)
             builder.truncated = 0
-        request = builder.take()
-        if request is None:
+        batch = builder.take_batch()
+        if batch is None:
             return
-        batch = Batch.from_message(Signal.LOGS, request)
         if self.delivery is None:
             listener.no_pipeline.inc(batch.items)
             return
