@@ -241,7 +241,7 @@ class LogConnection(asyncio.Protocol):
         log.info("closing a log connection that sent nothing for %ss",
                  self._listener.config.idle_timeout,
                  extra={"transport": self._listener.transport})
-        self.finish()
+        self.connection_lost(None)  # leaves the listener's set: its slot is free again
 
     def eof_received(self) -> bool | None:
         return None  # close our side too

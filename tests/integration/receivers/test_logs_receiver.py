@@ -517,7 +517,8 @@ async def test_unfinished_lines_of_all_connections_share_one_budget(
 async def test_a_thousand_connections_that_never_write_are_closed_after_idle_timeout(
         start: Start, short_tmp: Path) -> None:
     pipeline = Pipeline()
-    await start(pipeline, name="idle-timeout", idle_timeout="500ms")
+    receiver = await start(pipeline, name="idle-timeout", idle_timeout="500ms",
+                           max_connections=1001)
     path = str(short_tmp / "logs.sock")
     idle = [await asyncio.open_unix_connection(path) for _ in range(1000)]
     reader, writer = await asyncio.open_unix_connection(path)
@@ -529,9 +530,17 @@ async def test_a_thousand_connections_that_never_write_are_closed_after_idle_tim
         labels = {"receiver": "idle-timeout", "transport": "unix"}
         assert sample("sidecar_logs_connections_idle_closed_total", **labels) == 1000
         assert sample("sidecar_logs_connections", **labels) == 1
+        assert receiver.unix is not None
+        assert len(receiver.unix.connections) == 1
         writer.write(b'{"msg":"still open"}\n')
         await writer.drain()
-        await wait_for(lambda: len(pipeline.records()) == 2)
+        # the closed ones freed their slots: max_connections (1001) admits new clients
+        late = [await asyncio.open_unix_connection(path) for _ in range(3)]
+        late[-1][1].write(b'{"msg":"late"}\n')
+        await late[-1][1].drain()
+        await wait_for(lambda: len(pipeline.records()) == 3)
+        assert sample("sidecar_logs_connections_refused_total", **labels) == 0
+        await asyncio.gather(*(close(w) for _, w in late))
     finally:
         await asyncio.gather(*(close(w) for _, w in idle))
         await close(writer)
