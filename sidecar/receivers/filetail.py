@@ -210,6 +210,7 @@ class FileTailer:
     _dirty: bool = False
     _first_poll: bool = True
     _had_checkpoints: bool = False
+    _save_failing: bool = False
 
     def __post_init__(self) -> None:
         name = self.receiver
@@ -497,6 +498,13 @@ class FileTailer:
         except OSError as exc:
             self._dirty = True
             LOGS_FILE_ERRORS.labels(self.receiver, "checkpoint_write").inc()
-            log.error("writing file-tail checkpoints %s failed: %s", self.checkpoint_path, exc)
+            if not self._save_failing:  # once, not every poll (the counter counts each)
+                log.error("writing file-tail checkpoints %s failed: %s (retried every "
+                          "poll; a restart re-reads from the last one written)",
+                          self.checkpoint_path, exc)
+            self._save_failing = True
             return
+        if self._save_failing:
+            log.warning("file-tail checkpoints %s written again", self.checkpoint_path)
+            self._save_failing = False
         LOGS_CHECKPOINTS.labels(self.receiver).inc()

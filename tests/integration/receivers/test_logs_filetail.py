@@ -354,3 +354,22 @@ async def test_max_files_skips_and_counts(start: Start, tmp_path: Path) -> None:
                 exclude=[str(tmp_path / "2.log")], start_at="beginning", max_files=1)
     await wait_for(lambda: sample("sidecar_logs_files_skipped_total", receiver=name) >= 1)
     assert pipeline.seqs() == [0]
+
+
+async def test_a_checkpoint_that_cannot_be_written_is_counted_and_retried(
+        start: Start, tmp_path: Path) -> None:
+    path = tmp_path / "app.log"
+    path.write_bytes(line(0))
+    (tmp_path / "data").mkdir()
+    blocker = tmp_path / "data" / "filetail"
+    blocker.write_bytes(b"a file where the checkpoint directory should be")
+    pipeline = Pipeline()
+    name = "ft-ckpt-error"
+    await start(pipeline, name, include=[str(path)], start_at="beginning")
+    await wait_for(lambda: sample("sidecar_logs_file_errors_total", receiver=name,
+                                  operation="checkpoint_write") >= 2)
+    assert pipeline.seqs() == [0]  # reading goes on
+    blocker.unlink()
+    await wait_for(lambda: (blocker / f"{name}.json").exists())
+    positions = read_checkpoint(blocker / f"{name}.json")
+    assert [p.offset for p in positions.values()] == [len(line(0))]
