@@ -1,5 +1,4 @@
-"""Admin HTTP server: /metrics (Prometheus text), /healthz, /readyz, /cache/stats, /tail (the
-live NDJSON feed `sidecar tail` reads)."""
+"""Admin HTTP server: /metrics (Prometheus text), /healthz, /readyz, /cache/stats."""
 
 from __future__ import annotations
 
@@ -64,6 +63,7 @@ class AdminServer:
         return web.Response(body=orjson.dumps(self._cache_stats()),
                             content_type="application/json")
 
+    # /tail: the live NDJSON feed `sidecar tail` reads (telemetry/tap.py)
     async def _tail(self, request: web.Request) -> web.StreamResponse:
         """`GET /tail?signal=traces|logs&filter=EXPR`: NDJSON, one span or log record a line
         (after processing, as exported), `{"dropped": n}` when the reader fell behind."""
@@ -121,4 +121,4 @@ class AdminServer:
             self._runner = None
 
     def describe(self) -> str:
-        return f"admin      http://{self.endpoint}  /metrics /healthz /readyz /cache/stats /tail"
+        return f"admin      http://{self.endpoint}  /metrics /healthz /readyz /cache/stats"
