@@ -254,8 +254,12 @@ def redact(config_path: str | None, overrides: tuple[str, ...]) -> None:
                    "(key: name, service, body, level, trace_id or an attribute).")
 @click.option("--color", type=click.Choice(["auto", "always", "never"]), default="auto",
               show_default=True)
+@click.option("--token", envvar="SIDECAR_ADMIN_TOKEN", default=None, metavar="TOKEN",
+              help="Bearer token for an admin server that requires one "
+                   "(or $SIDECAR_ADMIN_TOKEN).")
 def tail(config_path: str | None, overrides: tuple[str, ...], admin: str | None,
-         signals: tuple[str, ...], filter_expr: str | None, color: str) -> None:
+         signals: tuple[str, ...], filter_expr: str | None, color: str,
+         token: str | None) -> None:
     """Live, coloured view of what the daemon exports (after redaction and cost): logs with
     level colours, spans as a tree per trace. Reads the admin server's /tail feed."""
     from sidecar import config as config_module
@@ -271,4 +275,5 @@ def tail(config_path: str | None, overrides: tuple[str, ...], admin: str | None,
                    "(or give --admin HOST:PORT)"], 1)
         admin = cfg.admin.endpoint
     colored = color == "always" or (color == "auto" and sys.stdout.isatty())
-    sys.exit(run(feed_url(admin, signals or ("traces", "logs"), filter_expr), colored))
+    sys.exit(run(feed_url(admin, signals or ("traces", "logs"), filter_expr), colored,
+                 token=token))

@@ -224,12 +224,14 @@ def feed_url(admin: str, signals: tuple[str, ...], filter_expr: str | None) -> s
     return f"{base.rstrip('/')}/tail?{urllib.parse.urlencode(query)}"
 
 
-def run(url: str, color: bool, out: TextIO = sys.stdout) -> int:
+def run(url: str, color: bool, out: TextIO = sys.stdout, token: str | None = None) -> int:
     """Print the feed until it ends or Ctrl-C. Exit code: 0, or 1 when the daemon cannot
     be reached or refuses the request."""
     renderer = Renderer(color=color)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(url, timeout=30) as response:
+        request = urllib.request.Request(url, headers=headers)
+        with urllib.request.urlopen(request, timeout=30) as response:
             for raw in response:
                 for text in renderer.feed(raw):
                     print(text, file=out, flush=True)

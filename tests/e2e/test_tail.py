@@ -177,3 +177,50 @@ async def test_tail_refuses_a_filter_it_cannot_read(short_tmp: Path) -> None:
             await daemon.stop()
     assert process.returncode == 1
     assert "'>=' compares levels" in err.decode()
+
+
+async def test_tail_sends_its_token_and_renders_a_feed_that_ends(short_tmp: Path) -> None:
+    """Against an admin server that wants a bearer token (a stand-in: the daemon's own
+    admin auth lives elsewhere); the feed ends, tail says so and exits 0."""
+    from aiohttp import web
+
+    seen: list[str | None] = []
+
+    async def feed(request: web.Request) -> web.StreamResponse:
+        seen.append(request.headers.get("Authorization"))
+        if request.headers.get("Authorization") != "Bearer s3cret":
+            return web.json_response({"error": "token"}, status=401)
+        response = web.StreamResponse()
+        await response.prepare(request)
+        await response.write(b'{"subscribed": ["logs"]}\n' + orjson.dumps(
+            {"signal": "logs", "time": 0, "severity": "warn", "severity_number": 13,
+             "body": "disk almost full", "service": "svc", "attributes": {}}) + b"\n")
+        return response
+
+    app = web.Application()
+    app.router.add_get("/tail", feed)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        refused = await asyncio.create_subprocess_exec(
+            SIDECAR, "tail", "--admin", f"127.0.0.1:{port}", cwd=short_tmp,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        _, err = await asyncio.wait_for(refused.communicate(), 30)
+        process = await asyncio.create_subprocess_exec(
+            SIDECAR, "tail", "--admin", f"127.0.0.1:{port}", "--signal", "logs",
+            cwd=short_tmp, env={**os.environ, "SIDECAR_ADMIN_TOKEN": "s3cret"},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, _ = await asyncio.wait_for(process.communicate(), 30)
+    finally:
+        await runner.cleanup()
+    assert refused.returncode == 1
+    assert "401" in err.decode()
+    assert process.returncode == 0
+    lines = out.decode().splitlines()
+    assert lines[0] == "tailing logs (Ctrl-C to stop)"  # no colours: not a terminal
+    assert lines[1].endswith("WARN  svc disk almost full")
+    assert lines[-1] == "(the daemon closed the feed)"
+    assert seen == [None, "Bearer s3cret"]
