@@ -272,28 +272,41 @@ class FileTailer:
     # --- the loop ----------------------------------------------------------------------
 
     async def _run(self) -> None:
-        files_config = self.files_config
         while not self._stopping.is_set():
             try:
-                seen = await asyncio.to_thread(scan, files_config.include,
-                                               files_config.exclude,
-                                               files_config.fingerprint_size)
-            except OSError as exc:  # glob itself: a directory we may not list
-                LOGS_FILE_ERRORS.labels(self.receiver, "scan").inc()
-                log.warning("file-tail scan failed: %s", exc)
-                seen = []
-            self._reconcile(seen)
-            more = False
-            for tracked in list(self.files.values()):
-                if self._stopping.is_set():
-                    break
-                more |= await self._read(tracked)
-                if tracked.gone_polls >= _GONE_POLLS and tracked.at_eof:
-                    await self._close(tracked)
-            await self._save()
-            if not more:
+                await self._poll()
+            except Exception:
+                # a bug in one poll must not end tailing for good: counted, next poll retries
+                LOGS_FILE_ERRORS.labels(self.receiver, "internal").inc()
+                log.exception("file-tail poll failed")
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), files_config.poll_interval)
+                    await asyncio.wait_for(self._stopping.wait(),
+                                           self.files_config.poll_interval)
+
+    async def _poll(self) -> None:
+        """One poll: match the globs, read every file its turn, save the checkpoints, then
+        wait `poll_interval` unless some file has more to read."""
+        files_config = self.files_config
+        try:
+            seen = await asyncio.to_thread(scan, files_config.include,
+                                           files_config.exclude,
+                                           files_config.fingerprint_size)
+        except OSError as exc:  # glob itself: a directory we may not list
+            LOGS_FILE_ERRORS.labels(self.receiver, "scan").inc()
+            log.warning("file-tail scan failed: %s", exc)
+            seen = []
+        self._reconcile(seen)
+        more = False
+        for tracked in list(self.files.values()):
+            if self._stopping.is_set():
+                break
+            more |= await self._read(tracked)
+            if tracked.gone_polls >= _GONE_POLLS and tracked.at_eof:
+                await self._close(tracked)
+        await self._save()
+        if not more:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), files_config.poll_interval)
 
     def _reconcile(self, seen: list[_Seen]) -> None:
         """Match this poll's files to the tracked ones (see the module docstring). Takes
