@@ -67,6 +67,7 @@ _SLOG: Final = re.compile(r"(DEBUG|INFO|WARN|ERROR)([+-]\d{1,3})")
 _SLOG_BASE: Final = {"DEBUG": -4, "INFO": 0, "WARN": 4, "ERROR": 8}
 _ANSI: Final = re.compile(r"\x1b\[[0-9;]*m")
 _HEX: Final = re.compile(r"[0-9a-fA-F]+")
+_ZEROS: Final = {8: bytes(8), 16: bytes(16)}
 _TRACEPARENT: Final = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 
 
@@ -136,7 +137,7 @@ def _id_bytes(value: object, size: int, decimal: bool = False) -> bytes | None:
     if _HEX.fullmatch(value) is None:
         return None
     raw = bytes.fromhex(value.rjust(2 * size, "0"))
-    return raw if any(raw) else None
+    return None if raw == _ZEROS[size] else raw  # an all-zero id is no id
 
 
 # --- OTLP protobuf written by hand -------------------------------------------------------
@@ -233,11 +234,22 @@ def _key_values(tag: bytes, items: dict[str, Any], depth: int) -> list[bytes]:
                 append(tag + byte[size] + encoded_key + b"\x12" + byte[n + 2] + b"\x0a"
                        + byte[n] + data)
                 continue
-        elif kind is int and 0 <= value < 128:
-            size = len(encoded_key) + 4
+        elif kind is int and 0 <= value <= _INT64_MAX:
+            number = byte[value] if value < 128 else _varint(value)
+            size = len(encoded_key) + len(number) + 3
             if size < 128:
-                append(tag + byte[size] + encoded_key + b"\x12\x02\x18" + byte[value])
+                append(tag + byte[size] + encoded_key + b"\x12" + byte[len(number) + 1]
+                       + b"\x18" + number)
                 continue
+        elif kind is dict and depth < MAX_VALUE_DEPTH:  # child bindings: run={id, step}
+            inner = b"".join(_key_values(b"\x0a", value, depth + 1))
+            n = len(inner)
+            kvlist = b"\x32" + (byte[n] if n < 128 else _varint(n)) + inner
+            n = len(kvlist)
+            entry = encoded_key + b"\x12" + (byte[n] if n < 128 else _varint(n)) + kvlist
+            n = len(entry)
+            append(tag + (byte[n] if n < 128 else _varint(n)) + entry)
+            continue
         append(_field(tag, encoded_key + _field(b"\x12", any_value(value, depth))))
     return out
 
