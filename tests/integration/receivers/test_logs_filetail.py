@@ -200,17 +200,30 @@ async def test_start_at_end_skips_what_was_there_and_an_unfinished_last_line(
 async def test_rotation_by_rename_under_continuous_writing(
         start: Start, tmp_path: Path, pattern: str) -> None:
     """`app.log` only: the renamed file leaves the glob and is read to its end through the
-    open descriptor; `app.log*`: it is found again by inode at its new name."""
+    open descriptor; `app.log*`: it is found again by inode at its new name, so rotations
+    may come faster than polls. With `app.log` only, a file created and renamed away
+    between two polls is never seen (as with any polling tailer): there the test rotates
+    only once the tailer has opened the current file."""
     path = tmp_path / "app.log"
     writer = Writer(path)
     pipeline = Pipeline()
     name = f"ft-rename-{pattern}"
-    await start(pipeline, name, include=[str(tmp_path / pattern)], start_at="beginning")
+    receiver = await start(pipeline, name, include=[str(tmp_path / pattern)],
+                           start_at="beginning")
     total = 6000
     thread = threading.Thread(target=writer.write, args=(total,))
     thread.start()
+    tailer = receiver.files
+    assert tailer is not None
+
+    def tailing(inode: int) -> bool:
+        return any(key[1] == inode for key in tailer.files)
+
     for generation in range(1, 6):
         await asyncio.sleep(0.05)
+        if pattern == "app.log":
+            inode = path.stat().st_ino
+            await wait_for(lambda: tailing(inode))  # noqa: B023 - awaited right here
         await asyncio.to_thread(writer.rename_to, tmp_path / f"app.log.{generation}")
     await asyncio.to_thread(thread.join)
     writer.close()
