@@ -30,6 +30,11 @@ sysdeps:
 	  echo "installing redis-server and redis-tools from Debian"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends redis-server redis-tools >/dev/null; \
 	fi
+	@# tmux: the terminal `sidecar tail` is tested in (tests/e2e/test_tail.py)
+	@if ! command -v tmux >/dev/null; then \
+	  echo "installing tmux from Debian"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends tmux >/dev/null; \
+	fi
 
 node: $(NODE_DIR)/node_modules/.installed
 $(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package.json

@@ -18,7 +18,6 @@ import time
 
 import orjson
 
-from sidecar.model import Batch, Signal
 from sidecar.net.framing import LineSplitter
 from sidecar.receivers.logparse import LogBatchBuilder
 
@@ -62,15 +61,11 @@ def run_once(data: bytes, chunk: int = 64 * 1024, max_records: int = 1024) -> tu
             builder.add(line, observed)
             if builder.records >= max_records:
                 records += builder.records
-                request = builder.take()
-                assert request is not None
-                Batch.from_message(Signal.LOGS, request)
+                assert builder.take_batch() is not None
                 requests += 1
     if builder.records:
         records += builder.records
-        request = builder.take()
-        assert request is not None
-        Batch.from_message(Signal.LOGS, request)
+        assert builder.take_batch() is not None
         requests += 1
     return time.process_time() - started, records, requests
 

@@ -6,6 +6,8 @@ call them without credentials, and they say nothing secret) needs the bearer tok
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 
 import orjson
@@ -15,9 +17,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sidecar.configtypes import split_endpoint
 from sidecar.errors import StartupError
+from sidecar.model import Signal
 from sidecar.net.security import AuthConfig, BearerAuth, ServerTls, ServerTlsConfig, banner
 from sidecar.telemetry.health import HEALTH
 from sidecar.telemetry.metrics import ADMIN_UNAUTHENTICATED, READY, REGISTRY
+from sidecar.telemetry.tap import TAPS, Filter, Subscriber
+
+_TAIL_HEARTBEAT = 1.0  # seconds: an idle feed writes a blank line, so a gone reader is seen
 
 StatsProvider = Callable[[], dict[str, object]]
 Reloader = Callable[[], Awaitable[tuple[bool, str]]]
@@ -52,6 +58,7 @@ class AdminServer:
         self._reload = reload
         self._runner: web.AppRunner | None = None
         self.bound_port: int | None = None
+        self._stopping = asyncio.Event()
 
     @property
     def scheme(self) -> str:
@@ -65,6 +72,7 @@ class AdminServer:
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/cache/stats", self._cache)
         app.router.add_post("/-/reload", self._reload_config)
+        app.router.add_get("/tail", self._tail)
         return app
 
     async def _metrics(self, _: web.Request) -> web.Response:
@@ -97,6 +105,40 @@ class AdminServer:
         return web.json_response({"status": "reloaded" if ok else "refused",
                                   "detail": message}, status=200 if ok else 400)
 
+    # /tail: the live NDJSON feed `sidecar tail` reads (telemetry/tap.py)
+    async def _tail(self, request: web.Request) -> web.StreamResponse:
+        """`GET /tail?signal=traces|logs&filter=EXPR`: NDJSON, one span or log record a line
+        (after processing, as exported), `{"dropped": n}` when the reader fell behind."""
+        names = request.query.getall("signal", ["traces", "logs"])
+        try:
+            signals = frozenset(Signal(name) for name in names)
+            wanted = Filter.parse(request.query.get("filter", ""))
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        subscriber = Subscriber(signals, wanted)
+        TAPS.subscribe(subscriber)
+        reported = 0
+        try:
+            await response.write(orjson.dumps(
+                {"subscribed": sorted(s.value for s in signals)}) + b"\n")
+            while not self._stopping.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(subscriber.ready.wait(), _TAIL_HEARTBEAT)
+                taken = subscriber.take()
+                chunk = b"".join(orjson.dumps(item) + b"\n" for item in taken)
+                if subscriber.dropped != reported:
+                    reported = subscriber.dropped
+                    chunk += orjson.dumps({"dropped": reported}) + b"\n"
+                await response.write(chunk or b"\n")
+                TAPS.sent(len(taken))
+        except (ConnectionError, RuntimeError):
+            pass  # the reader went away
+        finally:
+            TAPS.unsubscribe(subscriber)
+        return response
+
     def set_ready(self, ready: bool) -> None:
         self.ready = ready
         READY.set(1 if ready else 0)
@@ -118,6 +160,7 @@ class AdminServer:
         self.bound_port = int(self._runner.addresses[0][1])
 
     async def shutdown(self, deadline: float) -> None:
+        self._stopping.set()  # tail feeds end (their readers see the end of the stream)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

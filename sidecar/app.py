@@ -145,7 +145,8 @@ class Daemon:
         stop (in-flight requests finish), then bind again with the new settings."""
         consumers = guard({s: self.switches[s] for s in self.graph.consumers}, self.memory)
         factories = receiver_factories()
-        context = BuildContext(signals=frozenset(self.graph.consumers))
+        context = BuildContext(signals=frozenset(self.graph.consumers),
+                               storage_dir=self.config.storage.dir)
         sections = dict(self.config.receivers)
         kept = [r for r in self.receivers if r.name not in names]
         old = [r for r in self.receivers if r.name in names]
@@ -225,7 +226,7 @@ def build_receivers(config: Config, switches: Mapping[Signal, Consumer],
     a section set to `null` is off. Receivers see each signal's pipeline through its
     `Switch` (so a reload can replace the pipeline) and, with a memory limiter, behind it."""
     factories = receiver_factories()
-    context = BuildContext(signals=frozenset(switches))
+    context = BuildContext(signals=frozenset(switches), storage_dir=config.storage.dir)
     consumers = guard(switches, memory)
     receivers: list[ReceiverComponent] = []
     for name, section in config.receivers:

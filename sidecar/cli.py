@@ -1,5 +1,5 @@
-"""Command line: `sidecar run | validate | send-test | prices | redact | pipe | version | cache
-...`."""
+"""Command line: `sidecar run | validate | send-test | prices | redact | pipe | tail | version
+| cache ...`."""
 
 from __future__ import annotations
 
@@ -252,3 +252,40 @@ def redact(config_path: str | None, overrides: tuple[str, ...]) -> None:
     click.echo(f"redacted {sum(redactor.counts.values())} ({counts or 'nothing'})", err=True)
     if errors:
         _fail(errors, 1)
+
+
+@main.command()
+@CONFIG_OPTION
+@SET_OPTION
+@click.option("--admin", "admin", default=None, metavar="HOST:PORT",
+              help="The daemon's admin server (default: admin.endpoint of the config).")
+@click.option("--signal", "signals", type=click.Choice(["traces", "logs"]), multiple=True,
+              help="Only this signal (repeatable; default both).")
+@click.option("--filter", "filter_expr", default=None, metavar="EXPR",
+              help="Only items matching all of: key=value key!=value key~text level>=warn "
+                   "(key: name, service, body, level, trace_id or an attribute).")
+@click.option("--color", type=click.Choice(["auto", "always", "never"]), default="auto",
+              show_default=True)
+@click.option("--token", envvar="SIDECAR_ADMIN_TOKEN", default=None, metavar="TOKEN",
+              help="Bearer token for an admin server that requires one "
+                   "(or $SIDECAR_ADMIN_TOKEN).")
+def tail(config_path: str | None, overrides: tuple[str, ...], admin: str | None,
+         signals: tuple[str, ...], filter_expr: str | None, color: str,
+         token: str | None) -> None:
+    """Live, coloured view of what the daemon exports (after redaction and cost): logs with
+    level colours, spans as a tree per trace. Reads the admin server's /tail feed."""
+    from sidecar import config as config_module
+    from sidecar.tail import feed_url, run
+
+    if admin is None:
+        try:
+            cfg = config_module.load(config_path, overrides)
+        except ConfigError as exc:
+            _fail([str(problem) for problem in exc.problems], 1)
+        if cfg.admin.endpoint is None:
+            _fail(["admin.endpoint is off in the config: the feed is served there "
+                   "(or give --admin HOST:PORT)"], 1)
+        admin = cfg.admin.endpoint
+    colored = color == "always" or (color == "auto" and sys.stdout.isatty())
+    sys.exit(run(feed_url(admin, signals or ("traces", "logs"), filter_expr), colored,
+                 token=token))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar, runtime_checkable
 
 from sidecar.configtypes import Strict
@@ -78,6 +79,8 @@ class ExporterComponent(Consumer, Lifecycle, Protocol):
 class BuildContext:
     # the signals whose pipelines route to the component being built
     signals: frozenset[Signal] = field(default_factory=lambda: frozenset(Signal))
+    # `storage.dir`: where components keep state across restarts (file-tail checkpoints)
+    storage_dir: Path = Path("./data")
 
 
 ExporterCreate = Callable[[str, "ExporterSettings", BuildContext], ExporterComponent]

@@ -91,6 +91,22 @@ class LogsBatchConfig(Strict):
     max_delay: Duration = Field(default=0.2, ge=0)  # since the request's first line
 
 
+class LogsFilesConfig(Strict):
+    """`receivers.logs.files`: JSON log lines tailed from files matching globs (the OTel
+    Collector's `filelog` receiver and Fluent Bit's `tail` input are the models)."""
+
+    include: list[str] = Field(min_length=1)  # globs (`**` recursive)
+    exclude: list[str] = []  # globs matched against the same paths
+    # where to start in a file first seen at startup and not in the checkpoints; a file
+    # that appears later is always read from its beginning
+    start_at: Literal["beginning", "end"] = "end"
+    poll_interval: Duration = Field(default=0.2, gt=0)
+    # bytes at the start of a file that identify it with its device and inode, so a
+    # copytruncate or a reused inode is seen as a new file
+    fingerprint_size: ByteSize = Field(default=1000, ge=16)
+    max_files: int = Field(default=1024, gt=0)  # open at once; more are counted and skipped
+
+
 class LogsReceiverConfig(Strict):
     """`receivers.logs`: newline-delimited JSON log lines over a unix socket and/or TCP."""
 
@@ -103,7 +119,13 @@ class LogsReceiverConfig(Strict):
     # a longer line is cut to this and marked `sidecar.log.truncated`
     max_line_length: ByteSize = Field(default=1024 * 1024, gt=0)
     max_connections: int = Field(default=1024, gt=0)  # per listener
+    # unfinished lines held across all connections of both listeners; a connection whose
+    # partial line takes the total over this has it cut there (marked truncated, counted)
+    max_buffered_bytes: ByteSize = Field(default=64 * 1024 * 1024, gt=0)
+    # a connection that sends no byte within this is closed (and counted); 0: never
+    idle_timeout: Duration = Field(default=300.0, ge=0)
     batch: LogsBatchConfig = LogsBatchConfig()
+    files: LogsFilesConfig | None = None
 
 
 class ReceiversConfig(Strict):

@@ -42,6 +42,30 @@ class LineSplitter:
         """Bytes held for an incomplete line."""
         return len(self._partial)
 
+    @property
+    def discarding(self) -> bool:
+        """Inside an over-long line already handed out: input up to the next newline is
+        skipped."""
+        return self._discarding
+
+    def skip_line(self) -> None:
+        """Skip input up to and including the next newline: for a reader that starts in the
+        middle of a line (a file tailer resuming inside an over-long line, or starting at
+        the end of a file whose last line is unfinished)."""
+        self._partial.clear()
+        self._discarding = True
+
+    def cut(self) -> Line | None:
+        """The unfinished line so far, now, flagged `truncated`; the rest of it up to its
+        newline is skipped. For a caller out of memory budget for unfinished lines."""
+        if not self._partial:
+            return None
+        line = bytes(self._partial)
+        self._partial.clear()
+        self._discarding = True
+        self.truncated_lines += 1
+        return Line(line[:self._max], truncated=True)
+
     def feed(self, data: bytes) -> list[Line]:
         lines: list[Line] = []
         limit = self._max + 1

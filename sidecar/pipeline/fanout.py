@@ -22,6 +22,7 @@ from sidecar.errors import PipelineFullError
 from sidecar.exporthelper.durable import SharedLog
 from sidecar.model import Batch, Signal
 from sidecar.pipeline.stage import Stage
+from sidecar.telemetry.tap import TAPS
 
 
 class Fanout:
@@ -60,6 +61,8 @@ class Fanout:
             await exporter.consume(processed)
         if log is not None:
             await log.committed(seq)
+        if TAPS:  # `sidecar tail` is watching (telemetry/tap.py)
+            TAPS.publish(processed)
 
     async def wait_for_room(self, nbytes: int) -> None:
         for exporter in self.exporters:

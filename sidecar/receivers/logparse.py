@@ -19,15 +19,15 @@ parses downstream (`otlp_json.MAX_NESTING`)."""
 from __future__ import annotations
 
 import re
+import struct
 import time
 from datetime import datetime
 from typing import Any, Final
 
 import orjson
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ScopeLogs, SeverityNumber
 
+from sidecar.model import Batch, Signal
 from sidecar.net.framing import Line
 
 PARSE_ERROR_KEY: Final = "sidecar.log.parse_error"
@@ -67,6 +67,7 @@ _SLOG: Final = re.compile(r"(DEBUG|INFO|WARN|ERROR)([+-]\d{1,3})")
 _SLOG_BASE: Final = {"DEBUG": -4, "INFO": 0, "WARN": 4, "ERROR": 8}
 _ANSI: Final = re.compile(r"\x1b\[[0-9;]*m")
 _HEX: Final = re.compile(r"[0-9a-fA-F]+")
+_ZEROS: Final = {8: bytes(8), 16: bytes(16)}
 _TRACEPARENT: Final = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 
 
@@ -136,39 +137,126 @@ def _id_bytes(value: object, size: int, decimal: bool = False) -> bytes | None:
     if _HEX.fullmatch(value) is None:
         return None
     raw = bytes.fromhex(value.rjust(2 * size, "0"))
-    return raw if any(raw) else None
+    return None if raw == _ZEROS[size] else raw  # an all-zero id is no id
 
 
-def set_value(target: AnyValue, value: object, depth: int = 0) -> None:
-    """Fill an AnyValue from a decoded JSON value (maps stay maps, lists arrays)."""
-    if type(value) is str:
-        target.string_value = value
-    elif type(value) is bool:
-        target.bool_value = value
-    elif type(value) is int:
-        if _INT64_MIN <= value <= _INT64_MAX:
-            target.int_value = value
-        else:
-            target.string_value = str(value)
-    elif type(value) is float:
-        target.double_value = value
-    elif (type(value) is dict or type(value) is list) and depth >= MAX_VALUE_DEPTH:
-        target.string_value = _json_text(value)
-    elif type(value) is dict:
-        kvlist = target.kvlist_value
-        kvlist.SetInParent()
-        add = kvlist.values.add
-        for key, item in value.items():
-            entry = add()
-            entry.key = key
-            set_value(entry.value, item, depth + 1)
-    elif type(value) is list:
-        array = target.array_value
-        array.SetInParent()
-        add_value = array.values.add
-        for item in value:
-            set_value(add_value(), item, depth + 1)
-    # None: an empty AnyValue (OTLP's "no value")
+# --- OTLP protobuf written by hand -------------------------------------------------------
+# The records are encoded straight to protobuf wire format instead of being built as upb
+# messages: each message operation from Python costs ~0.2-0.5 µs and a pino line has ~10
+# fields, so building messages was most of the parse cost (bench/logs_parse_bench.py).
+# Field numbers from opentelemetry/proto/{common,logs,resource}/v1/*.proto; tests decode
+# every request with upb (tests/unit/receivers/test_logparse.py).
+
+_BYTE: Final = [bytes((i,)) for i in range(128)]
+_PACK_DOUBLE: Final = struct.Struct("<d").pack
+_PACK_FIXED64: Final = struct.Struct("<Q").pack
+_PACK_FIXED32: Final = struct.Struct("<I").pack
+_KEY_CACHE_MAX: Final = 4096
+_keys: dict[str, bytes] = {}  # attribute key -> its encoded KeyValue.key field
+
+
+def _varint(n: int) -> bytes:
+    if n < 128:
+        return _BYTE[n]
+    out = bytearray()
+    while n >= 128:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(tag: bytes, payload: bytes) -> bytes:
+    """A length-delimited field."""
+    n = len(payload)
+    return tag + (_BYTE[n] if n < 128 else _varint(n)) + payload
+
+
+def _key(key: str) -> bytes:
+    encoded = _keys.get(key)
+    if encoded is None:
+        encoded = _field(b"\x0a", key.encode())
+        # bounded: hostile lines could bring any number of keys of any length
+        if len(_keys) < _KEY_CACHE_MAX and len(key) <= 64:
+            _keys[key] = encoded
+    return encoded
+
+
+def any_value(value: Any, depth: int = 0) -> bytes:
+    """An AnyValue for a decoded JSON value (maps stay maps, lists arrays); None is the
+    empty AnyValue. Raises ValueError (UnicodeEncodeError) for a lone surrogate."""
+    kind = type(value)
+    if kind is str:
+        data: bytes = value.encode()
+        n = len(data)
+        return b"\x0a" + (_BYTE[n] if n < 128 else _varint(n)) + data
+    if kind is bool:
+        return b"\x10\x01" if value else b"\x10\x00"
+    if kind is int:
+        number: int = value
+        if _INT64_MIN <= number <= _INT64_MAX:
+            return b"\x18" + _varint(number & 0xFFFFFFFFFFFFFFFF)
+        return any_value(str(number))
+    if kind is float:
+        packed: bytes = _PACK_DOUBLE(value)
+        return b"\x21" + packed
+    if value is None:
+        return b""
+    if depth >= MAX_VALUE_DEPTH and (kind is dict or kind is list):
+        return any_value(_json_text(value))
+    if kind is dict:
+        return _field(b"\x32", b"".join(_key_values(b"\x0a", value, depth + 1)))
+    if kind is list:
+        values: list[Any] = value
+        return _field(b"\x2a", b"".join(
+            [_field(b"\x0a", any_value(v, depth + 1)) for v in values]))
+    return b""
+
+
+def _key_values(tag: bytes, items: dict[str, Any], depth: int) -> list[bytes]:
+    """KeyValue fields (`tag`: LogRecord.attributes or KeyValueList.values) with values at
+    `depth`. Short strings and small ints, most fields of a log line, are written inline:
+    a function call per field was a third of the cost."""
+    out: list[bytes] = []
+    append = out.append
+    byte = _BYTE
+    keys = _keys
+    for key, value in items.items():
+        encoded_key = keys.get(key)
+        if encoded_key is None:
+            encoded_key = _key(key)
+        kind = type(value)
+        if kind is str:
+            data = value.encode()
+            n = len(data)
+            size = len(encoded_key) + n + 4
+            if size < 128:  # every length below fits one byte
+                append(tag + byte[size] + encoded_key + b"\x12" + byte[n + 2] + b"\x0a"
+                       + byte[n] + data)
+                continue
+        elif kind is int and 0 <= value <= _INT64_MAX:
+            number = byte[value] if value < 128 else _varint(value)
+            size = len(encoded_key) + len(number) + 3
+            if size < 128:
+                append(tag + byte[size] + encoded_key + b"\x12" + byte[len(number) + 1]
+                       + b"\x18" + number)
+                continue
+        elif kind is dict and depth < MAX_VALUE_DEPTH:  # child bindings: run={id, step}
+            inner = b"".join(_key_values(b"\x0a", value, depth + 1))
+            n = len(inner)
+            kvlist = b"\x32" + (byte[n] if n < 128 else _varint(n)) + inner
+            n = len(kvlist)
+            entry = encoded_key + b"\x12" + (byte[n] if n < 128 else _varint(n)) + kvlist
+            n = len(entry)
+            append(tag + (byte[n] if n < 128 else _varint(n)) + entry)
+            continue
+        append(_field(tag, encoded_key + _field(b"\x12", any_value(value, depth))))
+    return out
+
+
+def _attribute(key: str, value: object, depth: int = 1) -> bytes:
+    """A LogRecord.attributes entry (field 6)."""
+    return _field(b"\x32", _key(key) + _field(b"\x12", any_value(value, depth)))
 
 
 def _json_text(value: object) -> str:
@@ -181,32 +269,62 @@ def _json_text(value: object) -> str:
 ResourceKey = tuple[str | None, str | None, int | None]
 
 
+def _resource(key: ResourceKey) -> bytes:
+    """ResourceLogs.resource (field 1) and the scope of ResourceLogs.scope_logs."""
+    service, host, pid = key
+    attributes = [_field(b"\x0a", _key("service.name") + _field(
+        b"\x12", any_value(service or "unknown_service")))]
+    if host is not None:
+        attributes.append(_field(b"\x0a", _key("host.name") + _field(
+            b"\x12", any_value(host))))
+    if pid is not None:
+        attributes.append(_field(b"\x0a", _key("process.pid") + _field(
+            b"\x12", any_value(pid))))
+    return _field(b"\x0a", b"".join(attributes))
+
+
+_SCOPE: Final = _field(b"\x0a", _field(b"\x0a", SCOPE_NAME.encode()))  # ScopeLogs.scope
+
+
 class LogBatchBuilder:
     """Turns lines into log records of one ExportLogsServiceRequest, grouped by resource
-    (service.name, host.name, process.pid). `take()` hands the request over and starts a
-    new one. Counts what it saw: records, bytes of input, parse errors, truncated lines."""
+    (service.name, host.name, process.pid). `take_batch()` hands the request over (as
+    protobuf bytes) and starts a new one. Counts what it saw: records, bytes of input,
+    parse errors, truncated lines."""
 
-    __slots__ = ("_scopes", "bytes", "parse_errors", "records", "request", "service_name",
-                 "truncated")
+    __slots__ = ("_groups", "bytes", "parse_errors", "records", "service_name", "truncated")
 
     def __init__(self, service_name: str | None = None) -> None:
         self.service_name = service_name
-        self.request = ExportLogsServiceRequest()
-        self._scopes: dict[ResourceKey, ScopeLogs] = {}
+        self._groups: dict[ResourceKey, list[bytes]] = {}
         self.records = 0
         self.bytes = 0
         self.parse_errors = 0  # over the builder's lifetime, not per request
         self.truncated = 0
 
-    def take(self) -> ExportLogsServiceRequest | None:
+    def take_payload(self) -> tuple[int, bytes] | None:
+        """(records, ExportLogsServiceRequest bytes), or None when empty."""
         if not self.records:
             return None
-        request = self.request
-        self.request = ExportLogsServiceRequest()
-        self._scopes = {}
+        request = b"".join([
+            _field(b"\x0a", _resource(key) + _field(b"\x12", _SCOPE + b"".join(records)))
+            for key, records in self._groups.items()])
+        count = self.records
+        self._groups = {}
         self.records = 0
         self.bytes = 0
-        return request
+        return count, request
+
+    def take_batch(self) -> Batch | None:
+        taken = self.take_payload()
+        if taken is None:
+            return None
+        return Batch(Signal.LOGS, taken[0], taken[1])
+
+    def take(self) -> ExportLogsServiceRequest | None:
+        """The request as a message (for tests and tools; receivers use `take_batch`)."""
+        taken = self.take_payload()
+        return None if taken is None else ExportLogsServiceRequest.FromString(taken[1])
 
     def add(self, line: Line, observed_ns: int | None = None) -> bool:
         """Add one framed line; False for a blank line (no record)."""
@@ -215,10 +333,9 @@ class LogBatchBuilder:
             observed_ns = time.time_ns()
         if line.truncated:
             self.truncated += 1
-            record = self._record(self.service_name, None, None)
-            self._text(record, data, observed_ns)
-            _flag(record, TRUNCATED_KEY, True)
             self.bytes += len(data)
+            self._append(self._key(self.service_name, None, None),
+                         _text(data, observed_ns, _attribute(TRUNCATED_KEY, True)))
             return True
         if not data.strip():
             return False
@@ -229,34 +346,39 @@ class LogBatchBuilder:
             self._error(data, observed_ns, _reason(exc))
             return True
         if type(decoded) is not dict:
-            record = self._record(self.service_name, None, None)
-            record.observed_time_unix_nano = observed_ns
-            set_value(record.body, decoded)
+            try:
+                record = _fixed64(b"\x59", observed_ns) + _field(b"\x2a", any_value(decoded))
+            except ValueError as exc:
+                self._error(data, observed_ns, f"unrepresentable value: {exc}"[:120])
+                return True
+            self._append(self._key(self.service_name, None, None), record)
             return True
         fields: dict[str, Any] = decoded
-        service, host, pid = self._resource_fields(fields)
-        record = self._record(service, host, pid)
+        key = self._resource_fields(fields)
         try:
-            _fill(record, fields, observed_ns)
+            record = _fill(fields, observed_ns)
         except (ValueError, TypeError) as exc:
-            # a value protobuf refuses (e.g. a string with a lone surrogate): keep the text
-            record.Clear()
-            self._text(record, data, observed_ns)
-            _flag(record, PARSE_ERROR_KEY, f"unrepresentable value: {exc}"[:120])
+            # a value protobuf cannot carry (e.g. a string with a lone surrogate): the text
             self.parse_errors += 1
+            record = _text(data, observed_ns, _attribute(
+                PARSE_ERROR_KEY, f"unrepresentable value: {exc}"[:120]))
+        self._append(key, record)
         return True
+
+    def _append(self, key: ResourceKey, record: bytes) -> None:
+        self.records += 1
+        group = self._groups.get(key)
+        if group is None:
+            group = self._groups[key] = []
+        group.append(_field(b"\x12", record))  # ScopeLogs.log_records
+
+    def _key(self, service: str | None, host: str | None, pid: int | None) -> ResourceKey:
+        return (service, host, pid)
 
     def _error(self, data: bytes, observed_ns: int, reason: str) -> None:
         self.parse_errors += 1
-        record = self._record(self.service_name, None, None)
-        self._text(record, data, observed_ns)
-        _flag(record, PARSE_ERROR_KEY, reason)
-
-    @staticmethod
-    def _text(record: LogRecord, data: bytes, observed_ns: int) -> None:
-        record.observed_time_unix_nano = observed_ns
-        # NUL is valid UTF-8; invalid bytes become U+FFFD so the body stays a valid string
-        record.body.string_value = data.decode("utf-8", "replace")
+        self._append(self._key(self.service_name, None, None),
+                     _text(data, observed_ns, _attribute(PARSE_ERROR_KEY, reason)))
 
     def _resource_fields(self, fields: dict[str, Any]) -> ResourceKey:
         service: str | None = None
@@ -284,39 +406,16 @@ class LogBatchBuilder:
             pid = None
         return service or self.service_name, host, pid
 
-    def _record(self, service: str | None, host: str | None, pid: int | None) -> LogRecord:
-        self.records += 1
-        key = (service, host, pid)
-        scope = self._scopes.get(key)
-        if scope is None:
-            resource_logs = self.request.resource_logs.add()
-            attributes = resource_logs.resource.attributes
-            _kv(attributes.add(), "service.name", service or "unknown_service")
-            if host is not None:
-                _kv(attributes.add(), "host.name", host)
-            if pid is not None:
-                entry = attributes.add()
-                entry.key = "process.pid"
-                entry.value.int_value = pid
-            scope = resource_logs.scope_logs.add()
-            scope.scope.name = SCOPE_NAME
-            self._scopes[key] = scope
-        record: LogRecord = scope.log_records.add()
-        return record
+
+def _fixed64(tag: bytes, value: int) -> bytes:
+    return tag + _PACK_FIXED64(value)
 
 
-def _kv(entry: KeyValue, key: str, value: str) -> None:
-    entry.key = key
-    entry.value.string_value = value
-
-
-def _flag(record: LogRecord, key: str, value: str | bool) -> None:
-    entry = record.attributes.add()
-    entry.key = key
-    if type(value) is bool:
-        entry.value.bool_value = value
-    else:
-        entry.value.string_value = value
+def _text(data: bytes, observed_ns: int, flag: bytes) -> bytes:
+    """A record whose body is the line as text: NUL is valid UTF-8, invalid bytes become
+    U+FFFD so the body stays a valid string."""
+    return (_fixed64(b"\x59", observed_ns)
+            + _field(b"\x2a", any_value(data.decode("utf-8", "replace"))) + flag)
 
 
 def _reason(exc: orjson.JSONDecodeError) -> str:
@@ -326,36 +425,43 @@ def _reason(exc: orjson.JSONDecodeError) -> str:
     return "not JSON: " + message.split(":", 1)[0][:80]
 
 
-def _fill(record: LogRecord, fields: dict[str, Any], observed_ns: int) -> None:
-    record.observed_time_unix_nano = observed_ns
+def _fill(fields: dict[str, Any], observed_ns: int) -> bytes:
+    """The LogRecord for a JSON object line (fields in field-number order)."""
+    parts: list[bytes] = []
     for key in _TIME_KEYS:
         if key in fields:
             ns = timestamp_ns(fields[key])
             if ns:
-                record.time_unix_nano = ns
+                parts.append(_fixed64(b"\x09", ns))
                 del fields[key]
                 break
     for key in _LEVEL_KEYS:
         if key in fields:
-            value = fields[key]
-            number, text = severity(value, key)
+            number, text = severity(fields[key], key)
             if number or text:
-                record.severity_number = SeverityNumber.ValueType(number)
-                record.severity_text = text
+                if number:
+                    parts.append(b"\x10" + _varint(number))
+                if text:
+                    parts.append(_field(b"\x1a", text.encode()))
                 del fields[key]
                 break
     for key in _MESSAGE_KEYS:
         if key in fields:
-            set_value(record.body, fields.pop(key))
+            parts.append(_field(b"\x2a", any_value(fields.pop(key))))
             break
-    _trace_context(record, fields)
-    _errors(record, fields)
+    trace, span, flags = _trace_context(fields)
+    errors = _errors(fields)
     fields.pop("v", None)  # bunyan's format version
-    add = record.attributes.add
-    for key, value in fields.items():
-        entry = add()
-        entry.key = key
-        set_value(entry.value, value, 1)
+    parts.extend([_attribute(key, value) for key, value in errors])
+    parts.extend(_key_values(b"\x32", fields, 1))
+    if flags is not None:
+        parts.append(b"\x45" + _PACK_FIXED32(flags))
+    if trace is not None:
+        parts.append(_field(b"\x4a", trace))
+    if span is not None:
+        parts.append(_field(b"\x52", span))
+    parts.append(_fixed64(b"\x59", observed_ns))
+    return b"".join(parts)
 
 
 def _pop_id(fields: dict[str, Any], keys: tuple[str, ...], size: int) -> bytes | None:
@@ -374,7 +480,7 @@ _SPAN_KEYS: Final = ("span_id", "spanId", "spanID", "otelSpanID", "span.id", "dd
                      "logging.googleapis.com/spanId")
 
 
-def _trace_context(record: LogRecord, fields: dict[str, Any]) -> None:
+def _trace_context(fields: dict[str, Any]) -> tuple[bytes | None, bytes | None, int | None]:
     trace = _pop_id(fields, _TRACE_KEYS, 16)
     span = _pop_id(fields, _SPAN_KEYS, 8)
     dd = fields.get("dd")
@@ -405,15 +511,10 @@ def _trace_context(record: LogRecord, fields: dict[str, Any]) -> None:
             continue
         del fields[key]
         break
-    if trace is not None:
-        record.trace_id = trace
-    if span is not None:
-        record.span_id = span
-    if flags is not None:
-        record.flags = flags
+    return trace, span, flags
 
 
-def _errors(record: LogRecord, fields: dict[str, Any]) -> None:
+def _errors(fields: dict[str, Any]) -> list[tuple[str, object]]:
     """pino/bunyan `err`, zerolog `error`, structlog `exception`, python-json-logger
     `exc_info`, winston `stack`, zap `stacktrace` -> OTel `exception.*` attributes."""
     kind = message = stack = None
@@ -440,10 +541,6 @@ def _errors(record: LogRecord, fields: dict[str, Any]) -> None:
         if type(fields.get(key)) is str:
             stack = stack or fields.pop(key)
             break
-    add = record.attributes.add
-    for name, value in (("exception.type", kind), ("exception.message", message),
-                        ("exception.stacktrace", stack)):
-        if value is not None:
-            entry = add()
-            entry.key = name
-            set_value(entry.value, value, 1)
+    return [(name, value) for name, value in (
+        ("exception.type", kind), ("exception.message", message),
+        ("exception.stacktrace", stack)) if value is not None]

@@ -32,12 +32,16 @@ from sidecar.configtypes import split_endpoint
 from sidecar.errors import StartupError
 from sidecar.model import Batch, Signal
 from sidecar.net.delivery import StreamDelivery
-from sidecar.net.framing import LineSplitter
+from sidecar.net.framing import Line, LineSplitter
 from sidecar.net.listeners import bind_tcp, bind_unix, remove_unix, socket_inode
+from sidecar.receivers.filetail import FileTailer
 from sidecar.receivers.logparse import LogBatchBuilder
 from sidecar.telemetry.metrics import (
+    LOGS_BUDGET_CUTS,
+    LOGS_BUFFERED_BYTES,
     LOGS_CONNECTIONS,
     LOGS_CONNECTIONS_REFUSED,
+    LOGS_IDLE_CLOSED,
     LOGS_LINES,
     LOGS_PARSE_ERRORS,
     LOGS_TRUNCATED,
@@ -49,7 +53,8 @@ log = logging.getLogger("sidecar.receivers.logs")
 
 # requests read from one connection and not yet taken by the pipeline; above this, reading
 # pauses (besides while the pipeline refuses). Per connection: max_connections times this,
-# plus a partial line of up to max_line_length each, bounds what clients can make us hold.
+# plus the unfinished lines of all connections (max_buffered_bytes, `PartialBudget`),
+# bounds what clients can make us hold.
 _MAX_PENDING_BYTES: Final = 1024 * 1024
 
 
@@ -70,12 +75,32 @@ class _Counted:
         await self._inner.wait_for_room(nbytes)
 
 
+class PartialBudget:
+    """Bytes of unfinished lines held by all connections of one receiver (both listeners),
+    so 1,000 clients each holding a max_line_length partial line cannot take 1,000 times
+    it: a connection whose partial line takes the total over `limit` has it cut."""
+
+    __slots__ = ("gauge", "limit", "used")
+
+    def __init__(self, receiver: str, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.gauge = LOGS_BUFFERED_BYTES.labels(receiver)
+
+    def change(self, delta: int) -> None:
+        self.used += delta
+        self.gauge.inc(delta)
+
+
 class StreamListener:
     """One listening socket (unix or TCP) and its connections."""
 
     def __init__(self, receiver: str, transport: str, config: LogsReceiverConfig,
-                 consumer: Consumer | None) -> None:
+                 consumer: Consumer | None, budget: PartialBudget | None = None) -> None:
         self.receiver = receiver
+        self.budget = budget or PartialBudget(receiver, config.max_buffered_bytes)
+        self.budget_cuts = LOGS_BUDGET_CUTS.labels(receiver, transport)
+        self.idle_closed = LOGS_IDLE_CLOSED.labels(receiver, transport)
         self.transport = transport
         self.config = config
         accepted = RECEIVER_ACCEPTED.labels(receiver, transport, Signal.LOGS.value)
@@ -136,8 +161,8 @@ class StreamListener:
 
 
 class LogConnection(asyncio.Protocol):
-    __slots__ = ("_builder", "_finished", "_listener", "_loop", "_splitter", "_timer",
-                 "delivery", "transport")
+    __slots__ = ("_builder", "_finished", "_held", "_idle", "_listener", "_loop",
+                 "_splitter", "_timer", "delivery", "transport")
 
     def __init__(self, listener: StreamListener) -> None:
         self._listener = listener
@@ -145,6 +170,8 @@ class LogConnection(asyncio.Protocol):
         self._splitter = LineSplitter(config.max_line_length)
         self._builder = LogBatchBuilder(config.service_name)
         self._timer: asyncio.TimerHandle | None = None
+        self._idle: asyncio.TimerHandle | None = None
+        self._held = 0  # this connection's share of the listener's PartialBudget
         self._finished = False
         self.transport: asyncio.Transport | None = None
         self.delivery: StreamDelivery | None = None
@@ -161,6 +188,9 @@ class LogConnection(asyncio.Protocol):
             return
         listener.connections.add(self)
         listener.open_connections.inc()
+        if listener.config.idle_timeout > 0:
+            self._idle = asyncio.get_running_loop().call_later(
+                listener.config.idle_timeout, self._idle_close)
         if listener.consumer is not None:
             self.delivery = StreamDelivery(transport, listener.consumer,
                                            max_pending_bytes=_MAX_PENDING_BYTES)
@@ -168,7 +198,13 @@ class LogConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._finished:
             return
-        lines = self._splitter.feed(data)
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        splitter = self._splitter
+        lines = splitter.feed(data)
+        if splitter.buffered != self._held:
+            self._hold(splitter.buffered, lines)
         if not lines:
             return
         builder = self._builder
@@ -183,6 +219,29 @@ class LogConnection(asyncio.Protocol):
         if builder.records and self._timer is None:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(batch.max_delay, self._flush)
+
+    def _hold(self, held: int, lines: list[Line]) -> None:
+        """Account for this connection's partial line; cut it if over the budget."""
+        budget = self._listener.budget
+        budget.change(held - self._held)
+        self._held = held
+        if budget.used > budget.limit and held:
+            cut = self._splitter.cut()
+            if cut is not None:
+                lines.append(cut)
+                self._listener.budget_cuts.inc()
+            budget.change(-held)
+            self._held = 0
+
+    def _idle_close(self) -> None:
+        self._idle = None
+        if self._finished:
+            return
+        self._listener.idle_closed.inc()
+        log.info("closing a log connection that sent nothing for %ss",
+                 self._listener.config.idle_timeout,
+                 extra={"transport": self._listener.transport})
+        self.connection_lost(None)  # leaves the listener's set: its slot is free again
 
     def eof_received(self) -> bool | None:
         return None  # close our side too
@@ -202,6 +261,12 @@ class LogConnection(asyncio.Protocol):
             return
         self._finished = True
         self._listener.open_connections.dec()
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        if self._held:
+            self._listener.budget.change(-self._held)
+            self._held = 0
         last = self._splitter.close()
         if last is not None and self._builder.add(last):
             self._listener.lines.inc()
@@ -221,10 +286,9 @@ class LogConnection(asyncio.Protocol):
         if builder.truncated:
             listener.truncated.inc(builder.truncated)
             builder.truncated = 0
-        request = builder.take()
-        if request is None:
+        batch = builder.take_batch()
+        if batch is None:
             return
-        batch = Batch.from_message(Signal.LOGS, request)
         if self.delivery is None:
             listener.no_pipeline.inc(batch.items)
             return
@@ -233,23 +297,30 @@ class LogConnection(asyncio.Protocol):
 
 class LogsReceiver:
     def __init__(self, name: str, config: LogsReceiverConfig,
-                 consumers: Mapping[Signal, Consumer]) -> None:
+                 consumers: Mapping[Signal, Consumer],
+                 context: BuildContext | None = None) -> None:
         self.name = name
         self.config = config
         consumer = consumers.get(Signal.LOGS)
         self._listeners: list[StreamListener] = []
         self.unix: StreamListener | None = None
         self.tcp: StreamListener | None = None
+        budget = PartialBudget(name, config.max_buffered_bytes)
         if config.unix is not None:
-            self.unix = StreamListener(name, "unix", config, consumer)
+            self.unix = StreamListener(name, "unix", config, consumer, budget)
             self.unix.address = f"unix:{config.unix}"
             self._listeners.append(self.unix)
         if config.tcp is not None:
-            self.tcp = StreamListener(name, "tcp", config, consumer)
+            self.tcp = StreamListener(name, "tcp", config, consumer, budget)
             self.tcp.address = config.tcp.endpoint
             self._listeners.append(self.tcp)
         self._pipelined = consumer is not None
         self._unix_inode: int | None = None
+        self.files: FileTailer | None = None
+        if config.files is not None:
+            storage = (context or BuildContext()).storage_dir
+            self.files = FileTailer(name, config, config.files, consumer,
+                                    storage / "filetail" / f"{name}.json")
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -267,26 +338,33 @@ class LogsReceiver:
                 bound = sock.getsockname()[1]
                 self.tcp.address = f"{config.tcp.endpoint.rpartition(':')[0]}:{bound}"
                 self.tcp.server = await loop.create_server(self.tcp.protocol, sock=sock)
+            if self.files is not None:
+                await self.files.start()
         except StartupError:
             await self.shutdown(loop.time())
             raise
 
     async def shutdown(self, deadline: float) -> None:
-        await asyncio.gather(*(listener.shutdown(deadline) for listener in self._listeners))
+        tailing = [self.files.shutdown(deadline)] if self.files is not None else []
+        await asyncio.gather(*(listener.shutdown(deadline) for listener in self._listeners),
+                             *tailing)
         if self.config.unix is not None and self._unix_inode is not None:
             remove_unix(self.config.unix, self._unix_inode)
             self._unix_inode = None
 
     def describe(self) -> list[str]:
         signals = "logs" if self._pipelined else "(no pipelines)"
-        return [f"{self.name}/{listener.transport}  {listener.address}  {signals}"
-                for listener in self._listeners]
+        lines = [f"{self.name}/{listener.transport}  {listener.address}  {signals}"
+                 for listener in self._listeners]
+        if self.files is not None:
+            lines.append(self.files.describe())
+        return lines
 
 
 def create(name: str, config: BaseModel, consumers: Mapping[Signal, Consumer],
            context: BuildContext) -> ReceiverComponent:
     assert isinstance(config, LogsReceiverConfig)
-    return LogsReceiver(name, config, consumers)
+    return LogsReceiver(name, config, consumers, context)
 
 
 FACTORY = register_receiver(ReceiverFactory("logs", LogsReceiverConfig, create))

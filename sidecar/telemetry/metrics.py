@@ -580,3 +580,45 @@ SPAN_CALLS = CallsOf("sidecar_span_calls", "Spans seen, by service, name, kind a
                      SPAN_DURATION)
 REGISTRY.register(Tables(LLM_CALLS, LLM_TOKENS, LLM_COST, LLM_DURATION, SPAN_CALLS,
                          SPAN_DURATION))
+# --- logs: tailed files, connection bounds, tail feed (receivers.logs, sidecar tail) --------
+LOGS_FILES_OPEN = Gauge(
+    "sidecar_logs_files_open", "Log files being tailed", ["receiver"], registry=REGISTRY)
+LOGS_FILE_RESTARTS = Counter(
+    "sidecar_logs_file_restarts",
+    "Tailed files read again from the start: truncated (shorter than the offset read) or "
+    "replaced (first bytes changed: copytruncate, a reused inode)",
+    ["receiver", "reason"], registry=REGISTRY)
+LOGS_FILES_SKIPPED = Counter(
+    "sidecar_logs_files_skipped",
+    "Matching files not tailed because max_files were open (counted once per poll)",
+    ["receiver"], registry=REGISTRY)
+LOGS_FILE_ERRORS = Counter(
+    "sidecar_logs_file_errors",
+    "Tailed-file operations that failed (open, read, checkpoint write); retried next poll",
+    ["receiver", "operation"], registry=REGISTRY)
+LOGS_CHECKPOINTS = Counter(
+    "sidecar_logs_checkpoints_written",
+    "File-tail checkpoint files written (after the records up to them were accepted)",
+    ["receiver"], registry=REGISTRY)
+LOGS_BUFFERED_BYTES = Gauge(
+    "sidecar_logs_buffered_bytes",
+    "Bytes of unfinished lines held across a logs receiver's connections "
+    "(bounded by max_buffered_bytes)", ["receiver"], registry=REGISTRY)
+LOGS_BUDGET_CUTS = Counter(
+    "sidecar_logs_budget_cut_lines",
+    "Unfinished lines cut (delivered marked truncated) because all connections together "
+    "held max_buffered_bytes", ["receiver", "transport"], registry=REGISTRY)
+LOGS_IDLE_CLOSED = Counter(
+    "sidecar_logs_connections_idle_closed",
+    "Log stream connections closed for sending nothing within idle_timeout",
+    ["receiver", "transport"], registry=REGISTRY)
+TAIL_SUBSCRIBERS = Gauge(
+    "sidecar_tail_subscribers", "Open `sidecar tail` feeds (GET /tail on the admin server)",
+    registry=REGISTRY)
+TAIL_SENT = Counter(
+    "sidecar_tail_items_sent", "Spans and log records sent to `sidecar tail` feeds",
+    registry=REGISTRY)
+TAIL_DROPPED = Counter(
+    "sidecar_tail_items_dropped",
+    "Spans and log records a `sidecar tail` feed missed because its reader was slower than "
+    "the pipeline (per feed; the pipeline never waits for a reader)", registry=REGISTRY)

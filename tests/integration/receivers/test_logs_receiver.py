@@ -468,3 +468,80 @@ async def test_one_connections_garbage_costs_another_connection_nothing(
     assert len(theirs) == 20 * 3 + 1
     assert sum(TRUNCATED_KEY in attrs(r) for r in theirs) == 20
     assert sum(PARSE_ERROR_KEY in attrs(r) for r in theirs) == 20 * 2 + 1
+
+
+async def test_unfinished_lines_of_all_connections_share_one_budget(
+        start: Start, short_tmp: Path) -> None:
+    """50 clients each hold 512 KiB of an unfinished line: 25 MiB if each were allowed its
+    max_line_length. The receiver holds at most max_buffered_bytes of them at once; a line
+    that took the total over the budget comes out cut and marked, once, never split."""
+    import tracemalloc
+
+    pipeline = Pipeline()
+    await start(pipeline, name="budget", max_buffered_bytes="4MiB")
+    path = str(short_tmp / "logs.sock")
+    clients = 50
+    part = b'{"msg":"' + b"y" * (512 * 1024)
+    tracemalloc.start()
+    try:
+        writers = [(await asyncio.open_unix_connection(path))[1] for _ in range(clients)]
+        for writer in writers:
+            writer.write(part)
+            await writer.drain()
+        await wait_for(lambda: sample("sidecar_logs_budget_cut_lines_total", receiver="budget",
+                                      transport="unix") >= clients - 8)
+        assert sample("sidecar_logs_buffered_bytes", receiver="budget") <= 4 * 1024 * 1024
+        for i, writer in enumerate(writers):
+            writer.write(b'","seq":%d}\n' % i)
+            await writer.drain()
+            await close(writer)
+        await wait_for(lambda: len(pipeline.records()) == clients)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # the partial lines (4 MiB) plus the batches made of them (~26 MiB of bodies): not the
+    # 25 MiB of partial lines on top
+    assert peak < 40 * 1024 * 1024
+    records = [r for _, r in pipeline.records()]
+    cut = [r for r in records if TRUNCATED_KEY in attrs(r)]
+    whole = [r for r in records if TRUNCATED_KEY not in attrs(r)]
+    assert len(cut) == sample("sidecar_logs_budget_cut_lines_total", receiver="budget",
+                              transport="unix")
+    assert len(whole) >= 1
+    assert all(r.body.string_value.startswith('{"msg":"yyy') for r in cut)
+    assert sorted(int(attrs(r)["seq"]["intValue"]) for r in whole) == sorted(
+        {int(attrs(r)["seq"]["intValue"]) for r in whole})
+    await wait_for(lambda: sample("sidecar_logs_buffered_bytes", receiver="budget") == 0)
+
+
+async def test_a_thousand_connections_that_never_write_are_closed_after_idle_timeout(
+        start: Start, short_tmp: Path) -> None:
+    pipeline = Pipeline()
+    receiver = await start(pipeline, name="idle-timeout", idle_timeout="500ms",
+                           max_connections=1001)
+    path = str(short_tmp / "logs.sock")
+    idle = [await asyncio.open_unix_connection(path) for _ in range(1000)]
+    reader, writer = await asyncio.open_unix_connection(path)
+    writer.write(b'{"msg":"talks once"}\n')
+    await writer.drain()
+    try:
+        for idle_reader, _ in idle:
+            assert await asyncio.wait_for(idle_reader.read(), 10) == b""  # closed by us
+        labels = {"receiver": "idle-timeout", "transport": "unix"}
+        assert sample("sidecar_logs_connections_idle_closed_total", **labels) == 1000
+        assert sample("sidecar_logs_connections", **labels) == 1
+        assert receiver.unix is not None
+        assert len(receiver.unix.connections) == 1
+        writer.write(b'{"msg":"still open"}\n')
+        await writer.drain()
+        # the closed ones freed their slots: max_connections (1001) admits new clients
+        late = [await asyncio.open_unix_connection(path) for _ in range(3)]
+        late[-1][1].write(b'{"msg":"late"}\n')
+        await late[-1][1].drain()
+        await wait_for(lambda: len(pipeline.records()) == 3)
+        assert sample("sidecar_logs_connections_refused_total", **labels) == 0
+        await asyncio.gather(*(close(w) for _, w in late))
+    finally:
+        await asyncio.gather(*(close(w) for _, w in idle))
+        await close(writer)
+    del reader

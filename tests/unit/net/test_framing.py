@@ -169,3 +169,21 @@ def test_linear_in_input_size_with_one_byte_feeds() -> None:
         assert out == [Line(line[:max_length], truncated=max_length < size)]
         # a liveness bound, ~20x the linear time on a loaded 2-core machine
         assert elapsed < 30, elapsed
+
+
+def test_cut_hands_out_the_partial_line_marked_and_skips_its_rest() -> None:
+    splitter = LineSplitter(100)
+    assert splitter.feed(b"one\ntwo-st") == [Line(b"one")]
+    assert splitter.cut() == Line(b"two-st", truncated=True)
+    assert splitter.buffered == 0
+    assert splitter.feed(b"art-rest\nthree\n") == [Line(b"three")]
+    assert splitter.cut() is None
+    assert splitter.truncated_lines == 1
+
+
+def test_skip_line_starts_at_the_next_line() -> None:
+    splitter = LineSplitter(100)
+    splitter.skip_line()
+    assert splitter.discarding
+    assert splitter.feed(b"tail of a line\nnext\n") == [Line(b"next")]
+    assert not splitter.discarding

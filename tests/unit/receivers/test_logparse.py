@@ -380,3 +380,27 @@ def test_any_json_object_maps_to_a_record_that_upb_parses(obj: dict[str, Any]) -
     parsed = Batch.from_message(Signal.LOGS, request).message
     assert sum(len(s.log_records) for r in parsed.resource_logs  # type: ignore[union-attr]
                for s in r.scope_logs) == 1
+
+
+def test_all_zero_ids_are_no_ids_and_stay_attributes() -> None:
+    record, _, _ = one(f'{{"msg":"m","trace_id":"{"0" * 32}","span_id":"0000000000000000"}}')
+    assert record.trace_id == b""
+    assert record.span_id == b""
+    assert set(attrs(record)) == {"trace_id", "span_id"}
+
+
+def test_child_bindings_and_large_ints_nest_as_upb_writes_them() -> None:
+    """The inline paths (nested maps, ints of several varint bytes) against upb's own
+    encoding of the same values."""
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue, KeyValueList
+
+    record, _, _ = one('{"msg":"m","run":{"id":"r","step":300,"deep":{"n":-5}},'
+                       '"big":9007199254740993}')
+    expected = [
+        KeyValue(key="run", value=AnyValue(kvlist_value=KeyValueList(values=[
+            KeyValue(key="id", value=AnyValue(string_value="r")),
+            KeyValue(key="step", value=AnyValue(int_value=300)),
+            KeyValue(key="deep", value=AnyValue(kvlist_value=KeyValueList(values=[
+                KeyValue(key="n", value=AnyValue(int_value=-5))])))]))),
+        KeyValue(key="big", value=AnyValue(int_value=9007199254740993))]
+    assert list(record.attributes) == expected
