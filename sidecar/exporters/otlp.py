@@ -124,6 +124,16 @@ class OtlpConfig(ExporterSettings):
         return self
 
     @model_validator(mode="after")
+    def _one_authorization(self) -> OtlpConfig:
+        # aiohttp refuses a request with both (every send would fail for good)
+        has_header = any(k.lower() == "authorization" for k in self.headers)
+        userinfo = "@" in self.endpoint.split("://", 1)[-1].split("/", 1)[0]
+        if has_header and userinfo:
+            raise ValueError("the endpoint has user:password@ and headers has authorization: "
+                             "use one of them")
+        return self
+
+    @model_validator(mode="after")
     def _grpc_only(self) -> OtlpConfig:
         if self.protocol != "grpc":
             if "keepalive" in self.model_fields_set:

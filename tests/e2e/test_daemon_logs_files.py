@@ -31,7 +31,11 @@ def seqs(sink: OtlpSink) -> list[int]:
 def daemon_for(workdir: Path, sink: OtlpSink, logs_dir: Path) -> DaemonProcess:
     daemon = DaemonProcess(workdir, exporters={
         "upstream": {"type": "otlp", "protocol": "http", "endpoint": sink.http_endpoint,
-                     "batch": {"max_delay": "10ms"}}})
+                     "batch": {"max_delay": "10ms"},
+                     # what these tests count is the tail's re-reading; the durable queue
+                     # would add its own at-least-once redelivery after a SIGKILL (records
+                     # whose acks were not on disk yet), tested in test_durable_queue.py
+                     "queue": {"type": "memory"}}})
     files: dict[str, Any] = {"include": [str(logs_dir / "app.log*")],
                              "start_at": "beginning", "poll_interval": "50ms"}
     daemon.extra["receivers"] = {

@@ -200,3 +200,13 @@ def test_tls_settings_on_a_plaintext_endpoint_are_errors(tls: dict[str, object])
                                    "tls": {**tls, "insecure": True}})
     assert OtlpConfig.model_validate({"endpoint": "https://collector:4318", "protocol": "http",
                                       "tls": tls})
+
+
+def test_credentials_in_the_url_and_an_authorization_header_are_refused() -> None:
+    # aiohttp refuses such a request, so every send would have failed for good
+    with pytest.raises(ValidationError, match="use one of them"):
+        OtlpConfig(type="otlp", protocol="http", endpoint="https://u:p@collector:4318",
+                   headers={"Authorization": "Bearer t"})
+    OtlpConfig(type="otlp", protocol="http", endpoint="https://u:p@collector:4318")
+    OtlpConfig(type="otlp", protocol="http", endpoint="https://collector:4318",
+               headers={"authorization": "Bearer t"})
