@@ -90,6 +90,32 @@ def _healthcheck(exporters: dict[str, Any]) -> None:
         _fail(failed, 2)
 
 
+def _own_output_scrubber(cfg: Any, mask: Any) -> Any:
+    """What the daemon's own log lines go through: the configured secrets masked, then the
+    redaction engine with the config's redact rules (a key or token that reached a log
+    message or an exception text is caught like one in telemetry). It does not count in
+    the telemetry's redaction metrics; a failure to redact never loses the line (the mask
+    alone applies)."""
+    from sidecar.processors.redact import RedactSettings
+    from sidecar.processors.redact_cli import TextRedactor
+
+    settings = cfg.processors.get("redact")
+    if not isinstance(settings, RedactSettings):
+        settings = RedactSettings()
+    if not settings.enabled:
+        return mask
+    engine = TextRedactor(settings)
+
+    def scrub(text: str) -> str:
+        masked = str(mask(text))
+        try:
+            return engine(masked)
+        except Exception:  # never lose a log line to the scrubber
+            return str(masked)
+
+    return scrub
+
+
 @main.command()
 @CONFIG_OPTION
 @SET_OPTION
@@ -110,7 +136,8 @@ def run(config_path: str | None, overrides: tuple[str, ...], log_format: str | N
         _fail([str(problem) for problem in exc.problems], 1)
     fmt = log_format or cfg.service.log_format
     mask = SecretMask(configured_secrets(cfg))
-    setup_logging("json" if fmt == "json" else "text", cfg.service.log_level, mask)
+    setup_logging("json" if fmt == "json" else "text", cfg.service.log_level,
+                  _own_output_scrubber(cfg, mask))
     try:
         run_event_loop(run_app(
             cfg, lambda line: click.echo(mask(line)), source=(config_path, tuple(overrides)),

@@ -12,7 +12,7 @@ from sidecar.errors import BadInputError
 from sidecar.model import Batch, Signal
 from sidecar.otlp_json import request_from_json_bytes, request_to_json_bytes
 from sidecar.pipeline.stage import Stage
-from sidecar.processors.redact import RedactionError, RedactProcessor, RedactSettings
+from sidecar.processors.redact import RedactionError, Redactor, RedactProcessor, RedactSettings
 
 _ROOTS = {b"resourceSpans": Signal.TRACES, b"resourceLogs": Signal.LOGS,
           b"resourceMetrics": Signal.METRICS}
@@ -26,6 +26,28 @@ def _otlp_signal(line: bytes) -> Signal | None:
         if b'"' + key + b'"' in head:
             return signal
     return None
+
+
+class TextRedactor:
+    """One string through the redaction engine as a log body, without the processor's
+    metrics: for the daemon's own log lines (what it says about itself is not telemetry)."""
+
+    def __init__(self, settings: RedactSettings) -> None:
+        self.redactor = Redactor(settings)
+
+    def __call__(self, text: str) -> str:
+        from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
+            ExportLogsServiceRequest,
+        )
+
+        request = ExportLogsServiceRequest()
+        request.resource_logs.add().scope_logs.add().log_records.add().body.string_value = text
+        _, out = self.redactor.redact_payload(Signal.LOGS, request.SerializeToString(), None)
+        if out is None:
+            return text
+        edited = ExportLogsServiceRequest.FromString(out)
+        body: str = edited.resource_logs[0].scope_logs[0].log_records[0].body.string_value
+        return body
 
 
 class LineRedactor:

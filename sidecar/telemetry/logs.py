@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Literal
 
 import orjson
 
-from sidecar.telemetry.secrets import SecretMask
 
 LogFormat = Literal["json", "text"]
 
@@ -46,7 +46,7 @@ class MaskingFormatter(logging.Formatter):
     """Another formatter's output with the configured secrets masked: whatever a log call,
     an exception message or a traceback says, a configured key never reaches stderr."""
 
-    def __init__(self, inner: logging.Formatter, mask: SecretMask) -> None:
+    def __init__(self, inner: logging.Formatter, mask: Callable[[str], str]) -> None:
         super().__init__()
         self._inner = inner
         self._mask = mask
@@ -56,7 +56,7 @@ class MaskingFormatter(logging.Formatter):
 
 
 def setup_logging(fmt: LogFormat = "json", level: str = "info",
-                  mask: SecretMask | None = None) -> None:
+                  mask: Callable[[str], str] | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
     formatter: logging.Formatter = JsonFormatter() if fmt == "json" else TextFormatter()
     if mask is not None:

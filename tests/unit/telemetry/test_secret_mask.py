@@ -81,3 +81,17 @@ def test_a_reload_adds_secrets_and_keeps_the_old_ones() -> None:
     mask = SecretMask(["first-secret"])
     mask.extend(["second-secret"])
     assert mask("first-secret second-secret") == f"{MASK} {MASK}"
+
+
+def test_the_daemons_own_lines_go_through_the_redaction_engine() -> None:
+    from sidecar.cli import _own_output_scrubber
+
+    scrub = _own_output_scrubber(loaded(), SecretMask(configured_secrets(loaded())))
+    openai_key = "sk-proj-" + "Ab1" * 16
+    line = f"upstream said: bad key {openai_key} for {DD_KEY} at https://api.example.com"
+    out = scrub(line)
+    assert openai_key not in out
+    assert DD_KEY not in out
+    assert "upstream said: bad key" in out
+    assert "https://api.example.com" in out
+    assert scrub("nothing secret here: 42 spans") == "nothing secret here: 42 spans"
