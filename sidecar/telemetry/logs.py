@@ -10,7 +10,6 @@ from typing import Literal
 
 import orjson
 
-
 LogFormat = Literal["json", "text"]
 
 # attributes every LogRecord has; anything else came from `extra=` and is a field
