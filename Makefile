@@ -30,6 +30,12 @@ sysdeps:
 	  echo "installing redis-server and redis-tools from Debian"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends redis-server redis-tools >/dev/null; \
 	fi
+	@# promtool checks and unit-tests deploy/prometheus-alerts.yaml; prometheus scrapes a
+	@# running daemon in tests/deploy (both from Debian's prometheus package)
+	@if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then \
+	  echo "installing prometheus from Debian"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	fi
 
 node: $(NODE_DIR)/node_modules/.installed
 $(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package.json
