@@ -152,7 +152,7 @@ def wait_status(url: str, proc: subprocess.Popen[bytes]) -> int:
     import urllib.error
     import urllib.request
 
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()
         try:
@@ -164,7 +164,7 @@ def wait_status(url: str, proc: subprocess.Popen[bytes]) -> int:
         except OSError:
             pass
         time.sleep(0.05)
-    raise AssertionError(f"{url} did not answer in 20 s")
+    raise AssertionError(f"{url} did not answer in 60 s")
 
 
 # --- Kubernetes ------------------------------------------------------------------------------

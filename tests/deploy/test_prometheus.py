@@ -182,6 +182,7 @@ def bad_request(http_endpoint: str) -> None:
     refused.value.close()
 
 
+@pytest.mark.timeout(300)  # two servers started and polled on a shared 2-core machine
 async def test_prometheus_scrapes_every_metric_the_dashboard_and_rules_use(
         short_tmp: Path, tmp_path: Path) -> None:
     daemon = DaemonProcess(short_tmp, exporters={
