@@ -148,7 +148,12 @@ def prom_get(base: str, path: str, **params: str) -> Any:
         with urllib.request.urlopen(url, timeout=10) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        return json.loads(exc.read())
+        with exc:
+            body = exc.read()
+        try:
+            return json.loads(body)
+        except ValueError:  # e.g. 503 "Service Unavailable" while the TSDB starts
+            return {"status": f"http {exc.code}", "body": body.decode(errors="replace")}
 
 
 def send_spans(endpoint: str) -> None:
@@ -248,10 +253,12 @@ async def test_prometheus_scrapes_every_metric_the_dashboard_and_rules_use(
         deadline = time.monotonic() + 30
         health: dict[str, str] = {}
         while time.monotonic() < deadline:
-            groups = (await asyncio.to_thread(prom_get, base, "/api/v1/rules"))["data"]["groups"]
-            health = {r["name"]: r["health"] for g in groups for r in g["rules"]}
-            if health and all(h != "unknown" for h in health.values()):
-                break
+            answer = await asyncio.to_thread(prom_get, base, "/api/v1/rules")
+            if answer["status"] == "success":
+                health = {r["name"]: r["health"] for g in answer["data"]["groups"]
+                          for r in g["rules"]}
+                if health and all(h != "unknown" for h in health.values()):
+                    break
             await asyncio.sleep(0.5)
         assert health, "Prometheus loaded no rules"
         assert set(health.values()) == {"ok"}, health
