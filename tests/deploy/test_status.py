@@ -157,3 +157,30 @@ async def test_status_over_tls(short_tmp: Path, tmp_path: Path) -> None:
     finally:
         proc.terminate()
         await asyncio.to_thread(proc.communicate, timeout=30)
+
+
+async def test_status_of_a_draining_daemon_exits_1(short_tmp: Path) -> None:
+    """SIGTERM with data queued for a destination that is down: the daemon drains (up to
+    service.shutdown_timeout) and /readyz says so; status reports it and exits 1, showing the
+    exporter failing with its queue."""
+    daemon = DaemonProcess(short_tmp, exporters={"down": {
+        "type": "otlp", "protocol": "grpc", "endpoint": f"http://127.0.0.1:{free_port()}"}})
+    await daemon.start()
+    try:
+        sent = await cli("send-test", "--endpoint", daemon.http_endpoint,
+                         "--admin", daemon.admin_url)
+        assert sent.returncode == 0, sent.stderr
+        ready = await cli("status", "--admin", daemon.admin_url, "--json")
+        assert ready.returncode == 0
+        daemon.terminate()
+        result = ready
+        deadline = time.monotonic() + 8  # shutdown_timeout is 10 s (tests/helpers/daemon.py)
+        while result.returncode == 0 and time.monotonic() < deadline:
+            result = await cli("status", "--admin", daemon.admin_url)
+        assert result.returncode == 1, result.stdout
+        assert result.stdout.splitlines()[0].endswith(": starting or stopping"), result.stdout
+        down = next(line for line in result.stdout.splitlines()
+                    if line.strip().startswith("down "))
+        assert "sent 0," in down
+    finally:
+        await daemon.stop()
