@@ -301,6 +301,18 @@ def test_workload_probes_volumes_and_security(kind: str) -> None:
     volumes = {v["name"]: v for v in pod["volumes"]}
     run = volumes["sidecar-run"]
     assert ("emptyDir" in run) if kind == "Deployment" else ("hostPath" in run)
+    user = pod["securityContext"]["runAsUser"]
+    host_dirs = {m["mountPath"] for m in container["volumeMounts"]
+                 if "hostPath" in volumes[m["name"]]}
+    if host_dirs:
+        # hostPath is created root-owned and fsGroup does not apply: something must chown
+        # it to the sidecar's user before the sidecar starts
+        owner = f"{user}:{pod['securityContext']['runAsGroup']}"
+        owners = [c for c in pod.get("initContainers", [])
+                  if c["command"][:2] == ["chown", owner]]
+        assert owners, "no init container hands the hostPath dirs to the sidecar's user"
+        assert host_dirs <= set(owners[0]["command"][2:])
+        assert owners[0]["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN"]}
     limits, requests = container["resources"]["limits"], container["resources"]["requests"]
     # measured: ~18 % of a core at 10k spans/s, RSS up to ~170 MiB (README: Performance)
     assert mebibytes(requests["memory"]) >= 170
