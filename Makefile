@@ -35,6 +35,17 @@ sysdeps:
 	  echo "installing tmux from Debian"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends tmux >/dev/null; \
 	fi
+	@# promtool checks and unit-tests deploy/prometheus-alerts.yaml; prometheus scrapes a
+	@# running daemon in tests/deploy (both from Debian's prometheus package)
+	@if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then \
+	  echo "installing prometheus from Debian"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	fi
+	@# systemd-analyze verifies deploy/sidecar.service (works without a running systemd)
+	@if ! command -v systemd-analyze >/dev/null; then \
+	  echo "installing systemd (for systemd-analyze) from Debian"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends systemd >/dev/null; \
+	fi
 
 node: $(NODE_DIR)/node_modules/.installed
 $(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package.json

@@ -1,5 +1,5 @@
-"""Command line: `sidecar run | validate | send-test | prices | redact | pipe | tail | version
-| cache ...`."""
+"""Command line: `sidecar run | validate | send-test | prices | redact | pipe | tail | status
+| version | cache ...`."""
 
 from __future__ import annotations
 
@@ -316,3 +316,28 @@ def tail(config_path: str | None, overrides: tuple[str, ...], admin: str | None,
     colored = color == "always" or (color == "auto" and sys.stdout.isatty())
     sys.exit(run(feed_url(admin, signals or ("traces", "logs"), filter_expr), colored,
                  token=token))
+
+
+@main.command()
+@click.option("--admin", default="http://127.0.0.1:9464", show_default=True,
+              help="The daemon's admin server (https:// when admin.tls is set).")
+@click.option("--token", envvar="SIDECAR_ADMIN_TOKEN", default=None,
+              help="Bearer token of admin.auth (default: $SIDECAR_ADMIN_TOKEN).")
+@click.option("--cacert", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="CA bundle to verify an https admin server (default: the system's).")
+@click.option("--insecure", is_flag=True, help="https without verifying the certificate.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def status(admin: str, token: str | None, cacert: str | None, insecure: bool,
+           as_json: bool) -> None:
+    """One screen of a running daemon's state from its admin server (/readyz, /metrics);
+    exit 0 when ready, 1 when not ready, degraded or unreachable."""
+    import json
+
+    from sidecar.status import StatusError, fetch, render
+
+    try:
+        found = fetch(admin, token, cacert, insecure)
+    except StatusError as exc:
+        _fail([str(exc)], 1)
+    click.echo(json.dumps(found.as_json(), indent=2) if as_json else render(found))
+    sys.exit(0 if found.ready else 1)
