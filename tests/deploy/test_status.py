@@ -164,7 +164,10 @@ async def test_status_of_a_draining_daemon_exits_1(short_tmp: Path) -> None:
     service.shutdown_timeout) and /readyz says so; status reports it and exits 1, showing the
     exporter failing with its queue."""
     daemon = DaemonProcess(short_tmp, exporters={"down": {
-        "type": "otlp", "protocol": "grpc", "endpoint": f"http://127.0.0.1:{free_port()}"}})
+        "type": "otlp", "protocol": "grpc", "endpoint": f"http://127.0.0.1:{free_port()}",
+        # a durable queue keeps what is left on disk and exits at once; a memory queue
+        # delivers until shutdown_timeout, which is the draining state shown here
+        "queue": {"type": "memory"}}})
     await daemon.start()
     try:
         sent = await cli("send-test", "--endpoint", daemon.http_endpoint,
