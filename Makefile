@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 NODE_DIR := tests/e2e/node
 
-.PHONY: run test lint bench fuzz soak sysdeps node clean protos
+.PHONY: run test lint bench fuzz soak docs sysdeps node clean protos
 
 $(STAMP): pyproject.toml
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
@@ -61,6 +61,10 @@ lint: $(STAMP) protos
 
 test: $(STAMP) protos sysdeps node lint
 	$(VENV)/bin/pytest -q
+
+# docs/configuration.md from the config models (tests/unit/test_configref.py checks it)
+docs: $(STAMP) protos
+	$(PY) -m sidecar.configref docs/configuration.md
 
 # coverage-guided fuzzing of every parser (tests/fuzz/targets.py), FUZZ_SECONDS each
 FUZZ_SECONDS ?= 60
