@@ -32,6 +32,7 @@ class Exporter:
     queue_bytes: float = 0.0
     queue_items: float = 0.0
     queue_capacity_bytes: float = 0.0
+    queue_oldest_seconds: float = 0.0  # durable queue: age of the oldest undelivered data
 
 
 @dataclass
@@ -127,6 +128,7 @@ def _summarise(status: Status, text: str) -> None:
         "sidecar_exporter_queue_size_bytes": "queue_bytes",
         "sidecar_exporter_queue_size_items": "queue_items",
         "sidecar_exporter_queue_capacity_bytes": "queue_capacity_bytes",
+        "sidecar_queue_oldest_item_age_seconds": "queue_oldest_seconds",
     }
     receiver_fields = {
         "sidecar_receiver_accepted_items_total": "accepted",
@@ -214,8 +216,10 @@ def render(status: Status) -> str:
         fill = (f" ({exp.queue_bytes / exp.queue_capacity_bytes:.0%} of "
                 f"{_bytes(exp.queue_capacity_bytes)})" if exp.queue_capacity_bytes else "")
         health = "FAILING" if exp.failed and not exp.sent else "ok"
+        age = (f", oldest {exp.queue_oldest_seconds:.0f}s" if exp.queue_oldest_seconds >= 1
+               else "")
         lines.append(f"  {name:<16} {health:<8} queue {_count(exp.queue_items)} items, "
-                     f"{_bytes(exp.queue_bytes)}{fill}; sent {_count(exp.sent)}, failed "
+                     f"{_bytes(exp.queue_bytes)}{fill}{age}; sent {_count(exp.sent)}, failed "
                      f"{_count(exp.failed)}, retries {_count(exp.retries)}, dropped "
                      f"{_count(exp.dropped)}")
     ratio = status.cache_hit_ratio

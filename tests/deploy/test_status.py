@@ -187,3 +187,20 @@ async def test_status_of_a_draining_daemon_exits_1(short_tmp: Path) -> None:
         assert "sent 0," in down
     finally:
         await daemon.stop()
+
+
+def test_the_durable_queue_age_is_shown() -> None:
+    from sidecar.status import Status, _summarise, render
+
+    status = Status(admin="http://a", ready=True, state="ready")
+    _summarise(status, "\n".join([
+        "# TYPE sidecar_exporter_queue_size_items gauge",
+        'sidecar_exporter_queue_size_items{exporter="dd"} 12',
+        "# TYPE sidecar_queue_oldest_item_age_seconds gauge",
+        'sidecar_queue_oldest_item_age_seconds{exporter="dd"} 754.2',
+        'sidecar_queue_oldest_item_age_seconds{exporter="local"} 0',
+    ]) + "\n")
+    lines = render(status).splitlines()
+    assert any(line.strip().startswith("dd ") and "12 items" in line and "oldest 754s" in line
+               for line in lines), lines
+    assert not any("oldest" in line for line in lines if line.strip().startswith("local "))
