@@ -82,6 +82,11 @@ class LogsTcpConfig(Strict):
     endpoint: Endpoint = "127.0.0.1:5170"
     allow_remote: bool = False  # anything but loopback must be asked for
 
+    @model_validator(mode="after")
+    def _local_unless_allowed(self) -> LogsTcpConfig:
+        check_local(self.endpoint, self.allow_remote)
+        return self
+
 
 class LogsBatchConfig(Strict):
     """A connection's lines go on as one request once any of these is reached."""

@@ -10,6 +10,7 @@ from typing import Annotated
 from pydantic import BeforeValidator, Field, model_validator
 
 from sidecar.configtypes import ByteSize, Duration, Endpoint, Strict
+from sidecar.net.security import is_loopback_host
 
 
 def _octal(value: object) -> object:
@@ -77,7 +78,7 @@ class TcpListenerConfig(Strict):
     @model_validator(mode="after")
     def _remote_needs_password(self) -> TcpListenerConfig:
         host = self.endpoint.rpartition(":")[0].strip("[]")
-        loopback = host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
+        loopback = is_loopback_host(host)  # the one loopback rule of every listener
         if not loopback and not self.allow_remote:
             raise ValueError(f"{host} is not loopback; set allow_remote: true to bind it")
         if not loopback and not self.password:

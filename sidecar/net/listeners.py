@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sidecar.errors import StartupError
+from sidecar.net.security import is_loopback_host
 
 # sun_path is 108 bytes on Linux including the terminating NUL
 MAX_UNIX_PATH = 107
@@ -127,7 +128,7 @@ def bind_tcp(host: str, port: int, setting: str, allow_remote: bool = False,
         address = ipaddress.ip_address("127.0.0.1" if host == "localhost" else host)
     except ValueError:
         raise StartupError(f"{setting}: {host}: not an IP address") from None
-    if not address.is_loopback and not allow_remote:
+    if not is_loopback_host(host) and not allow_remote:
         raise StartupError(f"{setting}: {host}:{port}: not loopback (allow_remote is false)")
     family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)

@@ -19,10 +19,11 @@ import pytest
 import structlog
 from google.protobuf.json_format import MessageToDict
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+from pydantic import ValidationError
 from pythonjsonlogger.json import JsonFormatter
 
 from sidecar.config import LogsReceiverConfig
-from sidecar.errors import PipelineFullError, StartupError
+from sidecar.errors import PipelineFullError
 from sidecar.model import Batch, Signal
 from sidecar.receivers.logparse import PARSE_ERROR_KEY, TRUNCATED_KEY
 from sidecar.receivers.ndjson import LogsReceiver
@@ -377,7 +378,8 @@ async def test_tcp_listener_on_loopback(start: Start) -> None:
 
 
 async def test_tcp_off_loopback_needs_allow_remote(start: Start) -> None:
-    with pytest.raises(StartupError, match=r"receivers\.logs\.tcp\.endpoint: .*allow_remote"):
+    # refused when the config is read (so `sidecar validate` says it), before any bind
+    with pytest.raises(ValidationError, match=r"not loopback: set allow_remote"):
         await start(Pipeline(), unix=None, tcp={"endpoint": "0.0.0.0:0"})
 
 

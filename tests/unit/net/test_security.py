@@ -77,3 +77,16 @@ def test_tokens_never_print() -> None:
     cfg = config.from_tree({"admin": {"auth": {"bearer_tokens": ["hunter2-token"]}}})
     assert "hunter2-token" not in repr(cfg)
     assert "hunter2-token" not in str(cfg.model_dump())
+
+
+@pytest.mark.parametrize(("tree", "key"), [
+    ({"receivers": {"logs": {"tcp": {"endpoint": "0.0.0.0:5170"}}}}, "receivers.logs.tcp"),
+    # a name that merely starts like a loopback address is a remote host name
+    ({"cache": {"tcp": {"endpoint": "127.0.0.1.nip.example:6380"}}}, "cache.tcp"),
+])
+def test_every_listener_uses_the_one_loopback_rule(tree: dict[str, object], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config.from_tree(tree)
+    (problem,) = info.value.problems
+    assert problem.path == key
+    assert "not loopback" in problem.message
