@@ -24,6 +24,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span, Status
 
 from sidecar.exporters import datadog_proto
 from sidecar.exporthelper.retry import RequestTooLargeError
+from sidecar.protowire import encode_varint as _varint
 
 if TYPE_CHECKING:
     from sidecar._proto.datadog_trace_pb2 import TracerPayload
@@ -133,15 +134,6 @@ class Mapped:
         exporter sends `serialize()` bytes)."""
         pb = datadog_proto.load()
         return [pb.TracerPayload.FromString(p.serialize()) for p in self.mapped]
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 # length-delimited field keys (field number << 3 | 2), written by hand with the lengths:

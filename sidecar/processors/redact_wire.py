@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sidecar.protowire import encode_varint as _varint
+
 __all__ = ["Layout", "WireError", "field_header", "fields", "layout", "splice"]
 
 
@@ -115,15 +117,6 @@ def layout(payload: bytes) -> Layout:
                 heads.append(head)
     return Layout([(s, e) for _, s, e in resources], items, [it[0] for it in items],
                   [it[1] for it in items], resources, scopes, heads)
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def field_header(buf: bytes, head: int, length: int) -> bytes:

@@ -23,6 +23,8 @@ import ahocorasick_rs
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import Message
 
+from sidecar.protowire import encode_varint
+
 
 def _span_view() -> type[Message]:
     """A Span read as its attributes only, as a map from key to the serialized AnyValue
@@ -71,15 +73,6 @@ def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
         if b < 0x80:
             return result, pos
         shift += 7
-
-
-def encode_varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def _entries(buf: bytes, pos: int, end: int, wanted: int) -> list[Entry]:

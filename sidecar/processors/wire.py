@@ -13,20 +13,13 @@ import struct
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+from sidecar.protowire import encode_varint as _varint
+
 # Span.attributes, length-delimited
 _TAG = bytes([Span.DESCRIPTOR.fields_by_name["attributes"].number << 3 | 2])
 _DOUBLE = struct.Struct("<d")
 
 Value = str | int | float | bool
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def key_value(key: str, value: Value) -> KeyValue:

@@ -29,6 +29,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 
 from sidecar.model import Batch, Signal
 from sidecar.net.framing import Line
+from sidecar.protowire import encode_varint as _varint
 
 PARSE_ERROR_KEY: Final = "sidecar.log.parse_error"
 TRUNCATED_KEY: Final = "sidecar.log.truncated"
@@ -153,17 +154,6 @@ _PACK_FIXED64: Final = struct.Struct("<Q").pack
 _PACK_FIXED32: Final = struct.Struct("<I").pack
 _KEY_CACHE_MAX: Final = 4096
 _keys: dict[str, bytes] = {}  # attribute key -> its encoded KeyValue.key field
-
-
-def _varint(n: int) -> bytes:
-    if n < 128:
-        return _BYTE[n]
-    out = bytearray()
-    while n >= 128:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def _field(tag: bytes, payload: bytes) -> bytes:
