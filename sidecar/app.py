@@ -26,6 +26,7 @@ from sidecar.model import Signal
 from sidecar.pipeline.graph import Graph, ReconfigureError, Switch, build_graph, reconfigure
 from sidecar.reload import plan
 from sidecar.telemetry import looplag
+from sidecar.telemetry.health import HEALTH
 from sidecar.telemetry.metrics import RELOADS
 
 log = logging.getLogger("sidecar")
@@ -95,7 +96,11 @@ class Daemon:
         running config stays when it is invalid; see reload.py for what restarts.
         Returns (applied, what happened)."""
         async with self._reloading:
-            ok, message = await self._reload()
+            try:
+                ok, message = await self._reload()
+            except Exception as exc:  # a bug must not kill the SIGHUP task silently
+                log.exception("config reload failed")
+                ok, message = False, f"reload failed: {type(exc).__name__}: {exc}"
         RELOADS.labels("success" if ok else "failure").inc()
         if ok:
             log.info("config reloaded: %s", message)
@@ -127,7 +132,7 @@ class Daemon:
         except (ConfigError, StartupError, ValueError) as exc:
             return False, f"{exc} (the running config stays)"
         self.graph = graph
-        self.config = new
+        previous, self.config = self.config, new
         if self.on_reload is not None:
             self.on_reload(new)
         for kind, fanout in graph.consumers.items():
@@ -137,29 +142,42 @@ class Daemon:
             else:
                 switch.point(fanout)
         if change.receivers:
-            await self._restart_receivers(change.receivers, deadline)
+            failed = await self._restart_receivers(change.receivers, deadline, previous)
+            if failed:
+                problem += f"; receivers kept on their previous settings: {failed}"
         return not problem, change.describe() + problem
 
-    async def _restart_receivers(self, names: tuple[str, ...], deadline: float) -> None:
+    async def _restart_receivers(self, names: tuple[str, ...], deadline: float,
+                                 previous: Config) -> str:
         """Receivers whose section changed, or all when the signals with a pipeline did:
-        stop (in-flight requests finish), then bind again with the new settings."""
+        stop (in-flight requests finish), then bind again with the new settings. One that
+        cannot start (its new address is taken) is started again with its previous
+        settings, so a bad reload never leaves the daemon deaf; returns what failed."""
         consumers = guard({s: self.switches[s] for s in self.graph.consumers}, self.memory)
         factories = receiver_factories()
         context = BuildContext(signals=frozenset(self.graph.consumers),
                                storage_dir=self.config.storage.dir)
-        sections = dict(self.config.receivers)
         kept = [r for r in self.receivers if r.name not in names]
         old = [r for r in self.receivers if r.name in names]
         await asyncio.gather(*(r.shutdown(deadline) for r in old))
-        started = []
+        started: list[ReceiverComponent] = []
+        problems: list[str] = []
         for name in names:
-            section = sections.get(name)
-            if section is None:
-                continue
-            receiver = factories[name].create(name, section, consumers, context)
-            await receiver.start()
-            started.append(receiver)
+            for sections in (dict(self.config.receivers), dict(previous.receivers)):
+                section = sections.get(name)
+                if section is None:
+                    break
+                receiver = factories[name].create(name, section, consumers, context)
+                try:
+                    await receiver.start()
+                except StartupError as exc:
+                    problems.append(str(exc))
+                    HEALTH.failed(f"receiver {name}", str(exc))
+                    continue  # try the previous settings (once)
+                started.append(receiver)
+                break
         self.receivers = kept + started
+        return "; ".join(problems)
 
     def request_stop(self) -> None:
         self._stop.set()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import Final
 
 from sidecar.component import Consumer
@@ -32,11 +33,23 @@ class StreamDelivery:
     The protocol calls `submit` from `data_received` and `close` when the receiver stops;
     batches already read are delivered even after the client has gone."""
 
-    __slots__ = ("_blocked", "_closed", "_consumer", "_max_pending", "_paused", "_pending",
-                 "_pending_bytes", "_task", "_transport", "failed_items")
+    __slots__ = (
+        "_blocked",
+        "_closed",
+        "_consumer",
+        "_max_pending",
+        "_on_failed",
+        "_paused",
+        "_pending",
+        "_pending_bytes",
+        "_task",
+        "_transport",
+        "failed_items",
+    )
 
     def __init__(self, transport: asyncio.ReadTransport, consumer: Consumer, *,
-                 max_pending_bytes: int = 1024 * 1024) -> None:
+                 max_pending_bytes: int = 1024 * 1024,
+                 on_failed: Callable[[int], None] | None = None) -> None:
         self._transport = transport
         self._consumer = consumer
         self._max_pending = max_pending_bytes
@@ -47,6 +60,8 @@ class StreamDelivery:
         self._closed = False
         self._task: asyncio.Task[None] | None = None
         self.failed_items = 0  # dropped because a pipeline stage raised (logged)
+        # told the item count of each batch dropped so (the receiver's refused counter)
+        self._on_failed = on_failed
 
     @property
     def paused(self) -> bool:
@@ -100,6 +115,8 @@ class StreamDelivery:
                 except Exception:
                     # a pipeline bug: the batch cannot be delivered, the stream goes on
                     self.failed_items += batch.items
+                    if self._on_failed is not None:
+                        self._on_failed(batch.items)
                     log.exception("pipeline failed on a %s batch from a stream",
                                   batch.signal.value)
                 refusals = 0

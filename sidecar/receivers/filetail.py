@@ -61,6 +61,7 @@ from sidecar.telemetry.metrics import (
     LOGS_PARSE_ERRORS,
     LOGS_TRUNCATED,
     RECEIVER_ACCEPTED,
+    RECEIVER_REFUSED,
 )
 
 log = logging.getLogger("sidecar.receivers.logs")
@@ -219,6 +220,9 @@ class FileTailer:
         self._parse_errors = LOGS_PARSE_ERRORS.labels(name, "file")
         self._truncated = LOGS_TRUNCATED.labels(name, "file")
         self._accepted = RECEIVER_ACCEPTED.labels(name, "file", Signal.LOGS.value)
+        # a processor refused a batch (fail closed): nobody can retry lines of a file
+        self._processing_failed = RECEIVER_REFUSED.labels(name, "file", Signal.LOGS.value,
+                                                          "processing_failed")
         self._open = LOGS_FILES_OPEN.labels(name)
         self._skipped = LOGS_FILES_SKIPPED.labels(name)
 
@@ -488,6 +492,7 @@ class FileTailer:
             except Exception:
                 # a pipeline bug: these records cannot be delivered; the file goes on
                 log.exception("pipeline failed on a batch of tailed log lines")
+                self._processing_failed.inc(batch.items)
                 return True
             self._accepted.inc(batch.items)
             return True

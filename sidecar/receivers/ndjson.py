@@ -113,6 +113,9 @@ class StreamListener:
         self.no_pipeline = RECEIVER_REFUSED.labels(
             receiver, transport, Signal.LOGS.value, "no_pipeline")
         self.lost = RECEIVER_REFUSED.labels(receiver, transport, Signal.LOGS.value, "shutdown")
+        # a processor refused a batch (fail closed): a stream has nobody to retry it
+        self.processing_failed = RECEIVER_REFUSED.labels(
+            receiver, transport, Signal.LOGS.value, "processing_failed")
         self.connections: set[LogConnection] = set()
         # deliveries of closed connections, still handing their last requests on
         self.retiring: set[asyncio.Task[None]] = set()
@@ -193,7 +196,8 @@ class LogConnection(asyncio.Protocol):
                 listener.config.idle_timeout, self._idle_close)
         if listener.consumer is not None:
             self.delivery = StreamDelivery(transport, listener.consumer,
-                                           max_pending_bytes=_MAX_PENDING_BYTES)
+                                           max_pending_bytes=_MAX_PENDING_BYTES,
+                                           on_failed=listener.processing_failed.inc)
 
     def data_received(self, data: bytes) -> None:
         if self._finished:

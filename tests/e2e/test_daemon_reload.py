@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -162,3 +163,33 @@ async def daemon_reloads(daemon: DaemonProcess, result: str) -> float:
                     "result": result}:
                 return sample.value
     return 0.0
+
+
+async def test_a_listener_that_cannot_rebind_keeps_its_old_address(short_tmp: Path) -> None:
+    """The new gRPC address is taken by another process: the reload is reported as failed
+    and the receiver is back on its old address, still taking data."""
+    async with OtlpSink() as sink:
+        daemon = DaemonProcess(short_tmp, exporters={"up": {
+            "type": "otlp", "protocol": "grpc", "endpoint": sink.grpc_endpoint}})
+        daemon.extra = {"processors": {"cost": {"enabled": False}}}
+        await daemon.start()
+        taken = socket.socket()
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        try:
+            tree = daemon.config()
+            port = taken.getsockname()[1]
+            tree["receivers"]["otlp"]["grpc"]["endpoint"] = f"127.0.0.1:{port}"
+            (short_tmp / "sidecar.yaml").write_text(yaml.safe_dump(tree))
+            async with aiohttp.ClientSession() as session, session.post(
+                    f"{daemon.admin_url}/-/reload") as response:
+                status, body = response.status, await response.json()
+            assert status == 400
+            assert "receivers kept on their previous settings" in body["detail"]
+            async with grpc.aio.insecure_channel(daemon.grpc_endpoint) as channel:
+                await channel.unary_unary(EXPORT)(request(1), timeout=10)
+            await wait_for(lambda: ids(sink) >= set(range(10, 20)))
+        finally:
+            taken.close()
+            code, _, err = await daemon.stop()
+    assert code == 0, err

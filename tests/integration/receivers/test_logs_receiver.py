@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from pythonjsonlogger.json import JsonFormatter
 
 from sidecar.config import LogsReceiverConfig
-from sidecar.errors import PipelineFullError
+from sidecar.errors import PipelineFullError, ProcessingError
 from sidecar.model import Batch, Signal
 from sidecar.receivers.logparse import PARSE_ERROR_KEY, TRUNCATED_KEY
 from sidecar.receivers.ndjson import LogsReceiver
@@ -547,3 +547,34 @@ async def test_a_thousand_connections_that_never_write_are_closed_after_idle_tim
         await asyncio.gather(*(close(w) for _, w in idle))
         await close(writer)
     del reader
+
+
+class RefusingOnce(Pipeline):
+    """A pipeline whose processors fail closed on the first batch (ProcessingError)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = False
+
+    async def consume(self, batch: Batch) -> None:
+        if not self.failed:
+            self.failed = True
+            raise ProcessingError("redact processor failed on a logs request (KeyError)")
+        await super().consume(batch)
+
+
+async def test_a_batch_the_processors_refuse_is_counted_and_the_stream_goes_on(
+        start: Start, short_tmp: Path) -> None:
+    pipeline = RefusingOnce()
+    await start(pipeline, name="failing")
+    labels = {"receiver": "failing", "transport": "unix", "signal": "logs",
+              "reason": "processing_failed"}
+    before = sample("sidecar_receiver_refused_items_total", **labels)
+    with unix_client(str(short_tmp / "logs.sock")) as sock:
+        sock.sendall(b'{"msg":"first"}\n')
+        await wait_for(lambda: pipeline.failed)
+        await asyncio.sleep(0.05)
+        sock.sendall(b'{"msg":"second"}\n')
+        await wait_for(lambda: len(pipeline.records()) == 1)
+    assert sample("sidecar_receiver_refused_items_total", **labels) == before + 1
+    assert pipeline.records()[0][1].body.string_value == "second"
