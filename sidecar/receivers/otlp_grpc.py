@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Mapping
-from typing import Any, Final
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Final
 
 import grpc
 from grpc import aio
@@ -53,30 +53,53 @@ def _server_options(config: GrpcListenerConfig) -> list[tuple[str, Any]]:
     ]
 
 
-async def _refuse_unauthenticated(context: aio.ServicerContext[bytes, bytes],
-                                  bad: BadRequestCounters) -> None:
-    bad.inc("unauthenticated")
-    await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                        "missing or wrong bearer token in the authorization metadata")
+if TYPE_CHECKING:  # generic in grpc-stubs only
+    _Interceptor = aio.ServerInterceptor[bytes, bytes]
+else:
+    _Interceptor = aio.ServerInterceptor
+
+
+class _BearerInterceptor(_Interceptor):
+    """Checks the bearer token on the call's metadata, before grpc reads the request: a
+    unary handler only runs once the whole message (up to `max_recv_msg_size`) has been
+    received and held, so a check inside it would let any client without a token make the
+    daemon buffer that much per call. A refused call gets a stream-unary handler that aborts
+    without reading a message (on the wire a unary call is a stream of one)."""
+
+    def __init__(self, auth: BearerAuth, bad: BadRequestCounters) -> None:
+        self._auth = auth
+        self._bad = bad
+        self._refuse = grpc.stream_unary_rpc_method_handler(self._refused)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails],
+                               Awaitable[grpc.RpcMethodHandler[bytes, bytes]]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[bytes, bytes]:
+        if self._auth.check_metadata(handler_call_details.invocation_metadata):
+            return await continuation(handler_call_details)
+        return self._refuse
+
+    async def _refused(self, requests: AsyncIterator[bytes],
+                       context: aio.ServicerContext[bytes, bytes]) -> bytes:
+        self._bad.inc("unauthenticated")
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                            "missing or wrong bearer token in the authorization metadata")
 
 
 class _ExportHandler:
     """One signal's Export RPC. Kept to a parse, an await and an increment per request."""
 
-    __slots__ = ("_auth", "_bad", "_empty", "_intake", "_signal")
+    __slots__ = ("_bad", "_empty", "_intake", "_signal")
 
-    def __init__(self, intake: Intake, bad: BadRequestCounters,
-                 auth: BearerAuth | None = None) -> None:
+    def __init__(self, intake: Intake, bad: BadRequestCounters) -> None:
         self._intake = intake
         self._signal = intake.signal
         self._empty = EMPTY_RESPONSE[intake.signal]
         self._bad = bad
-        self._auth = auth
 
     async def export(self, request: bytes, context: aio.ServicerContext[bytes, bytes]) -> bytes:
-        if self._auth is not None and not self._auth.check_metadata(
-                context.invocation_metadata()):
-            await _refuse_unauthenticated(context, self._bad)
         try:
             batch = Batch.from_bytes(self._signal, request)
         except BadInputError as exc:
@@ -107,18 +130,13 @@ class _NoPipelineHandler:
     """Answers UNIMPLEMENTED with a message that says why, instead of grpc's bare
     'Method not found!'."""
 
-    __slots__ = ("_auth", "_bad", "_message")
+    __slots__ = ("_bad", "_message")
 
-    def __init__(self, signal: Signal, bad: BadRequestCounters,
-                 auth: BearerAuth | None = None) -> None:
+    def __init__(self, signal: Signal, bad: BadRequestCounters) -> None:
         self._message = f"no {signal.value} pipeline is configured in this sidecar"
         self._bad = bad
-        self._auth = auth
 
     async def export(self, request: bytes, context: aio.ServicerContext[bytes, bytes]) -> bytes:
-        if self._auth is not None and not self._auth.check_metadata(
-                context.invocation_metadata()):
-            await _refuse_unauthenticated(context, self._bad)
         self._bad.inc("no_pipeline")
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, self._message)
 
@@ -167,9 +185,9 @@ class OtlpGrpcReceiver:
             # A bound `async def` method: grpc.aio looks for a coroutine function, which an
             # object with an async __call__ is not.
             behaviour = (
-                _ExportHandler(intake, self._bad, self._auth).export
+                _ExportHandler(intake, self._bad).export
                 if intake is not None
-                else _NoPipelineHandler(signal, self._bad, self._auth).export
+                else _NoPipelineHandler(signal, self._bad).export
             )
             method = grpc.unary_unary_rpc_method_handler(behaviour)
             handlers.append(
@@ -178,7 +196,10 @@ class OtlpGrpcReceiver:
 
     async def start(self) -> None:
         config = self._config
-        server = aio.server(handlers=self._handlers(), options=_server_options(config))
+        interceptors = ([_BearerInterceptor(self._auth, self._bad)]
+                        if self._auth is not None else None)
+        server = aio.server(handlers=self._handlers(), interceptors=interceptors,
+                            options=_server_options(config))
         credentials = self._tls.credentials() if self._tls is not None else None
 
         def add(address: str) -> int:

@@ -168,6 +168,36 @@ async def test_grpc_tls_with_a_bearer_token(
     assert len(consumers[Signal.TRACES].batches) == 1
 
 
+async def test_grpc_refuses_a_call_without_a_token_before_reading_its_request(
+    consumers: Consumers, stop: Callable[[object], None], metric: Callable[..., float],
+) -> None:
+    """A client without a token is answered from the call's metadata: the daemon does not
+    wait for (and hold) a request of up to `max_recv_msg_size` first. The request here never
+    ends, so a check made after reading it would never answer."""
+    receiver = await started_grpc(consumers, auth=AUTH)
+    stop(receiver)
+    refused = metric(BAD, receiver="otlp", transport="grpc", reason="unauthenticated")
+    never = asyncio.Event()
+
+    async def endless() -> AsyncIterator[bytes]:
+        await never.wait()  # the request's first message is never sent
+        yield b""
+
+    path = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{receiver.bound_port}") as channel:
+        for metadata in ((), (("authorization", "Bearer nope"),)):
+            call = channel.stream_unary(path)(endless(), timeout=5, metadata=metadata)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await call
+            assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        # a client with the token is served as before, on the same connection
+        assert await channel.unary_unary(path)(
+            b"", timeout=5, metadata=(("authorization", f"Bearer {TOKEN}"),)) == b""
+    never.set()
+    assert metric(BAD, receiver="otlp", transport="grpc", reason="unauthenticated") == (
+        refused + 2)
+
+
 async def test_grpc_mtls_refuses_a_client_without_a_trusted_certificate(
     pki: Pki, consumers: Consumers, sdk_spans: tuple[ReadableSpan, ...],
     stop: Callable[[object], None],
