@@ -59,8 +59,10 @@ lint: $(STAMP) protos
 	$(VENV)/bin/ruff check sidecar tests $(wildcard bench)
 	$(VENV)/bin/mypy sidecar
 
+# two workers: most tests wait on real servers and daemons, so the suite takes ~2/3 of the
+# time on 2 cores; each test still starts its own servers on ephemeral ports
 test: $(STAMP) protos sysdeps node lint
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n 2
 
 # docs/configuration.md from the config models (tests/unit/test_configref.py checks it)
 docs: $(STAMP) protos
