@@ -21,7 +21,7 @@ from sidecar.model import Signal
 from sidecar.net.security import AuthConfig, BearerAuth, ServerTls, ServerTlsConfig, banner
 from sidecar.telemetry.health import HEALTH
 from sidecar.telemetry.metrics import ADMIN_UNAUTHENTICATED, READY, REGISTRY
-from sidecar.telemetry.tap import TAPS, Filter, Subscriber
+from sidecar.telemetry.tap import MAX_SUBSCRIBERS, TAPS, Filter, Subscriber
 
 _TAIL_HEARTBEAT = 1.0  # seconds: an idle feed writes a blank line, so a gone reader is seen
 
@@ -115,10 +115,17 @@ class AdminServer:
             wanted = Filter.parse(request.query.get("filter", ""))
         except ValueError as exc:
             return web.json_response({"error": str(exc)}, status=400)
-        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-        await response.prepare(request)
         subscriber = Subscriber(signals, wanted)
-        TAPS.subscribe(subscriber)
+        if not TAPS.subscribe(subscriber):
+            return web.json_response(
+                {"error": f"{MAX_SUBSCRIBERS} tail readers are connected already"},
+                status=503, headers={"Retry-After": "5"})
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        try:
+            await response.prepare(request)
+        except BaseException:
+            TAPS.unsubscribe(subscriber)
+            raise
         reported = 0
         try:
             await response.write(orjson.dumps(

@@ -27,6 +27,11 @@ _MAX_STRING: Final = 2000  # characters of one value shown
 _MAX_DEPTH: Final = 4
 _MAX_ITEMS_PER_BATCH: Final = 500  # converted per published batch per subscriber at most
 DEFAULT_BUFFER: Final = 1000
+# `publish` runs on the event loop for every exported batch: its work is items x readers x
+# terms, so readers and terms are bounded (a local client could otherwise open thousands of
+# feeds with long filters and stall every pipeline)
+MAX_SUBSCRIBERS: Final = 8
+MAX_TERMS: Final = 16
 
 Item = dict[str, Any]
 
@@ -120,6 +125,8 @@ class Filter:
                                or expected.lower() not in _SEVERITY):
                 raise ValueError(f"'>=' compares levels: level>=warn, not {match.group(0)}")
             terms.append((key, op, expected))
+            if len(terms) > MAX_TERMS:
+                raise ValueError(f"a filter has at most {MAX_TERMS} terms")
             rest = rest[match.end():].lstrip()
         return cls(tuple(terms))
 
@@ -172,9 +179,13 @@ class Taps:
     def __bool__(self) -> bool:
         return bool(self.subscribers)
 
-    def subscribe(self, subscriber: Subscriber) -> None:
+    def subscribe(self, subscriber: Subscriber) -> bool:
+        """False when `MAX_SUBSCRIBERS` readers are already subscribed."""
+        if len(self.subscribers) >= MAX_SUBSCRIBERS:
+            return False
         self.subscribers.add(subscriber)
         TAIL_SUBSCRIBERS.set(len(self.subscribers))
+        return True
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         self.subscribers.discard(subscriber)

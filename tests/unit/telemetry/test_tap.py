@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import aiohttp
 import pytest
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
+from sidecar.admin import AdminServer
 from sidecar.model import Batch, Signal
 from sidecar.net.framing import Line
 from sidecar.receivers.logparse import LogBatchBuilder
@@ -70,3 +74,38 @@ def test_filter_terms_all_hold(expr: str, expected: list[str]) -> None:
 def test_filter_refuses_what_it_cannot_read(expr: str) -> None:
     with pytest.raises(ValueError, match=r"filter term|compares levels"):
         Filter.parse(expr)
+
+
+def test_a_filter_has_a_bounded_number_of_terms() -> None:
+    assert len(Filter.parse(" ".join(f"k{i}=v" for i in range(16))).terms) == 16
+    with pytest.raises(ValueError, match="at most 16 terms"):
+        Filter.parse(" ".join(f"k{i}=v" for i in range(17)))
+
+
+async def test_the_admin_feed_refuses_readers_past_its_limit() -> None:
+    """Each exported batch costs `publish` items x readers x terms on the event loop, so the
+    ninth reader is refused (503), and a reader that leaves frees its place."""
+    admin = AdminServer("127.0.0.1:0")
+    await admin.start()
+    url = f"http://127.0.0.1:{admin.bound_port}/tail"
+    try:
+        async with aiohttp.ClientSession() as session:
+            feeds = [await session.get(url) for _ in range(8)]
+            for feed in feeds:
+                assert feed.status == 200
+                assert b"subscribed" in await feed.content.readline()
+            async with session.get(url) as refused:
+                assert refused.status == 503
+                assert refused.headers["Retry-After"] == "5"
+                assert "8 tail readers" in (await refused.json())["error"]
+            feeds.pop().close()
+            for _ in range(100):  # the server notices the closed connection
+                async with session.get(url) as again:
+                    if again.status == 200:
+                        break
+                await asyncio.sleep(0.05)
+            assert again.status == 200
+            for feed in feeds:
+                feed.close()
+    finally:
+        await admin.shutdown(0)
