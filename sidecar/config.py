@@ -53,6 +53,14 @@ class ListenerConfig(Strict):
 class GrpcListenerConfig(ListenerConfig):
     endpoint: Endpoint | None = "127.0.0.1:4317"
     max_recv_msg_size: ByteSize = Field(default=4 * 1024 * 1024, gt=0)
+    # grpc holds each call's request until it is whole: calls past this many at once are
+    # refused (RESOURCE_EXHAUSTED, retryable) before their request is read, so requests
+    # held at once stay under max_concurrent_rpcs x max_recv_msg_size
+    max_concurrent_rpcs: int = Field(default=64, gt=0)
+    # a connection gets GOAWAY after this long, and is closed `max_connection_age_grace`
+    # later: what bounds how long a client that stalls mid-request holds its calls
+    max_connection_age: Duration = Field(default=300.0, gt=0)
+    max_connection_age_grace: Duration = Field(default=30.0, gt=0)
 
 
 class HttpListenerConfig(ListenerConfig):

@@ -39,6 +39,8 @@ TRANSPORT: Final = "grpc"
 def _server_options(config: GrpcListenerConfig) -> list[tuple[str, Any]]:
     return [
         ("grpc.max_receive_message_length", config.max_recv_msg_size),
+        ("grpc.max_connection_age_ms", int(config.max_connection_age * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(config.max_connection_age_grace * 1000)),
         # gRPC binds with SO_REUSEPORT by default: a second daemon would silently share
         # (and steal half of) the port instead of failing at startup.
         ("grpc.so_reuseport", 0),
@@ -199,7 +201,8 @@ class OtlpGrpcReceiver:
         interceptors = ([_BearerInterceptor(self._auth, self._bad)]
                         if self._auth is not None else None)
         server = aio.server(handlers=self._handlers(), interceptors=interceptors,
-                            options=_server_options(config))
+                            options=_server_options(config),
+                            maximum_concurrent_rpcs=config.max_concurrent_rpcs)
         credentials = self._tls.credentials() if self._tls is not None else None
 
         def add(address: str) -> int:
