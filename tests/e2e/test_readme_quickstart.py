@@ -9,12 +9,27 @@ import re
 import socket
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 MARK = "<!-- quickstart: tests/e2e/test_readme_quickstart.py runs these commands -->"
+
+
+def wait_metric(pattern: str, seconds: float = 30.0) -> bool:
+    """Whether a line of the admin server's /metrics matches `pattern` within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:9464/metrics", timeout=5) as r:
+                if re.search(pattern, r.read().decode(), re.M):
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.1)
+    return False
 
 
 def readme_commands() -> list[str]:
@@ -83,9 +98,11 @@ def test_the_readme_quickstart_works(workdir: Path) -> None:
         # tail is live: started, fed by another send-test, then stopped (the user's Ctrl-C)
         viewer = subprocess.Popen(["bash", "-c", f"exec {tail} --color never"], cwd=workdir,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(1.0)
+        # bounded waits on the daemon's own counters (a loaded machine starts tail slowly)
+        assert wait_metric(r"^sidecar_tail_subscribers 1\.0$"), "tail never subscribed"
         assert sh(send, workdir).returncode == 0
-        time.sleep(1.5)
+        assert wait_metric(r"^sidecar_tail_items_sent_total [1-9]"), "nothing reached tail"
+        time.sleep(0.5)  # the printed lines are flushed on the way out as well
         viewer.terminate()
         out, err = viewer.communicate(timeout=20)
         # the second send-test's log records, as the live view prints them
