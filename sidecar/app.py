@@ -25,8 +25,8 @@ from sidecar.memlimit import MemoryLimiter, guard
 from sidecar.model import Signal
 from sidecar.pipeline.graph import Graph, ReconfigureError, Switch, build_graph, reconfigure
 from sidecar.reload import plan
-from sidecar.telemetry import looplag
-from sidecar.telemetry.health import HEALTH
+from sidecar.telemetry import listeners, looplag, spend
+from sidecar.telemetry.health import HEALTH, supervised
 from sidecar.telemetry.metrics import RELOADS
 
 log = logging.getLogger("sidecar")
@@ -45,7 +45,9 @@ class Daemon:
     source: tuple[str | None, tuple[str, ...]] | None = None
     # told about each applied config (the CLI extends its secret mask with it)
     on_reload: Callable[[Config], None] | None = None
+    spend: spend.SpendLedger | None = None  # from start on (it reads its file)
     _lag: asyncio.Task[None] | None = None
+    _spend_task: asyncio.Task[None] | None = None
     _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _started: list[str] = field(default_factory=list)
@@ -65,6 +67,8 @@ class Daemon:
     async def start(self) -> None:
         """Start downstream-first; on any failure stop what started and re-raise."""
         _ensure_writable_dir(self.config.storage.dir, "storage.dir")
+        self.spend = spend.SpendLedger(self.config.storage.dir / spend.FILE_NAME)
+        self._spend_task = supervised("spend", "spend-ledger", self.spend.run)
         if self.memory is not None:
             self.memory.start()
         self._lag = looplag.start()
@@ -84,6 +88,15 @@ class Daemon:
         except BaseException:
             await self.shutdown(grace=1.0)
             raise
+
+    def listeners(self) -> list[dict[str, object]]:
+        """`GET /listeners`: every endpoint bound now, with the ports actually bound."""
+        return [row.as_json() for row in listeners.collect(
+            self.config, self.receivers, self.cache, self.admin)]
+
+    def spend_today(self) -> dict[str, object]:
+        """`GET /spend`: today's (UTC) LLM spend by model, kept across restarts."""
+        return self.spend.today() if self.spend is not None else {}
 
     def undelivered_items(self) -> int:
         """Items accepted from clients and not yet delivered (queued or in flight) that an
@@ -197,6 +210,12 @@ class Daemon:
             *(r.shutdown(deadline) for r in self.receivers[:receivers_started]))
         if "graph" in self._started:
             await self.graph.shutdown(deadline)
+        if self._spend_task is not None:  # after the graph: its last costs are counted
+            self._spend_task.cancel()
+            await asyncio.gather(self._spend_task, return_exceptions=True)
+            self._spend_task = None
+        if self.spend is not None:
+            await self.spend.close()
         if "cache" in self._started and self.cache is not None:
             await self.cache.shutdown(deadline)
         if "admin" in self._started and self.admin is not None:
@@ -234,7 +253,8 @@ def build_daemon(config: Config) -> Daemon:
         daemon.admin = AdminServer(config.admin.endpoint,
                                    cache.stats if cache is not None else None,
                                    tls=config.admin.tls, auth=config.admin.auth,
-                                   reload=daemon.reload)
+                                   reload=daemon.reload, listeners=daemon.listeners,
+                                   spend=daemon.spend_today)
     return daemon
 
 
