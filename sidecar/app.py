@@ -155,17 +155,24 @@ class Daemon:
             else:
                 switch.point(fanout)
         if change.receivers:
-            failed = await self._restart_receivers(change.receivers, deadline, previous)
+            failed, fallbacks = await self._restart_receivers(change.receivers, deadline,
+                                                              previous)
             if failed:
                 problem += f"; receivers kept on their previous settings: {failed}"
+            if fallbacks:  # the config says what runs (status, the next reload's plan)
+                self.config = self.config.model_copy(update={
+                    "receivers": self.config.receivers.model_copy(update=fallbacks)})
         return not problem, change.describe() + problem
 
     async def _restart_receivers(self, names: tuple[str, ...], deadline: float,
-                                 previous: Config) -> str:
+                                 previous: Config) -> tuple[str, dict[str, Any]]:
         """Receivers whose section changed, or all when the signals with a pipeline did:
         stop (in-flight requests finish), then bind again with the new settings. One that
         cannot start (its new address is taken) is started again with its previous
-        settings, so a bad reload never leaves the daemon deaf; returns what failed."""
+        settings, so a bad reload never leaves the daemon deaf. Returns what failed, and
+        the previous section of each receiver that did not start on its new settings: the
+        daemon's config says that one (what runs; `/listeners` only lists receivers that
+        did start), so the next reload of the same file tries the new settings again."""
         consumers = guard({s: self.switches[s] for s in self.graph.consumers}, self.memory)
         factories = receiver_factories()
         context = BuildContext(signals=frozenset(self.graph.consumers),
@@ -175,6 +182,7 @@ class Daemon:
         await asyncio.gather(*(r.shutdown(deadline) for r in old))
         started: list[ReceiverComponent] = []
         problems: list[str] = []
+        fallbacks: dict[str, Any] = {}
         for name in names:
             for sections in (dict(self.config.receivers), dict(previous.receivers)):
                 section = sections.get(name)
@@ -186,11 +194,12 @@ class Daemon:
                 except StartupError as exc:
                     problems.append(str(exc))
                     HEALTH.failed(f"receiver {name}", str(exc))
+                    fallbacks[name] = getattr(previous.receivers, name)
                     continue  # try the previous settings (once)
                 started.append(receiver)
                 break
         self.receivers = kept + started
-        return "; ".join(problems)
+        return "; ".join(problems), fallbacks
 
     def request_stop(self) -> None:
         self._stop.set()
