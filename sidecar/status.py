@@ -199,6 +199,15 @@ def _summarise(status: Status, text: str) -> None:
     status.spend_usd_by_model = dict(sorted(spend.items(), key=lambda kv: -kv[1]))
 
 
+_CONTROL = dict.fromkeys([*range(0x20), 0x7F], "?")
+
+
+def _text(value: object) -> str:
+    """A server-given name for the terminal: model names come from spans (any client's),
+    so control characters (escape sequences) are shown as `?`."""
+    return str(value).translate(_CONTROL)
+
+
 def _count(value: float) -> str:
     return f"{value:,.0f}"
 
@@ -216,9 +225,9 @@ def _bytes(value: float) -> str:
 
 
 def render(status: Status) -> str:
-    lines = [f"sidecar {status.version or '?'} at {status.admin}: {status.state}"]
+    lines = [f"sidecar {_text(status.version or '?')} at {status.admin}: {_text(status.state)}"]
     for component, problem in status.components.items():
-        lines.append(f"  {component}: {problem}")
+        lines.append(f"  {_text(component)}: {_text(problem)}")
     extra = []
     if status.memory_rss_bytes:  # 0 without service.memory (the limiter measures it)
         extra.append(f"rss {_bytes(status.memory_rss_bytes)}")
@@ -229,12 +238,13 @@ def render(status: Status) -> str:
     if status.listeners:
         lines.append("listeners:")
     for row in status.listeners:
-        address = str(row.get("address", "?"))
+        address = _text(row.get("address", "?"))
         if "mode" in row:
-            address += f" (mode {row['mode']})"
+            address += f" (mode {_text(row['mode'])})"
         security = ", ".join(f"{key} {'on' if row[key] else 'off'}"
                              for key in ("tls", "auth") if key in row)
-        lines.append(f"  {row.get('component', '?'):<12} {row.get('transport', '?'):<5} "
+        lines.append(f"  {_text(row.get('component', '?')):<12} "
+                     f"{_text(row.get('transport', '?')):<5} "
                      f"{address}" + (f"  [{security}]" if security else ""))
     lines.append("receivers (since start):")
     if not status.receivers:
@@ -243,7 +253,7 @@ def render(status: Status) -> str:
     if status.receivers and not busy:
         lines.append("  nothing received yet")
     for key, recv in busy.items():
-        lines.append(f"  {key:<24} accepted {_count(recv.accepted):>12}  refused "
+        lines.append(f"  {_text(key):<24} accepted {_count(recv.accepted):>12}  refused "
                      f"{_count(recv.refused):>8}" + (f"  bad requests {_count(recv.bad_requests)}"
                                                      if recv.bad_requests else ""))
     lines.append("exporters:")
@@ -255,7 +265,7 @@ def render(status: Status) -> str:
         health = "FAILING" if exp.failed and not exp.sent else "ok"
         age = (f", oldest {exp.queue_oldest_seconds:.0f}s" if exp.queue_oldest_seconds >= 1
                else "")
-        lines.append(f"  {name:<16} {health:<8} queue {_count(exp.queue_items)} items, "
+        lines.append(f"  {_text(name):<16} {health:<8} queue {_count(exp.queue_items)} items, "
                      f"{_bytes(exp.queue_bytes)}{fill}{age}; sent {_count(exp.sent)}, failed "
                      f"{_count(exp.failed)}, retries {_count(exp.retries)}, dropped "
                      f"{_count(exp.dropped)}")
@@ -267,22 +277,22 @@ def render(status: Status) -> str:
     for ns, row in status.cache_namespaces.items():
         lookups = row["hits"] + row["misses"]
         if lookups:
-            lines.append(f"  {ns:<20} {row['hits'] / lookups:6.1%} of {_count(lookups)} "
+            lines.append(f"  {_text(ns):<20} {row['hits'] / lookups:6.1%} of {_count(lookups)} "
                          f"lookups, saved {_usd(row['saved_usd'])}")
     today = status.spend_today
     if today is not None:
         by_model = today.get("by_model")
         by_model = by_model if isinstance(by_model, dict) else {}
-        lines.append(f"LLM spend today ({today.get('day', '?')} UTC): "
+        lines.append(f"LLM spend today ({_text(today.get('day', '?'))} UTC): "
                      f"{_usd(_number(today.get('total_usd')))}"
                      + ("" if by_model else ", nothing priced yet"))
         for model, usd in by_model.items():
-            lines.append(f"  {model:<32} {_usd(_number(usd))}")
+            lines.append(f"  {_text(model):<32} {_usd(_number(usd))}")
     elif status.spend_usd_by_model:  # a daemon without /spend
         total = sum(status.spend_usd_by_model.values())
         lines.append(f"LLM spend since start: {_usd(total)}")
         for model, usd in status.spend_usd_by_model.items():
-            lines.append(f"  {model:<32} {_usd(usd)}")
+            lines.append(f"  {_text(model):<32} {_usd(usd)}")
     return "\n".join(lines)
 
 
