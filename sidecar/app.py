@@ -25,9 +25,11 @@ from sidecar.memlimit import MemoryLimiter, guard
 from sidecar.model import Signal
 from sidecar.pipeline.graph import Graph, ReconfigureError, Switch, build_graph, reconfigure
 from sidecar.reload import plan
-from sidecar.telemetry import listeners, looplag, spend
+from sidecar.telemetry import listeners, looplag
 from sidecar.telemetry.health import HEALTH, supervised
 from sidecar.telemetry.metrics import RELOADS
+from sidecar.telemetry.spend import FILE_NAME as SPEND_FILE
+from sidecar.telemetry.spend import SpendLedger
 
 log = logging.getLogger("sidecar")
 
@@ -45,7 +47,7 @@ class Daemon:
     source: tuple[str | None, tuple[str, ...]] | None = None
     # told about each applied config (the CLI extends its secret mask with it)
     on_reload: Callable[[Config], None] | None = None
-    spend: spend.SpendLedger | None = None  # from start on (it reads its file)
+    spend: SpendLedger | None = None  # from start on (it reads its file)
     _lag: asyncio.Task[None] | None = None
     _spend_task: asyncio.Task[None] | None = None
     _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -67,7 +69,7 @@ class Daemon:
     async def start(self) -> None:
         """Start downstream-first; on any failure stop what started and re-raise."""
         _ensure_writable_dir(self.config.storage.dir, "storage.dir")
-        self.spend = spend.SpendLedger(self.config.storage.dir / spend.FILE_NAME)
+        self.spend = SpendLedger(self.config.storage.dir / SPEND_FILE)
         self._spend_task = supervised("spend", "spend-ledger", self.spend.run)
         if self.memory is not None:
             self.memory.start()
