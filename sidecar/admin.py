@@ -1,4 +1,5 @@
-"""Admin HTTP server: /metrics (Prometheus text), /healthz, /readyz, /cache/stats, and
+"""Admin HTTP server: /metrics (Prometheus text), /healthz, /readyz, /cache/stats,
+/listeners (what is bound, JSON), /spend (today's LLM spend by model, JSON), and
 POST /-/reload (apply the config file again; 200 when applied, 400 with the reason).
 
 With `admin.auth`, every path but the probes (/healthz, /readyz: kubelet and load balancers
@@ -26,6 +27,7 @@ from sidecar.telemetry.tap import MAX_SUBSCRIBERS, TAPS, Filter, Subscriber
 _TAIL_HEARTBEAT = 1.0  # seconds: an idle feed writes a blank line, so a gone reader is seen
 
 StatsProvider = Callable[[], dict[str, object]]
+ListenersProvider = Callable[[], list[dict[str, object]]]
 Reloader = Callable[[], Awaitable[tuple[bool, str]]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
@@ -48,7 +50,8 @@ def _auth_middleware(auth: BearerAuth) -> Middleware:
 class AdminServer:
     def __init__(self, endpoint: str, cache_stats: StatsProvider | None = None, *,
                  tls: ServerTlsConfig | None = None, auth: AuthConfig | None = None,
-                 reload: Reloader | None = None) -> None:
+                 reload: Reloader | None = None, listeners: ListenersProvider | None = None,
+                 spend: StatsProvider | None = None) -> None:
         self.endpoint = endpoint
         self.ready = False
         self._cache_stats = cache_stats
@@ -56,6 +59,8 @@ class AdminServer:
         self._auth_config = auth
         self._auth = BearerAuth(auth) if auth is not None else None
         self._reload = reload
+        self._listeners = listeners
+        self._spend = spend
         self._runner: web.AppRunner | None = None
         self.bound_port: int | None = None
         self._stopping = asyncio.Event()
@@ -71,6 +76,8 @@ class AdminServer:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/cache/stats", self._cache)
+        app.router.add_get("/listeners", self._listeners_json)
+        app.router.add_get("/spend", self._spend_json)
         app.router.add_post("/-/reload", self._reload_config)
         app.router.add_get("/tail", self._tail)
         return app
@@ -97,6 +104,16 @@ class AdminServer:
             return web.json_response({"error": "cache is disabled"}, status=404)
         return web.Response(body=orjson.dumps(self._cache_stats()),
                             content_type="application/json")
+
+    async def _listeners_json(self, _: web.Request) -> web.Response:
+        rows = self._listeners() if self._listeners is not None else []
+        return web.Response(body=orjson.dumps({"listeners": rows}),
+                            content_type="application/json")
+
+    async def _spend_json(self, _: web.Request) -> web.Response:
+        if self._spend is None:
+            return web.json_response({"error": "no spend ledger"}, status=404)
+        return web.Response(body=orjson.dumps(self._spend()), content_type="application/json")
 
     async def _reload_config(self, _: web.Request) -> web.Response:
         if self._reload is None:
@@ -174,4 +191,4 @@ class AdminServer:
 
     def describe(self) -> str:
         return (f"admin      {self.scheme}://{self.endpoint}  /metrics /healthz /readyz "
-                f"/cache/stats{banner(self._tls_config, self._auth_config)}")
+                f"/cache/stats /listeners /spend{banner(self._tls_config, self._auth_config)}")

@@ -25,9 +25,11 @@ from sidecar.memlimit import MemoryLimiter, guard
 from sidecar.model import Signal
 from sidecar.pipeline.graph import Graph, ReconfigureError, Switch, build_graph, reconfigure
 from sidecar.reload import plan
-from sidecar.telemetry import looplag
-from sidecar.telemetry.health import HEALTH
+from sidecar.telemetry import listeners, looplag
+from sidecar.telemetry.health import HEALTH, supervised
 from sidecar.telemetry.metrics import RELOADS
+from sidecar.telemetry.spend import FILE_NAME as SPEND_FILE
+from sidecar.telemetry.spend import SpendLedger
 
 log = logging.getLogger("sidecar")
 
@@ -45,7 +47,9 @@ class Daemon:
     source: tuple[str | None, tuple[str, ...]] | None = None
     # told about each applied config (the CLI extends its secret mask with it)
     on_reload: Callable[[Config], None] | None = None
+    spend: SpendLedger | None = None  # from start on (it reads its file)
     _lag: asyncio.Task[None] | None = None
+    _spend_task: asyncio.Task[None] | None = None
     _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _started: list[str] = field(default_factory=list)
@@ -65,6 +69,8 @@ class Daemon:
     async def start(self) -> None:
         """Start downstream-first; on any failure stop what started and re-raise."""
         _ensure_writable_dir(self.config.storage.dir, "storage.dir")
+        self.spend = SpendLedger(self.config.storage.dir / SPEND_FILE)
+        self._spend_task = supervised("spend", "spend-ledger", self.spend.run)
         if self.memory is not None:
             self.memory.start()
         self._lag = looplag.start()
@@ -84,6 +90,15 @@ class Daemon:
         except BaseException:
             await self.shutdown(grace=1.0)
             raise
+
+    def listeners(self) -> list[dict[str, object]]:
+        """`GET /listeners`: every endpoint bound now, with the ports actually bound."""
+        return [row.as_json() for row in listeners.collect(
+            self.config, self.receivers, self.cache, self.admin)]
+
+    def spend_today(self) -> dict[str, object]:
+        """`GET /spend`: today's (UTC) LLM spend by model, kept across restarts."""
+        return self.spend.today() if self.spend is not None else {}
 
     def undelivered_items(self) -> int:
         """Items accepted from clients and not yet delivered (queued or in flight) that an
@@ -142,17 +157,24 @@ class Daemon:
             else:
                 switch.point(fanout)
         if change.receivers:
-            failed = await self._restart_receivers(change.receivers, deadline, previous)
+            failed, fallbacks = await self._restart_receivers(change.receivers, deadline,
+                                                              previous)
             if failed:
                 problem += f"; receivers kept on their previous settings: {failed}"
+            if fallbacks:  # the config says what runs (status, the next reload's plan)
+                self.config = self.config.model_copy(update={
+                    "receivers": self.config.receivers.model_copy(update=fallbacks)})
         return not problem, change.describe() + problem
 
     async def _restart_receivers(self, names: tuple[str, ...], deadline: float,
-                                 previous: Config) -> str:
+                                 previous: Config) -> tuple[str, dict[str, Any]]:
         """Receivers whose section changed, or all when the signals with a pipeline did:
         stop (in-flight requests finish), then bind again with the new settings. One that
         cannot start (its new address is taken) is started again with its previous
-        settings, so a bad reload never leaves the daemon deaf; returns what failed."""
+        settings, so a bad reload never leaves the daemon deaf. Returns what failed, and
+        the previous section of each receiver that did not start on its new settings: the
+        daemon's config says that one (what runs; `/listeners` only lists receivers that
+        did start), so the next reload of the same file tries the new settings again."""
         consumers = guard({s: self.switches[s] for s in self.graph.consumers}, self.memory)
         factories = receiver_factories()
         context = BuildContext(signals=frozenset(self.graph.consumers),
@@ -162,6 +184,7 @@ class Daemon:
         await asyncio.gather(*(r.shutdown(deadline) for r in old))
         started: list[ReceiverComponent] = []
         problems: list[str] = []
+        fallbacks: dict[str, Any] = {}
         for name in names:
             for sections in (dict(self.config.receivers), dict(previous.receivers)):
                 section = sections.get(name)
@@ -173,11 +196,12 @@ class Daemon:
                 except StartupError as exc:
                     problems.append(str(exc))
                     HEALTH.failed(f"receiver {name}", str(exc))
+                    fallbacks[name] = getattr(previous.receivers, name)
                     continue  # try the previous settings (once)
                 started.append(receiver)
                 break
         self.receivers = kept + started
-        return "; ".join(problems)
+        return "; ".join(problems), fallbacks
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -197,6 +221,12 @@ class Daemon:
             *(r.shutdown(deadline) for r in self.receivers[:receivers_started]))
         if "graph" in self._started:
             await self.graph.shutdown(deadline)
+        if self._spend_task is not None:  # after the graph: its last costs are counted
+            self._spend_task.cancel()
+            await asyncio.gather(self._spend_task, return_exceptions=True)
+            self._spend_task = None
+        if self.spend is not None:
+            await self.spend.close()
         if "cache" in self._started and self.cache is not None:
             await self.cache.shutdown(deadline)
         if "admin" in self._started and self.admin is not None:
@@ -234,7 +264,8 @@ def build_daemon(config: Config) -> Daemon:
         daemon.admin = AdminServer(config.admin.endpoint,
                                    cache.stats if cache is not None else None,
                                    tls=config.admin.tls, auth=config.admin.auth,
-                                   reload=daemon.reload)
+                                   reload=daemon.reload, listeners=daemon.listeners,
+                                   spend=daemon.spend_today)
     return daemon
 
 

@@ -329,7 +329,8 @@ def tail(config_path: str | None, overrides: tuple[str, ...], admin: str | None,
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def status(admin: str, token: str | None, cacert: str | None, insecure: bool,
            as_json: bool) -> None:
-    """One screen of a running daemon's state from its admin server (/readyz, /metrics);
+    """One screen of a running daemon's state from its admin server (/readyz, /metrics,
+    /listeners, /spend);
     exit 0 when ready, 1 when not ready, degraded or unreachable."""
     import json
 

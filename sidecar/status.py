@@ -1,10 +1,11 @@
 """`sidecar status`: one screen of a running daemon's state, read from its admin server.
 
-It asks `/readyz` (open, even with `admin.auth`) and `/metrics` (with the bearer token when
-one is given) and summarises the Prometheus text: readiness and degraded components,
-accepted and refused items per receiver, per-exporter queue, deliveries and failures, the
-cache's hit ratio and dollars saved, and LLM spend by model since the daemon started.
-Plain urllib: two GETs do not need an HTTP client library."""
+It asks `/readyz` (open, even with `admin.auth`), then `/metrics`, `/listeners` and
+`/spend` (with the bearer token when one is given): readiness and degraded components, the
+endpoints bound (with the real ports, TLS and auth), accepted and refused items per
+receiver, per-exporter queue, deliveries and failures, the cache's hit ratio and dollars
+saved, LLM spend by model since the daemon started and today (UTC, kept across restarts).
+Plain urllib: four GETs do not need an HTTP client library."""
 
 from __future__ import annotations
 
@@ -55,7 +56,12 @@ class Status:
     cache_misses: float = 0.0
     cache_saved_usd: float = 0.0
     cache_namespaces: dict[str, dict[str, float]] = field(default_factory=dict)
-    spend_usd_by_model: dict[str, float] = field(default_factory=dict)
+    spend_usd_by_model: dict[str, float] = field(default_factory=dict)  # since start
+    # GET /listeners rows: component, transport, address, and tls/auth/mode where they apply
+    listeners: list[dict[str, Any]] = field(default_factory=list)
+    # GET /spend: {"day": "YYYY-MM-DD", "total_usd": x, "by_model": {model: usd}}; None from
+    # a daemon without the endpoint
+    spend_today: dict[str, Any] | None = None
     memory_rss_bytes: float | None = None
     event_loop_lag_seconds: float | None = None
 
@@ -111,7 +117,28 @@ def fetch(admin: str, token: str | None = None, cafile: str | None = None,
     if code != 200:
         raise StatusError(f"{base}/metrics answered {code}")
     _summarise(status, body.decode("utf-8", "replace"))
+    listeners = _json(base, "/listeners", token, context, timeout)
+    if listeners is not None:
+        rows = listeners.get("listeners")
+        status.listeners = [r for r in rows if isinstance(r, dict)] if isinstance(
+            rows, list) else []
+    status.spend_today = _json(base, "/spend", token, context, timeout)
     return status
+
+
+def _json(base: str, path: str, token: str | None, context: ssl.SSLContext | None,
+          timeout: float) -> dict[str, Any] | None:
+    """A JSON object from the admin server, or None from an older daemon (404)."""
+    code, body = _get(f"{base}{path}", token, context, timeout)
+    if code == 404:
+        return None
+    if code != 200:
+        raise StatusError(f"{base}{path} answered {code}")
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        raise StatusError(f"{base}{path} answered with no JSON") from exc
+    return data if isinstance(data, dict) else None
 
 
 def _summarise(status: Status, text: str) -> None:
@@ -172,6 +199,15 @@ def _summarise(status: Status, text: str) -> None:
     status.spend_usd_by_model = dict(sorted(spend.items(), key=lambda kv: -kv[1]))
 
 
+_CONTROL = dict.fromkeys([*range(0x20), 0x7F], "?")
+
+
+def _text(value: object) -> str:
+    """A server-given name for the terminal: model names come from spans (any client's),
+    so control characters (escape sequences) are shown as `?`."""
+    return str(value).translate(_CONTROL)
+
+
 def _count(value: float) -> str:
     return f"{value:,.0f}"
 
@@ -189,9 +225,9 @@ def _bytes(value: float) -> str:
 
 
 def render(status: Status) -> str:
-    lines = [f"sidecar {status.version or '?'} at {status.admin}: {status.state}"]
+    lines = [f"sidecar {_text(status.version or '?')} at {status.admin}: {_text(status.state)}"]
     for component, problem in status.components.items():
-        lines.append(f"  {component}: {problem}")
+        lines.append(f"  {_text(component)}: {_text(problem)}")
     extra = []
     if status.memory_rss_bytes:  # 0 without service.memory (the limiter measures it)
         extra.append(f"rss {_bytes(status.memory_rss_bytes)}")
@@ -199,6 +235,17 @@ def render(status: Status) -> str:
         extra.append(f"event loop lag {status.event_loop_lag_seconds * 1000:.1f} ms")
     if extra:
         lines.append("  " + ", ".join(extra))
+    if status.listeners:
+        lines.append("listeners:")
+    for row in status.listeners:
+        address = _text(row.get("address", "?"))
+        if "mode" in row:
+            address += f" (mode {_text(row['mode'])})"
+        security = ", ".join(f"{key} {'on' if row[key] else 'off'}"
+                             for key in ("tls", "auth") if key in row)
+        lines.append(f"  {_text(row.get('component', '?')):<12} "
+                     f"{_text(row.get('transport', '?')):<5} "
+                     f"{address}" + (f"  [{security}]" if security else ""))
     lines.append("receivers (since start):")
     if not status.receivers:
         lines.append("  none")
@@ -206,7 +253,7 @@ def render(status: Status) -> str:
     if status.receivers and not busy:
         lines.append("  nothing received yet")
     for key, recv in busy.items():
-        lines.append(f"  {key:<24} accepted {_count(recv.accepted):>12}  refused "
+        lines.append(f"  {_text(key):<24} accepted {_count(recv.accepted):>12}  refused "
                      f"{_count(recv.refused):>8}" + (f"  bad requests {_count(recv.bad_requests)}"
                                                      if recv.bad_requests else ""))
     lines.append("exporters:")
@@ -218,7 +265,7 @@ def render(status: Status) -> str:
         health = "FAILING" if exp.failed and not exp.sent else "ok"
         age = (f", oldest {exp.queue_oldest_seconds:.0f}s" if exp.queue_oldest_seconds >= 1
                else "")
-        lines.append(f"  {name:<16} {health:<8} queue {_count(exp.queue_items)} items, "
+        lines.append(f"  {_text(name):<16} {health:<8} queue {_count(exp.queue_items)} items, "
                      f"{_bytes(exp.queue_bytes)}{fill}{age}; sent {_count(exp.sent)}, failed "
                      f"{_count(exp.failed)}, retries {_count(exp.retries)}, dropped "
                      f"{_count(exp.dropped)}")
@@ -230,11 +277,24 @@ def render(status: Status) -> str:
     for ns, row in status.cache_namespaces.items():
         lookups = row["hits"] + row["misses"]
         if lookups:
-            lines.append(f"  {ns:<20} {row['hits'] / lookups:6.1%} of {_count(lookups)} "
+            lines.append(f"  {_text(ns):<20} {row['hits'] / lookups:6.1%} of {_count(lookups)} "
                          f"lookups, saved {_usd(row['saved_usd'])}")
-    if status.spend_usd_by_model:
+    today = status.spend_today
+    if today is not None:
+        by_model = today.get("by_model")
+        by_model = by_model if isinstance(by_model, dict) else {}
+        lines.append(f"LLM spend today ({_text(today.get('day', '?'))} UTC): "
+                     f"{_usd(_number(today.get('total_usd')))}"
+                     + ("" if by_model else ", nothing priced yet"))
+        for model, usd in by_model.items():
+            lines.append(f"  {_text(model):<32} {_usd(_number(usd))}")
+    elif status.spend_usd_by_model:  # a daemon without /spend
         total = sum(status.spend_usd_by_model.values())
         lines.append(f"LLM spend since start: {_usd(total)}")
         for model, usd in status.spend_usd_by_model.items():
-            lines.append(f"  {model:<32} {_usd(usd)}")
+            lines.append(f"  {_text(model):<32} {_usd(usd)}")
     return "\n".join(lines)
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0

@@ -45,6 +45,7 @@ class CacheService:
         self.inflight: set[asyncio.Task[None]] = set()  # replies waiting for Redis
         self._servers: list[asyncio.AbstractServer] = []
         self._unix_inode: int | None = None
+        self.tcp_port: int | None = None  # bound (the config may say 0), for GET /listeners
         self._sweeper: asyncio.Task[None] | None = None
         self._started = time.time()
 
@@ -61,6 +62,7 @@ class CacheService:
             if config.tcp is not None:
                 host, port = split_endpoint(config.tcp.endpoint)
                 sock = bind_tcp(host, port, "cache.tcp.endpoint", config.tcp.allow_remote)
+                self.tcp_port = int(sock.getsockname()[1])
                 password = config.tcp.password
                 self._servers.append(await loop.create_server(
                     lambda: CacheConnection(self, password, f"tcp:{config.tcp.endpoint}"
@@ -116,7 +118,10 @@ class CacheService:
             where.append(f"unix:{config.unix}")
         if config.tcp is not None:
             auth = ", AUTH" if config.tcp.password else ""
-            where.append(f"tcp:{config.tcp.endpoint}{auth}")
+            endpoint = config.tcp.endpoint
+            if self.tcp_port is not None:  # the port bound (the config may say 0)
+                endpoint = f"{endpoint.rpartition(':')[0]}:{self.tcp_port}"
+            where.append(f"tcp:{endpoint}{auth}")
         l2 = f"L2 {redacted(config.redis)}" if config.redis else "no L2 (memory only)"
         return [f"cache      {'  '.join(where) or '(no listener)'}  "
                 f"(memory L1 {_mib(config.memory.max_bytes)}, {l2})"]

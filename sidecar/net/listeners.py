@@ -1,8 +1,9 @@
 """Bind listening sockets the same way for every component.
 
 Unix sockets: a socket file left by a crashed process is replaced, one a live process still
-listens on is an error (we try to connect to tell them apart), and the file gets the
-configured mode and group. TCP: loopback unless the caller explicitly allows otherwise.
+listens on is an error (we try to connect to tell them apart), and the file has the
+configured mode and group before it appears at its path (`place_unix`: never wider).
+TCP: loopback unless the caller explicitly allows otherwise.
 Every failure is a StartupError that names the setting, so the operator knows what to fix."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import errno
 import grp
 import ipaddress
 import os
+import secrets
 import socket
 import stat
 from collections.abc import Callable
@@ -27,25 +29,72 @@ MAX_UNIX_PATH = 107
 def bind_unix(path: str, setting: str, mode: int = 0o660, group: str | None = None,
               backlog: int = 1024) -> socket.socket:
     """A listening unix socket at `path`; `setting` (e.g. "cache.unix") prefixes errors."""
-    fail = prepare_unix(path, setting)
-    gid = _gid(group, fail)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.bind(path)
-        os.chmod(path, mode)
-        if gid != -1:
-            os.chown(path, -1, gid)
+        place_unix(path, setting, mode, group, sock.bind)
         sock.listen(backlog)
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
-        raise fail(exc.strerror or str(exc)) from exc
+        raise prepare_fail(path, setting)(exc.strerror or str(exc)) from exc
+    except BaseException:
+        sock.close()
+        raise
     return sock
 
 
+def place_unix(path: str, setting: str, mode: int, group: str | None,
+               bind: Callable[[str], object]) -> None:
+    """Have `bind(temporary path)` create the socket file (our own bind, or grpc's), then
+    put it at `path` with the configured mode and group, so that the file at `path` is
+    never wider than `mode`. bind() creates the file with the process umask (0777 & ~umask,
+    often 0755 or 0777): done in a fresh 0700 directory beside `path`, nobody else can reach
+    it before chmod and chown; a hard link then publishes it (link, unlike rename, fails
+    when a socket appeared at `path` meanwhile instead of replacing it)."""
+    fail = prepare_unix(path, setting)
+    gid = _gid(group, fail)
+    directory = _private_dir(Path(path), fail)
+    temporary = str(directory / "s")
+    try:
+        bind(temporary)
+        os.chmod(temporary, mode)
+        if gid != -1:
+            os.chown(temporary, -1, gid)
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            raise fail("another process created a file here while we bound it") from None
+    except OSError as exc:
+        raise fail(exc.strerror or str(exc)) from exc
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        with contextlib.suppress(OSError):
+            os.rmdir(directory)
+
+
+def _private_dir(path: Path, fail: Callable[[str], StartupError]) -> Path:
+    """A new 0700 directory beside `path`, named so that `<it>/s` is no longer than `path`
+    when possible (sun_path limit)."""
+    room = max(4, min(16, len(path.name) - 3))  # "." + name + "/s"
+    for _ in range(16):
+        candidate = path.parent / f".{secrets.token_hex(8)[:room]}"
+        if len(os.fsencode(candidate)) + 2 > MAX_UNIX_PATH:
+            raise fail(f"path too long to bind safely (a unix socket path is at most "
+                       f"{MAX_UNIX_PATH} bytes, and this one needs a few to spare)")
+        try:
+            os.mkdir(candidate, 0o700)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise fail(f"cannot create a directory beside it: {exc.strerror}") from exc
+        return candidate
+    raise fail("cannot create a private directory beside it")  # pragma: no cover
+
+
 def prepare_unix(path: str, setting: str) -> Callable[[str], StartupError]:
-    """Check the path, create its directory and remove a stale socket file, for a server
-    that binds the path itself (grpc); returns the error maker for the setting."""
+    """Check the path, create its directory and remove a stale socket file; returns the
+    error maker for the setting."""
     fail = prepare_fail(path, setting)
     if len(os.fsencode(path)) > MAX_UNIX_PATH:
         raise fail(f"path longer than {MAX_UNIX_PATH} bytes (unix socket limit)")
@@ -56,18 +105,6 @@ def prepare_unix(path: str, setting: str) -> Callable[[str], StartupError]:
         raise fail(f"cannot create directory {parent}: {exc.strerror}") from exc
     _remove_stale(path, fail)
     return fail
-
-
-def own_unix(path: str, setting: str, mode: int, group: str | None) -> None:
-    """Give a socket file bound by someone else (grpc) the configured mode and group."""
-    fail = prepare_fail(path, setting)
-    gid = _gid(group, fail)
-    try:
-        os.chmod(path, mode)
-        if gid != -1:
-            os.chown(path, -1, gid)
-    except OSError as exc:
-        raise fail(exc.strerror or str(exc)) from exc
 
 
 def prepare_fail(path: str, setting: str) -> Callable[[str], StartupError]:

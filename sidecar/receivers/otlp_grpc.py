@@ -18,7 +18,7 @@ from sidecar.config import GrpcListenerConfig
 from sidecar.configtypes import split_endpoint
 from sidecar.errors import BadInputError, PipelineFullError, StartupError
 from sidecar.model import Batch, Signal
-from sidecar.net.listeners import own_unix, prepare_unix, remove_unix, socket_inode
+from sidecar.net.listeners import place_unix, remove_unix, socket_inode
 from sidecar.net.security import BearerAuth, GrpcServerTls, banner
 from sidecar.receivers.otlp_common import (
     EMPTY_RESPONSE,
@@ -225,15 +225,15 @@ class OtlpGrpcReceiver:
                         f"{self._setting}: {config.endpoint}: cannot bind this address")
             if config.unix is not None:
                 setting = f"receivers.{self.name}.{TRANSPORT}.unix"
-                prepare_unix(config.unix, setting)
-                if not add(f"unix:{config.unix}"):
-                    raise StartupError(f"{setting}: {config.unix}: cannot bind this socket")
+                unix = config.unix
+
+                def bind(temporary: str) -> None:  # grpc binds at add_*_port
+                    if not add(f"unix:{temporary}"):
+                        raise StartupError(f"{setting}: {unix}: cannot bind this socket")
+
+                place_unix(unix, setting, config.unix_mode, config.unix_group, bind)
+                self._unix_inode = socket_inode(unix)
             await server.start()
-            if config.unix is not None:
-                # grpc creates the file itself: give it the configured mode and group
-                own_unix(config.unix, f"receivers.{self.name}.{TRANSPORT}.unix",
-                         config.unix_mode, config.unix_group)
-                self._unix_inode = socket_inode(config.unix)
         except BaseException:
             await server.stop(None)
             raise

@@ -204,3 +204,20 @@ def test_the_durable_queue_age_is_shown() -> None:
     assert any(line.strip().startswith("dd ") and "12 items" in line and "oldest 754s" in line
                for line in lines), lines
     assert not any("oldest" in line for line in lines if line.strip().startswith("local "))
+
+
+def test_listeners_and_spend_today_are_shown_and_control_characters_are_not() -> None:
+    from sidecar.status import Status, render
+
+    status = Status(admin="http://a", ready=True, state="ready", listeners=[
+        {"component": "otlp/grpc", "transport": "tcp", "address": "127.0.0.1:41234",
+         "tls": True, "auth": False},
+        {"component": "cache", "transport": "unix", "address": "/run/c.sock", "mode": "0660"},
+    ], spend_today={"day": "2026-03-01", "total_usd": 1.5,
+                    "by_model": {"gpt-4o": 1.25, "evil\x1b]0;owned\x07": 0.25}})
+    lines = render(status).splitlines()
+    assert "  otlp/grpc    tcp   127.0.0.1:41234  [tls on, auth off]" in lines
+    assert "  cache        unix  /run/c.sock (mode 0660)" in lines
+    assert "LLM spend today (2026-03-01 UTC): $1.5000" in lines
+    assert any(line.split() == ["evil?]0;owned?", "$0.2500"] for line in lines), lines
+    assert not any("\x1b" in line or "\x07" in line for line in lines)

@@ -189,7 +189,30 @@ async def test_a_listener_that_cannot_rebind_keeps_its_old_address(short_tmp: Pa
             async with grpc.aio.insecure_channel(daemon.grpc_endpoint) as channel:
                 await channel.unary_unary(EXPORT)(request(1), timeout=10)
             await wait_for(lambda: ids(sink) >= set(range(10, 20)))
+            # what runs is what the daemon reports (its config follows the fallback)
+            assert await grpc_listener(daemon) == daemon.grpc_endpoint
+            # ...so reloading the same file once the address is free applies it
+            taken.close()
+            async with aiohttp.ClientSession() as session, session.post(
+                    f"{daemon.admin_url}/-/reload") as response:
+                status, body = response.status, await response.json()
+            assert status == 200, body
+            assert "receivers restarted: otlp" in body["detail"]
+            assert await grpc_listener(daemon) == f"127.0.0.1:{port}"
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                await channel.unary_unary(EXPORT)(request(2), timeout=10)
+            await wait_for(lambda: ids(sink) >= set(range(20, 30)))
         finally:
             taken.close()
             code, _, err = await daemon.stop()
     assert code == 0, err
+
+
+async def grpc_listener(daemon: DaemonProcess) -> str:
+    """The otlp/grpc TCP address on GET /listeners."""
+    async with aiohttp.ClientSession() as session, session.get(
+            f"{daemon.admin_url}/listeners") as response:
+        rows = (await response.json())["listeners"]
+    (address,) = [r["address"] for r in rows
+                  if (r["component"], r["transport"]) == ("otlp/grpc", "tcp")]
+    return str(address)

@@ -337,7 +337,9 @@ async def test_grpc_reloads_a_rotated_certificate(
 async def test_admin_auth_leaves_the_probes_open(
     stop: Callable[[object], None], metric: Callable[..., float],
 ) -> None:
-    admin = AdminServer("127.0.0.1:0", lambda: {"hits": 1}, auth=AUTH)
+    admin = AdminServer("127.0.0.1:0", lambda: {"hits": 1}, auth=AUTH,
+                        listeners=lambda: [{"component": "admin"}],
+                        spend=lambda: {"total_usd": 0})
     await admin.start()
     stop(admin)
     admin.set_ready(True)
@@ -347,7 +349,7 @@ async def test_admin_auth_leaves_the_probes_open(
         for path in ("/healthz", "/readyz"):
             async with session.get(base + path) as response:
                 assert response.status == 200, path
-        for path in ("/metrics", "/cache/stats", "/anything"):
+        for path in ("/metrics", "/cache/stats", "/listeners", "/spend", "/anything"):
             for headers in ({}, {"Authorization": "Bearer wrong"}):
                 async with session.get(base + path, headers=headers) as response:
                     assert response.status == 401, path
@@ -355,7 +357,7 @@ async def test_admin_auth_leaves_the_probes_open(
             async with session.get(base + path,
                                    headers={"Authorization": f"Bearer {TOKEN}"}) as response:
                 assert response.status == (404 if path == "/anything" else 200), path
-    assert metric("sidecar_admin_unauthenticated_total") == before + 6
+    assert metric("sidecar_admin_unauthenticated_total") == before + 10
 
 
 async def test_a_bad_certificate_is_a_startup_error_naming_the_setting(
