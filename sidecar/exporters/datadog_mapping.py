@@ -23,7 +23,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span, Status
 
 from sidecar.exporters import datadog_proto
-from sidecar.exporthelper.retry import RequestTooLargeError
+from sidecar.exporthelper.body import BodyTooLargeError
 from sidecar.protowire import encode_varint as _varint
 
 if TYPE_CHECKING:
@@ -573,15 +573,30 @@ def _top_level(spans: list[SpanFields], by_span_kind: bool, kinds: list[int]) ->
 
 def map_request(request: ExportTraceServiceRequest, defaults: Defaults,
                 max_bytes: int | None = None) -> Mapped:
-    """With `max_bytes`, raises RequestTooLargeError before mapping a scope once the
-    payload is sure to exceed it: every span carries its resource's and scope's attributes
-    as meta, so a few KB of OTLP can stand for megabytes of Datadog spans, and mapping them
-    only to find the payload too large would cost seconds on every split."""
+    """With `max_bytes`, raises BodyTooLargeError before mapping any span when the payload
+    is sure to exceed it: every span carries its resource's and scope's meta, so a few KB
+    of OTLP can stand for megabytes of Datadog spans, and mapping them only to find the
+    payload too large would cost seconds on every cut."""
     mapped = Mapped()
-    floor = 0  # a lower bound of the payload's size: the meta keys copied onto each span
     pb = datadog_proto.load()
+    resources = []
+    floor = 0  # a lower bound of the payload's size: each span's copy of its scope's Base
     for rs in request.resource_spans:
         res = _resource(rs)
+        scopes = []
+        for ss in rs.scope_spans:
+            if not ss.spans:
+                continue
+            meta = base_meta(res, _scope_meta(ss.scope))
+            base = Base(meta, pb.Span(meta=meta).SerializeToString())
+            floor += len(ss.spans) * len(base.raw)
+            scopes.append((ss, base))
+        resources.append((rs, res, scopes))
+    if max_bytes is not None and floor > max_bytes:
+        raise BodyTooLargeError(
+            f"Datadog payload of over {floor} bytes (the spans' resource and scope "
+            f"attributes) is over the intake's {max_bytes}", floor / max_bytes)
+    for _rs, res, scopes in resources:
         header: TracerPayload = pb.TracerPayload(
             containerID=res.strings.get("container.id", ""),
             languageName=res.strings.get("telemetry.sdk.language", ""),
@@ -592,17 +607,8 @@ def map_request(request: ExportTraceServiceRequest, defaults: Defaults,
             appVersion=res.version,
         )
         chunks: dict[bytes, tuple[list[tuple[SpanFields, Base]], list[int]]] = {}
-        for ss in rs.scope_spans:
-            if not ss.spans:
-                continue
-            meta = base_meta(res, _scope_meta(ss.scope))
-            base = Base(meta, pb.Span(meta=meta).SerializeToString())
-            if max_bytes is not None:
-                floor += len(ss.spans) * sum(len(key) + 2 for key in meta)
-                if floor > max_bytes:
-                    raise RequestTooLargeError(
-                        f"Datadog payload of over {floor} bytes (the spans' resource and "
-                        f"scope attributes) is over the intake's {max_bytes}")
+        for ss, base in scopes:
+            meta = base.meta
             for span in ss.spans:
                 if not _valid_ids(span):
                     mapped.skipped += 1

@@ -136,10 +136,10 @@ async def test_same_request_through_rotel_and_ours(tmp_path: Path) -> None:
     body = request().SerializeToString()
     theirs = _spans(await _through_rotel(body, tmp_path))
     cfg = DatadogConfig.model_validate({"type": "datadog", "api_key": KEY, "env": "test"})
-    encoded, skipped, _, _ = NativeTracesSender(cfg).encode(Batch.from_bytes(Signal.TRACES, body))
-    assert encoded is not None
-    assert skipped == 0
-    ours = _spans(AgentPayload.FromString(encoded))
+    sender = NativeTracesSender(cfg)
+    encoded = sender.encode(Batch.from_bytes(Signal.TRACES, body), sender.limits(Signal.TRACES))
+    assert (encoded.items, encoded.skipped) == (5, 0)
+    ours = _spans(AgentPayload.FromString(encoded.data))
     assert set(ours) == set(theirs) == {1, 2, 3, 4, 5}
 
     for span_id in ours:

@@ -13,7 +13,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from sidecar._proto.datadog_trace_pb2 import Span as DDSpan
 from sidecar.exporters.datadog_mapping import Defaults, Mapped, map_request
-from sidecar.exporthelper.retry import RequestTooLargeError
+from sidecar.exporthelper.body import BodyTooLargeError
 
 TRACE = bytes.fromhex("5e39606e3e0f98ce8dc40caa5ac79e2f")
 SERVER, CLIENT, INTERNAL = Span.SPAN_KIND_SERVER, Span.SPAN_KIND_CLIENT, Span.SPAN_KIND_INTERNAL
@@ -316,8 +316,11 @@ def test_payload_sure_to_be_too_large_is_refused_before_mapping() -> None:
     # entries: mapping them all took 80 s before the size check refused the payload
     resource = {"service.name": "chat-api", **{f"k{i}": "v" for i in range(20_000)}}
     req = request(*(span(span_id=i + 1) for i in range(1000)), resource=resource)
-    with pytest.raises(RequestTooLargeError, match="over the intake's 3200000"):
+    with pytest.raises(BodyTooLargeError, match="over the intake's 3200000") as info:
         map_request(req, Defaults(), 3_200_000)
+    # how many times over, for the chain to cut in as many pieces: 1,000 copies of at
+    # least 20,000 entries of 5 bytes (tag, length, "kN" key, "v" value) each
+    assert info.value.ratio > 1000 * 20_000 * 5 / 3_200_000
 
 
 def test_the_size_floor_never_refuses_a_payload_that_fits() -> None:
