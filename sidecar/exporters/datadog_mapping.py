@@ -23,6 +23,8 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span, Status
 
 from sidecar.exporters import datadog_proto
+from sidecar.exporters.datadog_sql import SPAN_TYPES as SQL_SPAN_TYPES
+from sidecar.exporters.datadog_sql import obfuscate_sql
 from sidecar.exporthelper.body import BodyTooLargeError
 from sidecar.protowire import encode_varint as _varint
 
@@ -535,17 +537,22 @@ def map_span(span: Span, res: _Resource, base: Mapping[str, str],
             http_code = metrics.get("http.status_code")
             if http_code is not None:
                 meta["error.msg"] = _http_reason(int(http_code))
+    resource = resource_name(span, attrs)
+    kind_type = span_type(span_kind, attrs)
+    if kind_type in SQL_SPAN_TYPES and resource:
+        # the Agent obfuscates these before the intake and its stats see them
+        resource = meta["sql.query"] = obfuscate_sql(resource)
     return {
         "service": normalize_service(service) if service else DEFAULT_SERVICE,
         "name": operation_name(span_kind, attrs),
-        "resource": resource_name(span, attrs),
+        "resource": resource,
         "traceID": int.from_bytes(trace_id[8:], "big"),
         "spanID": int.from_bytes(span.span_id, "big"),
         "parentID": int.from_bytes(parent, "big") if parent else 0,
         "start": start,
         "duration": max(span.end_time_unix_nano - start, 0),
         "error": error,
-        "type": span_type(span_kind, attrs),
+        "type": kind_type,
         "meta": meta,
         "metrics": metrics,
     }

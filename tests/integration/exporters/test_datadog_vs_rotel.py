@@ -179,9 +179,13 @@ async def test_same_request_through_rotel_and_ours(tmp_path: Path) -> None:
         "meta otel.scope.name": {1, 2, 3, 4, 5}, "meta otel.scope.version": {1, 2, 3, 4, 5},
         # arrays: the Agent's compact JSON; rotel the OTLP-JSON AnyValue form
         "meta gen_ai.response.finish_reasons": {2},
+        # the Agent's SQL obfuscation writes sql.query (the statement has no literal, so
+        # the resource is equal); rotel does not obfuscate
+        "meta sql.query": {3},
     }
     assert deviations == documented
     assert ours[1].metrics["_top_level"] == 1.0
+    assert ours[3].meta["sql.query"] == ours[3].resource == theirs[3].resource
     assert theirs[1].meta["_top_level"] == "1"
     assert ours[2].meta["otel.status_code"] == "Error"
     assert theirs[2].meta[
