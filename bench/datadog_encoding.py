@@ -48,6 +48,7 @@ from loadgen import build_request
 
 from sidecar._proto.datadog_trace_pb2 import AgentPayload
 from sidecar.exporters.datadog import DatadogConfig, NativeTracesSender
+from sidecar.exporthelper.body import NO_LIMITS
 from sidecar.exporthelper.compression import gzip_compress, gzip_decompress
 from sidecar.model import Batch, Signal
 
@@ -159,9 +160,9 @@ async def run(args: argparse.Namespace) -> dict[str, list[float]]:
 
     def datadog() -> None:
         for batch in exports:
-            body, _skipped, _languages, _stats = sender.encode(batch)
-            assert body is not None
-            gzip_compress(body)
+            body = sender.encode(batch, NO_LIMITS)
+            assert body.items
+            gzip_compress(body.data)
 
     results: dict[str, list[float]] = {"otlp": [], "datadog": [], "rotel": []}
     async with contextlib.AsyncExitStack() as stack:
@@ -173,7 +174,7 @@ async def run(args: argparse.Namespace) -> dict[str, list[float]]:
             if peer is not None:
                 results["rotel"].append(await peer.cpu_per_span(exports))
     otlp_bytes = sum(b.nbytes for b in exports) / spans
-    dd_bytes = sum(len(sender.encode(b)[0] or b"") for b in exports) / spans
+    dd_bytes = sum(len(sender.encode(b, NO_LIMITS).data) for b in exports) / spans
     print(f"{spans} spans in {len(exports)} requests of {SPANS_PER_EXPORT}, "
           f"{args.repeats} interleaved passes (median, min)")
     o, d = results["otlp"], results["datadog"]

@@ -5,9 +5,11 @@ intake v2 (§3) as one gzipped JSON array per request (`datadog_logs`). `mode: o
 `mode: agent` are OTLP over the OTLP exporter's senders (agentless intake §2.5, local
 Agent §2.6).
 
-An encoded payload over the intake's 3.2 MB (a logs request over 1,000 entries or 5 MB)
-is never sent: the sender raises `RequestTooLargeError` before any byte goes out and the
-chain splits the batch and sends the halves (nothing is delivered twice).
+The intakes' limits (an AgentPayload of 3.2 MB, a logs request of 1,000 entries and 5 MB)
+are declared as `LIMITS` and measured by the shared layer on the encoded body: a body over
+them is never sent; the chain cuts the batch in as many pieces as the excess asks and
+encodes each (nothing is delivered twice). The mapping stops early when a batch's resource
+and scope attributes alone, copied onto every span, are already over the limit.
 
 Answers: 2xx is success (the body is not OTLP and is ignored); 408, 429 and every 5xx are
 retried, `Retry-After` honoured on each; 413 splits; 400, 401, 403 and the rest are
@@ -19,6 +21,8 @@ import asyncio
 import logging
 import re
 import socket
+import sys
+from collections.abc import Mapping
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -41,9 +45,9 @@ from sidecar.exporters.datadog_mapping import (
 )
 from sidecar.exporters.otlp import OtlpConfig
 from sidecar.exporthelper import http
-from sidecar.exporthelper.chain import ExportChain, Sender
+from sidecar.exporthelper.body import NO_LIMITS, Body, BodyLimits, BodyTooLargeError
+from sidecar.exporthelper.chain import EncodingSender, ExportChain, send_once
 from sidecar.exporthelper.compression import gzip_body
-from sidecar.exporthelper.retry import RequestTooLargeError
 from sidecar.exporthelper.settings import BatchSettings, ExporterSettings, TlsSettings
 from sidecar.model import Batch, Signal
 from sidecar.telemetry import metrics
@@ -57,6 +61,10 @@ MAX_LOGS_BODY = 5_000_000
 # the Agent's flush size, which the intake documents as its maximum (uncompressed)
 MAX_PAYLOAD = 3_200_000
 RETRYABLE = frozenset({408, 429, *range(500, 600)})
+DATADOG_RULES = http.StatusRules(retryable=RETRYABLE, hinted=RETRYABLE)
+# measured by the chain on the encoded, uncompressed bodies
+LIMITS = {Signal.TRACES: BodyLimits(max_bytes=MAX_PAYLOAD),
+          Signal.LOGS: BodyLimits(max_items=MAX_LOG_ENTRIES, max_bytes=MAX_LOGS_BODY)}
 # mapping runs in a thread for batches larger than this (it is Python, ~µs per span)
 _MAP_OFF_LOOP = 256
 _SITE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+")
@@ -97,9 +105,9 @@ class DatadogConfig(ExporterSettings):
     top_level_by_span_kind: bool = True  # the Agent's enable_otlp_compute_top_level_by_span_kind
     stats: StatsSettings = StatsSettings()  # mode native: APM stats (RED metrics)
     tls: TlsSettings = TlsSettings()
-    # OTLP bytes per request: the Datadog encoding of LLM spans is ~2x larger, so this
-    # keeps a request under the intake's 3.2 MB; a larger one is split before it is sent.
-    # 1,000 items: the logs intake's maximum per request
+    # how far queued batches are merged (OTLP items and bytes); the intakes' own limits
+    # are measured on the encoded body (LIMITS). The Datadog encoding of LLM spans is ~2x
+    # their OTLP size, so merging to 1 MiB of OTLP rarely makes a body that must be cut
     batch: BatchSettings = BatchSettings(max_items=MAX_LOG_ENTRIES, max_bytes=1024 * 1024)
 
     @field_validator("site")
@@ -177,17 +185,30 @@ def _otlp(config: DatadogConfig, endpoint: str, protocol: str,
 class BySignal:
     """mode otlp: traces to the trace intake's host, logs and metrics to the OTLP host."""
 
-    def __init__(self, traces: Sender, other: Sender) -> None:
+    off_loop_items = sys.maxsize
+
+    def __init__(self, traces: EncodingSender, other: EncodingSender) -> None:
         self.traces = traces
         self.other = other
+
+    def _for(self, signal: Signal) -> EncodingSender:
+        return self.traces if signal is Signal.TRACES else self.other
 
     async def start(self) -> None:
         await self.traces.start()
         await self.other.start()
 
+    def limits(self, signal: Signal) -> BodyLimits:
+        return self._for(signal).limits(signal)
+
+    def encode(self, batch: Batch, limits: BodyLimits) -> Body:
+        return self._for(batch.signal).encode(batch, limits)
+
+    async def push(self, batch: Batch, body: Body, data: bytes) -> int:
+        return await self._for(batch.signal).push(batch, body, data)
+
     async def send(self, batch: Batch) -> int:
-        sender = self.traces if batch.signal is Signal.TRACES else self.other
-        return await sender.send(batch)
+        return await self._for(batch.signal).send(batch)
 
     async def close(self) -> None:
         await self.traces.close()
@@ -198,9 +219,16 @@ class BySignal:
 
 
 class NativeTracesSender:
-    def __init__(self, config: DatadogConfig, name: str = "datadog") -> None:
+    """Traces as AgentPayload, logs as intake JSON: encoding and Datadog's answer rules;
+    the chain measures the bodies against `LIMITS`, cuts, compresses and retries."""
+
+    off_loop_items = _MAP_OFF_LOOP  # mapping is Python, ~µs per span
+
+    def __init__(self, config: DatadogConfig, name: str = "datadog", *,
+                 limits: Mapping[Signal, BodyLimits] | None = None) -> None:
         self.config = config
         self.name = name
+        self._limits = dict(LIMITS if limits is None else limits)
         self._url = config.base_url + TRACES_PATH
         self._stats_url = config.base_url + datadog_stats.PATH
         self._defaults = Defaults(hostname=config.hostname or socket.gethostname(),
@@ -216,6 +244,10 @@ class NativeTracesSender:
             tags=tuple(f"{k}:{v}" for k, v in config.tags.items()))
         self._stats_headers = {"DD-Api-Key": key, "Content-Type": "application/msgpack",
                                "Content-Encoding": "gzip"}
+        self._header = datadog_proto.load().AgentPayload(
+            hostName=self._defaults.hostname, env=config.env, tags=config.tags,
+            agentVersion=f"sidecar-{__version__}", targetTPS=1.0,
+            errorTPS=1.0).SerializeToString()
         self._session: aiohttp.ClientSession | None = None
         self._stats_options = datadog_stats.StatsOptions(
             compute_by_span_kind=config.stats.compute_by_span_kind,
@@ -238,92 +270,68 @@ class NativeTracesSender:
         if self._stats is not None:
             self._stats.start()
 
-    def encode(self, batch: Batch) -> tuple[bytes | None, int, str,
-                                            list[datadog_stats.StatSpan]]:
-        """(AgentPayload bytes or None when no span is left, skipped spans, languages, the
-        spans for APM stats)."""
-        request = batch.message
-        assert isinstance(request, ExportTraceServiceRequest)
-        mapped = map_request(request, self._defaults, MAX_PAYLOAD)
-        if not mapped.mapped:
-            return None, mapped.skipped, "", []
-        header = datadog_proto.load().AgentPayload(
-            hostName=self._defaults.hostname, env=self.config.env, tags=self.config.tags,
-            agentVersion=f"sidecar-{__version__}", targetTPS=1.0, errorTPS=1.0)
-        parts = [header.SerializeToString()]
-        for payload in mapped.mapped:
-            parts.append(length_delimited(TRACER_PAYLOADS_TAG, payload.serialize()))
-        body = b"".join(parts)
-        if len(body) > MAX_PAYLOAD:
-            raise RequestTooLargeError(
-                f"Datadog payload of {len(body)} bytes for {batch.items} spans is over "
-                f"the intake's {MAX_PAYLOAD}")
-        languages = "|".join(sorted({p.header.languageName for p in mapped.mapped
-                                     if p.header.languageName}))
-        stat_spans = (datadog_stats.stat_spans(mapped.mapped, self._stats_options)
-                      if self._stats is not None else [])
-        return body, mapped.skipped, languages, stat_spans
+    def limits(self, signal: Signal) -> BodyLimits:
+        return self._limits.get(signal, NO_LIMITS)
 
-    def encode_logs(self, batch: Batch) -> bytes | None:
-        """The JSON array for the logs intake, None without records."""
-        request = batch.message
-        assert isinstance(request, ExportLogsServiceRequest)
-        items = list(entries(request, self._log_defaults))
-        if not items:
-            return None
-        body = b"[" + b",".join(items) + b"]"
-        if len(items) > MAX_LOG_ENTRIES or len(body) > MAX_LOGS_BODY:
-            raise RequestTooLargeError(
-                f"Datadog logs request of {len(items)} entries and {len(body)} bytes is "
-                f"over the intake's {MAX_LOG_ENTRIES} entries or {MAX_LOGS_BODY} bytes")
-        return body
-
-    async def send(self, batch: Batch) -> int:
-        assert self._session is not None, "send() before start()"
+    def encode(self, batch: Batch, limits: BodyLimits) -> Body:
         if batch.signal is Signal.LOGS:
-            return await self._send_logs(batch)
+            return self.encode_logs(batch, limits)
         if batch.signal is not Signal.TRACES:
             raise PermanentError(f"type datadog sends traces and logs, not "
                                  f"{batch.signal.value}; route them elsewhere under pipelines:")
-        if batch.items > _MAP_OFF_LOOP:
-            body, skipped, languages, stat_spans = await asyncio.to_thread(self.encode, batch)
-        else:
-            body, skipped, languages, stat_spans = self.encode(batch)
-        if body is None:
-            return skipped
-        headers = self._headers
-        if languages:
-            headers = {**headers, "X-Datadog-Reported-Languages": languages}
-        await http.post(self._session, self._url, await gzip_body(body), headers,
-                        batch.signal, extra_retryable=RETRYABLE, hinted=RETRYABLE,
-                        otlp_answer=False)
+        request = batch.message
+        assert isinstance(request, ExportTraceServiceRequest)
+        mapped = map_request(request, self._defaults, limits.max_bytes)
+        if not mapped.mapped:
+            return Body(b"", 0, mapped.skipped)
+        parts = [self._header]
+        for payload in mapped.mapped:
+            parts.append(length_delimited(TRACER_PAYLOADS_TAG, payload.serialize()))
+        languages = "|".join(sorted({p.header.languageName for p in mapped.mapped
+                                     if p.header.languageName}))
+        headers = {"X-Datadog-Reported-Languages": languages} if languages else {}
+        stat_spans = (datadog_stats.stat_spans(mapped.mapped, self._stats_options)
+                      if self._stats is not None else [])
+        return Body(b"".join(parts), mapped.spans, mapped.skipped, headers, stat_spans)
+
+    def encode_logs(self, batch: Batch, limits: BodyLimits = NO_LIMITS) -> Body:
+        """The JSON array for the logs intake (one entry per record)."""
+        request = batch.message
+        assert isinstance(request, ExportLogsServiceRequest)
+        if limits.max_items is not None and batch.items > limits.max_items:
+            # one entry per record: known before encoding any
+            raise BodyTooLargeError(f"{batch.items} log records",
+                                    batch.items / limits.max_items)
+        items = list(entries(request, self._log_defaults))
+        if not items:
+            return Body(b"", 0)
+        return Body(b"[" + b",".join(items) + b"]", len(items))
+
+    async def push(self, batch: Batch, body: Body, data: bytes) -> int:
+        assert self._session is not None, "push() before start()"
+        if batch.signal is Signal.LOGS:
+            await http.post(self._session, self.config.logs_url, data, self._log_headers,
+                            DATADOG_RULES)
+            return 0
+        headers = {**self._headers, **body.headers} if body.headers else self._headers
+        await http.post(self._session, self._url, data, headers, DATADOG_RULES)
+        stat_spans: list[datadog_stats.StatSpan] = body.extra or []
         if self._stats is not None and stat_spans:
             # after the intake took the spans: a retried or split request counts once
             concentrator = self._stats.concentrator
             refused = concentrator.add(stat_spans)
             metrics.DATADOG_STATS_SPANS.labels(self.name).inc(len(stat_spans) - refused)
             metrics.DATADOG_STATS_KEYS.labels(self.name).set(concentrator.keys)
-        return skipped
+        return 0
+
+    async def send(self, batch: Batch) -> int:
+        return await send_once(self, batch, self.config.compression)
 
     async def _post_stats(self, body: bytes) -> None:
         if self._session is None:
             raise PermanentError("stats flush after close")
         await http.post(self._session, self._stats_url, await gzip_body(body),
-                        self._stats_headers, Signal.TRACES, extra_retryable=RETRYABLE,
-                        hinted=RETRYABLE, otlp_answer=False)
-
-    async def _send_logs(self, batch: Batch) -> int:
-        assert self._session is not None
-        if batch.items > _MAP_OFF_LOOP:
-            body = await asyncio.to_thread(self.encode_logs, batch)
-        else:
-            body = self.encode_logs(batch)
-        if body is None:
-            return 0
-        await http.post(self._session, self.config.logs_url, await gzip_body(body),
-                        self._log_headers, batch.signal, extra_retryable=RETRYABLE,
-                        hinted=RETRYABLE, otlp_answer=False)
-        return 0
+                        self._stats_headers, DATADOG_RULES)
 
     async def close(self) -> None:
         if self._stats is not None and self._session is not None:

@@ -23,7 +23,9 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span, Status
 
 from sidecar.exporters import datadog_proto
-from sidecar.exporthelper.retry import RequestTooLargeError
+from sidecar.exporters.datadog_sql import SPAN_TYPES as SQL_SPAN_TYPES
+from sidecar.exporters.datadog_sql import obfuscate_sql
+from sidecar.exporthelper.body import BodyTooLargeError
 from sidecar.protowire import encode_varint as _varint
 
 if TYPE_CHECKING:
@@ -115,8 +117,21 @@ class MappedPayload:
         for chunk in self.chunks:
             body = [_chunk_header()]
             for span, base in chunk:
-                raw = base.raw + new_span(**span).SerializeToString()
-                body += (_SPANS_TAG, _varint(len(raw)), raw)
+                # the maps filled by hand: the constructor fills them through
+                # MutableMapping.update, two lookups per entry in Python
+                message = new_span(
+                    service=span["service"], name=span["name"], resource=span["resource"],
+                    traceID=span["traceID"], spanID=span["spanID"],
+                    parentID=span["parentID"], start=span["start"],
+                    duration=span["duration"], error=span["error"], type=span["type"])
+                target = message.meta
+                for key, value in span["meta"].items():
+                    target[key] = value
+                target = message.metrics
+                for key, value in span["metrics"].items():
+                    target[key] = value
+                own = message.SerializeToString()
+                body += (_SPANS_TAG, _varint(len(base.raw) + len(own)), base.raw, own)
             joined = b"".join(body)
             parts += (_CHUNKS_TAG, _varint(len(joined)), joined)
         return b"".join(parts)
@@ -436,15 +451,30 @@ def base_meta(res: _Resource, scope_meta: Mapping[str, str]) -> dict[str, str]:
 
 
 def map_span(span: Span, res: _Resource, base: Mapping[str, str],
-             defaults: Defaults) -> SpanFields:
+             defaults: Defaults, trace_id: bytes | None = None) -> SpanFields:
     """The Datadog span's fields with only its own meta: `base` (resource and scope meta)
     is merged in when serialized (`MappedPayload.serialize`), its own entries winning.
-    Plain Python until then: top-level marking and APM stats read dicts, not protobuf."""
+    Plain Python until then: top-level marking and APM stats read dicts, not protobuf.
+    `trace_id`: `span.trace_id` when the caller has it (each read of a bytes field
+    copies it)."""
     span_strings: dict[str, str] = {}
     metrics: dict[str, float] = {}
     meta: dict[str, str] = {}
+    meta_names = _META_NAMES
     for kv in span.attributes:
         key, value = kv.key, kv.value
+        text = value.string_value
+        if text:
+            # a non-empty string (a oneof: no other kind has one), the common case, without
+            # a WhichOneof call
+            span_strings[key] = text
+            name = meta_names.get(key, _UNKNOWN)
+            if name is _UNKNOWN:
+                name = _meta_name(key)
+            if name is not None:
+                meta[name] = text if len(text) <= MAX_META_VALUE else (
+                    text[:MAX_META_VALUE] + "...")
+            continue
         kind = value.WhichOneof("value")
         if kind == "int_value":
             number: float = float(value.int_value)
@@ -453,76 +483,92 @@ def map_span(span: Span, res: _Resource, base: Mapping[str, str],
             number = value.double_value
             span_strings[key] = _float_text(number)
         else:
-            # strings, the common case, without as_string's second WhichOneof
-            text = span_strings[key] = (value.string_value if kind == "string_value"
-                                        else as_string(value))
-            name = _META_NAMES.get(key) or _meta_name(key)
+            text = span_strings[key] = "" if kind == "string_value" else as_string(value)
+            name = meta_names.get(key, _UNKNOWN)
+            if name is _UNKNOWN:
+                name = _meta_name(key)
             if name is not None:
                 meta[name] = text if len(text) <= MAX_META_VALUE else (
                     text[:MAX_META_VALUE] + "...")
             continue
         for name in _METRIC_NAMES.get(key) or _metric_names(key):
             metrics[name] = number
+    if trace_id is None:
+        trace_id = span.trace_id
     attrs = _Lookup(span_strings, res)
     service = span_strings.get("service.name") or res.service
-    error = 1 if span.status.code == Status.STATUS_CODE_ERROR else 0
-    _added_meta(span, meta, base, metrics, error, attrs, defaults)
-    return {
-        "service": normalize_service(service) if service else DEFAULT_SERVICE,
-        "name": operation_name(span.kind, attrs),
-        "resource": resource_name(span, attrs),
-        "traceID": int.from_bytes(span.trace_id[8:], "big"),
-        "spanID": int.from_bytes(span.span_id, "big"),
-        "parentID": int.from_bytes(span.parent_span_id, "big") if span.parent_span_id else 0,
-        "start": span.start_time_unix_nano,
-        "duration": max(span.end_time_unix_nano - span.start_time_unix_nano, 0),
-        "error": error,
-        "type": span_type(span.kind, attrs),
-        "meta": meta,
-        "metrics": metrics,
-    }
+    status = span.status
+    code = status.code
+    error = 1 if code == Status.STATUS_CODE_ERROR else 0
+    span_kind = span.kind
+    start = span.start_time_unix_nano
+    parent = span.parent_span_id
 
-
-def _added_meta(span: Span, meta: dict[str, str], base: Mapping[str, str],
-                metrics: dict[str, float], error: int, attrs: _Lookup,
-                defaults: Defaults) -> None:
-    meta["span.kind"] = _KIND_META.get(span.kind, "unspecified")
-    own = attrs.span
-    if _ENV_KEYS.isdisjoint(own):  # the resource's, found once per resource
-        env = attrs.resource_env or defaults.env
+    # --- added meta (the Agent's): kind, env, version, ids, status, links, events
+    meta["span.kind"] = _KIND_META.get(span_kind, "unspecified")
+    if _ENV_KEYS.isdisjoint(span_strings):  # the resource's, found once per resource
+        env = res.env or defaults.env
     else:
         env = attrs.get("deployment.environment.name", "deployment.environment") or defaults.env
     if env:
         meta["env"] = env
-    version = own.get("service.version") or attrs.resource_version
+    version = span_strings.get("service.version") or res.version
     if version:
         meta["version"] = version
-    meta["otel.trace_id"] = span.trace_id.hex()
-    meta["otel.status_code"] = _STATUS.get(span.status.code, "Unset")
-    if span.status.message:
-        _put_meta(meta, "otel.status_description", span.status.message)
-    if span.trace_state:
-        _put_meta(meta, "w3c.tracestate", span.trace_state)
-    namespace = attrs.get("db.namespace")
+    meta["otel.trace_id"] = trace_id.hex()
+    meta["otel.status_code"] = _STATUS.get(code, "Unset")
+    message = status.message
+    if message:
+        _put_meta(meta, "otel.status_description", message)
+    trace_state = span.trace_state
+    if trace_state:
+        _put_meta(meta, "w3c.tracestate", trace_state)
+    namespace = span_strings.get("db.namespace") or res.strings.get("db.namespace")
     if namespace and "db.name" not in meta and "db.name" not in base:
         _put_meta(meta, "db.name", namespace)
     if span.events:
         _events(span, meta)
     if span.links:
-        _put_meta(meta, "_dd.span_links", orjson.dumps([{
-            "trace_id": link.trace_id.hex(), "span_id": link.span_id.hex(),
-            **({"tracestate": link.trace_state} if link.trace_state else {}),
-            **({"attributes": _strings(link.attributes)} if link.attributes else {}),
-            **({"dropped_attributes_count": link.dropped_attributes_count}
-               if link.dropped_attributes_count else {}),
-        } for link in span.links]).decode())
+        _links(span, meta)
     if error and "error.msg" not in meta and "error.msg" not in base:
-        if span.status.message:
-            _put_meta(meta, "error.msg", span.status.message)
+        if message:
+            _put_meta(meta, "error.msg", message)
         else:
-            code = metrics.get("http.status_code")
-            if code is not None:
-                meta["error.msg"] = _http_reason(int(code))
+            http_code = metrics.get("http.status_code")
+            if http_code is not None:
+                meta["error.msg"] = _http_reason(int(http_code))
+    resource = resource_name(span, attrs)
+    kind_type = span_type(span_kind, attrs)
+    if kind_type in SQL_SPAN_TYPES and resource:
+        # the Agent obfuscates these before the intake and its stats see them
+        resource = meta["sql.query"] = obfuscate_sql(resource)
+    return {
+        "service": normalize_service(service) if service else DEFAULT_SERVICE,
+        "name": operation_name(span_kind, attrs),
+        "resource": resource,
+        "traceID": int.from_bytes(trace_id[8:], "big"),
+        "spanID": int.from_bytes(span.span_id, "big"),
+        "parentID": int.from_bytes(parent, "big") if parent else 0,
+        "start": start,
+        "duration": max(span.end_time_unix_nano - start, 0),
+        "error": error,
+        "type": kind_type,
+        "meta": meta,
+        "metrics": metrics,
+    }
+
+
+_UNKNOWN = "\x00unknown"  # a _META_NAMES miss (None there means "consumed")
+
+
+def _links(span: Span, meta: dict[str, str]) -> None:
+    _put_meta(meta, "_dd.span_links", orjson.dumps([{
+        "trace_id": link.trace_id.hex(), "span_id": link.span_id.hex(),
+        **({"tracestate": link.trace_state} if link.trace_state else {}),
+        **({"attributes": _strings(link.attributes)} if link.attributes else {}),
+        **({"dropped_attributes_count": link.dropped_attributes_count}
+           if link.dropped_attributes_count else {}),
+    } for link in span.links]).decode())
 
 
 def _http_reason(code: int) -> str:
@@ -573,15 +619,30 @@ def _top_level(spans: list[SpanFields], by_span_kind: bool, kinds: list[int]) ->
 
 def map_request(request: ExportTraceServiceRequest, defaults: Defaults,
                 max_bytes: int | None = None) -> Mapped:
-    """With `max_bytes`, raises RequestTooLargeError before mapping a scope once the
-    payload is sure to exceed it: every span carries its resource's and scope's attributes
-    as meta, so a few KB of OTLP can stand for megabytes of Datadog spans, and mapping them
-    only to find the payload too large would cost seconds on every split."""
+    """With `max_bytes`, raises BodyTooLargeError before mapping any span when the payload
+    is sure to exceed it: every span carries its resource's and scope's meta, so a few KB
+    of OTLP can stand for megabytes of Datadog spans, and mapping them only to find the
+    payload too large would cost seconds on every cut."""
     mapped = Mapped()
-    floor = 0  # a lower bound of the payload's size: the meta keys copied onto each span
     pb = datadog_proto.load()
+    resources = []
+    floor = 0  # a lower bound of the payload's size: each span's copy of its scope's Base
     for rs in request.resource_spans:
         res = _resource(rs)
+        scopes = []
+        for ss in rs.scope_spans:
+            if not ss.spans:
+                continue
+            meta = base_meta(res, _scope_meta(ss.scope))
+            base = Base(meta, pb.Span(meta=meta).SerializeToString())
+            floor += len(ss.spans) * len(base.raw)
+            scopes.append((ss, base))
+        resources.append((rs, res, scopes))
+    if max_bytes is not None and floor > max_bytes:
+        raise BodyTooLargeError(
+            f"Datadog payload of over {floor} bytes (the spans' resource and scope "
+            f"attributes) is over the intake's {max_bytes}", floor / max_bytes)
+    for _rs, res, scopes in resources:
         header: TracerPayload = pb.TracerPayload(
             containerID=res.strings.get("container.id", ""),
             languageName=res.strings.get("telemetry.sdk.language", ""),
@@ -592,27 +653,19 @@ def map_request(request: ExportTraceServiceRequest, defaults: Defaults,
             appVersion=res.version,
         )
         chunks: dict[bytes, tuple[list[tuple[SpanFields, Base]], list[int]]] = {}
-        for ss in rs.scope_spans:
-            if not ss.spans:
-                continue
-            meta = base_meta(res, _scope_meta(ss.scope))
-            base = Base(meta, pb.Span(meta=meta).SerializeToString())
-            if max_bytes is not None:
-                floor += len(ss.spans) * sum(len(key) + 2 for key in meta)
-                if floor > max_bytes:
-                    raise RequestTooLargeError(
-                        f"Datadog payload of over {floor} bytes (the spans' resource and "
-                        f"scope attributes) is over the intake's {max_bytes}")
+        for ss, base in scopes:
+            meta = base.meta
             for span in ss.spans:
-                if not _valid_ids(span):
+                trace_id = span.trace_id  # read once: each read copies the bytes
+                if not _valid_ids(span, trace_id):
                     mapped.skipped += 1
                     continue
-                entry = chunks.get(span.trace_id)
+                entry = chunks.get(trace_id)
                 if entry is None:
-                    entry = chunks[span.trace_id] = ([], [])
-                dd = map_span(span, res, meta, defaults)
+                    entry = chunks[trace_id] = ([], [])
+                dd = map_span(span, res, meta, defaults, trace_id)
                 if not entry[0]:
-                    high = span.trace_id[:8]
+                    high = trace_id[:8]
                     if any(high):
                         dd["meta"]["_dd.p.tid"] = high.hex()
                 entry[0].append((dd, base))
@@ -625,8 +678,8 @@ def map_request(request: ExportTraceServiceRequest, defaults: Defaults,
     return mapped
 
 
-def _valid_ids(span: Span) -> bool:
-    trace, span_id, parent = span.trace_id, span.span_id, span.parent_span_id
+def _valid_ids(span: Span, trace: bytes) -> bool:
+    span_id, parent = span.span_id, span.parent_span_id
     return (len(trace) == 16 and any(trace) and len(span_id) == 8 and any(span_id)
             and len(parent) in (0, 8))
 

@@ -25,6 +25,7 @@ from sidecar.exporters.honeycomb import HoneycombConfig
 from sidecar.exporters.jaeger import JaegerConfig
 from sidecar.exporters.otlp import OtlpConfig
 from sidecar.exporthelper import http
+from sidecar.exporthelper.chain import send_once
 from sidecar.exporthelper.settings import ExporterSettings
 from sidecar.model import Batch, Signal
 
@@ -77,7 +78,7 @@ async def _otlp(config: OtlpConfig) -> str:
     sender = otlp_vendor.sender_for(config)
     await sender.start()
     try:
-        await sender.send(Batch(Signal.TRACES, 0, b""))
+        await send_once(sender, Batch(Signal.TRACES, 0, b""), config.compression)
     finally:
         await sender.close()
     return f"an empty export to {config.endpoint} succeeded"

@@ -19,7 +19,8 @@ from sidecar.component import BuildContext, ExporterComponent, ExporterFactory, 
 from sidecar.errors import PermanentError
 from sidecar.exporters import otlp_vendor
 from sidecar.exporters.otlp import KeepaliveSettings, OtlpConfig
-from sidecar.exporthelper.chain import ExportChain, Sender
+from sidecar.exporthelper.body import NO_LIMITS, Body, BodyLimits
+from sidecar.exporthelper.chain import EncodingSender, ExportChain
 from sidecar.exporthelper.settings import ExporterSettings, TlsSettings
 from sidecar.model import Batch, Signal
 
@@ -82,16 +83,27 @@ class JaegerConfig(ExporterSettings):
 class TracesOnly:
     """Refuses logs and metrics before the wire: Jaeger has no endpoint for them."""
 
-    def __init__(self, inner: Sender) -> None:
+    def __init__(self, inner: EncodingSender) -> None:
         self.inner = inner
+        self.off_loop_items = inner.off_loop_items
 
     async def start(self) -> None:
         await self.inner.start()
 
-    async def send(self, batch: Batch) -> int:
+    def limits(self, signal: Signal) -> BodyLimits:
+        return self.inner.limits(signal)
+
+    def encode(self, batch: Batch, limits: BodyLimits) -> Body:
         if batch.signal is not Signal.TRACES:
             raise PermanentError(f"Jaeger stores traces only, not {batch.signal.value}; "
                                  "route them elsewhere under pipelines:")
+        return self.inner.encode(batch, limits)
+
+    async def push(self, batch: Batch, body: Body, data: bytes) -> int:
+        return await self.inner.push(batch, body, data)
+
+    async def send(self, batch: Batch) -> int:
+        self.encode(batch, NO_LIMITS)  # the signal check; an OTLP encode is free
         return await self.inner.send(batch)
 
     async def close(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import ssl
+import sys
 from collections.abc import Iterable
 from typing import Literal
 from urllib.parse import urlsplit
@@ -16,6 +17,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import grpc
 import grpc.aio
+import orjson
 from google.protobuf.message import DecodeError
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -23,8 +25,8 @@ from sidecar.component import BuildContext, ExporterComponent, ExporterFactory, 
 from sidecar.configtypes import Duration, Strict
 from sidecar.errors import PermanentError, RetryableError, StartupError
 from sidecar.exporthelper import http
-from sidecar.exporthelper.chain import ExportChain
-from sidecar.exporthelper.compression import gzip_body
+from sidecar.exporthelper.body import NO_LIMITS, Body, BodyLimits
+from sidecar.exporthelper.chain import ExportChain, send_once
 from sidecar.exporthelper.grpc_h2 import (
     KEEPALIVE_TIME,
     KEEPALIVE_TIMEOUT,
@@ -34,7 +36,6 @@ from sidecar.exporthelper.grpc_h2 import (
     Keepalive,
     frame_message,
 )
-from sidecar.exporthelper.http import ExportResponse
 from sidecar.exporthelper.retry import (
     DestinationRefusedError,
     NoResendError,
@@ -43,7 +44,7 @@ from sidecar.exporthelper.retry import (
 )
 from sidecar.exporthelper.settings import ExporterSettings, TlsSettings
 from sidecar.model import Batch, Signal
-from sidecar.signals import SIGNALS
+from sidecar.signals import SIGNALS, ExportResponse
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +196,42 @@ def classify_grpc_status(code: grpc.StatusCode, details: str | None,
     return PermanentError(message)
 
 
-class GrpcSender:
+class _PassThrough:
+    """The OTLP body is the batch's bytes as they are: nothing to encode, and the batch
+    limits (`batch:`, OTLP bytes) are its limits, applied by the batcher."""
+
+    off_loop_items = sys.maxsize
+
+    def limits(self, signal: Signal) -> BodyLimits:
+        return NO_LIMITS
+
+    def encode(self, batch: Batch, limits: BodyLimits) -> Body:
+        # an empty batch (the health check's empty export) still goes out
+        return Body(batch.payload, max(batch.items, 1))
+
+
+def partial_success(signal: Signal, body: bytes, content_type: str) -> tuple[int, str]:
+    """(rejected items, message) from an Export*ServiceResponse body, protobuf or JSON;
+    (0, "") if absent or unreadable (the peer said 2xx: the data is delivered)."""
+    if not body:
+        return 0, ""
+    spec = SIGNALS[signal]
+    if "json" in content_type:
+        try:
+            doc = orjson.loads(body)
+            partial = doc.get("partialSuccess") or {}
+            return (int(partial.get(spec.rejected_json, 0)),
+                    str(partial.get("errorMessage", "")))
+        except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+            return 0, ""
+    response = _parse(spec.response_type, body)
+    if response is None or not response.HasField("partial_success"):
+        return 0, ""
+    ps = response.partial_success
+    return int(getattr(ps, spec.rejected_field)), str(ps.error_message)
+
+
+class GrpcSender(_PassThrough):
     def __init__(self, config: OtlpConfig) -> None:
         self.config = config
         url = urlsplit(config.endpoint)
@@ -276,35 +312,27 @@ class GrpcSender:
         context.set_alpn_protocols(["h2"])
         return context
 
-    async def send(self, batch: Batch) -> int:
+    async def push(self, batch: Batch, body: Body, data: bytes) -> int:
         try:
-            if self._h2 is not None:
-                answer = await self._send_h2(batch)
+            if self._h2 is not None:  # gzip: `data` is compressed
+                answer = await self._h2.unary(
+                    SIGNALS[batch.signal].grpc_method, frame_message(data, True),
+                    timeout=self.config.timeout, metadata=self._metadata)
             else:
                 answer = await self._calls[batch.signal](
-                    batch.payload, timeout=self.config.timeout, metadata=self._metadata)
+                    data, timeout=self.config.timeout, metadata=self._metadata)
         except (grpc.aio.AioRpcError, GrpcStatusError) as exc:
             raise classify_grpc_error(exc) from exc
-        spec = SIGNALS[batch.signal]
-        response = _parse(spec.response_type, answer)
-        if response is None:
-            # the peer said OK: the data is delivered even if its answer is unreadable
-            log.warning("unreadable Export response from %s", self.config.endpoint)
+        if answer is None:
             return 0
-        if not response.HasField("partial_success"):
-            return 0
-        rejected = int(getattr(response.partial_success, spec.rejected_field))
-        log.warning("partial success from %s", self.config.endpoint,
-                    extra={"rejected": rejected, "detail": response.partial_success.error_message})
+        rejected, message = partial_success(batch.signal, answer, "application/grpc")
+        if rejected or message:
+            log.warning("partial success from %s", self.config.endpoint,
+                        extra={"rejected": rejected, "detail": message})
         return rejected
 
-    async def _send_h2(self, batch: Batch) -> bytes | None:
-        assert self._h2 is not None
-        body = batch.payload
-        compressed = await gzip_body(body)
-        return await self._h2.unary(SIGNALS[batch.signal].grpc_method,
-                                    frame_message(compressed, True),
-                                    timeout=self.config.timeout, metadata=self._metadata)
+    async def send(self, batch: Batch) -> int:
+        return await send_once(self, batch, self.config.compression)
 
     async def close(self) -> None:
         if self._h2 is not None:
@@ -318,7 +346,7 @@ class GrpcSender:
         return f"otlp/grpc {self.config.endpoint}"
 
 
-class HttpSender:
+class HttpSender(_PassThrough):
     def __init__(self, config: OtlpConfig) -> None:
         self.config = config
         self._session: aiohttp.ClientSession | None = None
@@ -337,13 +365,18 @@ class HttpSender:
             None if self.config.plaintext else self.config.tls,
             connections=self.config.queue.concurrency)
 
+    async def push(self, batch: Batch, body: Body, data: bytes) -> int:
+        assert self._session is not None, "push() before start()"
+        answer = await http.post(self._session, self._urls[batch.signal], data,
+                                 self._headers)
+        rejected, message = partial_success(batch.signal, answer.body, answer.content_type)
+        if rejected or message:
+            log.warning("partial success from %s", self.config.endpoint,
+                        extra={"rejected": rejected, "detail": message})
+        return rejected
+
     async def send(self, batch: Batch) -> int:
-        assert self._session is not None, "send() before start()"
-        body = batch.payload
-        if self.config.compression == "gzip":
-            body = await gzip_body(body)
-        return await http.post(self._session, self._urls[batch.signal], body,
-                               self._headers, batch.signal)
+        return await send_once(self, batch, self.config.compression)
 
     async def close(self) -> None:
         if self._session is not None:

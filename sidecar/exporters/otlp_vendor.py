@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from sidecar.exporters.otlp import GrpcSender, HttpSender, OtlpConfig
-from sidecar.exporthelper.chain import ExportChain, Sender
+from sidecar.exporthelper.chain import EncodingSender, ExportChain
 from sidecar.exporthelper.settings import ExporterSettings
 
 # the keys every exporter shares (ExporterSettings), passed through as they are
@@ -29,7 +29,7 @@ def otlp_config(settings: ExporterSettings, endpoint: str, protocol: str,
                                    for e in exc.errors())) from None
 
 
-def sender_for(config: OtlpConfig) -> Sender:
+def sender_for(config: OtlpConfig) -> EncodingSender:
     return GrpcSender(config) if config.protocol == "grpc" else HttpSender(config)
 
 

@@ -1,5 +1,9 @@
 """Forms export requests from queued batches: by max items, max bytes and max delay.
 
+The limits count OTLP items and bytes. For a sender whose body is the OTLP request they
+are its body limits; a sender that encodes another body declares that body's limits
+(`body.BodyLimits`, measured by the chain) and these only bound merging (`cut=False`).
+
 Normal-size batches are merged by concatenating their serialized bytes (`model.merge`),
 never by walking spans. Only a batch that alone exceeds a limit is parsed and split,
 resource by resource, then scope by scope, then by slices of items.
@@ -51,10 +55,14 @@ class _Pending(Generic[T]):
 class Accumulator(Generic[T]):
     """Per-signal pending requests. `add` and `flush_due` return requests ready to send."""
 
-    def __init__(self, max_items: int, max_bytes: int, max_delay: float) -> None:
+    def __init__(self, max_items: int, max_bytes: int, max_delay: float, *,
+                 cut: bool = True) -> None:
+        """`cut=False`: the limits bound merging only; a batch alone over them becomes one
+        request (its sender measures its own encoded body, `body.BodyLimits`)."""
         self.max_items = max_items
         self.max_bytes = max_bytes
         self.max_delay = max_delay
+        self.cut = cut
         self._pending: dict[Signal, _Pending[T]] = {}
 
     @property
@@ -67,6 +75,10 @@ class Accumulator(Generic[T]):
         if batch.items > self.max_items or batch.nbytes > self.max_bytes:
             # too big on its own: send what is pending first to keep order, then the pieces
             out.extend(self._flush(batch.signal))
+            if not self.cut:
+                ticket.refs += 1
+                out.append(Request(batch, [ticket], [batch]))
+                return out
             try:
                 pieces = split(batch, self.max_items, self.max_bytes)
             except BadInputError:

@@ -1,7 +1,11 @@
 """`ExportChain`: queue -> batcher -> workers -> metrics -> retry -> timeout -> sender.
 
-An exporter writes only a `Sender` (encode, push, classify the answer); everything that
-makes delivery reliable lives here once (OpenTelemetry Collector's exporterhelper).
+An exporter writes only an `EncodingSender` (encode, push, classify the answer);
+everything that makes delivery reliable lives here once (OpenTelemetry Collector's
+exporterhelper): the chain encodes a request once, measures the body against the sender's
+`BodyLimits` and cuts the batch in as many pieces as the excess asks (each encoded and
+measured again; an item alone over them is dropped, counted), compresses it once and
+retries the push with the same bytes.
 
 Isolation: `consume` only enqueues, so a slow destination fills its own queue and answers
 backpressure; it never delays the pipeline or another exporter. Each chain has its own
@@ -17,9 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from sidecar.errors import (
     BadInputError,
@@ -29,6 +36,8 @@ from sidecar.errors import (
     StartupError,
 )
 from sidecar.exporthelper.batcher import Accumulator, Request, Ticket, split
+from sidecar.exporthelper.body import Body, BodyLimits, BodyTooLargeError
+from sidecar.exporthelper.compression import gzip_body
 from sidecar.exporthelper.deadletter import DeadLetterBox
 from sidecar.exporthelper.queue import MemoryQueue, Queue
 from sidecar.exporthelper.retry import (
@@ -53,7 +62,8 @@ DEAD_LETTER_REASONS = frozenset({"permanent", "malformed"})
 
 
 class Sender(Protocol):
-    """What an exporter implements."""
+    """What an exporter implements when the batch's OTLP bytes are what it sends, as they
+    are (the file exporter, test peers)."""
 
     async def start(self) -> None:
         """Open connections/files; raise StartupError naming the setting on failure."""
@@ -66,6 +76,69 @@ class Sender(Protocol):
     async def close(self) -> None: ...
 
     def describe(self) -> str: ...
+
+
+@runtime_checkable
+class EncodingSender(Protocol):
+    """What a network exporter implements: encoding and classification only. The chain
+    encodes once per request (in a worker thread above `off_loop_items`), measures the
+    body against `limits` and cuts the batch when it is over, compresses the body
+    (`compression` setting) and retries `push` with the same bytes."""
+
+    off_loop_items: int
+
+    async def start(self) -> None: ...
+
+    def limits(self, signal: Signal) -> BodyLimits:
+        """The peer's limits on one body of `signal` (NO_LIMITS: none)."""
+        ...
+
+    def encode(self, batch: Batch, limits: BodyLimits) -> Body:
+        """The body for `batch`; raises PermanentError for a signal it does not send,
+        BadInputError for a batch that does not parse, BodyTooLargeError when it can tell
+        early that the body is over `limits`. Pure CPU: it may run in a thread."""
+        ...
+
+    async def push(self, batch: Batch, body: Body, data: bytes) -> int:
+        """Send `data` (`body.data`, compressed per the settings) and classify the answer:
+        rejected items (a partial success), or PermanentError / RetryableError."""
+        ...
+
+    async def send(self, batch: Batch) -> int:
+        """One batch outside the chain (`send_once`: the health check, dead-letter
+        replay)."""
+        ...
+
+    async def close(self) -> None: ...
+
+    def describe(self) -> str: ...
+
+
+async def send_once(sender: EncodingSender, batch: Batch, compression: str) -> int:
+    """Encode, compress and push one batch without the chain, uncut: RequestTooLargeError
+    when its body is over the sender's limits. What `EncodingSender.send` does."""
+    limits = sender.limits(batch.signal)
+    try:
+        body = sender.encode(batch, limits)
+    except BodyTooLargeError as exc:
+        raise RequestTooLargeError(str(exc)) from exc
+    if limits.excess(body.items, len(body.data)) > 1:
+        raise RequestTooLargeError(f"a body of {body.items} items and {len(body.data)} "
+                                   "bytes is over the destination's limits")
+    if not body.items:
+        return body.skipped
+    data = await compress(body.data, compression)
+    return body.skipped + await sender.push(batch, body, data)
+
+
+async def compress(data: bytes, compression: str) -> bytes:
+    return await gzip_body(data) if compression == "gzip" else data
+
+
+@dataclass(slots=True)
+class _Encoded:
+    body: Body
+    data: bytes  # compressed
 
 
 class _Labels:
@@ -91,7 +164,7 @@ class ExportChain:
         self,
         name: str,
         settings: ExporterSettings,
-        sender: Sender,
+        sender: Sender | EncodingSender,
         queue: Queue | None = None,
         *,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -100,6 +173,7 @@ class ExportChain:
         self.name = name
         self.settings = settings
         self.sender = sender
+        self._encoder = sender if isinstance(sender, EncodingSender) else None
         self.queue: Queue = queue if queue is not None else MemoryQueue(
             settings.queue.max_bytes, settings.queue.when_full)
         self.deadletters: DeadLetterBox | None = None
@@ -108,7 +182,12 @@ class ExportChain:
         self._rand = rand
         self._backoff = Backoff(settings.retry) if rand is None else Backoff(settings.retry, rand)
         b = settings.batch
-        self._acc: Accumulator[int] = Accumulator(b.max_items, b.max_bytes, b.max_delay)
+        # a sender that measures its own body: the batch limits only bound merging, a
+        # batch alone over them goes whole to the encoder, which measures what counts
+        measured = self._encoder is not None and any(
+            self._encoder.limits(s).declared for s in Signal)
+        self._acc: Accumulator[int] = Accumulator(b.max_items, b.max_bytes, b.max_delay,
+                                                  cut=not measured)
         # One slot: the batcher hands a request over only when a worker is about to take
         # it, so under load data waits in the bounded queue (and backpressure starts).
         self._requests: asyncio.Queue[Request[int] | None] = asyncio.Queue(maxsize=1)
@@ -258,8 +337,26 @@ class ExportChain:
         good, each member is sent on its own, so a member the destination (or our own
         encoding) refuses costs only its own items."""
         m, signal = self._m, batch.signal
-        m.batch_items.observe(batch.items)
         loop = asyncio.get_running_loop()
+        encoded: _Encoded | None = None
+        if self._encoder is not None:
+            try:
+                outcome = await self._encode(self._encoder, batch)
+            except PermanentError as exc:
+                if len(members) > 1 and isinstance(exc, MalformedBatchError):
+                    # one member's bytes must not cost the others theirs
+                    log.warning("exporter %s: %s; encoding its %d merged requests one by "
+                                "one", self.name, exc, len(members),
+                                extra={"exporter": self.name})
+                    return all([await self._deliver(one, [one]) for one in members])
+                reason = "malformed" if isinstance(exc, MalformedBatchError) else "permanent"
+                return self._drop(batch, reason, exc)
+            if isinstance(outcome, float):
+                return await self._deliver_cut(batch, outcome)
+            if not outcome.body.items:  # nothing left to send: all skipped
+                return self._count_sent(batch, outcome.body.skipped)
+            encoded = outcome
+        m.batch_items.observe(batch.items)
 
         def on_retry(exc: RetryableError, delay: float) -> None:
             m.retried[signal].inc()
@@ -268,7 +365,7 @@ class ExportChain:
 
         try:
             rejected = await retry_call(
-                lambda: self._attempt(batch), self._backoff, clock=loop.time,
+                lambda: self._attempt(batch, encoded), self._backoff, clock=loop.time,
                 sleep=self._backoff_sleep, give_up_at=self._give_up_at, on_retry=on_retry)
         except RequestTooLargeError as exc:
             # the peer's size limit is below ours: halve and send each half (OTLP spec:
@@ -301,11 +398,59 @@ class ExportChain:
             if exc.reason == "shutdown":
                 return False
             return self._drop(batch, exc.reason, exc)
+        if encoded is not None:
+            rejected += encoded.body.skipped
+        return self._count_sent(batch, rejected)
+
+    def _count_sent(self, batch: Batch, rejected: int) -> bool:
         rejected = min(max(rejected, 0), batch.items)
-        m.sent[signal].inc(batch.items - rejected)
+        self._m.sent[batch.signal].inc(batch.items - rejected)
         if rejected:
-            m.dropped[signal, "rejected"].inc(rejected)
+            self._m.dropped[batch.signal, "rejected"].inc(rejected)
         return True
+
+    async def _encode(self, encoder: EncodingSender, batch: Batch) -> _Encoded | float:
+        """The batch's body, compressed; or how many times over the sender's limits the
+        body is. Raises PermanentError (MalformedBatchError: does not parse)."""
+        limits = encoder.limits(batch.signal)
+        try:
+            if batch.items > encoder.off_loop_items:
+                body = await asyncio.to_thread(encoder.encode, batch, limits)
+            else:
+                body = encoder.encode(batch, limits)
+        except BodyTooLargeError as exc:
+            return max(exc.ratio, 1.01)
+        except BadInputError as exc:
+            raise MalformedBatchError(str(exc)) from exc
+        except PermanentError:
+            raise
+        except Exception as exc:
+            log.exception("exporter %s: unexpected error from the encoder", self.name)
+            raise PermanentError(f"unexpected {type(exc).__name__}: {exc}") from exc
+        ratio = limits.excess(body.items, len(body.data))
+        if ratio > 1:
+            return ratio
+        return _Encoded(body, await compress(body.data, self.settings.compression))
+
+    async def _deliver_cut(self, batch: Batch, ratio: float) -> bool:
+        """A batch whose body is `ratio` times over the sender's limits: cut it in that
+        many pieces, plus a tenth for items of uneven size, each delivered (encoded and
+        measured) on its own. An item alone over the limits is dropped, counted."""
+        if batch.items <= 1:
+            return self._drop(batch, "permanent", RequestTooLargeError(
+                f"one item encodes {ratio:.3g} times over the destination's limits"))
+        pieces_wanted = min(math.ceil(ratio * 1.1), batch.items)
+        try:
+            pieces = split(batch, math.ceil(batch.items / pieces_wanted), sys.maxsize)
+        except BadInputError as exc:
+            return self._drop(batch, "malformed", exc)
+        if len(pieces) < 2:  # cannot happen with items > 1; never loop on one piece
+            return self._drop(batch, "permanent", RequestTooLargeError(
+                f"{batch.items} items encode {ratio:.3g} times over the limits"))
+        log.info("exporter %s: the encoded body of %d items is %.3g times over the "
+                 "destination's limits; sending it as %d requests", self.name, batch.items,
+                 ratio, len(pieces), extra={"exporter": self.name})
+        return all([await self._deliver(p, [p]) for p in pieces])
 
     def _give_up_at(self) -> float | None:
         if self._deadline is not None and self.queue.durable:
@@ -340,13 +485,17 @@ class ExportChain:
                   extra={"exporter": self.name, "reason": reason})
         return True
 
-    async def _attempt(self, batch: Batch) -> int:
+    async def _attempt(self, batch: Batch, encoded: _Encoded | None) -> int:
         timeout = self.settings.timeout
         if self._deadline is not None:
             timeout = min(timeout, max(self._deadline - asyncio.get_running_loop().time(), 0))
         started = time.perf_counter()
         try:
             async with asyncio.timeout(timeout):
+                if encoded is not None:
+                    assert self._encoder is not None
+                    return await self._encoder.push(batch, encoded.body, encoded.data)
+                assert not isinstance(self.sender, EncodingSender)
                 return await self.sender.send(batch)
         except TimeoutError as exc:
             self._m.failed[batch.signal].inc(batch.items)

@@ -1,19 +1,19 @@
-"""Shared HTTP client pieces: session factory, TLS, and the OTLP/HTTP answer rules.
+"""Shared HTTP client pieces: session factory, TLS, and status classification.
 
-Classification follows the OTLP spec (docs/vendors.md §1): any 2xx is success (its body
-may carry a partial success); 429, 502, 503 and 504 and disconnects are retryable, with
-`Retry-After` honoured on 429 and 503; every other status is permanent. Vendors whose
-semantics differ (Datadog retries 408 and 500) pass `extra_retryable`."""
+By default statuses follow the OTLP spec (docs/vendors.md §1): any 2xx is success; 429,
+502, 503 and 504 and disconnects are retryable, with `Retry-After` honoured on 429 and 503;
+413 splits; every other status is permanent. Vendors whose semantics differ (Datadog
+retries 408 and 500) pass their `StatusRules`. What a 2xx body means (an OTLP partial
+success) is the sender's to read: `post` returns it."""
 
 from __future__ import annotations
 
 import logging
 import ssl
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import aiohttp
-import orjson
-from google.protobuf.message import DecodeError
 
 from sidecar import __version__
 from sidecar.errors import PermanentError, RetryableError, StartupError
@@ -23,12 +23,8 @@ from sidecar.exporthelper.retry import (
     parse_retry_after,
 )
 from sidecar.exporthelper.settings import TlsSettings
-from sidecar.model import Signal
-from sidecar.signals import SIGNALS, ExportResponse
 
 log = logging.getLogger(__name__)
-
-__all__ = ["ExportResponse"]
 
 USER_AGENT = f"sidecar/{__version__}"
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
@@ -87,49 +83,32 @@ def open_session(tls: TlsSettings | None, *, connections: int = 8) -> aiohttp.Cl
         raise StartupError(f"tls: {exc}") from exc
 
 
-def partial_success(signal: Signal, body: bytes, content_type: str) -> tuple[int, str]:
-    """(rejected items, message) from an Export*ServiceResponse body; (0, "") if absent."""
-    if not body:
-        return 0, ""
-    spec = SIGNALS[signal]
-    response_type, field, json_field = spec.response_type, spec.rejected_field, spec.rejected_json
-    if "json" in content_type:
-        try:
-            doc = orjson.loads(body)
-            partial = doc.get("partialSuccess") or {}
-            return int(partial.get(json_field, 0)), str(partial.get("errorMessage", ""))
-        except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
-            return 0, ""
-    try:
-        response = response_type.FromString(body)
-    except DecodeError:
-        return 0, ""
-    if not response.HasField("partial_success"):
-        return 0, ""
-    ps = response.partial_success
-    return int(getattr(ps, field)), str(ps.error_message)
-
-
 # refusals that do not depend on the request's content
 _REFUSED_STATUS = frozenset({401, 403, 404, 405})
 
 
-def classify(status: int, headers: Mapping[str, str], body: bytes, signal: Signal,
-             *, extra_retryable: frozenset[int] = frozenset(),
-             hinted: frozenset[int] = _HINTED_STATUS, otlp_answer: bool = True) -> int:
-    """Rejected-item count for a 2xx; raises PermanentError or RetryableError otherwise.
-    `hinted`: retryable statuses whose `Retry-After` is honoured. `otlp_answer=False`: the
-    peer is not OTLP, so a 2xx body is not read as a partial success."""
+@dataclass(frozen=True, slots=True)
+class StatusRules:
+    """Which non-2xx statuses a peer means as "try again": `retryable`, and among them
+    `hinted`, whose `Retry-After` is honoured. OTLP's by default; a vendor passes its own
+    (Datadog retries 408 and every 5xx, honouring the hint on each)."""
+
+    retryable: frozenset[int] = RETRYABLE_STATUS
+    hinted: frozenset[int] = _HINTED_STATUS
+
+
+OTLP_RULES = StatusRules()
+
+
+def classify(status: int, headers: Mapping[str, str], body: bytes,
+             rules: StatusRules = OTLP_RULES) -> None:
+    """Returns for a 2xx (what its body means is the sender's business: an OTLP partial
+    success, or nothing); raises PermanentError or RetryableError otherwise."""
     if 200 <= status < 300:
-        if not otlp_answer:
-            return 0
-        rejected, message = partial_success(signal, body, headers.get("Content-Type", ""))
-        if rejected or message:
-            log.warning("partial success", extra={"rejected": rejected, "detail": message})
-        return rejected
+        return
     detail = _error_detail(body)
-    if status in RETRYABLE_STATUS or status in extra_retryable:
-        hint = parse_retry_after(headers.get("Retry-After")) if status in hinted else None
+    if status in rules.retryable:
+        hint = parse_retry_after(headers.get("Retry-After")) if status in rules.hinted else None
         raise RetryableError(f"HTTP {status}{detail}", retry_after=hint)
     if status == 413:
         raise RequestTooLargeError(f"HTTP 413{detail}")
@@ -144,18 +123,23 @@ def _error_detail(body: bytes) -> str:
     return f": {text}" if text else ""
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A 2xx answer: its body and content type, for the sender to read."""
+
+    body: bytes
+    content_type: str
+
+
 async def post(session: aiohttp.ClientSession, url: str, body: bytes,
-               headers: Mapping[str, str], signal: Signal,
-               *, extra_retryable: frozenset[int] = frozenset(),
-               hinted: frozenset[int] = _HINTED_STATUS, otlp_answer: bool = True) -> int:
+               headers: Mapping[str, str], rules: StatusRules = OTLP_RULES) -> Answer:
     """POST one request and classify the answer (see `classify`); library errors become
     our errors."""
     try:
         async with session.post(url, data=body, headers=headers) as response:
             payload = await response.read()
-            return classify(response.status, response.headers, payload, signal,
-                            extra_retryable=extra_retryable, hinted=hinted,
-                            otlp_answer=otlp_answer)
+            classify(response.status, response.headers, payload, rules)
+            return Answer(payload, response.headers.get("Content-Type", ""))
     except aiohttp.ClientConnectorCertificateError as exc:
         raise PermanentError(f"TLS certificate rejected for {url}: {exc}") from exc
     except aiohttp.InvalidURL as exc:

@@ -286,3 +286,99 @@ async def test_one_span_over_the_limit_is_dropped_without_a_request() -> None:
         assert all(r.status == 202 for r in intake.requests)
         assert len(intake.spans()) == 2  # the other spans, split away from it
         assert dropped("dd-oversize", "permanent") == 1
+
+
+# --- the intakes' limits are measured on the Datadog body, not on OTLP bytes -------------
+
+# DatadogConfig's own batch defaults (config() above replaces them with the generic ones)
+DD_BATCH = {"max_delay": 0, "max_items": 1000, "max_bytes": 1024 * 1024}
+
+
+def test_dd_batch_is_the_configs_default() -> None:
+    assert DatadogConfig.model_fields["batch"].default.model_dump() == {
+        **DD_BATCH, "max_delay": 0.2}
+
+def _heavy_resource(batch: Batch, attrs: int, size: int) -> Batch:
+    """`batch` with `attrs` resource attributes of `size` characters: few OTLP bytes, but
+    the Datadog encoding copies them onto every span."""
+    request = batch.message
+    for rs in request.resource_spans:
+        for i in range(attrs):
+            rs.resource.attributes.add(key=f"k8s.label.{i}").value.string_value = "r" * size
+    return Batch.from_message(Signal.TRACES, request)
+
+
+async def test_small_otlp_whose_datadog_body_is_over_the_limit_is_cut() -> None:
+    # 6 queued batches of 250 spans merge into requests of up to 1,000 spans and ~0.2 MB
+    # of OTLP; each span carries ~4.2 KB of resource meta, so 1,000 spans are ~4.3 MB of
+    # AgentPayload: over the intake's 3.2 MB, cut before sending
+    batches = [_heavy_resource(traces_batch(250, seed=s, attrs=2), 40, 100) for s in range(6)]
+    assert sum(b.nbytes for b in batches) < 600_000
+    async with DatadogIntake(KEY) as intake:
+        exporter = chain("dd-body-over", intake, batch={**DD_BATCH, "max_delay": 0.2})
+        await exporter.start()
+        for b in batches:
+            await exporter.consume(b)
+        await stop(exporter)
+        assert intake.requests
+        assert all(r.status == 202 for r in intake.requests)
+        assert all(r.size <= MAX_PAYLOAD for r in intake.requests)
+        ids = [s.spanID for s in intake.spans()]
+        expected = {s.span_id for b in batches for rs in b.message.resource_spans
+                    for ss in rs.scope_spans for s in ss.spans}
+        assert sorted(ids) == sorted(int.from_bytes(i, "big") for i in expected)  # once each
+        assert metric("sidecar_exporter_sent_items_total", exporter="dd-body-over",
+                      signal="traces") == 1500
+
+
+async def test_large_otlp_whose_datadog_body_fits_goes_as_one_request() -> None:
+    # 30 spans with a 150,000-character prompt: 4.5 MB of OTLP, over the 1 MiB batch size,
+    # but Datadog cuts meta values at 25,000 characters, so the AgentPayload is ~0.8 MB
+    request = traces_batch(30, attrs=1).message
+    for rs in request.resource_spans:
+        for ss in rs.scope_spans:
+            for span in ss.spans:
+                span.attributes.add(key="gen_ai.prompt").value.string_value = "p" * 150_000
+    batch = Batch.from_message(Signal.TRACES, request)
+    assert batch.nbytes > 4_000_000
+    async with DatadogIntake(KEY) as intake:
+        exporter = chain("dd-body-fits", intake, batch=DD_BATCH)
+        await exporter.start()
+        await exporter.consume(batch)
+        await stop(exporter)
+        (request,) = intake.requests
+        assert request.status == 202
+        assert request.size < MAX_PAYLOAD
+        spans = intake.spans()
+        assert len({s.spanID for s in spans}) == 30
+        assert all(len(s.meta["gen_ai.prompt"]) == 25_003 for s in spans)  # cut + "..."
+
+
+async def test_traces_are_not_cut_at_the_logs_intakes_1000_entries() -> None:
+    async with DatadogIntake(KEY) as intake:
+        exporter = chain("dd-1500", intake, batch=DD_BATCH)
+        await exporter.start()
+        await exporter.consume(traces_batch(1500, attrs=1))
+        await stop(exporter)
+        (request,) = intake.requests
+        assert request.status == 202
+        assert len({s.spanID for s in intake.spans()}) == 1500
+
+
+async def test_logs_over_5mb_of_json_are_cut_by_their_body_size() -> None:
+    # 800 entries (under 1,000) of ~10 KB: ~8 MB of JSON, over the intake's 5 MB
+    request = logs_batch(800).message
+    for rl in request.resource_logs:
+        for sl in rl.scope_logs:
+            for i, record in enumerate(sl.log_records):
+                record.body.string_value = f"{i}:" + "m" * 10_000
+    batch = Batch.from_message(Signal.LOGS, request)
+    async with DatadogIntake(KEY) as intake:
+        exporter = chain("dd-logs-5mb", intake, batch=DD_BATCH)
+        await exporter.start()
+        await exporter.consume(batch)
+        await stop(exporter)
+        assert len(intake.requests) == 2  # 1.6 times over: two pieces of 400 entries
+        assert all(r.status == 202 and r.size <= 5_000_000 for r in intake.requests)
+        messages = sorted(int(e["message"].split(":")[0]) for e in intake.logs())
+        assert messages == list(range(800))  # each entry exactly once

@@ -5,15 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from pydantic import ValidationError
 
 from sidecar.component import BuildContext
 from sidecar.errors import PermanentError, RetryableError
-from sidecar.exporters.datadog import RETRYABLE, DatadogConfig, create
+from sidecar.exporters.datadog import DATADOG_RULES, DatadogConfig, create
 from sidecar.exporthelper.http import classify
 from sidecar.exporthelper.retry import RequestTooLargeError
-from sidecar.model import Signal
 
 
 def dd(**raw: Any) -> DatadogConfig:
@@ -60,35 +58,24 @@ def test_datadog_batches_by_a_smaller_otlp_size_than_otlp() -> None:
 @pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504, 599])
 def test_vendor_retryable_statuses_honour_retry_after(status: int) -> None:
     with pytest.raises(RetryableError) as info:
-        classify(status, {"Retry-After": "7"}, b"", Signal.TRACES,
-                 extra_retryable=RETRYABLE, hinted=RETRYABLE, otlp_answer=False)
+        classify(status, {"Retry-After": "7"}, b"", DATADOG_RULES)
     assert info.value.retry_after == 7.0
 
 
 def test_otlp_default_still_ignores_retry_after_on_502() -> None:
     with pytest.raises(RetryableError) as info:
-        classify(502, {"Retry-After": "7"}, b"", Signal.TRACES)
+        classify(502, {"Retry-After": "7"}, b"")
     assert info.value.retry_after is None
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404])
 def test_vendor_permanent_statuses(status: int) -> None:
     with pytest.raises(PermanentError) as info:
-        classify(status, {}, b'{"errors":["Forbidden"]}', Signal.TRACES,
-                 extra_retryable=RETRYABLE, hinted=RETRYABLE, otlp_answer=False)
+        classify(status, {}, b'{"errors":["Forbidden"]}', DATADOG_RULES)
     assert not isinstance(info.value, RequestTooLargeError)
     assert "Forbidden" in str(info.value)
     with pytest.raises(RequestTooLargeError):
-        classify(413, {}, b"", Signal.TRACES, extra_retryable=RETRYABLE, otlp_answer=False)
-
-
-def test_a_non_otlp_2xx_body_is_not_read_as_partial_success() -> None:
-    # bytes that parse as an OTLP response with 5 rejected spans
-    body = ExportTraceServiceResponse(
-        partial_success={"rejected_spans": 5}).SerializeToString()
-    assert classify(200, {"Content-Type": "application/x-protobuf"}, body, Signal.TRACES) == 5
-    assert classify(202, {"Content-Type": "application/x-protobuf"}, body, Signal.TRACES,
-                    otlp_answer=False) == 0
+        classify(413, {}, b"", DATADOG_RULES)
 
 
 def test_mode_otlp_targets_the_agentless_intake_per_signal() -> None:

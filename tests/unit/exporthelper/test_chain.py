@@ -9,10 +9,12 @@ from typing import Any
 import pytest
 
 from sidecar.errors import PermanentError, PipelineFullError, RetryableError
+from sidecar.exporthelper.body import Body, BodyLimits
 from sidecar.exporthelper.chain import ExportChain
+from sidecar.exporthelper.compression import gzip_decompress
 from sidecar.exporthelper.retry import DestinationRefusedError, NoResendError
 from sidecar.exporthelper.settings import ExporterSettings
-from sidecar.model import Batch, parse_request
+from sidecar.model import Batch, Signal, parse_request
 from sidecar.telemetry.health import HEALTH
 from sidecar.telemetry.metrics import REGISTRY
 from sidecar.testing import traces_batch
@@ -214,3 +216,94 @@ async def test_a_refusal_of_any_request_is_not_multiplied_over_the_members() -> 
     assert peer.attempts == 1
     assert metric("sidecar_exporter_dropped_items_total", exporter="u-refused",
                   signal="traces", reason="permanent") == 5
+
+
+class Inflating:
+    """An EncodingSender whose body is `per_item` bytes a span, whatever the OTLP size
+    (as a vendor's body can be), under `BodyLimits(max_bytes=limit)`; gzip-compressed by
+    the chain. Records every encode, and the spans of every body pushed."""
+
+    off_loop_items = 10_000
+
+    def __init__(self, per_item: int, limit: int, *script: Exception | None) -> None:
+        self.per_item = per_item
+        self._limits = BodyLimits(max_bytes=limit)
+        self.script: deque[Exception | None] = deque(script)
+        self.encodes = 0
+        self.pushed: list[list[bytes]] = []
+
+    async def start(self) -> None: ...
+
+    def limits(self, signal: Signal) -> BodyLimits:
+        return self._limits
+
+    def encode(self, batch: Batch, limits: BodyLimits) -> Body:
+        self.encodes += 1
+        ids = [s.span_id for rs in batch.message.resource_spans for ss in rs.scope_spans
+               for s in ss.spans]
+        return Body(b"".join(i * (self.per_item // 8) for i in ids), len(ids), extra=ids)
+
+    async def push(self, batch: Batch, body: Body, data: bytes) -> int:
+        assert gzip_decompress(data) == body.data  # compression: the chain's
+        outcome = self.script.popleft() if self.script else None
+        if outcome is not None:
+            raise outcome
+        self.pushed.append(body.extra)
+        return 0
+
+    async def send(self, batch: Batch) -> int:
+        raise AssertionError("the chain pushes encoded bodies")
+
+    async def close(self) -> None: ...
+
+    def describe(self) -> str:
+        return "inflating"
+
+
+async def test_a_body_over_the_senders_limit_is_cut_by_its_excess() -> None:
+    # 100 spans of ~100 OTLP bytes but 1,000 body bytes: 100 KB against a 30 KB limit,
+    # 3.3 times over: 4 pieces (a tenth of margin), each encoded and measured again
+    sender = Inflating(1000, 30_000)
+    chain = ExportChain("u-inflate", settings(), sender)
+    await chain.start()
+    batch = traces_batch(100, attrs=0)
+    await chain.consume(batch)
+    await drain(chain)
+    assert [len(p) for p in sender.pushed] == [25, 25, 25, 25]
+    pushed = sorted(i for p in sender.pushed for i in p)
+    assert pushed == sorted(s.span_id for rs in batch.message.resource_spans
+                            for ss in rs.scope_spans for s in ss.spans)
+    assert sender.encodes == 5
+    assert metric("sidecar_exporter_sent_items_total", exporter="u-inflate",
+                  signal="traces") == 100
+
+
+async def test_a_batch_over_the_otlp_batch_size_whose_body_fits_is_not_cut() -> None:
+    # 200 spans are over batch.max_items: 100, but their bodies are 8 bytes each
+    sender = Inflating(8, 1_000_000)
+    chain = ExportChain("u-shrink", settings(batch={"max_delay": 0, "max_items": 100}),
+                        sender)
+    await chain.start()
+    await chain.consume(traces_batch(200, attrs=0))
+    await drain(chain)
+    assert [len(p) for p in sender.pushed] == [200]
+
+
+async def test_a_body_is_encoded_once_and_retried_as_is() -> None:
+    sender = Inflating(8, 1_000_000, RetryableError("503"), RetryableError("503"))
+    chain = ExportChain("u-once", settings(), sender, sleep=no_sleep)
+    await chain.start()
+    await chain.consume(traces_batch(3))
+    await drain(chain)
+    assert (sender.encodes, len(sender.pushed)) == (1, 1)
+
+
+async def test_one_item_over_the_senders_limit_is_dropped_and_counted() -> None:
+    sender = Inflating(1000, 500)
+    chain = ExportChain("u-one-over", settings(), sender)
+    await chain.start()
+    await chain.consume(traces_batch(2, attrs=0))
+    await drain(chain)
+    assert sender.pushed == []
+    assert metric("sidecar_exporter_dropped_items_total", exporter="u-one-over",
+                  signal="traces", reason="permanent") == 2
