@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 import struct
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Final
 
@@ -282,10 +283,13 @@ class LogBatchBuilder:
     protobuf bytes) and starts a new one. Counts what it saw: records, bytes of input,
     parse errors, truncated lines."""
 
-    __slots__ = ("_groups", "bytes", "parse_errors", "records", "service_name", "truncated")
+    __slots__ = ("_groups", "bytes", "fast", "parse_errors", "records", "service_name",
+                 "truncated")
 
-    def __init__(self, service_name: str | None = None) -> None:
+    def __init__(self, service_name: str | None = None, *, fast: bool = True) -> None:
         self.service_name = service_name
+        # `fast=False`: every line through the general mapping (tests compare the two)
+        self.fast = fast
         self._groups: dict[ResourceKey, list[bytes]] = {}
         self.records = 0
         self.bytes = 0
@@ -327,6 +331,21 @@ class LogBatchBuilder:
             self._append(self._key(self.service_name, None, None),
                          _text(data, observed_ns, _attribute(TRUNCATED_KEY, True)))
             return True
+        if self.fast:
+            try:
+                decoded = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                pass  # blank or not JSON: the general path below says which
+            else:
+                if type(decoded) is dict:
+                    done = _fast_record(decoded, observed_ns, self.service_name)
+                    if done is not None:
+                        self.bytes += len(data)
+                        self._append(done[0], done[1])
+                        return True
+                # the fast path changed nothing in `decoded`: the general one maps it
+                self.bytes += len(data)
+                return self._add_decoded(data, decoded, observed_ns)
         if not data.strip():
             return False
         self.bytes += len(data)
@@ -335,6 +354,9 @@ class LogBatchBuilder:
         except orjson.JSONDecodeError as exc:
             self._error(data, observed_ns, _reason(exc))
             return True
+        return self._add_decoded(data, decoded, observed_ns)
+
+    def _add_decoded(self, data: bytes, decoded: Any, observed_ns: int) -> bool:
         if type(decoded) is not dict:
             try:
                 record = _fixed64(b"\x59", observed_ns) + _field(b"\x2a", any_value(decoded))
@@ -534,3 +556,299 @@ def _errors(fields: dict[str, Any]) -> list[tuple[str, object]]:
     return [(name, value) for name, value in (
         ("exception.type", kind), ("exception.message", message),
         ("exception.stacktrace", stack)) if value is not None]
+
+
+# --- the fast path: one plan per line shape ----------------------------------------------
+# A program logs the same few shapes of line over and over (a pino child logger: the same
+# keys in the same order on every line). The general mapping above works out per line which
+# key is the time, the level, the ids... by probing ~40 candidate names and popping them;
+# that probing, not orjson, was most of its cost (~150k of ~166k instructions per pino line,
+# callgrind). Here it is done once per shape (the tuple of the line's keys): the plan names
+# the key of each role, and each attribute key comes with its encoded KeyValue.key and
+# caches of the bytes that precede a value of a given length.
+#
+# The fast path reads the line and changes nothing in it. Where the general mapping would
+# look further (a time that does not parse, an id that is not an id, `err` objects, Datadog's
+# nested `dd`, `traceparent`), the plan does not guess: `_fast_record` returns None and the
+# line goes through the general mapping, so both give the same bytes for every line
+# (tests/unit/receivers/test_logparse.py compares them on generated lines).
+
+_FAST_SLOW_KEYS: Final = frozenset((
+    "dd", "err", "error", "exception", "exc_info", "stack", "stacktrace", "traceparent"))
+_FLAG_KEYS: Final = ("trace_flags", "traceFlags", "otelTraceSampled")
+_PLANS_MAX: Final = 512  # shapes; the cache is emptied when full (hostile lines: any shape)
+_PLAN_KEYS_MAX: Final = 64  # a shape with more keys, or a longer key, is not planned
+_SLOT_CACHE_MAX: Final = 64  # entries per key in each of its two caches
+_SEVERITY_CACHE_MAX: Final = 256
+_ZERO16: Final = bytes(16)
+_ZERO8: Final = bytes(8)
+
+# one key of a map, for one tag (LogRecord.attributes or KeyValueList.values): (key,
+# encoded KeyValue.key, {string length: bytes before the string}, {small int: whole entry},
+# {inner length: bytes before a nested map's entries})
+_Slot = tuple[str, bytes, dict[int, bytes], dict[int, bytes], dict[int, bytes]]
+_slots: dict[bytes, dict[str, _Slot]] = {b"\x32": {}, b"\x0a": {}}
+
+
+class _Plan:
+    __slots__ = ("attrs", "bunyan", "flags", "host", "level", "message", "pid", "service",
+                 "span", "time", "trace")
+
+    def __init__(self, keys: tuple[str, ...]) -> None:
+        present = set(keys)
+
+        def first(candidates: tuple[str, ...]) -> str | None:
+            return next((key for key in candidates if key in present), None)
+
+        self.service = first(_SERVICE_KEYS)
+        self.bunyan = (self.service is None and "v" in present and "name" in present
+                       and "hostname" in present)
+        if self.bunyan:
+            self.service = "name"
+        self.host = "hostname" if "hostname" in present else None
+        self.pid = "pid" if "pid" in present else None
+        self.time = first(_TIME_KEYS)
+        self.level = first(_LEVEL_KEYS)
+        self.message = first(_MESSAGE_KEYS)
+        self.trace = first(_TRACE_KEYS)
+        self.span = first(_SPAN_KEYS)
+        self.flags = first(_FLAG_KEYS)
+        roles = {self.service, self.host, self.pid, self.time, self.level, self.message,
+                 self.trace, self.span, self.flags, "v"}
+        self.attrs = tuple(_slot(b"\x32", key) for key in keys if key not in roles)
+
+
+def _slot(tag: bytes, key: str) -> _Slot:
+    cache = _slots[tag]
+    slot = cache.get(key)
+    if slot is None:
+        slot = (key, _field(b"\x0a", key.encode()), {}, {}, {})
+        if len(cache) < _KEY_CACHE_MAX:
+            cache[key] = slot
+    return slot
+
+
+def _plannable(keys: tuple[str, ...]) -> bool:
+    """Whether a shape may be cached: it holds its keys."""
+    return len(keys) <= _PLAN_KEYS_MAX and all(len(key) <= 64 for key in keys)
+
+
+_map_shapes: dict[tuple[str, ...], tuple[_Slot, ...]] = {}
+
+
+def _map_slots(keys: tuple[str, ...]) -> tuple[_Slot, ...] | None:
+    """The slots of a nested map's keys (KeyValueList.values), None if not cacheable."""
+    slots = _map_shapes.get(keys)
+    if slots is None:
+        if not _plannable(keys):
+            return None
+        try:
+            slots = tuple(_slot(b"\x0a", key) for key in keys)
+        except ValueError:  # a key with a lone surrogate
+            return None
+        if len(_map_shapes) >= _PLANS_MAX:
+            _map_shapes.clear()
+        _map_shapes[keys] = slots
+    return slots
+
+
+def _entries(append: Callable[[bytes], None], slots: tuple[_Slot, ...],
+             items: dict[str, Any], tag: bytes, depth: int) -> None:
+    """The KeyValue entries of `items` (whose keys are the slots', in order), values at
+    `depth`: the same bytes as `_key_values(tag, items, depth)`."""
+    byte = _BYTE
+    for key, ek, heads, ints, maps in slots:
+        value = items[key]
+        kind = type(value)
+        if kind is str:
+            data = value.encode()
+            head = heads.get(len(data))
+            if head is None:
+                head = _string_head(tag, ek, len(data), heads)
+            append(head)
+            append(data)
+        elif kind is int and 0 <= value <= _INT64_MAX:
+            if value < 128:
+                entry = ints.get(value)
+                if entry is None:
+                    entry = _field(tag, ek + b"\x12\x02\x18" + byte[value])
+                    if len(ints) < _SLOT_CACHE_MAX:
+                        ints[value] = entry
+                append(entry)
+            else:
+                number = _varint(value)
+                append(_field(tag, ek + b"\x12" + byte[len(number) + 1] + b"\x18" + number))
+        elif kind is dict and depth < MAX_VALUE_DEPTH:
+            inner_slots = _map_slots(tuple(value))
+            if inner_slots is None:
+                append(_field(tag, ek + _field(b"\x12", any_value(value, depth))))
+                continue
+            parts: list[bytes] = []
+            _entries(parts.append, inner_slots, value, b"\x0a", depth + 1)
+            inner = b"".join(parts)
+            n = len(inner)
+            head = maps.get(n)
+            if head is None:
+                whole = _field(tag, ek + _field(b"\x12", _field(b"\x32", bytes(n))))
+                head = whole[:len(whole) - n]
+                if len(maps) < _SLOT_CACHE_MAX:
+                    maps[n] = head
+            append(head)
+            append(inner)
+        else:
+            append(_field(tag, ek + _field(b"\x12", any_value(value, depth))))
+
+
+_plans: dict[tuple[str, ...], _Plan | None] = {}
+
+
+def _plan(keys: tuple[str, ...]) -> _Plan | None:
+    """The plan for lines with these keys, None for a shape the fast path leaves alone."""
+    plan = _plans.get(keys)
+    if plan is not None or keys in _plans:
+        return plan
+    if not _plannable(keys):
+        return None  # not cached: the shape would hold the long keys
+    try:
+        plan = None if _FAST_SLOW_KEYS.intersection(keys) else _Plan(keys)
+    except ValueError:  # a key with a lone surrogate
+        return None
+    if len(_plans) >= _PLANS_MAX:
+        _plans.clear()
+    _plans[keys] = plan
+    return plan
+
+
+def _string_head(tag: bytes, ek: bytes, n: int, cache: dict[int, bytes]) -> bytes:
+    """The bytes of an entry with key `ek` before a string value of `n` bytes: made from
+    the general encoder's output for a string of that length."""
+    whole = _field(tag, ek + _field(b"\x12", any_value("\0" * n)))
+    head = whole[:len(whole) - n]
+    if len(cache) < _SLOT_CACHE_MAX:
+        cache[n] = head
+    return head
+
+
+def _severity_bytes(value: object, key: str) -> bytes:
+    """LogRecord severity_number and severity_text for a level value; b"" if it is none."""
+    number, text = severity(value, key)
+    return ((b"\x10" + _varint(number) if number else b"")
+            + (_field(b"\x1a", text.encode()) if text else b""))
+
+
+_severity_cache: dict[tuple[bool, object], bytes] = {}
+_FLAG_BYTES: Final[dict[object, bytes]] = {
+    **{n: b"\x45" + _PACK_FIXED32(n) for n in range(256)},
+    **{text: b"\x45" + _PACK_FIXED32(int(text, 16)) for text in (
+        list("0123456789abcdefABCDEF")
+        + [a + b for a in "0123456789abcdefABCDEF" for b in "0123456789abcdefABCDEF"])}}
+
+
+def _fast_record(fields: dict[str, Any], observed_ns: int,
+                 default_service: str | None) -> tuple[ResourceKey, bytes] | None:
+    """(resource, LogRecord) for a JSON object line by its shape's plan, or None when the
+    general mapping must decide (see above). Does not change `fields`."""
+    plan = _plan(tuple(fields))
+    if plan is None:
+        return None
+    try:
+        return _planned(plan, fields, observed_ns, default_service)
+    except (ValueError, TypeError):
+        return None  # e.g. a lone surrogate: the general path makes the error record
+
+
+def _planned(plan: _Plan, fields: dict[str, Any], observed_ns: int,
+             default_service: str | None) -> tuple[ResourceKey, bytes] | None:
+    service = None
+    if plan.service is not None:
+        service = fields[plan.service]
+        if type(service) is not str or not (service or plan.bunyan):
+            return None
+    host = None
+    if plan.host is not None:
+        host = fields[plan.host]
+        if type(host) is not str:
+            return None
+    pid = None
+    if plan.pid is not None:
+        pid = fields[plan.pid]
+        if type(pid) is not int or not 0 <= pid <= _INT64_MAX:
+            return None
+    parts: list[bytes] = []
+    append = parts.append
+    key = plan.time
+    if key is not None:
+        value = fields[key]
+        if type(value) is int and 100_000_000_000 < value <= _INT64_MAX // 1_000_000:
+            ns = value * 1_000_000  # epoch milliseconds (pino, bunyan, winston's numbers)
+        else:
+            ns = timestamp_ns(value)
+            if not ns:
+                return None
+        append(b"\x09" + _PACK_FIXED64(ns))
+    key = plan.level
+    if key is not None:
+        value = fields[key]
+        kind = type(value)
+        if kind is int or kind is str:  # not bool or float: True == 1, 30.0 == 30
+            cache_key = (key == "levelno", value)
+            encoded = _severity_cache.get(cache_key)
+            if encoded is None:
+                encoded = _severity_bytes(value, key)
+                if len(_severity_cache) < _SEVERITY_CACHE_MAX and (
+                        kind is int or len(value) <= 32):
+                    _severity_cache[cache_key] = encoded
+        else:
+            encoded = _severity_bytes(value, key)
+        if not encoded:
+            return None
+        append(encoded)
+    key = plan.message
+    if key is not None:
+        value = fields[key]
+        if type(value) is str:
+            data = value.encode()
+            n = len(data)
+            if n < 126:
+                append(b"\x2a" + _BYTE[n + 2] + b"\x0a" + _BYTE[n] + data)
+            else:
+                append(_field(b"\x2a", any_value(value)))
+        else:
+            append(_field(b"\x2a", any_value(value)))
+    _entries(append, plan.attrs, fields, b"\x32", 1)
+    key = plan.flags
+    if key is not None:
+        value = fields[key]
+        kind = type(value)
+        if kind is bool:
+            append(b"\x45" + _PACK_FIXED32(int(value)))
+        elif kind is int or kind is str:
+            flag = _FLAG_BYTES.get(value)
+            if flag is None:
+                return None
+            append(flag)
+        else:
+            return None
+    key = plan.trace
+    if key is not None:
+        raw = _fast_id(fields[key], 16, key)
+        if raw is None:
+            return None
+        append(b"\x4a\x10" + raw)
+    key = plan.span
+    if key is not None:
+        raw = _fast_id(fields[key], 8, key)
+        if raw is None:
+            return None
+        append(b"\x52\x08" + raw)
+    append(b"\x59" + _PACK_FIXED64(observed_ns))
+    return (service or default_service, host, pid), b"".join(parts)
+
+
+def _fast_id(value: object, size: int, key: str) -> bytes | None:
+    if type(value) is str and len(value) == 2 * size and not key.startswith("dd."):
+        raw = bytes.fromhex(value)  # ValueError if not hex: the general path decides
+        if len(raw) != size or raw == (_ZERO16 if size == 16 else _ZERO8):
+            return None  # whitespace between the digits, or the all-zero id
+        return raw
+    return _id_bytes(value, size, key.startswith("dd."))
