@@ -119,6 +119,12 @@ def _string_array(value: str) -> bytes:
     return AnyValue(array_value=array).SerializeToString()
 
 
+def effective(sources: frozenset[str]) -> frozenset[str]:
+    """The dialect names `added` reads among a span's `sources` (OpenInference's generic
+    names only beside `openinference.span.kind`)."""
+    return sources if OPENINFERENCE_KIND in sources else sources - _OPENINFERENCE
+
+
 def added(values: Mapping[str, bytes], sources: frozenset[str], keys: Iterable[str],
           decode: Decode, skip: Iterable[str] = ()) -> list[bytes]:
     """Span attribute bytes for the canonical names the dialect names in `values` (key ->

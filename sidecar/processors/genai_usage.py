@@ -366,8 +366,11 @@ def scan(attributes: Iterable[KeyValue]) -> Scan | None:
     return None if hits is None else resolve(hits)
 
 
-def model_call_operation(found: Scan, extra_operations: frozenset[str]) -> str | None:
-    """The canonical operation when the span is one model call, else None (§2.4 item 1)."""
+def model_call_operation(found: Scan, extra_operations: frozenset[str],
+                         assume_counts: bool = False) -> str | None:
+    """The canonical operation when the span is one model call, else None (§2.4 item 1).
+    `assume_counts`: an ad hoc span counts as a call whatever its counts (the caller
+    checks them)."""
     markers = found.markers
     operation = markers.get(OPERATION_KEY)
     if isinstance(operation, str) and operation:
@@ -390,7 +393,7 @@ def model_call_operation(found: Scan, extra_operations: frozenset[str]) -> str |
     if isinstance(request_type, str) and request_type:
         return _OPENLLMETRY_CALLS.get(request_type)
     # no structure at all: an ad hoc span with usage counts is taken as one call
-    if found.counts[INPUT] is not None or found.counts[OUTPUT] is not None:
+    if assume_counts or found.counts[INPUT] is not None or found.counts[OUTPUT] is not None:
         return "chat"
     return None
 
@@ -411,14 +414,58 @@ def agent_of(found: Scan) -> str | None:
     return None
 
 
-def usage_of(found: Scan, extra_operations: frozenset[str] = frozenset()) -> GenAIUsage | None:
-    """Canonical usage when the span is a model call with at least one count, else None."""
+@dataclass(frozen=True, slots=True)
+class StaticUsage:
+    """What a model call's usage takes from its strings and markers (not its counts):
+    the same for every call of one model, agent and instrumentation."""
+
+    operation: str
+    provider: str | None
+    request_model: str | None
+    response_model: str | None
+    agent: str | None
+    service_tier: str | None
+    reported_cost: float | None
+    has_cost_attribute: bool
+    missing: tuple[tuple[str, str], ...]  # canonical string names absent from the span
+    present: frozenset[str]
+
+    @property
+    def model(self) -> str | None:
+        return self.response_model or self.request_model
+
+
+def static_usage(found: Scan, extra_operations: frozenset[str] = frozenset(),
+                 ) -> StaticUsage | None:
+    """The count-free part of `usage_of`; None when the span is not a model call."""
     if PRICED_KEY in found.markers:
         return None
-    operation = model_call_operation(found, extra_operations)
+    operation = model_call_operation(found, extra_operations, assume_counts=True)
     if operation is None:
         return None
-    counts = found.counts
+    strings = found.strings
+    provider = strings[PROVIDER]
+    cost: float | None = None
+    for key in COST_KEYS:
+        raw = found.markers.get(key)
+        if isinstance(raw, int | float) and not isinstance(raw, bool) \
+                and math.isfinite(raw) and raw >= 0:
+            cost = float(raw)
+            break
+    canonical = canonical_provider(provider) if provider else None
+    agent = agent_of(found)
+    present = found.present
+    missing = tuple((name, value) for name, value in zip(
+        CANONICAL_STRING_KEYS, (canonical, strings[REQUEST_MODEL], strings[RESPONSE_MODEL],
+                                operation, agent), strict=False)
+        if name is not None and value and name not in present)
+    return StaticUsage(operation, canonical, strings[REQUEST_MODEL], strings[RESPONSE_MODEL],
+                       agent, strings[SERVICE_TIER], cost, COST_KEYS[0] in present, missing,
+                       present)
+
+
+def finish_usage(static: StaticUsage, counts: list[int | None]) -> GenAIUsage | None:
+    """`usage_of` from its count-free part and the span's counts (per canonical field)."""
     input_tokens, output_tokens, total = counts[INPUT], counts[OUTPUT], counts[TOTAL]
     if input_tokens is None and output_tokens is None:
         return None
@@ -435,33 +482,24 @@ def usage_of(found: Scan, extra_operations: frozenset[str] = frozenset()) -> Gen
         adjusted = True
     out = output_tokens or 0
     reasoning = min(counts[REASONING] or 0, out) if out else (counts[REASONING] or 0)
-    strings = found.strings
-    provider = strings[PROVIDER]
-    cost: float | None = None
-    for key in COST_KEYS:
-        raw = found.markers.get(key)
-        if isinstance(raw, int | float) and not isinstance(raw, bool) \
-                and math.isfinite(raw) and raw >= 0:
-            cost = float(raw)
-            break
-    usage = GenAIUsage(
-        operation=operation,
-        provider=canonical_provider(provider) if provider else None,
-        request_model=strings[REQUEST_MODEL], response_model=strings[RESPONSE_MODEL],
-        agent=agent_of(found), service_tier=strings[SERVICE_TIER],
-        input=inp, output=out, cache_read=cache_read, cache_write=cache_write,
-        reasoning=reasoning, input_adjusted=adjusted, reported_cost=cost,
-        has_cost_attribute=COST_KEYS[0] in found.present, missing=[])
-    present = found.present
-    canonical_strings = (usage.provider, usage.request_model, usage.response_model,
-                         operation, usage.agent)
-    for name, value in zip(CANONICAL_STRING_KEYS, canonical_strings, strict=False):
-        if name is not None and value and name not in present:
-            usage.missing.append((name, value))
+    missing: list[tuple[str, str | int]] = list(static.missing)
+    present = static.present
     canonical_counts = (inp if input_tokens is not None or adjusted else None,
                         output_tokens, counts[CACHE_READ], counts[CACHE_WRITE],
                         counts[REASONING])
     for name, number in zip(CANONICAL_COUNT_KEYS, canonical_counts, strict=False):
         if name is not None and number is not None and name not in present:
-            usage.missing.append((name, number))
-    return usage
+            missing.append((name, number))
+    return GenAIUsage(
+        operation=static.operation, provider=static.provider,
+        request_model=static.request_model, response_model=static.response_model,
+        agent=static.agent, service_tier=static.service_tier,
+        input=inp, output=out, cache_read=cache_read, cache_write=cache_write,
+        reasoning=reasoning, input_adjusted=adjusted, reported_cost=static.reported_cost,
+        has_cost_attribute=static.has_cost_attribute, missing=missing)
+
+
+def usage_of(found: Scan, extra_operations: frozenset[str] = frozenset()) -> GenAIUsage | None:
+    """Canonical usage when the span is a model call with at least one count, else None."""
+    static = static_usage(found, extra_operations)
+    return None if static is None else finish_usage(static, found.counts)

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import heapq
 import logging
+import struct
 from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from operator import itemgetter
 
@@ -36,7 +38,8 @@ from sidecar.configtypes import Strict
 from sidecar.model import Signal, Work
 from sidecar.processors import genai_names, log_usage, span_index, wire
 from sidecar.processors import genai_usage as gu
-from sidecar.processors.prices import MAX_NAME, Price, PriceBook, Rates
+from sidecar.processors import prices as prices_module
+from sidecar.processors.prices import MAX_NAME, FastRates, Price, PriceBook, Rates
 from sidecar.telemetry import metrics
 
 log = logging.getLogger(__name__)
@@ -68,6 +71,45 @@ MAX_SERIES = 5000
 # (provider, model) pairs logged as unpriced; past this, only the counter tells
 _MAX_LOGGED = 1000
 _TRACE_ID_SIZE = 16
+# the span memo (`_Known`): entries, and the bytes of the values a key holds at most (a span
+# whose read values are longer takes the full path, uncached)
+MAX_KNOWN = 4096
+MAX_KNOWN_BYTES = 1024
+_COUNT_KEYS = frozenset(gu.COUNT_KEYS)
+
+
+_Pending = tuple[bytes, str | None, str | None, str | None, str, str, float | None, int,
+                 tuple[int, int, int, int, int]]
+_SIMPLE_COUNTS = frozenset((gu.CANONICAL_COUNT_KEYS[gu.INPUT], gu.CANONICAL_COUNT_KEYS[gu.OUTPUT]))
+
+
+def _tokens(usage: gu.GenAIUsage) -> tuple[int, int, int, int, int]:
+    return (usage.input, usage.output, usage.cache_read, usage.cache_write, usage.reasoning)
+
+
+def _prefix(key: str) -> bytes:
+    """A double attribute's bytes without its 8 value bytes (wire.DoubleAttribute's)."""
+    return wire.attribute(key, 1.0)[:-8]
+
+
+@dataclass(slots=True)
+class _Known:
+    """What the cost processor does with a span, from the set of known keys it holds and
+    the serialized values of all but the counts: spans of one instrumentation, model,
+    agent and tenant share one, so only the counts are read per span."""
+
+    has_usage: bool
+    # (canonical field, its keys in precedence order) for the count fields present
+    counts: tuple[tuple[int, tuple[str, ...]], ...]
+    # the model call's count-free usage; None: not a model call
+    static: gu.StaticUsage | None
+    remember: str | None  # the agent the span names for its trace
+    tenant: str | None
+    # no counts but the canonical input and output ones, no cost on the span
+    simple: bool
+    # (rates, struct, ...): the attribute bytes of a simple call, made on first use
+    template: tuple[FastRates, struct.Struct, tuple[bytes, ...], bytes, bytes, bytes,
+                    bytes] | None = None
 
 
 class PriceOverride(Strict):
@@ -82,9 +124,8 @@ class PriceOverride(Strict):
 
 
 class CostSettings(ProcessorSettings):
-    # off by default until its hot path meets issue 12's budget (< 2 µs per span on the
-    # standard workload; ~12-16 µs in-process and ~22 µs in the daemon today, bench/)
-    enabled: bool = False
+    # on by default: an empty config prices spans (issue 12)
+    enabled: bool = True
     prices: list[PriceOverride] = Field(default_factory=list)
     # provider -> factor on every price of that provider (negotiated discounts)
     multipliers: dict[str, Decimal] = Field(default_factory=dict)
@@ -226,6 +267,10 @@ class LlmCost:
         self._rerank_every = settings.label_rerank_requests
         self._requests = 0
         self._labels_seen: set[tuple[str, ...]] = set()
+        # (known keys present, serialized values of the non-count ones) -> _Known
+        self._known_spans: dict[tuple[frozenset[str], tuple[bytes, ...]], _Known] = {}
+        # known keys present -> the non-count ones, sorted
+        self._static_keys: dict[frozenset[str], tuple[str, ...]] = {}
 
     def process(self, work: Work) -> None:
         self._requests += 1
@@ -259,7 +304,7 @@ class LlmCost:
             positions = [((i, j, k), -1) for i, rs in enumerate(resources)
                          for j, ss in enumerate(rs.scope_spans) for k in range(len(ss.spans))]
         extra: dict[tuple[int, int, int], bytes] = {}
-        pending: list[tuple[bytes, gu.GenAIUsage, str, str, float | None, int]] = []
+        pending: list[_Pending] = []
         resource_index = -1
         service, resource_tenant = UNKNOWN, None
         for position, hit in positions:
@@ -275,7 +320,20 @@ class LlmCost:
                     continue
                 found = self._scan_message(span)
             else:
-                found = self._scan_bytes(payload, lay, hit, span)
+                raw = payload[lay.starts[hit]:lay.ends[hit]]
+                attributes = span_index.SpanView.FromString(raw).attributes  # type: ignore[attr-defined]
+                present = self._known.intersection(attributes)
+                if not present:
+                    continue
+                if len(attributes) != len(span.attributes):
+                    found = self._scan_message(span)  # duplicate keys: the first one counts
+                else:
+                    known = self._known_span(present, attributes)
+                    if known is not None:
+                        self._fast_span(known, attributes, span, position, service,
+                                        resource_tenant, extra, pending)
+                        continue
+                    found = self._scan_view(raw, attributes, present)
             if found is None:
                 continue
             scanned, raw_values, message_keys = found
@@ -307,15 +365,18 @@ class LlmCost:
             extra[position] = added
             tenant = self._tenant(scanned) or resource_tenant
             duration = span.end_time_unix_nano - span.start_time_unix_nano
-            pending.append((span.trace_id, usage, service, tenant or UNKNOWN, cost, duration))
+            pending.append((span.trace_id, usage.agent, usage.provider, usage.model, service,
+                            tenant or UNKNOWN, cost, duration, _tokens(usage)))
         if not extra:
             work.read_only()  # nothing was edited: spare the stage a re-serialisation
             return
         if lay is not None:
             work.edited(span_index.splice(payload, lay, extra))
-        for trace_id, usage, service_name, tenant_name, cost, duration in pending:
-            agent = usage.agent or self._agents.get(trace_id)
-            self._count(usage, service_name, agent, tenant_name, cost, duration)
+        agents = self._agents
+        for trace_id, agent, provider, model, service_name, tenant_name, cost, duration, \
+                tokens in pending:
+            self._count(provider, model, service_name, agent or agents.get(trace_id),
+                        tenant_name, cost, duration, tokens)
 
     def _process_logs(self, work: Work) -> None:
         message = work.message
@@ -346,8 +407,9 @@ class LlmCost:
                     tenant = next((v for k in self._tenant_keys
                                    if isinstance(v := flat.get(k), str) and v), None)
                     agent = usage.agent or self._agents.get(record.trace_id)
-                    self._count(usage, service, agent, tenant or resource_tenant or UNKNOWN,
-                                cost, None)
+                    self._count(usage.provider, usage.model, service, agent,
+                                tenant or resource_tenant or UNKNOWN, cost, None,
+                                _tokens(usage))
         if not changed:
             work.read_only()
 
@@ -380,16 +442,159 @@ class LlmCost:
         return (self._resolve({key: gu.scalar(value) for key, value in hits.items()},
                               frozenset(hits)), raw_values, list(raw_values))
 
-    def _scan_bytes(self, payload: bytes, lay: span_index.Layout, hit: int,
-                    span: Span) -> _Found | None:
-        raw = payload[lay.starts[hit]:lay.ends[hit]]
-        view = span_index.SpanView.FromString(raw)
-        attributes = view.attributes  # type: ignore[attr-defined]
-        present = self._known.intersection(attributes)
-        if not present:
+    def _known_span(self, present: frozenset[str], attributes: Mapping[str, bytes],
+                    ) -> _Known | None:
+        """The memoised reading of a span, None when it takes the full path (dialect names
+        to add, or values too long to keep)."""
+        static_keys = self._static_keys.get(present)
+        if static_keys is None:
+            if genai_names.effective(present & genai_names.SOURCES):
+                return None
+            static_keys = tuple(sorted(present - _COUNT_KEYS))
+            if len(self._static_keys) >= MAX_KNOWN:
+                self._static_keys.clear()
+            self._static_keys[present] = static_keys
+        values = tuple([attributes[key] for key in static_keys])
+        memo_key = (present, values)
+        known = self._known_spans.get(memo_key)
+        if known is not None:
+            return known
+        if sum(map(len, values)) > MAX_KNOWN_BYTES:
             return None
-        if len(attributes) != len(span.attributes):
-            return self._scan_message(span)  # duplicate keys: the first one counts
+        raw_scalar = gu.raw_scalar
+        scanned = self._resolve({key: raw_scalar(attributes[key]) for key in static_keys},
+                                frozenset(static_keys))
+        scanned.present = present
+        has_usage = gu.has_usage(present)
+        count_plan = gu.plan(present).counts
+        static = gu.static_usage(scanned, self._extra) if has_usage else None
+        remember = gu.agent_of(scanned) \
+            if has_usage or not _AGENT_HINTS.isdisjoint(present) else None
+        simple = static is not None and static.reported_cost is None \
+            and present & _COUNT_KEYS <= _SIMPLE_COUNTS
+        known = _Known(has_usage, tuple((f, names) for f, names in enumerate(count_plan)
+                                        if names), static, remember, self._tenant(scanned),
+                       simple)
+        if len(self._known_spans) >= MAX_KNOWN:
+            self._known_spans.clear()
+        self._known_spans[memo_key] = known
+        return known
+
+    def _fast_span(self, known: _Known, attributes: Mapping[str, bytes], span: Span,
+                   position: tuple[int, int, int], service: str, resource_tenant: str | None,
+                   extra: dict[tuple[int, int, int], bytes],
+                   pending: list[_Pending],
+                   ) -> None:
+        """What the full path does with a span that has no dialect names to add, from its
+        memoised reading and its counts (tests compare the two)."""
+        if known.remember is not None:
+            self._remember(span.trace_id, known.remember)
+        if not known.has_usage:
+            return
+        counts: list[int | None] = [None] * gu.COUNT_FIELDS
+        raw_scalar, parse_count = gu.raw_scalar, gu.parse_count
+        for field, names in known.counts:
+            for name in names:
+                try:
+                    counts[field] = parse_count(raw_scalar(attributes[name]))
+                    break
+                except gu.InvalidCount as exc:
+                    metrics.LLM_USAGE_INVALID.labels(str(exc)).inc()
+        static = known.static
+        if static is None:
+            return
+        start = span.start_time_unix_nano
+        model = static.model
+        if known.simple:
+            # only the canonical input and output counts: nothing to adjust or add
+            inp, output = counts[gu.INPUT], counts[gu.OUTPUT]
+            if inp is None and output is None:
+                return
+            inp = inp or 0
+            output = output or 0
+            rates = self.book.fast_rates(static.provider, model, start,
+                                         static.service_tier) if model else None
+            if rates is not None:
+                template = known.template
+                if template is None or template[0] is not rates:
+                    template = known.template = self._template(static, rates)
+                rate = FastRates.rate
+                plain = rate(rates.input, inp) * inp
+                out = rate(rates.output, inp) * output
+                scale = rates.denominator
+                cost: float | None = (plain + out) / scale
+                added = template[1].pack(*template[2], cost, template[3], cost, template[4],
+                                         plain / scale, template[5], out / scale, template[6])
+                span.MergeFromString(added)
+                extra[position] = added
+                pending.append((span.trace_id, static.agent, static.provider, model, service,
+                                known.tenant or resource_tenant or UNKNOWN, cost,
+                                span.end_time_unix_nano - start, (inp, output, 0, 0, 0)))
+                return
+        usage = gu.finish_usage(static, counts)
+        if usage is None:
+            return
+        parts: list[bytes] = []
+        rates = self.book.fast_rates(usage.provider, model, start, usage.service_tier) \
+            if model and usage.reported_cost is None else None
+        if rates is None:
+            cost = self._cost_attributes(usage, start, parts)
+        else:
+            cost = self._fast_cost(usage, rates, parts)
+        added = b"".join(parts)
+        span.MergeFromString(added)
+        extra[position] = added
+        pending.append((span.trace_id, usage.agent, usage.provider, model, service,
+                        known.tenant or resource_tenant or UNKNOWN, cost,
+                        span.end_time_unix_nano - start, _tokens(usage)))
+
+    def _template(self, static: gu.StaticUsage, rates: FastRates,
+                  ) -> tuple[FastRates, struct.Struct, tuple[bytes, ...], bytes, bytes,
+                             bytes, bytes]:
+        """The attributes of a simple call priced at `rates`, as one struct: the same
+        bytes `_fast_cost` joins (tests compare them), with the four doubles packed in."""
+        head = b"".join(self._canonical(key, value) for key, value in static.missing)
+        tail = b"".join(self._provenance_of(prices_module.DATA_VERSION, rates.price_date,
+                                            rates.model_id, rates.provider_id))
+        pieces = (head + _prefix("gen_ai.usage.cost"), _prefix("gen_ai.usage.cost.amount"),
+                  _USD + _SOURCE_LOCAL + _prefix("gen_ai.cost.input_tokens"),
+                  _prefix("gen_ai.cost.output_tokens"), tail)
+        layout = "<{}sd{}sd{}sd{}sd{}s".format(*map(len, pieces))
+        return (rates, struct.Struct(layout), (pieces[0],), pieces[1], pieces[2], pieces[3],
+                pieces[4])
+
+    def _fast_cost(self, usage: gu.GenAIUsage, rates: FastRates, out: list[bytes]) -> float:
+        """`_cost_attributes` of a call priced by the fast path, in integers."""
+        for key, value in usage.missing:
+            out.append(self._canonical(key, value))
+        if usage.input_adjusted:
+            out.append(_INPUT_ADJUSTED)
+        rate = FastRates.rate
+        total_input = usage.input
+        plain = total_input
+        cache_read = cache_write = 0
+        if rates.cache_read is not None:
+            plain -= usage.cache_read
+            cache_read = rate(rates.cache_read, total_input) * usage.cache_read
+        if rates.cache_write is not None:
+            plain -= usage.cache_write
+            cache_write = rate(rates.cache_write, total_input) * usage.cache_write
+        plain *= rate(rates.input, total_input)
+        output = rate(rates.output, total_input) * usage.output
+        scale = rates.denominator
+        total = (plain + cache_read + cache_write + output) / scale
+        out += (_COST(total), _AMOUNT(total), _USD, _SOURCE_LOCAL, _COST_INPUT(plain / scale),
+                _COST_OUTPUT(output / scale))
+        if usage.cache_read:
+            out.append(_COST_CACHE_READ(cache_read / scale))
+        if usage.cache_write:
+            out.append(_COST_CACHE_WRITE(cache_write / scale))
+        out += self._provenance_of(prices_module.DATA_VERSION, rates.price_date,
+                                   rates.model_id, rates.provider_id)
+        return total
+
+    def _scan_view(self, raw: bytes, attributes: Mapping[str, bytes],
+                   present: frozenset[str]) -> _Found:
         raw_scalar = gu.raw_scalar
         scanned = self._resolve({key: raw_scalar(attributes[key]) for key in present},
                                 frozenset(present))
@@ -479,16 +684,21 @@ class LlmCost:
         return data
 
     def _provenance(self, price: Price) -> tuple[bytes, ...]:
-        key = (price.source, price.price_date, price.model_id, price.provider_id)
+        return self._provenance_of(price.source, price.price_date, price.model_id,
+                                   price.provider_id)
+
+    def _provenance_of(self, source: str, price_date: str | None, model_id: str,
+                       provider_id: str) -> tuple[bytes, ...]:
+        key = (source, price_date, model_id, provider_id)
         data = self._provenance_kvs.get(key)
         if data is None:
-            parts = [wire.attribute("sidecar.cost.prices", price.source)]
-            if price.price_date is not None:
-                parts.append(wire.attribute("sidecar.cost.price_date", price.price_date))
-            parts += (wire.attribute("sidecar.cost.model_id", price.model_id),
-                      wire.attribute("sidecar.cost.provider_id", price.provider_id))
+            parts = [wire.attribute("sidecar.cost.prices", source)]
+            if price_date is not None:
+                parts.append(wire.attribute("sidecar.cost.price_date", price_date))
+            parts += (wire.attribute("sidecar.cost.model_id", model_id),
+                      wire.attribute("sidecar.cost.provider_id", provider_id))
             data = tuple(parts)
-            if len(price.model_id) > MAX_NAME:
+            if len(model_id) > MAX_NAME:
                 return data  # a free provider's model id is the span's name: not kept
             if len(self._provenance_kvs) >= MAX_SERIES:
                 self._provenance_kvs.clear()
@@ -504,22 +714,25 @@ class LlmCost:
             log.warning("no price for model %r of provider %r: its calls carry no cost "
                         "(add it under processors.cost.prices)", model[:200], provider[:200])
 
-    def _count(self, usage: gu.GenAIUsage, service: str, agent: str | None, tenant: str,
-               cost: float | None, duration_ns: int | None) -> None:
-        raw = (usage.provider, usage.model, service, agent, tenant)
+    def _count(self, provider: str | None, model: str | None, service: str,
+               agent: str | None, tenant: str, cost: float | None, duration_ns: int | None,
+               tokens: tuple[int, int, int, int, int]) -> None:
+        raw = (provider, model, service, agent, tenant)
         series = self._series.get(raw)
         if series is None:
             series = self._new_series(raw)
         labels, token_keys, duration_row, volume = series
         volume[0] += 1
-        metrics.LLM_CALLS.add(labels)
+        # CounterTable.add, inlined (once per model call)
+        calls = metrics.LLM_CALLS.values
+        calls[labels] = calls.get(labels, 0.0) + 1.0
         if cost is not None:
-            metrics.LLM_COST.add(labels, cost)
-        tokens = metrics.LLM_TOKENS
-        for key, count in zip(token_keys, (usage.input, usage.output, usage.cache_read,
-                                           usage.cache_write, usage.reasoning), strict=True):
+            costs = metrics.LLM_COST.values
+            costs[labels] = costs.get(labels, 0.0) + cost
+        totals = metrics.LLM_TOKENS.values
+        for key, count in zip(token_keys, tokens, strict=True):
             if count:
-                tokens.add(key, count)
+                totals[key] = totals.get(key, 0.0) + count
         if duration_ns is not None:
             seconds = max(duration_ns, 0) / 1e9
             duration_row[bisect_left(metrics.LLM_DURATION.bounds, seconds)] += 1

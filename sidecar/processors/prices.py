@@ -147,6 +147,79 @@ def _plan(model: ModelInfo, when: dt.datetime, context: Mapping[str, str] | None
                  price.cache_read_mtok, price.cache_write_mtok, _price_date(model, when))
 
 
+# a rate as an integer over the plan's denominator, or tiers (base, ((start, rate), ...))
+_IntRate = int | tuple[int, tuple[tuple[int, int], ...]] | None
+
+
+@dataclass(frozen=True, slots=True)
+class FastRates:
+    """One flat or tiered token price in integers: a part costs count x rate / denominator
+    USD, exactly the Decimal the fast path gives (its rates have few digits, so the
+    Decimal products and sums are exact), and `int / int` rounds that rational correctly
+    to the nearest double, as `float(Decimal)` does."""
+
+    input: _IntRate
+    output: _IntRate
+    cache_read: _IntRate
+    cache_write: _IntRate
+    denominator: int
+    provider_id: str
+    model_id: str
+    price_date: str | None
+
+    @staticmethod
+    def rate(rate: _IntRate, total_input: int) -> int:
+        """The library's tier rule (`_rate`), on integers."""
+        if rate is None:
+            return 0
+        if isinstance(rate, int):
+            return rate
+        base, tiers = rate
+        for start, tier in reversed(tiers):
+            if total_input > start:
+                return tier
+        return base
+
+
+def _exponent(value: Decimal) -> int:
+    exponent = value.as_tuple().exponent
+    assert isinstance(exponent, int)
+    return max(0, -exponent)
+
+
+def _fast_rates(plan: _Plan, provider_id: str, model_id: str) -> FastRates | None:
+    """`plan` in integers, None when a rate is not a finite Decimal of few digits."""
+    rates = (plan.input, plan.output, plan.cache_read, plan.cache_write)
+    decimals: list[Decimal] = []
+    for rate in rates:
+        if isinstance(rate, TieredPrices):
+            decimals += (rate.base, *(tier.price for tier in rate.tiers))
+        elif rate is not None:
+            decimals.append(rate)
+    if any(not d.is_finite() or d < 0 for d in decimals):
+        return None
+    scale = max((_exponent(d) for d in decimals), default=0)
+    # the Decimal path is exact while its sums fit the context's 28 digits: counts have at
+    # most 13 (MAX_TOKENS, x3 with the cache added), so the rates get 12 with their scale
+    if max((d.adjusted() + 1 for d in decimals), default=0) + scale > 12:
+        return None
+    factor = Decimal(10) ** scale
+
+    def whole(value: Decimal) -> int:
+        return int(value * factor)
+
+    def convert(rate: Decimal | TieredPrices | None) -> _IntRate:
+        if rate is None:
+            return None
+        if isinstance(rate, TieredPrices):
+            return whole(rate.base), tuple((int(t.start), whole(t.price)) for t in rate.tiers)
+        return whole(rate)
+
+    return FastRates(convert(plan.input), convert(plan.output), convert(plan.cache_read),
+                     convert(plan.cache_write), 10 ** (scale + 6), provider_id, model_id,
+                     plan.price_date)
+
+
 class PriceBook:
     """Resolves (provider, model, time, tier) to a price; memoised, bounded."""
 
@@ -165,6 +238,8 @@ class PriceBook:
         self.lookups_left: int | None = None
         self._lookups: dict[tuple[str | None, str], _Resolved | None] = {}
         self._plans: dict[tuple[str, str, int, str | None], _Plan] = {}
+        # (provider, model, UTC day, tier) -> integer rates, or None for the other paths
+        self._fast: dict[tuple[str | None, str, int, str | None], FastRates | None] = {}
 
     def provider_id(self, provider: str | None) -> str | None:
         if provider is None:
@@ -262,6 +337,44 @@ class PriceBook:
                          None, None, None, resolved.provider.id, resolved.model.id, source,
                          plan.price_date)
         return self._apply(provider, calc)
+
+    def fast_rates(self, provider: str | None, model: str, start_ns: int,
+                   service_tier: str | None = None) -> FastRates | None:
+        """Integer rates for `price`'s fast path, memoised per (provider, model, UTC day,
+        tier); None when the call takes another path (free provider, override,
+        multiplier, unknown model, prices by time of day or of another shape): then
+        `price` decides."""
+        day = start_ns // 86_400_000_000_000
+        key = (provider, model, day, service_tier)
+        memo = self._fast
+        if key in memo:
+            return memo[key]
+        if (provider is not None and provider in self._free) \
+                or self.override(provider, model) is not None \
+                or (self._multipliers and (provider or "") in self._multipliers) \
+                or len(model) > MAX_NAME or len(provider or "") > MAX_NAME \
+                or len(service_tier or "") > MAX_NAME:
+            return None  # not kept: these are cheap to tell apart again
+        _, _, resolved = self.lookup(provider, model)
+        if resolved is None:
+            return None  # not kept: the lookup may have been over this request's budget
+        if not resolved.by_day:
+            return None
+        context = service_tier if service_tier and service_tier != "auto" else None
+        plan_key = (resolved.provider.id, resolved.model.id, day, context)
+        plan = self._plans.get(plan_key)
+        if plan is None:
+            plan = _plan(resolved.model, _when(start_ns),
+                         {"service_tier": context} if context else None)
+            if len(self._plans) >= MAX_MEMO:
+                self._plans.clear()
+            self._plans[plan_key] = plan
+        rates = _fast_rates(plan, resolved.provider.id, resolved.model.id) if plan.fast \
+            else None
+        if len(memo) >= MAX_MEMO:
+            memo.clear()
+        memo[key] = rates
+        return rates
 
     def _apply(self, provider: str | None, calc: Price) -> Price:
         factor = self._multipliers.get(provider or "") if self._multipliers else None

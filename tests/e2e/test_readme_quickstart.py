@@ -85,6 +85,10 @@ def test_the_readme_quickstart_works(workdir: Path) -> None:
         send, head, curl, tail = commands
         sent = sh(send, workdir)
         assert sent.returncode == 0, sent.stderr
+        # cost is on by default: the sample's model calls were priced
+        charged = re.search(r"priced their model calls at \$(\d+\.\d+)", sent.stdout)
+        assert charged, sent.stdout
+        assert float(charged.group(1)) > 0, sent.stdout
         for _ in range(100):  # bounded: the file exporter flushes its batch
             exported = workdir / "data" / "export" / "traces.jsonl"
             if exported.exists() and exported.stat().st_size:

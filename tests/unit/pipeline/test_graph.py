@@ -149,9 +149,8 @@ async def test_shutdown_drains_every_exporter() -> None:
 
 
 def test_the_built_in_processors_run_in_their_fixed_order() -> None:
-    # redaction and span metrics are on by default; cost is opt-in for now (its CPU)
+    # redaction, cost and span metrics are all on by default
     assert [p.name for p in build_graph(config_module.from_tree({})).processors] == [
-        "redact", "spanmetrics"]
-    on = build_graph(config_module.from_tree({"processors": {
-        "spanmetrics": {"enabled": True}, "cost": {"enabled": True}}}))
-    assert [p.name for p in on.processors] == ["redact", "cost", "spanmetrics"]
+        "redact", "cost", "spanmetrics"]
+    off = build_graph(config_module.from_tree({"processors": {"cost": {"enabled": False}}}))
+    assert [p.name for p in off.processors] == ["redact", "spanmetrics"]
