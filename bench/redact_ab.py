@@ -1,12 +1,16 @@
 """Redaction on vs off through the whole daemon: CPU µs per span of the sidecar at maximum
-rate, default processors (redaction) vs none, on the three workloads of the issue: agent
-spans without secrets, 10 % of spans carrying a secret, 20 attributes x 5 KB per span.
+rate, the default pipeline (redaction, spanmetrics, durable queue) vs the same with only
+redaction turned off, on the three workloads of the issue: agent spans without secrets,
+10 % of spans carrying a secret, 20 attributes x 5 KB per span.
 
-Each measurement is one `otlp_bench.py --targets sidecar --scenarios max` run; the runs
+Each measurement is one `otlp_bench.py --scenarios max` run: redaction on is its `sidecar`
+target with `--sidecar-processors default` (an empty processors config); redaction off is
+a variant target whose config is `processors: {redact: {enabled: false}}`, so everything
+else the default runs (spanmetrics, the durable queue) is the same on both sides. The runs
 are interleaved (off, on, off, on, ... per workload, repeated) because the machine is
 shared and its load drifts, and the table quotes medians and the on/off ratio.
 
-    .venv/bin/python bench/redact_ab.py [--quick] [--repeats N]
+    .venv/bin/python bench/redact_ab.py [--quick] [--repeats N] [--sidecar-cmd CMD]
 """
 
 from __future__ import annotations
@@ -28,20 +32,33 @@ LABELS = {"agent": "agent spans, no secrets", "secrets": "10 % of spans with a s
           "large": "20 attributes x 5 KB per span"}
 
 
-def one_run(workload: str, processors: str, quick: bool, workdir: Path) -> float | None:
+# the default config minus redaction, run as an otlp_bench variant target (added to its
+# table of variants by the runner below, so otlp_bench itself needs no option for it)
+OFF_TARGET = "sidecar-noredact"
+OFF_CONFIG = "processors: {redact: {enabled: false}}"
+_RUNNER = ("import sys; sys.path.insert(0, sys.argv[1]); import otlp_bench; "
+           "otlp_bench.SIDECAR_VARIANTS[sys.argv[2]] = sys.argv[3]; "
+           "sys.exit(otlp_bench.main(sys.argv[4:]))")
+
+
+def one_run(workload: str, processors: str, quick: bool, workdir: Path,
+            sidecar_cmd: str | None = None) -> float | None:
     out = workdir / f"{workload}-{processors}.json"
-    cmd = [sys.executable, str(HERE / "otlp_bench.py"), "--targets", "sidecar",
-           "--scenarios", "max", "--repeats", "1", "--workload", workload,
-           "--sidecar-processors", processors, "--output", str(out)]
+    target = "sidecar" if processors == "default" else OFF_TARGET
+    cmd = [sys.executable, "-c", _RUNNER, str(HERE), OFF_TARGET, OFF_CONFIG,
+           "--targets", target, "--scenarios", "max", "--repeats", "1",
+           "--workload", workload, "--sidecar-processors", "default", "--output", str(out)]
     if quick:
         cmd.append("--quick")
+    if sidecar_cmd:
+        cmd += ["--sidecar-cmd", sidecar_cmd]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     if proc.returncode != 0 or not out.exists():
         print(f"  {workload}/{processors}: run failed (exit {proc.returncode})\n"
               + proc.stderr[-800:], file=sys.stderr)
         return None
     data: dict[str, Any] = json.loads(out.read_text())
-    value = data["summary"].get("sidecar", {}).get("max", {}).get("cpu_us_per_span")
+    value = data["summary"].get(target, {}).get("max", {}).get("cpu_us_per_span")
     return float(value) if value is not None else None
 
 
@@ -51,17 +68,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="default 3 (--quick: 1)")
     parser.add_argument("--workloads", default="agent,secrets,large")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--sidecar-cmd", default=None,
+                        help="passed to otlp_bench.py (e.g. another tree's code, for an A/B)")
     args = parser.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 3)
     workloads = [w for w in args.workloads.split(",") if w in TARGETS]
     samples: dict[str, dict[str, list[float]]] = {
-        w: {"none": [], "default": []} for w in workloads}
+        w: {"off": [], "default": []} for w in workloads}
     failed = False
     with tempfile.TemporaryDirectory(prefix="redact-ab-") as tmp:
         for rep in range(repeats):
             for workload in workloads:
-                for processors in ("none", "default"):
-                    value = one_run(workload, processors, args.quick, Path(tmp))
+                for processors in ("off", "default"):
+                    value = one_run(workload, processors, args.quick, Path(tmp),
+                                    args.sidecar_cmd)
                     print(f"[{rep + 1}/{repeats}] {workload:8} redaction "
                           f"{'on ' if processors == 'default' else 'off'}: "
                           f"{'FAILED' if value is None else f'{value:.1f} µs/span'}",
@@ -70,12 +90,12 @@ def main(argv: list[str] | None = None) -> int:
                         failed = True
                     else:
                         samples[workload][processors].append(value)
-    lines = [f"Redaction on vs off (sidecar CPU µs per span at max rate, median of "
-             f"{repeats} interleaved run(s) each)", "",
+    lines = [f"Redaction on vs off (sidecar CPU µs per span at max rate, default pipeline "
+             f"with and without redaction, median of {repeats} interleaved run(s) each)", "",
              f"{'workload':32} {'off':>8} {'on':>8} {'extra':>7} {'target':>7}"]
     report: dict[str, Any] = {}
     for workload in workloads:
-        off = samples[workload]["none"]
+        off = samples[workload]["off"]
         on = samples[workload]["default"]
         if not off or not on:
             lines.append(f"{LABELS[workload]:32} FAILED")

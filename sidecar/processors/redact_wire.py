@@ -54,12 +54,31 @@ def _fields(buf: bytes, pos: int, end: int, wanted: int) -> list[Field]:
 def _walk(buf: bytes, pos: int, end: int, wanted: int,
           until: int) -> list[tuple[int, int, int, int]]:
     """Length-delimited fields numbered `wanted` (all when -1). Varints are read inline:
-    this loop runs once per item of every hit request."""
+    this loop runs once per item of every hit request. The common shape, a one-byte tag of
+    a length-delimited field with a length under 16384, takes the first branch (half the
+    bytecodes of the general one)."""
     out: list[tuple[int, int, int, int]] = []
+    append = out.append
     while pos < end and pos <= until:
         head = pos
         b = buf[pos]
         pos += 1
+        if b & 0x87 == 0x02 and pos < end:  # a one-byte tag, wire type 2
+            n = buf[pos]
+            if n < 0x80:
+                skip = 1
+            elif pos + 1 < end and buf[pos + 1] < 0x80:
+                n, skip = (n & 0x7F) | buf[pos + 1] << 7, 2
+            else:
+                skip = 0  # a longer length: the general path below
+            if skip:
+                pos += skip
+                if wanted < 0 or b >> 3 == wanted:
+                    append((b >> 3, head, pos, pos + n))
+                pos += n
+                if pos > end:
+                    raise WireError("field runs past its message")
+                continue
         if b < 0x80:
             tag = b
         else:
@@ -89,7 +108,7 @@ def _walk(buf: bytes, pos: int, end: int, wanted: int,
                 shift += 7
             if wire == 2:
                 if wanted < 0 or tag >> 3 == wanted:
-                    out.append((tag >> 3, head, pos, pos + value))
+                    append((tag >> 3, head, pos, pos + value))
                 pos += value
         elif wire == 1:
             pos += 8
