@@ -306,6 +306,7 @@ class LlmCost:
         extra: dict[tuple[int, int, int], bytes] = {}
         pending: list[_Pending] = []
         resource_index = -1
+        scope_at: tuple[int, int] = (-1, -1)
         service, resource_tenant = UNKNOWN, None
         for position, hit in positions:
             i, j, k = position
@@ -314,7 +315,10 @@ class LlmCost:
                 resource_attrs = resources[i].resource.attributes
                 service = _string_attr(resource_attrs, ("service.name",)) or UNKNOWN
                 resource_tenant = _string_attr(resource_attrs, self._tenant_keys)
-            span = resources[i].scope_spans[j].spans[k]
+            if scope_at != (i, j):  # spans of one scope come in a row
+                scope_at = (i, j)
+                scope_spans = resources[i].scope_spans[j].spans
+            span = scope_spans[k]
             if lay is None:
                 if not _SPANS.in_any(span.SerializeToString()):
                     continue
