@@ -255,6 +255,7 @@ class LlmCost:
         self._extra = frozenset(settings.extra_operations)
         self._tenant_keys = tuple(settings.tenant_keys)
         self._known = gu.KNOWN_KEYS | frozenset(self._tenant_keys) | genai_names.SOURCES
+        self._read_keys = gu.KNOWN_KEYS | frozenset(self._tenant_keys)
         self._canonical_kvs: dict[tuple[str, str], bytes] = {}
         self._provenance_kvs: dict[tuple[str, str | None, str, str], tuple[bytes, ...]] = {}
         self._guards = {label: LabelGuard(settings.label_values) for label in metrics.LLM_LABELS}
@@ -454,7 +455,9 @@ class LlmCost:
         if static_keys is None:
             if genai_names.effective(present & genai_names.SOURCES):
                 return None
-            static_keys = tuple(sorted(present - _COUNT_KEYS))
+            # the dialect names read only for `genai_names` (OpenInference's generic
+            # `session.id`, `tool.name`, ...) change nothing here: not part of the key
+            static_keys = tuple(sorted((present - _COUNT_KEYS) & self._read_keys))
             if len(self._static_keys) >= MAX_KNOWN:
                 self._static_keys.clear()
             self._static_keys[present] = static_keys
