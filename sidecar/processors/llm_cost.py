@@ -255,6 +255,7 @@ class LlmCost:
         self._extra = frozenset(settings.extra_operations)
         self._tenant_keys = tuple(settings.tenant_keys)
         self._known = gu.KNOWN_KEYS | frozenset(self._tenant_keys) | genai_names.SOURCES
+        self._read_keys = gu.KNOWN_KEYS | frozenset(self._tenant_keys)
         self._canonical_kvs: dict[tuple[str, str], bytes] = {}
         self._provenance_kvs: dict[tuple[str, str | None, str, str], tuple[bytes, ...]] = {}
         self._guards = {label: LabelGuard(settings.label_values) for label in metrics.LLM_LABELS}
@@ -306,6 +307,7 @@ class LlmCost:
         extra: dict[tuple[int, int, int], bytes] = {}
         pending: list[_Pending] = []
         resource_index = -1
+        scope_at: tuple[int, int] = (-1, -1)
         service, resource_tenant = UNKNOWN, None
         for position, hit in positions:
             i, j, k = position
@@ -314,7 +316,10 @@ class LlmCost:
                 resource_attrs = resources[i].resource.attributes
                 service = _string_attr(resource_attrs, ("service.name",)) or UNKNOWN
                 resource_tenant = _string_attr(resource_attrs, self._tenant_keys)
-            span = resources[i].scope_spans[j].spans[k]
+            if scope_at != (i, j):  # spans of one scope come in a row
+                scope_at = (i, j)
+                scope_spans = resources[i].scope_spans[j].spans
+            span = scope_spans[k]
             if lay is None:
                 if not _SPANS.in_any(span.SerializeToString()):
                     continue
@@ -450,7 +455,9 @@ class LlmCost:
         if static_keys is None:
             if genai_names.effective(present & genai_names.SOURCES):
                 return None
-            static_keys = tuple(sorted(present - _COUNT_KEYS))
+            # the dialect names read only for `genai_names` (OpenInference's generic
+            # `session.id`, `tool.name`, ...) change nothing here: not part of the key
+            static_keys = tuple(sorted((present - _COUNT_KEYS) & self._read_keys))
             if len(self._static_keys) >= MAX_KNOWN:
                 self._static_keys.clear()
             self._static_keys[present] = static_keys
