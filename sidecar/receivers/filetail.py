@@ -436,7 +436,7 @@ class FileTailer:
             if known < fingerprint_size and start <= known < start + len(data):
                 tracked.fingerprint += data[known - start:fingerprint_size - start]
             tracked.read_pos = start + len(data)
-            lines = tracked.splitter.feed(data)
+            lines = tracked.splitter.split(data)
             if lines:
                 observed = time.time_ns()
                 added = 0

@@ -320,12 +320,19 @@ class LogBatchBuilder:
         taken = self.take_payload()
         return None if taken is None else ExportLogsServiceRequest.FromString(taken[1])
 
-    def add(self, line: Line, observed_ns: int | None = None) -> bool:
-        """Add one framed line; False for a blank line (no record)."""
-        data = line.data
+    def add(self, line: Line | bytes, observed_ns: int | None = None) -> bool:
+        """Add one framed line (bytes: a line that was not cut); False for a blank line (no
+        record)."""
+        if type(line) is bytes:
+            data = line
+            truncated = False
+        else:
+            assert isinstance(line, Line)
+            data = line.data
+            truncated = line.truncated
         if observed_ns is None:
             observed_ns = time.time_ns()
-        if line.truncated:
+        if truncated:
             self.truncated += 1
             self.bytes += len(data)
             self._append(self._key(self.service_name, None, None),
@@ -382,7 +389,8 @@ class LogBatchBuilder:
         group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = []
-        group.append(_field(b"\x12", record))  # ScopeLogs.log_records
+        n = len(record)  # ScopeLogs.log_records
+        group.append((b"\x12" + _BYTE[n] if n < 128 else b"\x12" + _varint(n)) + record)
 
     def _key(self, service: str | None, host: str | None, pid: int | None) -> ResourceKey:
         return (service, host, pid)
