@@ -744,7 +744,9 @@ def _severity_bytes(value: object, key: str) -> bytes:
             + (_field(b"\x1a", text.encode()) if text else b""))
 
 
-_severity_cache: dict[tuple[bool, object], bytes] = {}
+# level value (int or str only) -> severity bytes, for `levelno` and for the other keys
+_severity_cache: dict[object, bytes] = {}
+_levelno_cache: dict[object, bytes] = {}
 _FLAG_BYTES: Final[dict[object, bytes]] = {
     **{n: b"\x45" + _PACK_FIXED32(n) for n in range(256)},
     **{text: b"\x45" + _PACK_FIXED32(int(text, 16)) for text in (
@@ -799,13 +801,12 @@ def _planned(plan: _Plan, fields: dict[str, Any], observed_ns: int,
         value = fields[key]
         kind = type(value)
         if kind is int or kind is str:  # not bool or float: True == 1, 30.0 == 30
-            cache_key = (key == "levelno", value)
-            encoded = _severity_cache.get(cache_key)
+            cache = _levelno_cache if key == "levelno" else _severity_cache
+            encoded = cache.get(value)
             if encoded is None:
                 encoded = _severity_bytes(value, key)
-                if len(_severity_cache) < _SEVERITY_CACHE_MAX and (
-                        kind is int or len(value) <= 32):
-                    _severity_cache[cache_key] = encoded
+                if len(cache) < _SEVERITY_CACHE_MAX and (kind is int or len(value) <= 32):
+                    cache[value] = encoded
         else:
             encoded = _severity_bytes(value, key)
         if not encoded:
@@ -839,24 +840,31 @@ def _planned(plan: _Plan, fields: dict[str, Any], observed_ns: int,
             return None
     key = plan.trace
     if key is not None:
-        raw = _fast_id(fields[key], 16, key)
-        if raw is None:
-            return None
+        value = fields[key]
+        # 32 hex digits: fromhex raises on others (the general path decides those)
+        if type(value) is str and len(value) == 32 and key != "dd.trace_id":
+            raw = bytes.fromhex(value)
+            if len(raw) != 16 or raw == _ZERO16:  # whitespace between digits; no id
+                return None
+        else:
+            parsed = _id_bytes(value, 16, key == "dd.trace_id")
+            if parsed is None:
+                return None
+            raw = parsed
         append(b"\x4a\x10" + raw)
     key = plan.span
     if key is not None:
-        raw = _fast_id(fields[key], 8, key)
-        if raw is None:
-            return None
+        value = fields[key]
+        if type(value) is str and len(value) == 16 and key != "dd.span_id":
+            raw = bytes.fromhex(value)
+            if len(raw) != 8 or raw == _ZERO8:
+                return None
+        else:
+            parsed = _id_bytes(value, 8, key == "dd.span_id")
+            if parsed is None:
+                return None
+            raw = parsed
         append(b"\x52\x08" + raw)
     append(b"\x59" + _PACK_FIXED64(observed_ns))
     return (service or default_service, host, pid), b"".join(parts)
 
-
-def _fast_id(value: object, size: int, key: str) -> bytes | None:
-    if type(value) is str and len(value) == 2 * size and not key.startswith("dd."):
-        raw = bytes.fromhex(value)  # ValueError if not hex: the general path decides
-        if len(raw) != size or raw == (_ZERO16 if size == 16 else _ZERO8):
-            return None  # whitespace between the digits, or the all-zero id
-        return raw
-    return _id_bytes(value, size, key.startswith("dd."))

@@ -3,6 +3,8 @@ the same lines, counters and state for any input and any chunking."""
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -31,7 +33,7 @@ def test_split_gives_what_feed_gives(pieces: list[bytes], cuts: list[int], max_l
     if skip_first:
         reference.skip_line()
         fast.skip_line()
-    for start, stop in zip(bounds, bounds[1:], strict=False):
+    for start, stop in itertools.pairwise(bounds):
         chunk = data[start:stop]
         assert as_lines(fast.split(chunk)) == reference.feed(chunk)
         assert state(fast) == state(reference)
