@@ -586,7 +586,8 @@ _FAST_SLOW_KEYS: Final = frozenset((
 _FLAG_KEYS: Final = ("trace_flags", "traceFlags", "otelTraceSampled")
 _PLANS_MAX: Final = 512  # shapes; the cache is emptied when full (hostile lines: any shape)
 _PLAN_KEYS_MAX: Final = 64  # a shape with more keys, or a longer key, is not planned
-_SLOT_CACHE_MAX: Final = 64  # entries per key in each of its two caches
+_SLOT_CACHE_MAX: Final = 32  # entries per key in each of its three caches
+_SLOTS_MAX: Final = 1024  # keys with caches, per tag: at most ~10 MB of cached heads
 _SEVERITY_CACHE_MAX: Final = 256
 _ZERO16: Final = bytes(16)
 _ZERO8: Final = bytes(8)
@@ -596,6 +597,7 @@ _ZERO8: Final = bytes(8)
 # {inner length: bytes before a nested map's entries})
 _Slot = tuple[str, bytes, dict[int, bytes], dict[int, bytes], dict[int, bytes]]
 _slots: dict[bytes, dict[str, _Slot]] = {b"\x32": {}, b"\x0a": {}}
+_NO_CACHE: Final[dict[int, bytes]] = {}  # shared by uncached slots: never written
 
 
 class _Plan:
@@ -630,9 +632,10 @@ def _slot(tag: bytes, key: str) -> _Slot:
     cache = _slots[tag]
     slot = cache.get(key)
     if slot is None:
-        slot = (key, _field(b"\x0a", key.encode()), {}, {}, {})
-        if len(cache) < _KEY_CACHE_MAX:
-            cache[key] = slot
+        if len(cache) < _SLOTS_MAX:
+            slot = cache[key] = (key, _field(b"\x0a", key.encode()), {}, {}, {})
+        else:  # beyond the bound a key's heads are made each time, never kept
+            slot = (key, _field(b"\x0a", key.encode()), _NO_CACHE, _NO_CACHE, _NO_CACHE)
     return slot
 
 
@@ -680,7 +683,7 @@ def _entries(append: Callable[[bytes], None], slots: tuple[_Slot, ...],
                 entry = ints.get(value)
                 if entry is None:
                     entry = _field(tag, ek + b"\x12\x02\x18" + byte[value])
-                    if len(ints) < _SLOT_CACHE_MAX:
+                    if ints is not _NO_CACHE and len(ints) < _SLOT_CACHE_MAX:
                         ints[value] = entry
                 append(entry)
             else:
@@ -699,7 +702,7 @@ def _entries(append: Callable[[bytes], None], slots: tuple[_Slot, ...],
             if head is None:
                 whole = _field(tag, ek + _field(b"\x12", _field(b"\x32", bytes(n))))
                 head = whole[:len(whole) - n]
-                if len(maps) < _SLOT_CACHE_MAX:
+                if maps is not _NO_CACHE and len(maps) < _SLOT_CACHE_MAX:
                     maps[n] = head
             append(head)
             append(inner)
@@ -732,7 +735,7 @@ def _string_head(tag: bytes, ek: bytes, n: int, cache: dict[int, bytes]) -> byte
     the general encoder's output for a string of that length."""
     whole = _field(tag, ek + _field(b"\x12", any_value("\0" * n)))
     head = whole[:len(whole) - n]
-    if len(cache) < _SLOT_CACHE_MAX:
+    if cache is not _NO_CACHE and len(cache) < _SLOT_CACHE_MAX:
         cache[n] = head
     return head
 
