@@ -96,7 +96,8 @@ class Sink:
             self.proc.kill()
 
 
-def sidecar_config(work: Path, log: Path, sink_port: int, processors: bool) -> list[str]:
+def sidecar_config(work: Path, log: Path, sink_port: int, processors: bool,
+                   memory_window: int | None = None) -> list[str]:
     config: dict[str, Any] = {
         "storage": {"dir": str(work / "data")},
         "receivers": {"otlp": {"grpc": None, "http": None},
@@ -108,6 +109,8 @@ def sidecar_config(work: Path, log: Path, sink_port: int, processors: bool) -> l
         "admin": {"endpoint": None},
         "service": {"log_format": "text", "log_level": "warning"},
     }
+    if memory_window is not None:  # queued payloads kept in RAM (default 8 MiB)
+        config["storage"]["memory_window"] = memory_window
     if not processors:
         config["processors"] = {"redact": {"enabled": False}, "cost": {"enabled": False}}
     path = work / "sidecar.yaml"
@@ -187,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="200,000 lines, one repeat")
     parser.add_argument("--defaults", action="store_true",
                         help="also run sidecar with its default processors")
+    parser.add_argument("--memory-window", type=int, default=None,
+                        help="sidecar's storage.memory_window in bytes (default: its own)")
     args = parser.parse_args(argv)
     if args.quick:
         args.lines, args.repeats = 200_000, 1
@@ -209,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
             for name, processors in targets:
                 shutil.rmtree(work / "data", ignore_errors=True)
                 command = (collector_config(work, log, sink.port) if name == "otelcol"
-                           else sidecar_config(work, log, sink.port, processors))
+                           else sidecar_config(work, log, sink.port, processors,
+                                               args.memory_window))
                 result = run_once(name, command, sink, args.lines, work)
                 result["repeat"] = repeat
                 runs.append(result)
@@ -244,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.write_text(json.dumps({
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "lines": args.lines, "repeats": args.repeats, "runs": runs, "medians": summary,
+        "lines": args.lines, "repeats": args.repeats, "memory_window": args.memory_window,
+        "runs": runs, "medians": summary,
         "cpu_ratio": cpu_ratio, "rss_ratio": rss_ratio}, indent=2) + "\n")
     return 0
 

@@ -6,7 +6,7 @@ realistic pino lines, without sockets.
 Lines are what a pino child logger of an agent app writes (level, epoch-ms time, pid,
 hostname, child bindings, trace context, a few fields, one in 20 with an `err`), about
 330 bytes each. They are fed in 64 KiB chunks (what a socket read returns) through
-`LineSplitter` and `LogBatchBuilder`, and every 1024 records become a `Batch` (serialized
+`LineSplitter.split` and `LogBatchBuilder`, and every 1024 records become a `Batch` (serialized
 ExportLogsServiceRequest), as `receivers/ndjson.py` does. Reports CPU time
 (`time.process_time`), the minimum over the repeats."""
 
@@ -57,7 +57,7 @@ def run_once(data: bytes, chunk: int = 64 * 1024, max_records: int = 1024) -> tu
     started = time.process_time()
     for pos in range(0, len(data), chunk):
         observed = time.time_ns()
-        for line in splitter.feed(data[pos:pos + chunk]):
+        for line in splitter.split(data[pos:pos + chunk]):
             builder.add(line, observed)
             if builder.records >= max_records:
                 records += builder.records

@@ -105,6 +105,31 @@ class LineSplitter:
                          else Line(line))
         return lines
 
+    def split(self, data: bytes) -> list[bytes | Line]:
+        """`feed`, with each line that was not cut as its bytes (not a `Line`): the whole
+        lines inside `data` come from one `bytes.split`, not a `find` per line, for a reader
+        of large chunks (the file tailer). The same lines, counts and state as `feed`."""
+        last = data.rfind(b"\n")
+        if last < 0:
+            return _plain(self.feed(data))
+        out: list[bytes | Line] = []
+        start = 0
+        if self._partial or self._discarding:  # the first line continues earlier input
+            start = data.find(b"\n") + 1
+            out = _plain(self.feed(data[:start]))
+        if start <= last:
+            middle = data[start:last]
+            parts: list[bytes] = middle.split(b"\n")
+            if max(map(len, parts)) > self._max:
+                out += _plain(self.feed(data[start:last + 1]))
+            else:
+                if b"\r" in middle:
+                    parts = [p[:-1] if p.endswith(b"\r") else p for p in parts]
+                out += parts
+        if last + 1 < len(data):
+            out += _plain(self.feed(data[last + 1:]))
+        return out
+
     def close(self) -> Line | None:
         """The final line if the input did not end with a newline (a trailing "\r" is taken
         for a cut-off "\r\n"), and a reset for new input."""
@@ -125,3 +150,7 @@ class LineSplitter:
     def __repr__(self) -> str:
         return (f"LineSplitter(max_length={self._max}, buffered={len(self._partial)}, "
                 f"discarding={self._discarding}, truncated_lines={self.truncated_lines})")
+
+
+def _plain(lines: list[Line]) -> list[bytes | Line]:
+    return [line if line.truncated else line.data for line in lines]

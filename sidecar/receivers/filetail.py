@@ -25,9 +25,10 @@ pipeline refuses, reading waits (`wait_for_room`), nothing is dropped.
 Checkpoints (`storage.dir/filetail/<receiver>.json`: device, inode, fingerprint, offset per
 file) are committed only after `consume` returned for the records up to that offset, and
 written atomically (temp file, fsync, rename, fsync of the directory) once per poll that
-moved an offset, and at shutdown. A restart resumes each file whose inode and first bytes
-match its checkpoint: after `kill -9` lines accepted after the last write are read again
-(at least once); after a clean shutdown none are (exactly once)."""
+moved an offset, every 256 KiB accepted within a poll, and at shutdown. A restart resumes
+each file whose inode and first bytes match its checkpoint: after `kill -9` lines accepted
+after the last write are read again (at least once); after a clean shutdown none are
+(exactly once)."""
 
 from __future__ import annotations
 
@@ -69,6 +70,9 @@ log = logging.getLogger("sidecar.receivers.logs")
 # bytes per read: parsing a chunk holds the loop (~4 ms for 64 KiB of 250-byte lines)
 _CHUNK: Final = 64 * 1024
 _PER_POLL: Final = 4 * 1024 * 1024  # bytes per file per turn before the next file
+# checkpoints are also saved within a poll once this much more was accepted: what a crash
+# re-reads stays bounded by this, however fast lines are parsed (a poll reads up to 4 MiB)
+_SAVE_EVERY: Final = 256 * 1024
 _GONE_POLLS: Final = 2  # polls a file must be unmatched (and read to its end) to be closed
 _RETIRED_POLLS: Final = 3  # polls a reset file's old identity may be adopted by its copy
 _RACE_BACKOFF: Final = 0.01
@@ -212,6 +216,7 @@ class FileTailer:
     _first_poll: bool = True
     _had_checkpoints: bool = False
     _save_failing: bool = False
+    _unsaved: int = 0  # bytes accepted since the last checkpoint save
 
     def __post_init__(self) -> None:
         name = self.receiver
@@ -436,7 +441,7 @@ class FileTailer:
             if known < fingerprint_size and start <= known < start + len(data):
                 tracked.fingerprint += data[known - start:fingerprint_size - start]
             tracked.read_pos = start + len(data)
-            lines = tracked.splitter.feed(data)
+            lines = tracked.splitter.split(data)
             if lines:
                 observed = time.time_ns()
                 added = 0
@@ -444,8 +449,11 @@ class FileTailer:
                     added += builder.add(line, observed)
                 self._lines.inc(added)
             full = builder.records >= batch.max_records or builder.bytes >= batch.max_bytes
-            if full and not await self._deliver(tracked):
-                return False
+            if full:
+                if not await self._deliver(tracked):
+                    return False
+                if self._unsaved >= _SAVE_EVERY:
+                    await self._save()
         if tracked.gone_polls >= _GONE_POLLS and tracked.at_eof:
             last = tracked.splitter.close()  # its writer has moved on: no newline comes
             if last is not None and builder.add(last):
@@ -471,6 +479,7 @@ class FileTailer:
         splitter = tracked.splitter
         offset = tracked.read_pos - splitter.buffered
         if offset != tracked.committed or splitter.discarding != tracked.committed_skip:
+            self._unsaved += max(offset - tracked.committed, 0)
             tracked.committed = offset
             tracked.committed_skip = splitter.discarding
             self._dirty = True
@@ -511,6 +520,7 @@ class FileTailer:
                     "fingerprint": f.fingerprint.hex(), "offset": f.committed,
                     "skip": f.committed_skip} for f in self.files.values()]
         self._dirty = False
+        self._unsaved = 0
         try:
             await asyncio.to_thread(write_checkpoint, self.checkpoint_path, entries)
         except OSError as exc:

@@ -320,12 +320,19 @@ class LogBatchBuilder:
         taken = self.take_payload()
         return None if taken is None else ExportLogsServiceRequest.FromString(taken[1])
 
-    def add(self, line: Line, observed_ns: int | None = None) -> bool:
-        """Add one framed line; False for a blank line (no record)."""
-        data = line.data
+    def add(self, line: Line | bytes, observed_ns: int | None = None) -> bool:
+        """Add one framed line (bytes: a line that was not cut); False for a blank line (no
+        record)."""
+        if type(line) is bytes:
+            data = line
+            truncated = False
+        else:
+            assert isinstance(line, Line)
+            data = line.data
+            truncated = line.truncated
         if observed_ns is None:
             observed_ns = time.time_ns()
-        if line.truncated:
+        if truncated:
             self.truncated += 1
             self.bytes += len(data)
             self._append(self._key(self.service_name, None, None),
@@ -382,7 +389,8 @@ class LogBatchBuilder:
         group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = []
-        group.append(_field(b"\x12", record))  # ScopeLogs.log_records
+        n = len(record)  # ScopeLogs.log_records
+        group.append((b"\x12" + _BYTE[n] if n < 128 else b"\x12" + _varint(n)) + record)
 
     def _key(self, service: str | None, host: str | None, pid: int | None) -> ResourceKey:
         return (service, host, pid)
@@ -578,7 +586,8 @@ _FAST_SLOW_KEYS: Final = frozenset((
 _FLAG_KEYS: Final = ("trace_flags", "traceFlags", "otelTraceSampled")
 _PLANS_MAX: Final = 512  # shapes; the cache is emptied when full (hostile lines: any shape)
 _PLAN_KEYS_MAX: Final = 64  # a shape with more keys, or a longer key, is not planned
-_SLOT_CACHE_MAX: Final = 64  # entries per key in each of its two caches
+_SLOT_CACHE_MAX: Final = 32  # entries per key in each of its three caches
+_SLOTS_MAX: Final = 1024  # keys with caches, per tag: at most ~10 MB of cached heads
 _SEVERITY_CACHE_MAX: Final = 256
 _ZERO16: Final = bytes(16)
 _ZERO8: Final = bytes(8)
@@ -588,6 +597,7 @@ _ZERO8: Final = bytes(8)
 # {inner length: bytes before a nested map's entries})
 _Slot = tuple[str, bytes, dict[int, bytes], dict[int, bytes], dict[int, bytes]]
 _slots: dict[bytes, dict[str, _Slot]] = {b"\x32": {}, b"\x0a": {}}
+_NO_CACHE: Final[dict[int, bytes]] = {}  # shared by uncached slots: never written
 
 
 class _Plan:
@@ -622,9 +632,10 @@ def _slot(tag: bytes, key: str) -> _Slot:
     cache = _slots[tag]
     slot = cache.get(key)
     if slot is None:
-        slot = (key, _field(b"\x0a", key.encode()), {}, {}, {})
-        if len(cache) < _KEY_CACHE_MAX:
-            cache[key] = slot
+        if len(cache) < _SLOTS_MAX:
+            slot = cache[key] = (key, _field(b"\x0a", key.encode()), {}, {}, {})
+        else:  # beyond the bound a key's heads are made each time, never kept
+            slot = (key, _field(b"\x0a", key.encode()), _NO_CACHE, _NO_CACHE, _NO_CACHE)
     return slot
 
 
@@ -672,7 +683,7 @@ def _entries(append: Callable[[bytes], None], slots: tuple[_Slot, ...],
                 entry = ints.get(value)
                 if entry is None:
                     entry = _field(tag, ek + b"\x12\x02\x18" + byte[value])
-                    if len(ints) < _SLOT_CACHE_MAX:
+                    if ints is not _NO_CACHE and len(ints) < _SLOT_CACHE_MAX:
                         ints[value] = entry
                 append(entry)
             else:
@@ -691,7 +702,7 @@ def _entries(append: Callable[[bytes], None], slots: tuple[_Slot, ...],
             if head is None:
                 whole = _field(tag, ek + _field(b"\x12", _field(b"\x32", bytes(n))))
                 head = whole[:len(whole) - n]
-                if len(maps) < _SLOT_CACHE_MAX:
+                if maps is not _NO_CACHE and len(maps) < _SLOT_CACHE_MAX:
                     maps[n] = head
             append(head)
             append(inner)
@@ -724,7 +735,7 @@ def _string_head(tag: bytes, ek: bytes, n: int, cache: dict[int, bytes]) -> byte
     the general encoder's output for a string of that length."""
     whole = _field(tag, ek + _field(b"\x12", any_value("\0" * n)))
     head = whole[:len(whole) - n]
-    if len(cache) < _SLOT_CACHE_MAX:
+    if cache is not _NO_CACHE and len(cache) < _SLOT_CACHE_MAX:
         cache[n] = head
     return head
 
@@ -736,7 +747,9 @@ def _severity_bytes(value: object, key: str) -> bytes:
             + (_field(b"\x1a", text.encode()) if text else b""))
 
 
-_severity_cache: dict[tuple[bool, object], bytes] = {}
+# level value (int or str only) -> severity bytes, for `levelno` and for the other keys
+_severity_cache: dict[object, bytes] = {}
+_levelno_cache: dict[object, bytes] = {}
 _FLAG_BYTES: Final[dict[object, bytes]] = {
     **{n: b"\x45" + _PACK_FIXED32(n) for n in range(256)},
     **{text: b"\x45" + _PACK_FIXED32(int(text, 16)) for text in (
@@ -791,13 +804,12 @@ def _planned(plan: _Plan, fields: dict[str, Any], observed_ns: int,
         value = fields[key]
         kind = type(value)
         if kind is int or kind is str:  # not bool or float: True == 1, 30.0 == 30
-            cache_key = (key == "levelno", value)
-            encoded = _severity_cache.get(cache_key)
+            cache = _levelno_cache if key == "levelno" else _severity_cache
+            encoded = cache.get(value)
             if encoded is None:
                 encoded = _severity_bytes(value, key)
-                if len(_severity_cache) < _SEVERITY_CACHE_MAX and (
-                        kind is int or len(value) <= 32):
-                    _severity_cache[cache_key] = encoded
+                if len(cache) < _SEVERITY_CACHE_MAX and (kind is int or len(value) <= 32):
+                    cache[value] = encoded
         else:
             encoded = _severity_bytes(value, key)
         if not encoded:
@@ -831,24 +843,31 @@ def _planned(plan: _Plan, fields: dict[str, Any], observed_ns: int,
             return None
     key = plan.trace
     if key is not None:
-        raw = _fast_id(fields[key], 16, key)
-        if raw is None:
-            return None
+        value = fields[key]
+        # 32 hex digits: fromhex raises on others (the general path decides those)
+        if type(value) is str and len(value) == 32 and key != "dd.trace_id":
+            raw = bytes.fromhex(value)
+            if len(raw) != 16 or raw == _ZERO16:  # whitespace between digits; no id
+                return None
+        else:
+            parsed = _id_bytes(value, 16, key == "dd.trace_id")
+            if parsed is None:
+                return None
+            raw = parsed
         append(b"\x4a\x10" + raw)
     key = plan.span
     if key is not None:
-        raw = _fast_id(fields[key], 8, key)
-        if raw is None:
-            return None
+        value = fields[key]
+        if type(value) is str and len(value) == 16 and key != "dd.span_id":
+            raw = bytes.fromhex(value)
+            if len(raw) != 8 or raw == _ZERO8:
+                return None
+        else:
+            parsed = _id_bytes(value, 8, key == "dd.span_id")
+            if parsed is None:
+                return None
+            raw = parsed
         append(b"\x52\x08" + raw)
     append(b"\x59" + _PACK_FIXED64(observed_ns))
     return (service or default_service, host, pid), b"".join(parts)
 
-
-def _fast_id(value: object, size: int, key: str) -> bytes | None:
-    if type(value) is str and len(value) == 2 * size and not key.startswith("dd."):
-        raw = bytes.fromhex(value)  # ValueError if not hex: the general path decides
-        if len(raw) != size or raw == (_ZERO16 if size == 16 else _ZERO8):
-            return None  # whitespace between the digits, or the all-zero id
-        return raw
-    return _id_bytes(value, size, key.startswith("dd."))

@@ -131,3 +131,16 @@ def test_any_bytes_fast_equals_general(data: bytes) -> None:
     line = data.replace(b"\n", b" ")
     fast, slow = both([line, b'{"msg":"m"}', line])
     assert fast == slow
+
+
+def test_caches_stay_bounded_under_ever_new_keys_and_lengths() -> None:
+    from sidecar.receivers import logparse
+
+    lines = [orjson.dumps({"msg": "m", f"k{i}": "x" * (i % 90), f"n{i}": {"a": i % 200}})
+             for i in range(3000)]
+    fast, slow = both(lines)
+    assert fast == slow
+    for cache in logparse._slots.values():
+        assert len(cache) <= 1024
+        assert all(len(d) <= 32 for slot in cache.values() for d in slot[2:])
+    assert len(logparse._plans) <= 512
