@@ -344,7 +344,7 @@ def start_sidecar(workdir: Path, sink_port: int, cpus: set[int] | None,
         "dir": workdir, "port": port, "admin": admin, "sink": sink_port,
         "compression": compression, "protocol": protocol, "queue": queue, "fsync": fsync,
         "batch": f"    batch: {{max_items: {batch}}}" if batch else "",
-        # default: what an empty config runs (redaction, spanmetrics); none: every processor
+        # default: what an empty config runs (redaction, cost, spanmetrics); none: every processor
         # off; a SIDECAR_VARIANTS name: that variant
         "processors": PROCESSORS_OFF if processors == "none"
         else SIDECAR_VARIANTS.get(processors, ""),
@@ -672,7 +672,7 @@ def print_report(summary: dict[str, Any], meta: dict[str, Any]) -> list[str]:
     default = meta.get("sidecar_processors") == "default"
     lines += [
         f"sidecar / rotel (targets from the issue; sidecar processors: "
-        f"{'default (redaction, spanmetrics)' if default else 'none'}):",
+        f"{'default (redaction, cost, spanmetrics)' if default else 'none'}):",
         f"  CPU per span at max rate   {fmt(cpu_r, '.2f'):>6}x   (target <= {TARGET_CPU_RATIO}x)"
         f"  {verdict(None if cpu_r is None else cpu_r <= TARGET_CPU_RATIO)}",
         f"  peak RSS at max rate       {fmt(rss_r, '.2f'):>6}x   (target <= {TARGET_RSS_RATIO}x)"

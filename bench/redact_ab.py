@@ -1,5 +1,5 @@
 """Redaction on vs off through the whole daemon: CPU µs per span of the sidecar at maximum
-rate, the default pipeline (redaction, spanmetrics, durable queue) vs the same with only
+rate, the default pipeline (redaction, cost, spanmetrics, durable queue) vs the same with only
 redaction turned off, on the three workloads of the issue: agent spans without secrets,
 10 % of spans carrying a secret, 20 attributes x 5 KB per span.
 
