@@ -352,7 +352,7 @@ class ExportChain:
                 reason = "malformed" if isinstance(exc, MalformedBatchError) else "permanent"
                 return self._drop(batch, reason, exc)
             if isinstance(outcome, float):
-                return await self._deliver_cut(batch, outcome)
+                return await self._deliver_cut(batch, members, outcome)
             if not outcome.body.items:  # nothing left to send: all skipped
                 return self._count_sent(batch, outcome.body.skipped)
             encoded = outcome
@@ -432,14 +432,34 @@ class ExportChain:
             return ratio
         return _Encoded(body, await compress(body.data, self.settings.compression))
 
-    async def _deliver_cut(self, batch: Batch, ratio: float) -> bool:
+    async def _deliver_cut(self, batch: Batch, members: list[Batch], ratio: float) -> bool:
         """A batch whose body is `ratio` times over the sender's limits: cut it in that
         many pieces, plus a tenth for items of uneven size, each delivered (encoded and
-        measured) on its own. An item alone over the limits is dropped, counted."""
+        measured) on its own. An item alone over the limits is dropped, counted.
+
+        A merged request is cut along its members first (consecutive runs of about the
+        piece size), as the 413 path halves by members: a piece refused for good then
+        costs only the members in it, never part of another client's request."""
         if batch.items <= 1:
             return self._drop(batch, "permanent", RequestTooLargeError(
                 f"one item encodes {ratio:.3g} times over the destination's limits"))
         pieces_wanted = min(math.ceil(ratio * 1.1), batch.items)
+        if len(members) > 1:
+            # >= 2 runs: each run closes before a member that would take it past `size`,
+            # and size < batch.items (pieces_wanted >= 2), so progress is guaranteed
+            size = math.ceil(batch.items / pieces_wanted)
+            runs: list[list[Batch]] = [[]]
+            items = 0
+            for member in members:
+                if runs[-1] and items + member.items > size:
+                    runs.append([])
+                    items = 0
+                runs[-1].append(member)
+                items += member.items
+            log.info("exporter %s: the encoded body of %d merged requests is %.3g times "
+                     "over the destination's limits; sending them in %d requests",
+                     self.name, len(members), ratio, len(runs), extra={"exporter": self.name})
+            return all([await self._deliver(merge(run), run) for run in runs])
         try:
             pieces = split(batch, math.ceil(batch.items / pieces_wanted), sys.maxsize)
         except BadInputError as exc:

@@ -225,8 +225,10 @@ class Inflating:
 
     off_loop_items = 10_000
 
-    def __init__(self, per_item: int, limit: int, *script: Exception | None) -> None:
+    def __init__(self, per_item: int, limit: int, *script: Exception | None,
+                 poison: frozenset[bytes] = frozenset()) -> None:
         self.per_item = per_item
+        self.poison = poison  # a body holding one of these span ids is refused for good
         self._limits = BodyLimits(max_bytes=limit)
         self.script: deque[Exception | None] = deque(script)
         self.encodes = 0
@@ -248,6 +250,8 @@ class Inflating:
         outcome = self.script.popleft() if self.script else None
         if outcome is not None:
             raise outcome
+        if self.poison.intersection(body.extra):
+            raise PermanentError("400: a span the destination refuses")
         self.pushed.append(body.extra)
         return 0
 
@@ -307,3 +311,25 @@ async def test_one_item_over_the_senders_limit_is_dropped_and_counted() -> None:
     assert sender.pushed == []
     assert metric("sidecar_exporter_dropped_items_total", exporter="u-one-over",
                   signal="traces", reason="permanent") == 2
+
+
+async def test_a_merged_body_over_the_limit_is_cut_along_its_members() -> None:
+    # one client's 1-span request (refused by the destination) merged with another's 5
+    # spans: 6,000 body bytes against 5,000. Cut by items (3 + 3) the refused piece would
+    # take two of the other client's spans with it; cut by members it takes only its own.
+    # (five resources of one span: a cut by items packs whole resources, so it mixes)
+    bad, good = traces_batch(1, attrs=0, seed=1), traces_batch(1, resources=5, attrs=0,
+                                                               seed=2)
+    bad_ids = frozenset(s.span_id for rs in bad.message.resource_spans
+                        for ss in rs.scope_spans for s in ss.spans)
+    sender = Inflating(1000, 5000, poison=bad_ids)
+    chain = ExportChain("u-cut-members", settings(batch={"max_delay": 0.2}), sender)
+    await chain.start()
+    await chain.consume(bad)
+    await chain.consume(good)
+    await drain(chain)
+    assert sorted(i for p in sender.pushed for i in p) == sorted(
+        s.span_id for rs in good.message.resource_spans for ss in rs.scope_spans
+        for s in ss.spans)
+    assert metric("sidecar_exporter_dropped_items_total", exporter="u-cut-members",
+                  signal="traces", reason="permanent") == 1
