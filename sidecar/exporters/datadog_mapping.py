@@ -463,36 +463,29 @@ def map_span(span: Span, res: _Resource, base: Mapping[str, str],
     meta_names = _META_NAMES
     for kv in span.attributes:
         key, value = kv.key, kv.value
+        # a non-empty string (a oneof: no other kind has one) is the common case, read
+        # without a WhichOneof call
         text = value.string_value
-        if text:
-            # a non-empty string (a oneof: no other kind has one), the common case, without
-            # a WhichOneof call
-            span_strings[key] = text
-            name = meta_names.get(key, _UNKNOWN)
-            if name is _UNKNOWN:
-                name = _meta_name(key)
-            if name is not None:
-                meta[name] = text if len(text) <= MAX_META_VALUE else (
-                    text[:MAX_META_VALUE] + "...")
-            continue
-        kind = value.WhichOneof("value")
-        if kind == "int_value":
-            number: float = float(value.int_value)
-            span_strings[key] = str(value.int_value)
-        elif kind == "double_value":
-            number = value.double_value
-            span_strings[key] = _float_text(number)
-        else:
-            text = span_strings[key] = "" if kind == "string_value" else as_string(value)
-            name = meta_names.get(key, _UNKNOWN)
-            if name is _UNKNOWN:
-                name = _meta_name(key)
-            if name is not None:
-                meta[name] = text if len(text) <= MAX_META_VALUE else (
-                    text[:MAX_META_VALUE] + "...")
-            continue
-        for name in _METRIC_NAMES.get(key) or _metric_names(key):
-            metrics[name] = number
+        if not text:
+            kind = value.WhichOneof("value")
+            if kind == "int_value" or kind == "double_value":
+                if kind == "int_value":
+                    number: float = float(value.int_value)
+                    span_strings[key] = str(value.int_value)
+                else:
+                    number = value.double_value
+                    span_strings[key] = _float_text(number)
+                for metric_name in _METRIC_NAMES.get(key) or _metric_names(key):
+                    metrics[metric_name] = number
+                continue
+            text = "" if kind == "string_value" else as_string(value)
+        span_strings[key] = text
+        name = meta_names.get(key, _UNKNOWN)
+        if name is _UNKNOWN:
+            name = _meta_name(key)
+        if name is not None:
+            meta[name] = text if len(text) <= MAX_META_VALUE else (
+                text[:MAX_META_VALUE] + "...")
     if trace_id is None:
         trace_id = span.trace_id
     attrs = _Lookup(span_strings, res)
