@@ -25,7 +25,8 @@ pipeline refuses, reading waits (`wait_for_room`), nothing is dropped.
 Checkpoints (`storage.dir/filetail/<receiver>.json`: device, inode, fingerprint, offset per
 file) are committed only after `consume` returned for the records up to that offset, and
 written atomically (temp file, fsync, rename, fsync of the directory) once per poll that
-moved an offset, every 256 KiB accepted within a poll, and at shutdown. A restart resumes
+moved an offset, every 256 KiB accepted within a poll (at most every 0.2 s), and at
+shutdown. A restart resumes
 each file whose inode and first bytes match its checkpoint: after `kill -9` lines accepted
 after the last write are read again (at least once); after a clean shutdown none are
 (exactly once)."""
@@ -73,6 +74,8 @@ _PER_POLL: Final = 4 * 1024 * 1024  # bytes per file per turn before the next fi
 # checkpoints are also saved within a poll once this much more was accepted: what a crash
 # re-reads stays bounded by this, however fast lines are parsed (a poll reads up to 4 MiB)
 _SAVE_EVERY: Final = 256 * 1024
+# ...but not more often than this: each save is two fsyncs, and reading waits for it
+_SAVE_GAP: Final = 0.2
 _GONE_POLLS: Final = 2  # polls a file must be unmatched (and read to its end) to be closed
 _RETIRED_POLLS: Final = 3  # polls a reset file's old identity may be adopted by its copy
 _RACE_BACKOFF: Final = 0.01
@@ -217,6 +220,7 @@ class FileTailer:
     _had_checkpoints: bool = False
     _save_failing: bool = False
     _unsaved: int = 0  # bytes accepted since the last checkpoint save
+    _saved_at: float = 0.0  # time.monotonic() of the last save
 
     def __post_init__(self) -> None:
         name = self.receiver
@@ -452,7 +456,8 @@ class FileTailer:
             if full:
                 if not await self._deliver(tracked):
                     return False
-                if self._unsaved >= _SAVE_EVERY:
+                if (self._unsaved >= _SAVE_EVERY
+                        and time.monotonic() - self._saved_at >= _SAVE_GAP):
                     await self._save()
         if tracked.gone_polls >= _GONE_POLLS and tracked.at_eof:
             last = tracked.splitter.close()  # its writer has moved on: no newline comes
@@ -521,6 +526,7 @@ class FileTailer:
                     "skip": f.committed_skip} for f in self.files.values()]
         self._dirty = False
         self._unsaved = 0
+        self._saved_at = time.monotonic()
         try:
             await asyncio.to_thread(write_checkpoint, self.checkpoint_path, entries)
         except OSError as exc:
