@@ -576,13 +576,14 @@ def _errors(fields: dict[str, Any]) -> list[tuple[str, object]]:
 # caches of the bytes that precede a value of a given length.
 #
 # The fast path reads the line and changes nothing in it. Where the general mapping would
-# look further (a time that does not parse, an id that is not an id, `err` objects, Datadog's
-# nested `dd`, `traceparent`), the plan does not guess: `_fast_record` returns None and the
-# line goes through the general mapping, so both give the same bytes for every line
-# (tests/unit/receivers/test_logparse.py compares them on generated lines).
+# look further (a time that does not parse, an id that is not an id, an `err` whose type,
+# message or stack is no string, Datadog's nested `dd`, `traceparent`, the other error keys),
+# the plan does not guess: `_fast_record` returns None and the line goes through the
+# general mapping, so both give the same bytes for every line
+# (tests/unit/receivers/test_logparse_fast.py compares them on generated lines).
 
 _FAST_SLOW_KEYS: Final = frozenset((
-    "dd", "err", "error", "exception", "exc_info", "stack", "stacktrace", "traceparent"))
+    "dd", "error", "exception", "exc_info", "stack", "stacktrace", "traceparent"))
 _FLAG_KEYS: Final = ("trace_flags", "traceFlags", "otelTraceSampled")
 _PLANS_MAX: Final = 512  # shapes; the cache is emptied when full (hostile lines: any shape)
 _PLAN_KEYS_MAX: Final = 64  # a shape with more keys, or a longer key, is not planned
@@ -601,8 +602,8 @@ _NO_CACHE: Final[dict[int, bytes]] = {}  # shared by uncached slots: never writt
 
 
 class _Plan:
-    __slots__ = ("attrs", "bunyan", "flags", "host", "level", "message", "pid", "service",
-                 "span", "time", "trace")
+    __slots__ = ("attrs", "attrs_no_err", "bunyan", "err", "flags", "host", "level",
+                 "message", "pid", "service", "span", "time", "trace")
 
     def __init__(self, keys: tuple[str, ...]) -> None:
         present = set(keys)
@@ -626,6 +627,11 @@ class _Plan:
         roles = {self.service, self.host, self.pid, self.time, self.level, self.message,
                  self.trace, self.span, self.flags, "v"}
         self.attrs = tuple(_slot(b"\x32", key) for key in keys if key not in roles)
+        # pino's `err` object: its type, message and stack become `exception.*` (see
+        # `_errors`); what else it holds stays an attribute `err` in its place, and an
+        # `err` left empty is no attribute
+        self.err = "err" if "err" in present else None
+        self.attrs_no_err = tuple(slot for slot in self.attrs if slot[0] != "err")
 
 
 def _slot(tag: bytes, key: str) -> _Slot:
@@ -770,6 +776,35 @@ def _fast_record(fields: dict[str, Any], observed_ns: int,
         return None  # e.g. a lone surrogate: the general path makes the error record
 
 
+_EXCEPTION_SLOTS: Final = {name: _slot(b"\x32", name) for name in (
+    "exception.type", "exception.message", "exception.stacktrace")}
+_ERR_ROLES: Final = frozenset(("type", "name", "message", "stack"))
+
+
+def _fast_err(append: Callable[[bytes], None], err: dict[str, Any]) -> dict[str, Any] | None:
+    """Appends the `exception.*` attributes of a pino/bunyan `err` object and returns what
+    is left of it, as `_errors` does (without changing `err`); None when a value is not the
+    usual string (the general mapping decides those)."""
+    if not _ERR_ROLES.intersection(err):
+        return err
+    named: dict[str, Any] = {}
+    taken = "type" if "type" in err else "name"  # `type or name`: a falsy type is declined
+    if taken in err:
+        kind = err[taken]
+        if type(kind) is not str or not kind:
+            return None
+        named["exception.type"] = kind
+    for role, name in (("message", "exception.message"), ("stack", "exception.stacktrace")):
+        if role in err:
+            value = err[role]
+            if type(value) is not str:
+                return None
+            named[name] = value
+    _entries(append, tuple(_EXCEPTION_SLOTS[name] for name in named), named, b"\x32", 1)
+    return {key: value for key, value in err.items()
+            if key != taken and key != "message" and key != "stack"}
+
+
 def _planned(plan: _Plan, fields: dict[str, Any], observed_ns: int,
              default_service: str | None) -> tuple[ResourceKey, bytes] | None:
     service = None
@@ -827,7 +862,16 @@ def _planned(plan: _Plan, fields: dict[str, Any], observed_ns: int,
                 append(_field(b"\x2a", any_value(value)))
         else:
             append(_field(b"\x2a", any_value(value)))
-    _entries(append, plan.attrs, fields, b"\x32", 1)
+    if plan.err is not None and type(fields[plan.err]) is dict:
+        rest = _fast_err(append, fields[plan.err])
+        if rest is None:
+            return None
+        if rest:
+            _entries(append, plan.attrs, {**fields, plan.err: rest}, b"\x32", 1)
+        else:
+            _entries(append, plan.attrs_no_err, fields, b"\x32", 1)
+    else:  # no `err`, or one that is no object: an attribute like any other
+        _entries(append, plan.attrs, fields, b"\x32", 1)
     key = plan.flags
     if key is not None:
         value = fields[key]

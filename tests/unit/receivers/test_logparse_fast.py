@@ -83,6 +83,45 @@ def test_every_format_fixture_fast_equals_general() -> None:
     assert fast == slow
 
 
+def test_err_objects_fast_equals_general() -> None:
+    """pino's `err` (one line in 20 in logs_parse_bench) is planned: `exception.*` from its
+    type (or name), message and stack, the rest of it an attribute in its place."""
+    base = {"level": 50, "time": 1764633600000, "pid": 1, "hostname": "h", "a": 1,
+            "msg": "m", "z": "x"}
+    errs: list[Any] = [
+        {"type": "Error", "message": "rate limited", "stack": "Error: x\n  at f", "code": 4},
+        {"type": "Error", "message": "m", "stack": "s"}, {"name": "TypeError", "message": ""},
+        {"type": "E", "name": "N"}, {"message": "only"}, {"stack": "s", "extra": {"a": [1]}},
+        {}, {"code": "E429"}, {"type": "", "name": "N"}, {"type": None, "name": "N"},
+        {"type": 5}, {"name": ""}, {"name": None}, {"message": None}, {"message": 5},
+        {"stack": ["a"]}, {"type": "E", "message": {"nested": 1}}, "a string", 7, None,
+        [{"type": "E"}], {"type": "E", "message": "m", "stack": "s", "cause": {"type": "C"}},
+        {"type": "E", "message": "\ud800 lone"}, {"type": "E" * 300, "message": "x" * 5000},
+    ]
+    lines = [json.dumps({**base, "err": err}).encode() for err in errs]  # lone surrogates too
+    lines += [orjson.dumps({"err": {"type": "E"}, "msg": "err first"}),
+              orjson.dumps({"msg": "err last", "err": {"message": "m", "k": 1}})]
+    fast, slow = both(lines * 2)
+    assert fast == slow
+
+
+def test_an_err_object_becomes_exception_attributes_and_the_rest_stays() -> None:
+    builder = LogBatchBuilder("svc")
+    builder.add(orjson.dumps({"msg": "m", "err": {"type": "Error", "message": "boom",
+                                                  "stack": "Error: boom", "code": "E1"},
+                              "n": 1}), OBSERVED)
+    request = builder.take()
+    assert request is not None
+    record = request.resource_logs[0].scope_logs[0].log_records[0]
+    attributes = [(kv.key, kv.value) for kv in record.attributes]
+    assert [key for key, _ in attributes] == [
+        "exception.type", "exception.message", "exception.stacktrace", "err", "n"]
+    assert attributes[0][1].string_value == "Error"
+    assert attributes[2][1].string_value == "Error: boom"
+    err = attributes[3][1].kvlist_value.values
+    assert [(kv.key, kv.value.string_value) for kv in err] == [("code", "E1")]
+
+
 def test_a_shape_seen_before_with_other_value_types_still_matches() -> None:
     """The plan is per shape; the checks are per line."""
     base = {"level": 30, "time": 1764633600000, "pid": 1, "hostname": "h",
