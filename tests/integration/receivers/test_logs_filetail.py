@@ -336,6 +336,30 @@ async def test_clean_shutdown_then_restart_is_exactly_once(start: Start,
     assert [p.offset for p in positions.values()] == [path.stat().st_size]
 
 
+async def test_a_file_of_many_reads_stopped_while_read_is_exactly_once_and_in_order(
+        start: Start, tmp_path: Path) -> None:
+    """Reads are 1 MiB, parsed 64 KiB at a time with the loop let run in between: lines
+    across both boundaries come out whole, and a shutdown between two chunks of a read
+    checkpoints only what reached the pipeline."""
+    path = tmp_path / "app.log"
+    total = 24000  # ~6 MiB, lines of 80-380 bytes
+    path.write_bytes(b"".join(line(i, pad=(i * 37) % 300) for i in range(total)))
+    pipeline = Pipeline()
+    for stop_at in (2000, 9000, 15000):
+        receiver = await start(pipeline, "ft-reads", include=[str(path)],
+                               start_at="beginning")
+        await wait_for(lambda s=stop_at: len(pipeline.seqs()) >= s)  # type: ignore[misc]
+        await receiver.shutdown(asyncio.get_running_loop().time() + 5)
+    receiver = await start(pipeline, "ft-reads", include=[str(path)], start_at="beginning")
+    await wait_for(lambda: len(pipeline.seqs()) >= total)
+    await receiver.shutdown(asyncio.get_running_loop().time() + 5)
+    seqs = pipeline.seqs()
+    exactly_once(seqs, total)
+    assert seqs == sorted(seqs)
+    assert sample("sidecar_logs_parse_errors_total", receiver="ft-reads",
+                  transport="file") == 0
+
+
 async def test_full_pipeline_pauses_reading_and_checkpoints_stay_behind(
         start: Start, tmp_path: Path) -> None:
     path = tmp_path / "app.log"
