@@ -30,7 +30,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 
 from sidecar.model import Batch, Signal
 from sidecar.net.framing import Line
-from sidecar.protowire import encode_varint as _varint
+from sidecar.protowire import encode_varint
 
 PARSE_ERROR_KEY: Final = "sidecar.log.parse_error"
 TRUNCATED_KEY: Final = "sidecar.log.truncated"
@@ -153,8 +153,19 @@ _BYTE: Final = [bytes((i,)) for i in range(128)]
 _PACK_DOUBLE: Final = struct.Struct("<d").pack
 _PACK_FIXED64: Final = struct.Struct("<Q").pack
 _PACK_FIXED32: Final = struct.Struct("<I").pack
+_PACK_VARINT2: Final = struct.Struct("<H").pack
 _KEY_CACHE_MAX: Final = 4096
 _keys: dict[str, bytes] = {}  # attribute key -> its encoded KeyValue.key field
+
+
+def _varint(n: int) -> bytes:
+    """`protowire.encode_varint`, without its loop for the sizes of a log record (a record's
+    length, a token count): below 16384 a varint is two bytes, low seven bits first."""
+    if n < 128:
+        return _BYTE[n]
+    if n < 16384:
+        return _PACK_VARINT2(n & 0x7F | 0x80 | (n >> 7) << 8)
+    return encode_varint(n)
 
 
 def _field(tag: bytes, payload: bytes) -> bytes:
@@ -345,10 +356,26 @@ class LogBatchBuilder:
                 pass  # blank or not JSON: the general path below says which
             else:
                 if type(decoded) is dict:
-                    done = _fast_record(decoded, observed_ns, self.service_name)
+                    # the fast path (below), `_append` written out: this runs once a line
+                    keys = tuple(decoded)
+                    plan = _plans.get(keys)
+                    if plan is None:
+                        plan = _plan(keys)
+                    try:
+                        done = (None if plan is None else
+                                _planned(plan, decoded, observed_ns, self.service_name))
+                    except (ValueError, TypeError):
+                        done = None  # e.g. a lone surrogate: the general path makes the error
                     if done is not None:
                         self.bytes += len(data)
-                        self._append(done[0], done[1])
+                        self.records += 1
+                        resource, record = done
+                        group = self._groups.get(resource)
+                        if group is None:
+                            group = self._groups[resource] = []
+                        n = len(record)
+                        group.append(b"\x12" + _BYTE[n] if n < 128 else b"\x12" + _varint(n))
+                        group.append(record)
                         return True
                 # the fast path changed nothing in `decoded`: the general one maps it
                 self.bytes += len(data)
@@ -389,8 +416,9 @@ class LogBatchBuilder:
         group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = []
-        n = len(record)  # ScopeLogs.log_records
-        group.append((b"\x12" + _BYTE[n] if n < 128 else b"\x12" + _varint(n)) + record)
+        n = len(record)  # ScopeLogs.log_records: its tag and length, then the record
+        group.append(b"\x12" + _BYTE[n] if n < 128 else b"\x12" + _varint(n))
+        group.append(record)
 
     def _key(self, service: str | None, host: str | None, pid: int | None) -> ResourceKey:
         return (service, host, pid)
@@ -578,7 +606,7 @@ def _errors(fields: dict[str, Any]) -> list[tuple[str, object]]:
 # The fast path reads the line and changes nothing in it. Where the general mapping would
 # look further (a time that does not parse, an id that is not an id, an `err` whose type,
 # message or stack is no string, Datadog's nested `dd`, `traceparent`, the other error keys),
-# the plan does not guess: `_fast_record` returns None and the line goes through the
+# the plan does not guess: `_planned` returns None and the line goes through the
 # general mapping, so both give the same bytes for every line
 # (tests/unit/receivers/test_logparse_fast.py compares them on generated lines).
 
@@ -761,19 +789,6 @@ _FLAG_BYTES: Final[dict[object, bytes]] = {
     **{text: b"\x45" + _PACK_FIXED32(int(text, 16)) for text in (
         list("0123456789abcdefABCDEF")
         + [a + b for a in "0123456789abcdefABCDEF" for b in "0123456789abcdefABCDEF"])}}
-
-
-def _fast_record(fields: dict[str, Any], observed_ns: int,
-                 default_service: str | None) -> tuple[ResourceKey, bytes] | None:
-    """(resource, LogRecord) for a JSON object line by its shape's plan, or None when the
-    general mapping must decide (see above). Does not change `fields`."""
-    plan = _plan(tuple(fields))
-    if plan is None:
-        return None
-    try:
-        return _planned(plan, fields, observed_ns, default_service)
-    except (ValueError, TypeError):
-        return None  # e.g. a lone surrogate: the general path makes the error record
 
 
 _EXCEPTION_SLOTS: Final = {name: _slot(b"\x32", name) for name in (

@@ -183,3 +183,22 @@ def test_caches_stay_bounded_under_ever_new_keys_and_lengths() -> None:
         assert len(cache) <= 1024
         assert all(len(d) <= 32 for slot in cache.values() for d in slot[2:])
     assert len(logparse._plans) <= 512
+
+
+def test_varint_sizes_round_trip_through_upb() -> None:
+    """Ints and record lengths on both sides of the one-, two- and three-byte varints."""
+    values = [0, 1, 127, 128, 129, 300, 16383, 16384, 16385, 2**21 - 1, 2**21, 2**63 - 1]
+    lines = [orjson.dumps({"msg": "m", "n": v, "tokens": {"input": v}}) for v in values]
+    lines += [orjson.dumps({"msg": "m", "pad": "x" * size}) for size in (100, 16300, 16400)]
+    builder = LogBatchBuilder("svc")
+    for data in lines:
+        builder.add(data, OBSERVED)
+    request = builder.take()
+    assert request is not None
+    records = request.resource_logs[0].scope_logs[0].log_records
+    ints = [(r.attributes[0].value.int_value,
+             r.attributes[1].value.kvlist_value.values[0].value.int_value)
+            for r in records[:len(values)]]
+    assert ints == [(v, v) for v in values]
+    assert [len(r.attributes[0].value.string_value) for r in records[len(values):]] == [
+        100, 16300, 16400]
