@@ -74,8 +74,8 @@ _CHUNK: Final = 64 * 1024
 # bytes per read in the executor: each call costs ~90 µs of CPU in thread hand-offs, which at
 # 64 KiB a read was ~0.4 µs per 330-byte line; a read is parsed `_CHUNK` at a time. Reads go
 # into one buffer per tailer (`os.preadv`): a fresh 1 MiB `bytes` per read, made in the
-# executor's thread, grew the peak RSS by ~15 MiB over a 300 MiB file (glibc's per-thread
-# arena and its raised mmap threshold)
+# executor's thread, raised the peak RSS over a 300 MiB file (142 against 127 MiB in one
+# run of bench/logs_bench.py; 135 with the buffer)
 _READ: Final = 1024 * 1024
 _PER_POLL: Final = 4 * 1024 * 1024  # bytes per file per turn before the next file
 # checkpoints are also saved within a poll once this much more was accepted: what a crash
