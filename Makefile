@@ -10,7 +10,7 @@ NODE_DIR := tests/e2e/node
 
 .PHONY: run test lint bench fuzz soak docs sysdeps node clean protos
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml sidecar/_spanwalk.c
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
@@ -70,7 +70,7 @@ docs: $(STAMP) protos
 
 # coverage-guided fuzzing of every parser (tests/fuzz/targets.py), FUZZ_SECONDS each
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := otlp_protobuf otlp_json ndjson resp config
+FUZZ_TARGETS := otlp_protobuf otlp_json ndjson resp config spanwalk
 fuzz: $(STAMP) protos
 	@mkdir -p fuzz-findings
 	@for t in $(FUZZ_TARGETS); do \

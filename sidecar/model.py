@@ -164,6 +164,14 @@ class Work:
         self.spliced = True
         self.changed = True
 
+    def edited_bytes(self, payload: bytes) -> None:
+        """The current processor edited the request's bytes and not the message: a message
+        parsed already no longer matches them and is dropped (a later processor that
+        reads it parses these bytes). For the last processor to read a request, when
+        keeping the message in step would cost more than the edit."""
+        self._message = None
+        self.edited(payload)
+
     def message_edited(self) -> None:
         """(stage) The message may have changed: the bytes are made again on next use."""
         self._payload = None

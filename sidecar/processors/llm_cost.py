@@ -25,14 +25,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from operator import itemgetter
+from typing import Any
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from pydantic import Field
 
+from sidecar import _spanwalk
 from sidecar.component import ProcessorFactory, ProcessorSettings, register_processor
 from sidecar.configtypes import Strict
 from sidecar.model import Signal, Work
@@ -47,17 +49,20 @@ log = logging.getLogger(__name__)
 # Every usage attribute of every dialect contains one of these byte strings; a log request
 # without them has no model call and is not parsed or walked.
 _PRESCAN = (b"okens", b"token_count")
-# spans walked (a trace request without any is not parsed or walked): those that may hold
-# usage, and agent roots (AI SDK v7 names the agent on the root only; Traceloop
-# agent/workflow spans; AI SDK v6 functionId)
-_SPANS = span_index.Needles((*_PRESCAN, b"invoke_agent", b"create_agent", b"traceloop.",
-                             b"functionId", b"ai.telemetry.metadata.agent",
-                             # dialect names with canonical ones (genai_names.py)
-                             b"openinference.span.kind", b"llm.", b"ai.operationId"))
-# a walked span: what was read, its attributes (key -> serialized AnyValue) and the keys
+# spans read: those holding a known key that contains one of these (keys that may hold
+# usage, agent roots: Traceloop agent/workflow spans, AI SDK v6 functionId and v7 metadata,
+# and dialect names with canonical ones, genai_names.py), or an agent-root operation
+_READ_IF_KEY_HAS = ("okens", "token_count", "traceloop.", "functionId",
+                    "ai.telemetry.metadata.agent", "openinference.span.kind", "llm.",
+                    "ai.operationId")
+_AGENT_OPERATIONS = ("invoke_agent", "create_agent")
+# a read span: what was read, its attributes (key -> serialized AnyValue) and the keys
 # that may be flattened messages
 _Found = tuple[gu.Scan, Mapping[str, bytes], Iterable[str]]
-_Series = tuple[tuple[str, ...], tuple[tuple[str, ...], ...], list[float], list[float]]
+# a label combination's counters: [labels, calls cell, cost cell, token cells (per token
+# type), latency histogram row, calls since the last ranking of the label values]; the cost
+# and token cells are made on first use (a series nothing was counted in is not exported)
+_Series = list[Any]
 OTHER = "other"
 UNKNOWN = "unknown"
 TOKEN_TYPES = ("input", "output", "cache_read", "cache_creation", "reasoning")
@@ -76,10 +81,17 @@ _TRACE_ID_SIZE = 16
 MAX_KNOWN = 4096
 MAX_KNOWN_BYTES = 1024
 _COUNT_KEYS = frozenset(gu.COUNT_KEYS)
+_MAX_TOKENS = gu.MAX_TOKENS
 
 
 _Pending = tuple[bytes, str | None, str | None, str | None, str, str, float | None, int,
                  tuple[int, int, int, int, int]]
+# how the matched attributes of a span are read, per tuple of their key ids in wire order:
+# (present keys, positions of the non-count ones sorted by key, (count field, positions of
+# its keys among the span's count values, in precedence order) per count field present);
+# None: the full path (dialect names to add)
+_Plan = tuple[frozenset[str], tuple[int, ...], tuple[tuple[int, tuple[int, ...]], ...]] | None
+_DAY_NS = 86_400_000_000_000
 _SIMPLE_COUNTS = frozenset((gu.CANONICAL_COUNT_KEYS[gu.INPUT], gu.CANONICAL_COUNT_KEYS[gu.OUTPUT]))
 
 
@@ -99,17 +111,28 @@ class _Known:
     agent and tenant share one, so only the counts are read per span."""
 
     has_usage: bool
-    # (canonical field, its keys in precedence order) for the count fields present
-    counts: tuple[tuple[int, tuple[str, ...]], ...]
+    # (canonical field, the positions of its keys among the span's matched values, in
+    # precedence order) for the count fields present
+    counts: tuple[tuple[int, tuple[int, ...]], ...]
     # the model call's count-free usage; None: not a model call
     static: gu.StaticUsage | None
     remember: str | None  # the agent the span names for its trace
     tenant: str | None
     # no counts but the canonical input and output ones, no cost on the span
     simple: bool
+    # where those two are among the span's count values (-1: absent)
+    simple_at: tuple[int, int]
     # (rates, struct, ...): the attribute bytes of a simple call, made on first use
     template: tuple[FastRates, struct.Struct, tuple[bytes, ...], bytes, bytes, bytes,
                     bytes] | None = None
+    # (UTC day, the simple call's rates that day) of the last call priced
+    day_rates: tuple[int, FastRates] | None = None
+    # what the inline path in `process` needs, set by `_fast_span` once it priced a simple
+    # call that names its agent: (UTC day, rates, pack, the template's byte pieces, where
+    # the input and output counts are)
+    hot: tuple[Any, ...] | None = None
+    # (series generation, service, resource tenant, series) of the last call counted
+    series: tuple[int, str, str | None, _Series] | None = None
 
 
 class PriceOverride(Strict):
@@ -267,11 +290,31 @@ class LlmCost:
         self._series: dict[tuple[str | None, ...], _Series] = {}
         self._rerank_every = settings.label_rerank_requests
         self._requests = 0
+        # bumped when the series are dropped (spans' `_Known.series` are then stale)
+        self._series_generation = 0
         self._labels_seen: set[tuple[str, ...]] = set()
-        # (known keys present, serialized values of the non-count ones) -> _Known
-        self._known_spans: dict[tuple[frozenset[str], tuple[bytes, ...]], _Known] = {}
-        # known keys present -> the non-count ones, sorted
-        self._static_keys: dict[frozenset[str], tuple[str, ...]] = {}
+        # the walk's memo key of a span (matched key ids, values but the counts) -> _Known
+        self._known_spans: dict[bytes, _Known] = {}
+        # the walk's attribute keys (id: index) and which make a span read
+        self._key_names = tuple(sorted(self._known))
+        self._trigger_keys = frozenset(k for k in self._known
+                                       if any(part in k for part in _READ_IF_KEY_HAS))
+        agent_roots = tuple(AnyValue(string_value=op).SerializeToString()
+                            for op in _AGENT_OPERATIONS)
+        self._span_keys = _spanwalk.Matcher(
+            [k.encode() for k in self._key_names],
+            [True if k in self._trigger_keys else agent_roots if k == gu.OPERATION_KEY
+             else False for k in self._key_names],
+            [k.encode() for k in self._key_names if k in _COUNT_KEYS])
+        self._resource_names = tuple(dict.fromkeys(("service.name", *self._tenant_keys)))
+        self._tenant_rank = {k: n for n, k in reversed(list(enumerate(self._tenant_keys)))}
+        self._resource_keys = _spanwalk.Matcher([k.encode() for k in self._resource_names],
+                                                [False] * len(self._resource_names))
+        # the matched key ids of a span, in wire order -> how they are read
+        self._plans: dict[tuple[int, ...], _Plan] = {}
+        # a resource's matched (ids, values) -> its service and tenant
+        self._resources: dict[tuple[tuple[int, ...], tuple[bytes, ...]],
+                              tuple[str, str | None]] = {}
 
     def process(self, work: Work) -> None:
         self._requests += 1
@@ -283,105 +326,250 @@ class LlmCost:
                 self.book.lookups_left = LOOKUPS_PER_REQUEST
                 self._process_logs(work)
             return
-        # one search over the whole request: none of the needles, nothing to read
-        matches = _SPANS.matches(payload)
-        if not matches:
+        try:
+            resources, spans = _spanwalk.walk(payload, self._span_keys, self._resource_keys)
+        except ValueError:
+            # bytes the parser took but the walk does not follow (groups): the message
+            self.book.lookups_left = LOOKUPS_PER_REQUEST
+            self._process_message(work)
+            return
+        if not spans:
             return
         self.book.lookups_left = LOOKUPS_PER_REQUEST
-        try:
-            lay = span_index.layout(payload)
-        except span_index.WireError:
-            lay = None  # bytes the parser took but the walk does not follow: walk it all
+        extra: list[tuple[int, bytes]] = []
+        pending: list[_Pending] = []
+        resource_at = -1
+        service, resource_tenant = UNKNOWN, None
+        plans = self._plans
+        known_spans = self._known_spans
+        agents = self._agents
+        # (series, cost, input, output, duration) of the calls priced inline
+        hot_pending: list[tuple[_Series, float, int, int, int]] = []
+        for r, start, end, trace_id, start_ns, end_ns, ids, values, flags, count, key, \
+                counts in spans:
+            if r != resource_at:
+                resource_at = r
+                service, resource_tenant = self._resource(resources[r])
+            if not flags:
+                known = known_spans.get(key)
+                if known is None:
+                    plan = plans[ids] if ids in plans else self._plan(ids)
+                    if plan is not None:
+                        known = self._known_span(key, ids, plan, values)
+                if known is not None:
+                    # the common model call inline (no call per span costs less): counts
+                    # valid ints, rates known for its day, an agent named on the span,
+                    # the series it counts in known; else `_fast_span` (tests compare them)
+                    hot = known.hot
+                    if hot is not None and hot[0] == start_ns // _DAY_NS:
+                        _, day, struct_pack, head, mid, tail, out_key, end_key, i_at, \
+                            o_at = hot
+                        n_in = counts[i_at] if i_at >= 0 else 0
+                        n_out = counts[o_at] if o_at >= 0 else 0
+                        held = known.series
+                        if type(n_in) is int and type(n_out) is int \
+                                and 0 <= n_in <= _MAX_TOKENS and 0 <= n_out <= _MAX_TOKENS \
+                                and held is not None and held[0] == self._series_generation \
+                                and held[1] is service and held[2] is resource_tenant:
+                            remember = known.remember
+                            if remember is not None and agents.get(trace_id) != remember:
+                                self._remember(trace_id, remember)
+                            rate = day.input
+                            plain = n_in * (rate if type(rate) is int
+                                            else FastRates.rate(rate, n_in))
+                            rate = day.output
+                            part = n_out * (rate if type(rate) is int
+                                            else FastRates.rate(rate, n_in))
+                            scale = day.denominator
+                            total = (plain + part) / scale
+                            extra.append((start, struct_pack(
+                                head, total, mid, total, tail, plain / scale, out_key,
+                                part / scale, end_key)))
+                            hot_pending.append((held[3], total, n_in, n_out,
+                                                end_ns - start_ns))
+                            continue
+                    self._fast_span(known, counts, trace_id, start_ns, end_ns, start,
+                                    service, resource_tenant, extra, pending)
+                    continue
+            raw = payload[start:end]
+            found: _Found | None
+            attributes = None if flags else \
+                span_index.SpanView.FromString(raw).attributes  # type: ignore[attr-defined]
+            if attributes is None or len(attributes) != count:
+                # duplicate keys (the first one counts) or odd attributes: the message
+                found = self._scan_message(Span.FromString(raw))
+            else:
+                names = self._key_names
+                found = self._scan_view(raw, attributes, frozenset([names[i] for i in ids]))
+            if found is not None:
+                added = self._price_found(found, trace_id, start_ns, end_ns, service,
+                                          resource_tenant, pending)
+                if added:
+                    extra.append((start, added))
+        if not extra:
+            return
+        # cost is the last processor to read a request: the message is not kept in step
+        work.edited_bytes(_spanwalk.splice(payload, extra))
+        self._count_pending(pending)
+        self._count_hot(hot_pending)
+
+    def _count_hot(self, calls: list[tuple[_Series, float, int, int, int]]) -> None:
+        """`_count` of the calls priced inline (their series known; the cost and token
+        cells were made when the series was first given to a span)."""
+        bounds = metrics.LLM_DURATION.bounds
+        for series, cost, n_in, n_out, duration_ns in calls:
+            series[5] += 1.0
+            series[1][0] += 1.0
+            cells = series[3]
+            cell = series[2]
+            if cell is None:
+                cell = series[2] = metrics.LLM_COST.cell(series[0])
+            cell[0] += cost
+            if n_in:
+                cell = cells[0]
+                if cell is None:
+                    cell = cells[0] = metrics.LLM_TOKENS.cell((*series[0], TOKEN_TYPES[0]))
+                cell[0] += n_in
+            if n_out:
+                cell = cells[1]
+                if cell is None:
+                    cell = cells[1] = metrics.LLM_TOKENS.cell((*series[0], TOKEN_TYPES[1]))
+                cell[0] += n_out
+            seconds = max(duration_ns, 0) / 1e9
+            row = series[4]
+            row[bisect_left(bounds, seconds)] += 1
+            row[-1] += seconds
+
+    def _process_message(self, work: Work) -> None:
+        """`process` through the message: the same spans read, the same fields added."""
         message = work.message
         assert isinstance(message, ExportTraceServiceRequest)
-        resources = message.resource_spans
-        if lay is not None:
-            hits = _SPANS.spans(payload, lay, matches)
-            if not hits:
-                work.read_only()
-                return  # usage bytes outside any span (a resource attribute, an event)
-            positions = [(lay.positions[h], h) for h in hits]
-        else:
-            positions = [((i, j, k), -1) for i, rs in enumerate(resources)
-                         for j, ss in enumerate(rs.scope_spans) for k in range(len(ss.spans))]
-        extra: dict[tuple[int, int, int], bytes] = {}
         pending: list[_Pending] = []
-        resource_index = -1
-        scope_at: tuple[int, int] = (-1, -1)
-        service, resource_tenant = UNKNOWN, None
-        for position, hit in positions:
-            i, j, k = position
-            if i != resource_index:
-                resource_index = i
-                resource_attrs = resources[i].resource.attributes
-                service = _string_attr(resource_attrs, ("service.name",)) or UNKNOWN
-                resource_tenant = _string_attr(resource_attrs, self._tenant_keys)
-            if scope_at != (i, j):  # spans of one scope come in a row
-                scope_at = (i, j)
-                scope_spans = resources[i].scope_spans[j].spans
-            span = scope_spans[k]
-            if lay is None:
-                if not _SPANS.in_any(span.SerializeToString()):
-                    continue
-                found = self._scan_message(span)
-            else:
-                raw = payload[lay.starts[hit]:lay.ends[hit]]
-                attributes = span_index.SpanView.FromString(raw).attributes  # type: ignore[attr-defined]
-                present = self._known.intersection(attributes)
-                if not present:
-                    continue
-                if len(attributes) != len(span.attributes):
-                    found = self._scan_message(span)  # duplicate keys: the first one counts
-                else:
-                    known = self._known_span(present, attributes)
-                    if known is not None:
-                        self._fast_span(known, attributes, span, position, service,
-                                        resource_tenant, extra, pending)
+        changed = False
+        for resource_spans in message.resource_spans:
+            resource_attrs = resource_spans.resource.attributes
+            service = _string_attr(resource_attrs, ("service.name",)) or UNKNOWN
+            resource_tenant = _string_attr(resource_attrs, self._tenant_keys)
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    if not self._triggered(span.attributes):
                         continue
-                    found = self._scan_view(raw, attributes, present)
-            if found is None:
-                continue
-            scanned, raw_values, message_keys = found
-            sources = scanned.present & genai_names.SOURCES
-            if not gu.has_usage(scanned.present):
-                if not _AGENT_HINTS.isdisjoint(scanned.present):
-                    named = gu.agent_of(scanned)
-                    if named is not None:
-                        self._remember(span.trace_id, named)
-                self._add_names(span, position, raw_values, sources, message_keys, extra)
-                continue
-            for reason in scanned.invalid:
-                metrics.LLM_USAGE_INVALID.labels(reason).inc()
-            named = gu.agent_of(scanned)
-            if named is not None:
-                self._remember(span.trace_id, named)
-            usage = gu.usage_of(scanned, self._extra)
-            if usage is None:
-                self._add_names(span, position, raw_values, sources, message_keys, extra)
-                continue
-            out: list[bytes] = []
-            cost = self._cost_attributes(usage, span.start_time_unix_nano, out)
-            if sources:
-                out += genai_names.added(raw_values, sources, message_keys, gu.raw_scalar,
-                                         skip=(key for key, _ in usage.missing))
-            added = b"".join(out)
-            # the same fields on the message (for later processors) and in the bytes
-            span.MergeFromString(added)
-            extra[position] = added
-            tenant = self._tenant(scanned) or resource_tenant
-            duration = span.end_time_unix_nano - span.start_time_unix_nano
-            pending.append((span.trace_id, usage.agent, usage.provider, usage.model, service,
-                            tenant or UNKNOWN, cost, duration, _tokens(usage)))
-        if not extra:
-            work.read_only()  # nothing was edited: spare the stage a re-serialisation
+                    found = self._scan_message(span)
+                    if found is None:
+                        continue
+                    added = self._price_found(found, span.trace_id, span.start_time_unix_nano,
+                                              span.end_time_unix_nano, service,
+                                              resource_tenant, pending)
+                    if added:
+                        span.MergeFromString(added)
+                        changed = True
+        if not changed:
+            work.read_only()
             return
-        if lay is not None:
-            work.edited(span_index.splice(payload, lay, extra))
+        self._count_pending(pending)
+
+    def _triggered(self, attributes: Iterable[KeyValue]) -> bool:
+        """Whether `_spanwalk` reports a span with these attributes (for the same
+        encodings: the walk compares an operation's serialized value)."""
+        for kv in attributes:
+            key = kv.key
+            if key in self._trigger_keys:
+                return True
+            if key == gu.OPERATION_KEY and kv.value.WhichOneof("value") == "string_value" \
+                    and kv.value.string_value in _AGENT_OPERATIONS:
+                return True
+        return False
+
+    def _price_found(self, found: _Found, trace_id: bytes, start_ns: int, end_ns: int,
+                     service: str, resource_tenant: str | None, pending: list[_Pending],
+                     ) -> bytes:
+        """The attributes the full path adds to a read span (b"": none), its call counted
+        in `pending`."""
+        scanned, raw_values, message_keys = found
+        sources = scanned.present & genai_names.SOURCES
+        if not gu.has_usage(scanned.present):
+            if not _AGENT_HINTS.isdisjoint(scanned.present):
+                named = gu.agent_of(scanned)
+                if named is not None:
+                    self._remember(trace_id, named)
+            return self._names(raw_values, sources, message_keys)
+        for reason in scanned.invalid:
+            metrics.LLM_USAGE_INVALID.labels(reason).inc()
+        named = gu.agent_of(scanned)
+        if named is not None:
+            self._remember(trace_id, named)
+        usage = gu.usage_of(scanned, self._extra)
+        if usage is None:
+            return self._names(raw_values, sources, message_keys)
+        out: list[bytes] = []
+        cost = self._cost_attributes(usage, start_ns, out)
+        if sources:
+            out += genai_names.added(raw_values, sources, message_keys, gu.raw_scalar,
+                                     skip=(key for key, _ in usage.missing))
+        tenant = self._tenant(scanned) or resource_tenant
+        pending.append((trace_id, usage.agent, usage.provider, usage.model, service,
+                        tenant or UNKNOWN, cost, end_ns - start_ns, _tokens(usage)))
+        return b"".join(out)
+
+    def _count_pending(self, pending: list[_Pending]) -> None:
+        """Count the calls of a request, once all its spans were read (a child span names
+        its agent's trace after the root that names it, or before)."""
         agents = self._agents
         for trace_id, agent, provider, model, service_name, tenant_name, cost, duration, \
                 tokens in pending:
             self._count(provider, model, service_name, agent or agents.get(trace_id),
                         tenant_name, cost, duration, tokens)
+
+    def _resource(self, resource: tuple[tuple[int, ...], tuple[bytes, ...], int],
+                  ) -> tuple[str, str | None]:
+        """The service and tenant a resource's matched attributes name (as `_string_attr`
+        reads them: the first string value of the first key in order)."""
+        ids, values, _ = resource
+        key = (ids, values)
+        got = self._resources.get(key)
+        if got is not None:
+            return got
+        service: str | None = None
+        tenant: str | None = None
+        rank = len(self._tenant_keys)
+        names = self._resource_names
+        for i, data in zip(ids, values, strict=True):
+            value = gu.raw_scalar(data)
+            if not isinstance(value, str):
+                continue
+            name = names[i]
+            if name == "service.name" and service is None:
+                service = value
+            at = self._tenant_rank.get(name)
+            if at is not None and at < rank:
+                tenant, rank = value, at
+        got = (service or UNKNOWN, tenant)
+        if sum(map(len, values)) <= MAX_KNOWN_BYTES:
+            if len(self._resources) >= MAX_KNOWN:
+                self._resources.clear()
+            self._resources[key] = got
+        return got
+
+    def _plan(self, ids: tuple[int, ...]) -> _Plan:
+        names = self._key_names
+        present = frozenset([names[i] for i in ids])
+        plan: _Plan = None
+        # the dialect names read only for `genai_names` (OpenInference's generic
+        # `session.id`, `tool.name`, ...) change nothing here: not part of the memo key
+        if not genai_names.effective(present & genai_names.SOURCES):
+            where = {names[i]: at for at, i in enumerate(ids)}
+            static = tuple(where[key] for key in sorted((present - _COUNT_KEYS)
+                                                       & self._read_keys))
+            # the walk gives the count values apart, in wire order
+            count_at = {name: at for at, name in
+                        enumerate(names[i] for i in ids if names[i] in _COUNT_KEYS)}
+            counts = tuple((f, tuple(count_at[name] for name in keys))
+                           for f, keys in enumerate(gu.plan(present).counts) if keys)
+            plan = (present, static, counts)
+        if len(self._plans) >= MAX_KNOWN:
+            self._plans.clear()
+        self._plans[ids] = plan
+        return plan
 
     def _process_logs(self, work: Work) -> None:
         message = work.message
@@ -426,16 +614,12 @@ class LlmCost:
         return None
 
     @staticmethod
-    def _add_names(span: Span, position: tuple[int, int, int], raw_values: Mapping[str, bytes],
-                   sources: frozenset[str], message_keys: Iterable[str],
-                   extra: dict[tuple[int, int, int], bytes]) -> None:
+    def _names(raw_values: Mapping[str, bytes], sources: frozenset[str],
+               message_keys: Iterable[str]) -> bytes:
         """The canonical names of a span that is not priced (genai_names.py)."""
         if not sources:
-            return
-        names = b"".join(genai_names.added(raw_values, sources, message_keys, gu.raw_scalar))
-        if names:
-            span.MergeFromString(names)
-            extra[position] = names
+            return b""
+        return b"".join(genai_names.added(raw_values, sources, message_keys, gu.raw_scalar))
 
     def _scan_message(self, span: Span) -> _Found | None:
         hits = gu.collect(span.attributes, self._known)
@@ -447,70 +631,63 @@ class LlmCost:
         return (self._resolve({key: gu.scalar(value) for key, value in hits.items()},
                               frozenset(hits)), raw_values, list(raw_values))
 
-    def _known_span(self, present: frozenset[str], attributes: Mapping[str, bytes],
-                    ) -> _Known | None:
-        """The memoised reading of a span, None when it takes the full path (dialect names
-        to add, or values too long to keep)."""
-        static_keys = self._static_keys.get(present)
-        if static_keys is None:
-            if genai_names.effective(present & genai_names.SOURCES):
-                return None
-            # the dialect names read only for `genai_names` (OpenInference's generic
-            # `session.id`, `tool.name`, ...) change nothing here: not part of the key
-            static_keys = tuple(sorted((present - _COUNT_KEYS) & self._read_keys))
-            if len(self._static_keys) >= MAX_KNOWN:
-                self._static_keys.clear()
-            self._static_keys[present] = static_keys
-        values = tuple([attributes[key] for key in static_keys])
-        memo_key = (present, values)
-        known = self._known_spans.get(memo_key)
-        if known is not None:
-            return known
-        if sum(map(len, values)) > MAX_KNOWN_BYTES:
+    def _known_span(self, key: bytes, ids: tuple[int, ...],
+                    plan: tuple[frozenset[str], tuple[int, ...],
+                                tuple[tuple[int, tuple[int, ...]], ...]],
+                    values: tuple[bytes, ...]) -> _Known | None:
+        """The reading of a span, memoised under the walk's key for it (its matched key ids
+        and all values but the counts); None when it takes the full path (values too long
+        to keep)."""
+        if len(key) > MAX_KNOWN_BYTES:
             return None
+        present, static_at, counts = plan
         raw_scalar = gu.raw_scalar
-        scanned = self._resolve({key: raw_scalar(attributes[key]) for key in static_keys},
-                                frozenset(static_keys))
+        names = self._key_names
+        static_keys = frozenset([names[ids[at]] for at in static_at])
+        scanned = self._resolve({names[ids[at]]: raw_scalar(values[at]) for at in static_at},
+                                static_keys)
         scanned.present = present
         has_usage = gu.has_usage(present)
-        count_plan = gu.plan(present).counts
         static = gu.static_usage(scanned, self._extra) if has_usage else None
         remember = gu.agent_of(scanned) \
             if has_usage or not _AGENT_HINTS.isdisjoint(present) else None
         simple = static is not None and static.reported_cost is None \
             and present & _COUNT_KEYS <= _SIMPLE_COUNTS
-        known = _Known(has_usage, tuple((f, names) for f, names in enumerate(count_plan)
-                                        if names), static, remember, self._tenant(scanned),
-                       simple)
+        positions = dict(counts)
+        simple_at = (positions.get(gu.INPUT, (-1,))[0], positions.get(gu.OUTPUT, (-1,))[0])
+        known = _Known(has_usage, counts, static,
+                       None if remember is None else remember[:MAX_LABEL + 1],
+                       self._tenant(scanned), simple, simple_at)
         if len(self._known_spans) >= MAX_KNOWN:
             self._known_spans.clear()
-        self._known_spans[memo_key] = known
+        self._known_spans[key] = known
         return known
 
-    def _fast_span(self, known: _Known, attributes: Mapping[str, bytes], span: Span,
-                   position: tuple[int, int, int], service: str, resource_tenant: str | None,
-                   extra: dict[tuple[int, int, int], bytes],
-                   pending: list[_Pending],
-                   ) -> None:
+    def _fast_span(self, known: _Known, values: tuple[int | bytes, ...], trace_id: bytes,
+                   start: int, end: int, at: int, service: str, resource_tenant: str | None,
+                   extra: list[tuple[int, bytes]], pending: list[_Pending]) -> None:
         """What the full path does with a span that has no dialect names to add, from its
-        memoised reading and its counts (tests compare the two)."""
-        if known.remember is not None:
-            self._remember(span.trace_id, known.remember)
+        memoised reading and its count values (ints, or serialized AnyValues; tests
+        compare the two)."""
+        remember = known.remember
+        if remember is not None and self._agents.get(trace_id) != remember:
+            self._remember(trace_id, remember)
         if not known.has_usage:
             return
+        static = known.static
         counts: list[int | None] = [None] * gu.COUNT_FIELDS
         raw_scalar, parse_count = gu.raw_scalar, gu.parse_count
-        for field, names in known.counts:
-            for name in names:
+        for field, positions in known.counts:
+            for position in positions:
+                value = values[position]
                 try:
-                    counts[field] = parse_count(raw_scalar(attributes[name]))
+                    counts[field] = parse_count(value if type(value) is int
+                                                else raw_scalar(value))  # type: ignore[arg-type]
                     break
                 except gu.InvalidCount as exc:
                     metrics.LLM_USAGE_INVALID.labels(str(exc)).inc()
-        static = known.static
         if static is None:
             return
-        start = span.start_time_unix_nano
         model = static.model
         if known.simple:
             # only the canonical input and output counts: nothing to adjust or add
@@ -522,6 +699,7 @@ class LlmCost:
             rates = self.book.fast_rates(static.provider, model, start,
                                          static.service_tier) if model else None
             if rates is not None:
+                known.day_rates = (start // _DAY_NS, rates)
                 template = known.template
                 if template is None or template[0] is not rates:
                     template = known.template = self._template(static, rates)
@@ -532,11 +710,19 @@ class LlmCost:
                 cost: float | None = (plain + out) / scale
                 added = template[1].pack(*template[2], cost, template[3], cost, template[4],
                                          plain / scale, template[5], out / scale, template[6])
-                span.MergeFromString(added)
-                extra[position] = added
-                pending.append((span.trace_id, static.agent, static.provider, model, service,
-                                known.tenant or resource_tenant or UNKNOWN, cost,
-                                span.end_time_unix_nano - start, (inp, output, 0, 0, 0)))
+                extra.append((at, added))
+                tenant = known.tenant or resource_tenant or UNKNOWN
+                pending.append((trace_id, static.agent, static.provider, model, service,
+                                tenant, cost, end - start, (inp, output, 0, 0, 0)))
+                if static.agent is not None:
+                    # the next such call takes the inline path in `process`
+                    raw = (static.provider, model, service, static.agent, tenant)
+                    known.series = (self._series_generation, service, resource_tenant,
+                                    self._series.get(raw) or self._new_series(raw))
+                    i_at, o_at = known.simple_at
+                    known.hot = (start // _DAY_NS, rates, template[1].pack, template[2][0],
+                                 template[3], template[4], template[5], template[6], i_at,
+                                 o_at)
                 return
         usage = gu.finish_usage(static, counts)
         if usage is None:
@@ -548,12 +734,10 @@ class LlmCost:
             cost = self._cost_attributes(usage, start, parts)
         else:
             cost = self._fast_cost(usage, rates, parts)
-        added = b"".join(parts)
-        span.MergeFromString(added)
-        extra[position] = added
-        pending.append((span.trace_id, usage.agent, usage.provider, model, service,
+        extra.append((at, b"".join(parts)))
+        pending.append((trace_id, usage.agent, usage.provider, model, service,
                         known.tenant or resource_tenant or UNKNOWN, cost,
-                        span.end_time_unix_nano - start, _tokens(usage)))
+                        end - start, _tokens(usage)))
 
     def _template(self, static: gu.StaticUsage, rates: FastRates,
                   ) -> tuple[FastRates, struct.Struct, tuple[bytes, ...], bytes, bytes,
@@ -624,13 +808,6 @@ class LlmCost:
         self._agents[trace_id] = agent
         if len(self._agents) > self._agent_limit:
             self._agents.popitem(last=False)
-
-    def _price_span(self, span: Span, usage: gu.GenAIUsage) -> float | None:
-        """Write the usage's canonical names and its cost on the span; the cost in USD."""
-        out: list[bytes] = []
-        cost = self._cost_attributes(usage, span.start_time_unix_nano, out)
-        span.MergeFromString(b"".join(out))
-        return cost
 
     def _cost_attributes(self, usage: gu.GenAIUsage, start_ns: int, out: list[bytes],
                          ) -> float | None:
@@ -728,31 +905,36 @@ class LlmCost:
         series = self._series.get(raw)
         if series is None:
             series = self._new_series(raw)
-        labels, token_keys, duration_row, volume = series
-        volume[0] += 1
-        # CounterTable.add, inlined (once per model call)
-        calls = metrics.LLM_CALLS.values
-        calls[labels] = calls.get(labels, 0.0) + 1.0
+        # cells, not dict lookups: this runs once per model call
+        series[5] += 1.0
+        series[1][0] += 1.0
         if cost is not None:
-            costs = metrics.LLM_COST.values
-            costs[labels] = costs.get(labels, 0.0) + cost
-        totals = metrics.LLM_TOKENS.values
-        for key, count in zip(token_keys, tokens, strict=True):
+            cell = series[2]
+            if cell is None:
+                cell = series[2] = metrics.LLM_COST.cell(series[0])
+            cell[0] += cost
+        cells = series[3]
+        for n, count in enumerate(tokens):
             if count:
-                totals[key] = totals.get(key, 0.0) + count
+                cell = cells[n]
+                if cell is None:
+                    cell = cells[n] = metrics.LLM_TOKENS.cell((*series[0], TOKEN_TYPES[n]))
+                cell[0] += count
         if duration_ns is not None:
             seconds = max(duration_ns, 0) / 1e9
-            duration_row[bisect_left(metrics.LLM_DURATION.bounds, seconds)] += 1
-            duration_row[-1] += seconds
+            row = series[4]
+            row[bisect_left(metrics.LLM_DURATION.bounds, seconds)] += 1
+            row[-1] += seconds
 
     def _rerank(self) -> None:
         """Rank each label's values by the calls counted since the last ranking."""
-        volumes = volumes_by(((raw, series[3]) for raw, series in self._series.items()),
+        volumes = volumes_by(((raw, series) for raw, series in self._series.items()),
                              len(metrics.LLM_LABELS))
         changed = [self._guards[label].rerank(volume)
                    for label, volume in zip(metrics.LLM_LABELS, volumes, strict=True)]
         if any(changed):
             self._series.clear()  # their labels were made by the old ranking
+            self._series_generation += 1
 
     def _new_series(self, raw: tuple[str | None, ...]) -> _Series:
         guards = self._guards
@@ -763,8 +945,8 @@ class LlmCost:
         if labels not in self._labels_seen and len(self._labels_seen) >= MAX_SERIES:
             labels = (OTHER,) * len(labels)
         self._labels_seen.add(labels)
-        series = (labels, tuple((*labels, t) for t in TOKEN_TYPES),
-                  metrics.LLM_DURATION.row(labels), [0.0])
+        series: _Series = [labels, metrics.LLM_CALLS.cell(labels), None,
+                           [None] * len(TOKEN_TYPES), metrics.LLM_DURATION.row(labels), 0.0]
         if len(self._series) < MAX_SERIES:
             self._series[raw] = series
         return series

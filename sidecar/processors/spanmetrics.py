@@ -95,4 +95,6 @@ def _create(settings: ProcessorSettings) -> SpanMetrics:
     return SpanMetrics(settings)
 
 
-register_processor(ProcessorFactory("spanmetrics", SpanMetricsSettings, 30, _create))
+# before cost, which hands on bytes only (`Work.edited_bytes`): span metrics read the
+# message, which is there already (the receiver parsed it); none of its labels is a cost
+register_processor(ProcessorFactory("spanmetrics", SpanMetricsSettings, 15, _create))

@@ -464,23 +464,38 @@ from prometheus_client.utils import floatToGoString  # noqa: E402
 
 
 class CounterTable:
-    """A counter family: label values -> total."""
+    """A counter family: label values -> total. A hot path that counts one series again and
+    again holds its `cell` (a one-element list: `cell[0] += n`) instead of looking it up."""
 
-    __slots__ = ("documentation", "labels", "name", "values")
+    __slots__ = ("cells", "documentation", "labels", "name", "values")
 
     def __init__(self, name: str, documentation: str, labels: list[str]) -> None:
         self.name = name
         self.documentation = documentation
         self.labels = labels
         self.values: dict[tuple[str, ...], float] = {}
+        self.cells: dict[tuple[str, ...], list[float]] = {}
 
     def add(self, key: tuple[str, ...], amount: float = 1.0) -> None:
         values = self.values
         values[key] = values.get(key, 0.0) + amount
 
+    def cell(self, key: tuple[str, ...]) -> list[float]:
+        cell = self.cells.get(key)
+        if cell is None:
+            cell = self.cells[key] = [0.0]
+        return cell
+
+    def totals(self) -> dict[tuple[str, ...], float]:
+        """Every series' total: what `add` counted plus what its cell holds."""
+        out = dict(self.values)
+        for key, cell in list(self.cells.items()):
+            out[key] = out.get(key, 0.0) + cell[0]
+        return out
+
     def family(self) -> Metric:
         out = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
-        for key, value in list(self.values.items()):
+        for key, value in self.totals().items():
             out.add_metric(list(key), value)
         return out
 

@@ -50,7 +50,7 @@ Totals = Callable[[], Mapping[str, float]]
 def cost_counter_by_model() -> dict[str, float]:
     """The cost counter's totals since process start, summed over every label but model."""
     totals: dict[str, float] = {}
-    for key, value in list(metrics.LLM_COST.values.items()):
+    for key, value in metrics.LLM_COST.totals().items():
         model = key[_MODEL]
         totals[model] = totals.get(model, 0.0) + value
     return totals

@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from sidecar import config
+from sidecar import _spanwalk, config
 from sidecar.cache.config import CacheConfig
 from sidecar.cache.server import CacheConnection, CacheService
 from sidecar.errors import BadInputError, ConfigError
@@ -22,6 +22,7 @@ from sidecar.net.framing import LineSplitter
 from sidecar.otlp_json import decode_request
 from sidecar.pipeline.graph import build_processors
 from sidecar.pipeline.stage import Stage
+from sidecar.processors.llm_cost import CostSettings, LlmCost
 from sidecar.receivers.logparse import LogBatchBuilder
 
 _SIGNALS = tuple(Signal)
@@ -124,6 +125,23 @@ def resp(data: bytes) -> None:
 _config_dir = Path(tempfile.mkdtemp(prefix="sc-fuzz-config-"))
 
 
+_COST = LlmCost(CostSettings())
+
+
+def spanwalk(data: bytes) -> None:
+    """The cost processor's C walk on any bytes (not only those the protobuf parser took):
+    it reads them or refuses them with ValueError, and a splice at every span it reported
+    adds exactly the edits' bytes."""
+    try:
+        _, spans = _spanwalk.walk(data, _COST._span_keys, _COST._resource_keys)
+    except ValueError:
+        return
+    edits = [(span[1], b"\x4a\x00") for span in spans]  # an empty attribute on each
+    out = _spanwalk.splice(data, edits)
+    if len(out) < len(data) + 2 * len(edits):
+        raise AssertionError("a splice lost bytes")
+
+
 def config_file(data: bytes) -> None:
     path = _config_dir / "sidecar.yaml"
     path.write_bytes(data)
@@ -137,4 +155,5 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "ndjson": ndjson,
     "resp": resp,
     "config": config_file,
+    "spanwalk": spanwalk,
 }

@@ -149,8 +149,9 @@ async def test_shutdown_drains_every_exporter() -> None:
 
 
 def test_the_built_in_processors_run_in_their_fixed_order() -> None:
-    # redaction, cost and span metrics are all on by default
+    # redaction, cost and span metrics are all on by default; span metrics read the message
+    # before cost hands on bytes only
     assert [p.name for p in build_graph(config_module.from_tree({})).processors] == [
-        "redact", "cost", "spanmetrics"]
+        "redact", "spanmetrics", "cost"]
     off = build_graph(config_module.from_tree({"processors": {"cost": {"enabled": False}}}))
     assert [p.name for p in off.processors] == ["redact", "spanmetrics"]

@@ -131,7 +131,7 @@ def test_the_memo_is_bounded_in_entries_and_bytes_against_hostile_names() -> Non
     before = len(processor._known_spans)
     run(processor, request([call("openai", long_name, 10, 1)]))
     assert len(processor._known_spans) == before  # read the full way, not kept
-    stored = sum(len(v) for key, _ in processor._known_spans.items() for v in key[1])
+    stored = sum(len(key) for key in processor._known_spans)
     assert stored <= llm_cost.MAX_KNOWN * llm_cost.MAX_KNOWN_BYTES
-    assert len(processor._static_keys) <= llm_cost.MAX_KNOWN
+    assert len(processor._plans) <= llm_cost.MAX_KNOWN
     assert len(processor.book._fast) <= 4096

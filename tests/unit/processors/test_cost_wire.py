@@ -1,12 +1,8 @@
 """The byte-level helpers of the cost processor: appended attributes decode as the protobuf
-library's own, the wire layout numbers spans as the parser does, the needle search picks
-the spans `needle in span bytes` picks, a splice parses to the edited message, and the
-processor's fast path (layout, search, splice) gives exactly what walking and
-re-serialising the whole message gives."""
+library's own, and the processor's fast path (the C walk, its memos, the inline path and
+the splice) gives exactly what walking and editing the parsed message gives."""
 
 from __future__ import annotations
-
-from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
@@ -16,12 +12,13 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationSc
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
+from sidecar import _spanwalk
 from sidecar.model import Batch, Signal, Work
 from sidecar.pipeline.stage import Stage
 from sidecar.processors import genai_usage as gu
-from sidecar.processors import span_index, wire
+from sidecar.processors import wire
 from sidecar.processors.llm_cost import CostSettings, LlmCost
-from sidecar.sample import attrs
+from sidecar.sample import agent_runs, attrs
 from sidecar.telemetry import metrics
 
 
@@ -44,46 +41,7 @@ def call(model: str, **extra: str | int) -> Span:
         "gen_ai.usage.output_tokens": 1, **extra}))
 
 
-def spans_in_order(request: ExportTraceServiceRequest) -> Iterator[tuple[tuple[int, int, int],
-                                                                        Span]]:
-    for i, rs in enumerate(request.resource_spans):
-        for j, ss in enumerate(rs.scope_spans):
-            for k, span in enumerate(ss.spans):
-                yield (i, j, k), span
-
-
-def test_layout_numbers_spans_as_the_parser_and_needles_find_them_by_position() -> None:
-    request = ExportTraceServiceRequest(resource_spans=[
-        ResourceSpans(scope_spans=[ScopeSpans(spans=[Span(name="a"), call("m")])]),
-        ResourceSpans(scope_spans=[ScopeSpans(), ScopeSpans(spans=[call("n")])])])
-    payload = request.SerializeToString()
-    lay = span_index.layout(payload)
-    assert lay.positions == [(0, 0, 0), (0, 0, 1), (1, 1, 0)]
-    for (start, end), (_, span) in zip(zip(lay.starts, lay.ends, strict=True),
-                                       spans_in_order(request), strict=True):
-        assert payload[start:end] == span.SerializeToString()
-    hits = span_index.Needles((b"okens",)).spans(payload, lay)
-    assert [lay.positions[h] for h in hits] == [(0, 0, 1), (1, 1, 0)]
-    with pytest.raises(span_index.WireError):
-        span_index.layout(b"\x0a\x05ab")  # an entry longer than the request
-
-
-def test_a_needle_split_by_an_earlier_match_is_still_found() -> None:
-    # "ab" and "bc" overlap in "abc": a leftmost search reports "ab" only; a span starting
-    # at "bc" must still count. Built by hand so that a span's bytes begin right there.
-    search = span_index.Needles((b"xab", b"bcq"))
-    first = Span(name="zzxa")  # its bytes end with "xa"
-    second = Span(name="bcq")
-    request = ExportTraceServiceRequest(resource_spans=[ResourceSpans(scope_spans=[
-        ScopeSpans(spans=[first, second])])])
-    payload = request.SerializeToString()
-    lay = span_index.layout(payload)
-    expected = [n for n, (s, e) in enumerate(zip(lay.starts, lay.ends, strict=True))
-                if search.in_any(payload[s:e])]
-    assert search.spans(payload, lay) == expected == [1]
-
-
-# --- random requests: layout, needles and splice against the protobuf library -------------
+# --- random requests: the walk's fast path against the message path ----------------------
 
 KEYS = ["gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens", "gen_ai.request.model",
         "gen_ai.provider.name", "gen_ai.operation.name", "gen_ai.agent.name",
@@ -128,26 +86,6 @@ def requests(draw: st.DrawFn) -> ExportTraceServiceRequest:
     return ExportTraceServiceRequest(resource_spans=resources)
 
 
-@settings(max_examples=150, deadline=None)
-@given(requests(), st.data())
-def test_needles_and_splice_agree_with_the_library(request: ExportTraceServiceRequest,
-                                                   data: st.DataObject) -> None:
-    payload = request.SerializeToString()
-    lay = span_index.layout(payload)
-    assert lay.positions == [p for p, _ in spans_in_order(request)]
-    search = span_index.Needles((b"okens", b"token_count", b"invoke_agent", b"traceloop."))
-    expected = [n for n, (s, e) in enumerate(zip(lay.starts, lay.ends, strict=True))
-                if search.in_any(payload[s:e])]
-    assert search.spans(payload, lay) == expected
-    chosen = data.draw(st.sets(st.sampled_from(lay.positions))) if lay.positions else set()
-    extra = {p: wire.attribute("added", f"{p}") + wire.attribute("n", len(p)) for p in chosen}
-    edited = ExportTraceServiceRequest.FromString(payload)
-    for position, span in spans_in_order(edited):
-        if position in extra:
-            span.MergeFromString(extra[position])
-    assert ExportTraceServiceRequest.FromString(span_index.splice(payload, lay, extra)) == edited
-
-
 def _fresh_tables(patch: pytest.MonkeyPatch) -> list[metrics.CounterTable | metrics.HistogramTable]:
     tables: list[metrics.CounterTable | metrics.HistogramTable] = []
     for name in ("LLM_CALLS", "LLM_COST", "LLM_TOKENS"):
@@ -161,8 +99,8 @@ def _fresh_tables(patch: pytest.MonkeyPatch) -> list[metrics.CounterTable | metr
     return tables
 
 
-def _no_layout(_: bytes) -> span_index.Layout:
-    raise span_index.WireError("forced")
+def _no_walk(*_: object) -> None:
+    raise ValueError("forced")  # as the walk does on bytes it does not follow
 
 
 @settings(max_examples=100, deadline=None)
@@ -178,11 +116,25 @@ def test_the_fast_path_gives_what_walking_and_re_serialising_the_whole_message_g
         with pytest.MonkeyPatch.context() as patch:
             tables = _fresh_tables(patch)
             if not fast:
-                patch.setattr(span_index, "layout", _no_layout)
+                patch.setattr(_spanwalk, "walk", _no_walk)
             out = Stage(Signal.TRACES, [processor]).run(Batch.from_bytes(Signal.TRACES, payload))
-        rows = [t.values if isinstance(t, metrics.CounterTable) else t.rows for t in tables]
+        rows = [t.totals() if isinstance(t, metrics.CounterTable) else t.rows for t in tables]
         results.append((None if out is None else out.message, rows))
     assert results[0] == results[1]
+    # twice through one processor: the second time from its memos and the inline path
+    processor = LlmCost(CostSettings.model_validate(config))
+    with pytest.MonkeyPatch.context() as patch:
+        tables = _fresh_tables(patch)
+        stage = Stage(Signal.TRACES, [processor])
+        outs = [stage.run(Batch.from_bytes(Signal.TRACES, payload)) for _ in range(2)]
+        rows = [t.totals() if isinstance(t, metrics.CounterTable) else t.rows for t in tables]
+    messages = [None if out is None else out.message for out in outs]
+    assert messages[0] == messages[1] == results[0][0]
+    for got, once in zip(rows, results[0][1], strict=True):
+        assert got.keys() == once.keys()
+        for key, value in once.items():
+            want = [2 * x for x in value] if isinstance(value, list) else 2 * value
+            assert got[key] == pytest.approx(want, rel=1e-12), key
 
 
 def test_a_span_dropped_by_an_earlier_processor_is_not_priced_in_its_place() -> None:
@@ -241,3 +193,29 @@ def test_label_guard_keeps_the_heaviest_values_and_quiet_ones_while_there_is_roo
     assert [guard(v) for v in ("v999", "v998", "v997", "a")] == ["v999", "v998", "v997",
                                                                   OTHER]
     assert guard("x" * 500) == OTHER
+
+
+def test_the_inline_path_counts_what_the_message_path_counts() -> None:
+    # realistic agent runs (sidecar.sample), each request twice: the second time most calls
+    # take the inline path in `process`; the message path prices every one the full way
+    payloads = [run.traces.SerializeToString() for run in agent_runs(40, seed=2)]
+    results = []
+    for fast in (True, False):
+        processor = LlmCost(CostSettings())
+        with pytest.MonkeyPatch.context() as patch:
+            tables = _fresh_tables(patch)
+            if not fast:
+                patch.setattr(_spanwalk, "walk", _no_walk)
+            stage = Stage(Signal.TRACES, [processor])
+            outs = [stage.run(Batch.from_bytes(Signal.TRACES, p)) for p in payloads * 2]
+            rows = [t.totals() if isinstance(t, metrics.CounterTable) else t.rows
+                    for t in tables]
+        if fast:
+            assert any(k.hot is not None for k in processor._known_spans.values())
+        results.append(([None if out is None else out.message for out in outs], rows))
+    (fast_messages, fast_rows), (full_messages, full_rows) = results
+    assert fast_messages == full_messages
+    for got, want in zip(fast_rows, full_rows, strict=True):
+        assert got.keys() == want.keys()
+        for key, value in want.items():
+            assert got[key] == pytest.approx(value, rel=1e-12), key

@@ -1,0 +1,28 @@
+"""Types of the C extension sidecar/_spanwalk.c (see its header for what it reads)."""
+
+from collections.abc import Sequence
+
+DUPLICATE: int  # a matched key given twice in one span
+ODD: int  # a KeyValue given its key or value twice
+MANY: int  # more matched attributes than the walk reports
+
+class Matcher:
+    """Attribute keys, key i with id i; triggers[i]: True (a span holding key i is
+    reported), False, or serialized AnyValues that make it a trigger; `counts`: the keys
+    whose values are counts (left out of a span's memo key, given apart)."""
+
+    def __init__(self, keys: Sequence[bytes], triggers: Sequence[bool | tuple[bytes, ...]],
+                 counts: Sequence[bytes] = ()) -> None: ...
+
+# per ResourceSpans entry: (matched key ids, their serialized AnyValues, flags)
+Resource = tuple[tuple[int, ...], tuple[bytes, ...], int]
+# per reported span, in wire order: (resource index, content start, content end, trace_id,
+# start_time_unix_nano, end_time_unix_nano, matched key ids, their values, flags,
+# attribute count, memo key (the ids and the values but for counts), the count values in
+# wire order (an int where the AnyValue is an int_value, else its bytes))
+SpanRecord = tuple[int, int, int, bytes, int, int, tuple[int, ...], tuple[bytes, ...], int, int,
+                   bytes, tuple[int | bytes, ...]]
+
+def walk(payload: bytes, span_keys: Matcher, resource_keys: Matcher,
+         ) -> tuple[list[Resource], list[SpanRecord]]: ...
+def splice(payload: bytes, edits: Sequence[tuple[int, bytes]]) -> bytes: ...

@@ -1,0 +1,209 @@
+"""The C walk of trace requests (sidecar/_spanwalk.c) against the protobuf library: it
+reports the spans and attributes the parser reads, at the byte ranges they occupy, and a
+splice parses to the message edited through the library. Hostile bytes get ValueError,
+never a crash."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+
+from sidecar import _spanwalk
+from sidecar.processors import wire
+
+KEYS = ["gen_ai.usage.input_tokens", "gen_ai.request.model", "gen_ai.operation.name",
+        "tenant.id", "k" * 300, "x"]
+TRIGGERS: list[bool | tuple[bytes, ...]] = [
+    True, False, (AnyValue(string_value="invoke_agent").SerializeToString(),), False, True,
+    False]
+COUNTS = [b"gen_ai.usage.input_tokens"]
+SPAN_KEYS = _spanwalk.Matcher([k.encode() for k in KEYS], TRIGGERS, COUNTS)
+RESOURCE_KEYS = _spanwalk.Matcher([b"service.name", b"tenant.id"], [False, False])
+
+VALUES = st.one_of(
+    st.builds(lambda v: AnyValue(string_value=v),
+              st.sampled_from(["invoke_agent", "chat", "", "gpt-4o", "é" * 70])),
+    st.builds(lambda v: AnyValue(int_value=v), st.integers(-2**63, 2**63 - 1)),
+    st.builds(lambda v: AnyValue(double_value=v), st.floats(allow_nan=False)),
+    st.just(AnyValue()))
+ATTRIBUTES = st.lists(st.builds(lambda k, v: KeyValue(key=k, value=v),
+                                st.sampled_from([*KEYS, "other", "service.name", ""]),
+                                VALUES), max_size=8)
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> ExportTraceServiceRequest:
+    resources = []
+    for _ in range(draw(st.integers(0, 3))):
+        scopes = []
+        for _ in range(draw(st.integers(0, 3))):
+            spans = [Span(trace_id=draw(st.binary(max_size=17)), name=draw(st.text(max_size=5)),
+                          start_time_unix_nano=draw(st.integers(0, 2**64 - 1)),
+                          end_time_unix_nano=draw(st.integers(0, 2**64 - 1)),
+                          attributes=draw(ATTRIBUTES),
+                          events=[Span.Event(name="e", attributes=draw(ATTRIBUTES))])
+                     for _ in range(draw(st.integers(0, 4)))]
+            scopes.append(ScopeSpans(spans=spans))
+        resources.append(ResourceSpans(resource=Resource(attributes=draw(ATTRIBUTES)),
+                                       scope_spans=scopes))
+    return ExportTraceServiceRequest(resource_spans=resources)
+
+
+def triggered(span: Span) -> bool:
+    for kv in span.attributes:
+        at = KEYS.index(kv.key) if kv.key in KEYS else -1
+        trigger = TRIGGERS[at] if at >= 0 else False
+        if trigger is True or (isinstance(trigger, tuple)
+                               and kv.value.SerializeToString() in trigger):
+            return True
+    return False
+
+
+def matched(attributes: list[KeyValue], keys: list[str]) -> list[tuple[int, AnyValue]]:
+    return [(keys.index(kv.key), kv.value) for kv in attributes if kv.key in keys]
+
+
+def check_against_library(payload: bytes, request: ExportTraceServiceRequest) -> None:
+    resources, spans = _spanwalk.walk(payload, SPAN_KEYS, RESOURCE_KEYS)
+    assert len(resources) == len(request.resource_spans)
+    for (ids, values, _), rs in zip(resources, request.resource_spans, strict=True):
+        want = matched(list(rs.resource.attributes), ["service.name", "tenant.id"])
+        assert list(zip(ids, map(AnyValue.FromString, values), strict=True)) == want
+    expected = [(i, span) for i, rs in enumerate(request.resource_spans)
+                for ss in rs.scope_spans for span in ss.spans if triggered(span)]
+    assert len(spans) == len(expected)
+    for record, (i, span) in zip(spans, expected, strict=True):
+        r, start, end, trace_id, start_ns, end_ns, ids, values, flags, count, key, counts \
+            = record
+        assert r == i
+        assert Span.FromString(payload[start:end]) == span
+        assert (trace_id, start_ns, end_ns) == (span.trace_id, span.start_time_unix_nano,
+                                                span.end_time_unix_nano)
+        assert count == len(span.attributes)
+        pairs = matched(list(span.attributes), KEYS)
+        assert list(zip(ids, map(AnyValue.FromString, values), strict=True)) == pairs
+        ids_seen = [at for at, _ in pairs]
+        assert bool(flags & _spanwalk.DUPLICATE) == (len(set(ids_seen)) != len(ids_seen))
+        # the counts apart: an int for an int_value, else the value's bytes
+        want_counts = [v.int_value if v.WhichOneof("value") == "int_value"
+                       else v.SerializeToString() for at, v in pairs if at == 0]
+        assert list(counts) == want_counts
+        assert key  # equal keys for equal (ids, non-count values): checked below
+
+
+@settings(max_examples=200, deadline=None)
+@given(requests())
+def test_the_walk_reports_what_the_library_parses(request: ExportTraceServiceRequest) -> None:
+    check_against_library(request.SerializeToString(), request)
+
+
+def test_the_memo_key_is_the_ids_and_values_but_for_counts() -> None:
+    def span(**values: str | int) -> bytes:
+        attributes = [KeyValue(key=k.replace("_", ".") if k != "x" else k,
+                               value=AnyValue(string_value=v) if isinstance(v, str)
+                               else AnyValue(int_value=v)) for k, v in values.items()]
+        request = ExportTraceServiceRequest(resource_spans=[ResourceSpans(scope_spans=[
+            ScopeSpans(spans=[Span(attributes=[KeyValue(key="gen_ai.usage.input_tokens",
+                                                        value=AnyValue(int_value=7)),
+                                               *attributes])])])])
+        return _spanwalk.walk(request.SerializeToString(), SPAN_KEYS, RESOURCE_KEYS)[1][0][10]
+
+    assert span(x="a") == span(x="a")
+    assert span(x="a") != span(x="b")
+    assert span(x="a", tenant_id="t") != span(tenant_id="t", x="a")  # order is part of it
+    base = ExportTraceServiceRequest(resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(
+        spans=[Span(attributes=[KeyValue(key="gen_ai.usage.input_tokens",
+                                         value=AnyValue(int_value=n))]) for n in (1, 2)])])])
+    first, second = _spanwalk.walk(base.SerializeToString(), SPAN_KEYS, RESOURCE_KEYS)[1]
+    assert first[10] == second[10]
+    assert (first[11], second[11]) == ((1,), (2,))
+
+
+@settings(max_examples=200, deadline=None)
+@given(requests(), st.data())
+def test_a_splice_parses_to_the_message_edited_through_the_library(
+        request: ExportTraceServiceRequest, data: st.DataObject) -> None:
+    payload = request.SerializeToString()
+    _, spans = _spanwalk.walk(payload, SPAN_KEYS, RESOURCE_KEYS)
+    chosen = sorted(data.draw(st.sets(st.sampled_from([s[1] for s in spans])))
+                    if spans else set())
+    extra = {at: wire.attribute("added", at) + wire.attribute("v" * 200, "w" * 300)
+             for at in chosen}
+    edited = ExportTraceServiceRequest.FromString(payload)
+    # edit by position: the n-th reported span is the n-th triggered span in wire order
+    expected_spans = [span for rs in edited.resource_spans for ss in rs.scope_spans
+                      for span in ss.spans if triggered(span)]
+    for record, span in zip(spans, expected_spans, strict=True):
+        if record[1] in extra:
+            span.MergeFromString(extra[record[1]])
+    out = _spanwalk.splice(payload, sorted(extra.items()))
+    assert ExportTraceServiceRequest.FromString(out) == edited
+
+
+def test_splice_refuses_edits_out_of_order_or_naming_no_span() -> None:
+    request = ExportTraceServiceRequest(resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(
+        spans=[Span(attributes=[KeyValue(key="x")]), Span(name="b")])])])
+    payload = request.SerializeToString()
+    with pytest.raises(ValueError, match="ascending"):
+        _spanwalk.splice(payload, [(10, b""), (5, b"")])
+    with pytest.raises(ValueError, match="names no span"):
+        _spanwalk.splice(payload, [(1, b"\x4a\x00")])
+    assert _spanwalk.splice(payload, []) == payload
+
+
+def test_a_matcher_refuses_duplicate_or_wrong_keys() -> None:
+    with pytest.raises(ValueError, match="duplicate"):
+        _spanwalk.Matcher([b"a", b"a"], [False, False])
+    with pytest.raises(TypeError):
+        _spanwalk.Matcher(["a"], [False])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="differ"):
+        _spanwalk.Matcher([b"a"], [])
+    with pytest.raises(ValueError, match="not one of the keys"):
+        _spanwalk.Matcher([b"a"], [False], [b"b"])
+
+
+def test_hostile_bytes_are_refused_or_read_as_the_library_reads_them() -> None:
+    rng = random.Random(5)
+    good = ExportTraceServiceRequest(resource_spans=[
+        ResourceSpans(resource=Resource(attributes=[KeyValue(
+            key="service.name", value=AnyValue(string_value="svc"))]),
+            scope_spans=[ScopeSpans(spans=[Span(trace_id=b"t" * 16, attributes=[
+                KeyValue(key=k, value=AnyValue(int_value=n)) for n, k in enumerate(KEYS)])
+                for _ in range(3)])])])
+    payload = good.SerializeToString()
+    for n in range(3000):
+        data = bytearray(payload)
+        if n % 3 == 0:
+            data = data[:rng.randrange(len(data))]  # truncated anywhere
+        else:
+            for _ in range(rng.randint(1, 4)):
+                data[rng.randrange(len(data))] = rng.randrange(256)
+        try:
+            parsed = ExportTraceServiceRequest.FromString(bytes(data))
+        except Exception:  # the library refused it: the walk may still read it
+            parsed = None
+        try:
+            _, spans = _spanwalk.walk(bytes(data), SPAN_KEYS, RESOURCE_KEYS)
+        except ValueError:
+            continue
+        for record in spans:
+            assert 0 <= record[1] <= record[2] <= len(data)
+        out = _spanwalk.splice(bytes(data), [(s[1], b"\x4a\x00") for s in spans])
+        # each edit adds its 2 bytes (and enclosing lengths may take a byte more)
+        assert len(out) >= len(data) + 2 * len(spans)
+        if parsed is not None:
+            edited = ExportTraceServiceRequest.FromString(out)
+            assert sum(len(ss.spans) for rs in edited.resource_spans
+                       for ss in rs.scope_spans) == sum(
+                len(ss.spans) for rs in parsed.resource_spans for ss in rs.scope_spans)
+    for junk in (b"\x0b", b"\x0a\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", b"\x0a\x05ab",
+                 b"\x09abc", b"\x0d\x00", b"\x80" * 11):
+        with pytest.raises(ValueError, match=r"tag|truncated|wire type"):
+            _spanwalk.walk(junk, SPAN_KEYS, RESOURCE_KEYS)
