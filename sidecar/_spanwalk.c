@@ -651,6 +651,194 @@ fail:
     return NULL;
 }
 
+/* ---- red: span metrics of a request ------------------------------------------------ */
+
+/* One span's (name, kind, status code, duration) into `rows`. 0 ok, -1 error. */
+static int red_span(const uint8_t *p, const uint8_t *end, Py_ssize_t resource, PyObject *rows,
+                    const double *bounds, Py_ssize_t nbounds) {
+    const uint8_t *name = p, *name_end = p;
+    int32_t kind = 0, code = 0;
+    uint64_t start_ns = 0, end_ns = 0;
+    Reader r = {p, end};
+    Field f = {0};
+    int rc;
+    while ((rc = next_field(&r, &f)) == 1) {
+        if (f.number == 5 && f.wire == 2) {
+            name = f.data;
+            name_end = f.data_end;
+        } else if (f.number == 6 && f.wire == 0) {
+            kind = (int32_t)f.varint;
+        } else if (f.number == 7 && f.wire == 1) {
+            start_ns = load_le64(f.data);
+        } else if (f.number == 8 && f.wire == 1) {
+            end_ns = load_le64(f.data);
+        } else if (f.number == 15 && f.wire == 2) {
+            /* Status, merged if given twice: the last code given wins */
+            Reader sr = {f.data, f.data_end};
+            Field sf = {0};
+            while ((rc = next_field(&sr, &sf)) == 1) {
+                if (sf.number == 3 && sf.wire == 0)
+                    code = (int32_t)sf.varint;
+            }
+            if (rc < 0)
+                return -1;
+        }
+    }
+    if (rc < 0)
+        return -1;
+    /* as Python's max(end - start, 0) / 1e9 (ints: unsigned fields, a signed difference) */
+    double seconds = 0.0;
+    if (end_ns > start_ns)
+        seconds = (double)(end_ns - start_ns) / 1e9;
+    Py_ssize_t bucket = 0;
+    while (bucket < nbounds && bounds[bucket] < seconds)
+        bucket++; /* bisect_left: the first bound >= seconds */
+    PyObject *key = Py_BuildValue("(ny#ii)", resource, (const char *)name,
+                                  (Py_ssize_t)(name_end - name), (int)kind, (int)code);
+    if (key == NULL)
+        return -1;
+    PyObject *row = PyDict_GetItemWithError(rows, key);
+    if (row == NULL) {
+        if (PyErr_Occurred()) {
+            Py_DECREF(key);
+            return -1;
+        }
+        row = PyList_New(nbounds + 2);
+        if (row == NULL) {
+            Py_DECREF(key);
+            return -1;
+        }
+        for (Py_ssize_t i = 0; i < nbounds + 2; i++) {
+            PyObject *zero = PyFloat_FromDouble(0.0);
+            if (zero == NULL) {
+                Py_DECREF(row);
+                Py_DECREF(key);
+                return -1;
+            }
+            PyList_SET_ITEM(row, i, zero);
+        }
+        rc = PyDict_SetItem(rows, key, row);
+        Py_DECREF(row); /* the dict holds it */
+        if (rc < 0) {
+            Py_DECREF(key);
+            return -1;
+        }
+    }
+    Py_DECREF(key);
+    PyObject *count = PyFloat_FromDouble(PyFloat_AS_DOUBLE(PyList_GET_ITEM(row, bucket)) + 1.0);
+    PyObject *sum = PyFloat_FromDouble(PyFloat_AS_DOUBLE(PyList_GET_ITEM(row, nbounds + 1)) +
+                                       seconds);
+    if (count == NULL || sum == NULL) {
+        Py_XDECREF(count);
+        Py_XDECREF(sum);
+        return -1;
+    }
+    PyList_SetItem(row, bucket, count);
+    PyList_SetItem(row, nbounds + 1, sum);
+    return 0;
+}
+
+static PyObject *red(PyObject *module, PyObject *args) {
+    Py_buffer view;
+    PyObject *bounds_arg;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "y*O!", &view, &PyTuple_Type, &bounds_arg))
+        return NULL;
+    Py_ssize_t nbounds = PyTuple_GET_SIZE(bounds_arg);
+    double *bounds = PyMem_Malloc((size_t)(nbounds ? nbounds : 1) * sizeof(double));
+    PyObject *services = PyList_New(0);
+    PyObject *rows = PyDict_New();
+    if (bounds == NULL || services == NULL || rows == NULL) {
+        if (bounds == NULL)
+            PyErr_NoMemory();
+        goto fail;
+    }
+    for (Py_ssize_t i = 0; i < nbounds; i++) {
+        bounds[i] = PyFloat_AsDouble(PyTuple_GET_ITEM(bounds_arg, i));
+        if (bounds[i] == -1.0 && PyErr_Occurred())
+            goto fail;
+    }
+    const uint8_t *base = view.buf;
+    Reader top = {base, base + view.len};
+    Field rf;
+    int rc;
+    while ((rc = next_field(&top, &rf)) == 1) {
+        if (rf.number != 1 || rf.wire != 2)
+            continue;
+        Py_ssize_t index = PyList_GET_SIZE(services);
+        const uint8_t *service = NULL, *service_end = NULL;
+        Reader rs = {rf.data, rf.data_end};
+        Field sf;
+        while ((rc = next_field(&rs, &sf)) == 1) {
+            if (sf.wire != 2)
+                continue;
+            if (sf.number == 1) {
+                Reader rr = {sf.data, sf.data_end};
+                Field af;
+                while ((rc = next_field(&rr, &af)) == 1) {
+                    if (af.number != 1 || af.wire != 2 || service != NULL)
+                        continue;
+                    /* the first attribute keyed service.name: its value's bytes */
+                    Reader kv = {af.data, af.data_end};
+                    Field kf;
+                    const uint8_t *k = NULL, *k_end = NULL, *v = NULL, *v_end = NULL;
+                    while ((rc = next_field(&kv, &kf)) == 1) {
+                        if (kf.wire != 2)
+                            continue;
+                        if (kf.number == 1) {
+                            k = kf.data;
+                            k_end = kf.data_end;
+                        } else if (kf.number == 2) {
+                            v = kf.data;
+                            v_end = kf.data_end;
+                        }
+                    }
+                    if (rc < 0)
+                        goto fail;
+                    if (k != NULL && k_end - k == 12 && memcmp(k, "service.name", 12) == 0) {
+                        service = v != NULL ? v : af.data_end;
+                        service_end = v != NULL ? v_end : af.data_end;
+                    }
+                }
+                if (rc < 0)
+                    goto fail;
+            } else if (sf.number == 2) {
+                Reader ss = {sf.data, sf.data_end};
+                Field kf;
+                while ((rc = next_field(&ss, &kf)) == 1) {
+                    if (kf.number == 2 && kf.wire == 2 &&
+                        red_span(kf.data, kf.data_end, index, rows, bounds, nbounds) < 0)
+                        goto fail;
+                }
+                if (rc < 0)
+                    goto fail;
+            }
+        }
+        if (rc < 0)
+            goto fail;
+        PyObject *item = service == NULL
+                             ? Py_NewRef(Py_None)
+                             : PyBytes_FromStringAndSize((const char *)service,
+                                                         service_end - service);
+        if (item == NULL || PyList_Append(services, item) < 0) {
+            Py_XDECREF(item);
+            goto fail;
+        }
+        Py_DECREF(item);
+    }
+    if (rc < 0)
+        goto fail;
+    PyMem_Free(bounds);
+    PyBuffer_Release(&view);
+    return Py_BuildValue("(NN)", services, rows);
+fail:
+    PyMem_Free(bounds);
+    Py_XDECREF(services);
+    Py_XDECREF(rows);
+    PyBuffer_Release(&view);
+    return NULL;
+}
+
 /* ---- splice ----------------------------------------------------------------------- */
 
 typedef struct {
@@ -810,6 +998,11 @@ static PyMethodDef methods[] = {
      "spans: per span holding a trigger, in wire order, (resource index, content start,\n"
      "content end, trace_id, start_time_unix_nano, end_time_unix_nano, ids, values, flags,\n"
      "attribute count, memo key, count values)."},
+    {"red", red, METH_VARARGS,
+     "red(payload, bounds) -> (services, rows): per ResourceSpans entry the serialized value\n"
+     "of its first service.name attribute (None: none); per (resource index, span name\n"
+     "bytes, kind, status code), a histogram row of the spans' durations in seconds over\n"
+     "`bounds` (bisect_left buckets, one past the last bound, then the sum)."},
     {"splice", splice, METH_VARARGS,
      "splice(payload, edits) -> bytes: edits (span content start, bytes), ascending, each\n"
      "appended to the span starting there, with the enclosing lengths rewritten."},

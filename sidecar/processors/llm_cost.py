@@ -406,10 +406,11 @@ class LlmCost:
                                           resource_tenant, pending)
                 if added:
                     extra.append((start, added))
-        if not extra:
-            return
-        # cost is the last processor to read a request: the message is not kept in step
-        work.edited_bytes(_spanwalk.splice(payload, extra))
+        edits = [edit for edit in extra if edit[1]]
+        if edits:
+            # cost is the last processor to read a request: the message is not kept in step
+            work.edited_bytes(_spanwalk.splice(payload, edits))
+        # every model call counts, priced or not (once the request's spans are all read)
         self._count_pending(pending)
         self._count_hot(hot_pending)
 
@@ -465,7 +466,6 @@ class LlmCost:
                         changed = True
         if not changed:
             work.read_only()
-            return
         self._count_pending(pending)
 
     def _triggered(self, attributes: Iterable[KeyValue]) -> bool:

@@ -13,8 +13,10 @@ from bisect import bisect_left
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from pydantic import Field
 
+from sidecar import _spanwalk
 from sidecar.component import ProcessorFactory, ProcessorSettings, register_processor
 from sidecar.model import Signal, Work
+from sidecar.processors.genai_usage import raw_scalar
 from sidecar.processors.llm_cost import MAX_SERIES, OTHER, UNKNOWN, LabelGuard, volumes_by
 from sidecar.telemetry import metrics
 
@@ -50,6 +52,37 @@ class SpanMetrics:
         self._requests += 1
         if self._rerank_every and self._requests % self._rerank_every == 0:
             self._rerank()
+        bounds = metrics.SPAN_DURATION.bounds
+        try:
+            # the spans' rows in C, one per (resource, name, kind, status code) of the request
+            services, rows = _spanwalk.red(work.payload, bounds)
+        except ValueError:
+            self._process_message(work)  # bytes the walk does not follow: the message
+            return
+        series = self._series
+        names: list[str] = []
+        for (resource, raw_name, kind, code), counts in rows.items():
+            if resource >= len(names):
+                names += [self._service(raw) for raw in services[len(names):resource + 1]]
+            key = (names[resource], raw_name.decode("utf-8", "replace"), kind, code)
+            found = series.get(key)
+            if found is None:
+                found = self._new_series(key)
+            row = found[1]
+            for at, value in enumerate(counts):
+                if value:
+                    row[at] += value
+            found[2][0] += sum(counts[:-1])
+
+    @staticmethod
+    def _service(raw: bytes | None) -> str:
+        """`service.name` as the message path reads it: a string value, else unknown."""
+        if raw is None:
+            return UNKNOWN
+        value = raw_scalar(raw)
+        return value if isinstance(value, str) and value else UNKNOWN
+
+    def _process_message(self, work: Work) -> None:
         message = work.message
         assert isinstance(message, ExportTraceServiceRequest)
         series = self._series

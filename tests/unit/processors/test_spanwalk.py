@@ -1,7 +1,7 @@
 """The C walk of trace requests (sidecar/_spanwalk.c) against the protobuf library: it
-reports the spans and attributes the parser reads, at the byte ranges they occupy, and a
-splice parses to the message edited through the library. Hostile bytes get ValueError,
-never a crash."""
+reports the spans and attributes the parser reads, at the byte ranges they occupy, a
+splice parses to the message edited through the library, and span metrics from the walk
+are those read from the message. Hostile bytes get ValueError, never a crash."""
 
 from __future__ import annotations
 
@@ -13,10 +13,14 @@ from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
 from sidecar import _spanwalk
+from sidecar.model import Batch, Signal
+from sidecar.pipeline.stage import Stage
 from sidecar.processors import wire
+from sidecar.processors.spanmetrics import SpanMetrics, SpanMetricsSettings
+from sidecar.telemetry import metrics
 
 KEYS = ["gen_ai.usage.input_tokens", "gen_ai.request.model", "gen_ai.operation.name",
         "tenant.id", "k" * 300, "x"]
@@ -207,3 +211,55 @@ def test_hostile_bytes_are_refused_or_read_as_the_library_reads_them() -> None:
                  b"\x09abc", b"\x0d\x00", b"\x80" * 11):
         with pytest.raises(ValueError, match=r"tag|truncated|wire type"):
             _spanwalk.walk(junk, SPAN_KEYS, RESOURCE_KEYS)
+
+
+@st.composite
+def red_requests(draw: st.DrawFn) -> ExportTraceServiceRequest:
+    resources = []
+    for _ in range(draw(st.integers(0, 3))):
+        service = draw(st.sampled_from([None, AnyValue(string_value="svc"), AnyValue(),
+                                        AnyValue(string_value=""), AnyValue(int_value=3)]))
+        attributes = [KeyValue(key="service.name", value=service)] if service is not None \
+            else []
+        if draw(st.booleans()):
+            attributes.insert(0, KeyValue(key="x", value=AnyValue(string_value="y")))
+        spans = [Span(name=draw(st.sampled_from(["", "GET /", "chat", "é"])),
+                      kind=draw(st.sampled_from([0, 1, 2, 3, 7, -1])),
+                      start_time_unix_nano=(start := draw(st.integers(0, 2**63))),
+                      end_time_unix_nano=draw(st.sampled_from(
+                          [start, start + 1, max(start - 5, 0), start + 3 * 10**9,
+                           start + 10**9, start + 10**7,
+                           start + draw(st.integers(0, 10**12))])),
+                      status=Status(code=draw(st.sampled_from([0, 1, 2, 5]))))
+                 for _ in range(draw(st.integers(0, 6)))]
+        resources.append(ResourceSpans(resource=Resource(attributes=attributes),
+                                       scope_spans=[ScopeSpans(spans=spans)]))
+    return ExportTraceServiceRequest(resource_spans=resources)
+
+
+@settings(max_examples=200, deadline=None)
+@given(red_requests())
+def test_span_metrics_from_the_walk_are_those_from_the_message(
+        request: ExportTraceServiceRequest) -> None:
+    payload = request.SerializeToString()
+    rows = []
+    for fast in (True, False):
+        with pytest.MonkeyPatch.context() as patch:
+            table = metrics.HistogramTable(metrics.SPAN_DURATION.name, "d",
+                                           metrics.SPAN_DURATION.labels,
+                                           metrics.SPAN_DURATION.bounds)
+            patch.setattr(metrics, "SPAN_DURATION", table)
+            if not fast:
+                patch.setattr(_spanwalk, "red", _refuse)
+            Stage(Signal.TRACES, [SpanMetrics(SpanMetricsSettings())]).run(
+                Batch.from_bytes(Signal.TRACES, payload))
+        rows.append(table.rows)
+    fast_rows, message_rows = rows
+    assert fast_rows.keys() == message_rows.keys()
+    for key, row in message_rows.items():
+        assert fast_rows[key][:-1] == row[:-1]  # bucket counts exactly
+        assert fast_rows[key][-1] == pytest.approx(row[-1], rel=1e-12)  # sums, any order
+
+
+def _refuse(*_: object) -> None:
+    raise ValueError("forced")
