@@ -290,7 +290,8 @@ class Redactor:
         # may also look at the bytes around a string (CARD_PRESCAN)
         value_forms = [boundary_free(r.pattern) for r in builtin]
         prescan_forms: list[str | Form] = [
-            Form(r.prescan_fast, r.prescan_form(), r.prescan_reach) if r.prescan_fast
+            Form(r.prescan_fast, r.prescan_form(), r.prescan_reach, r.prescan_joiner)
+            if r.prescan_fast
             else r.prescan_form() for r in builtin]
         key_forms = list(KEY_STEM_FORMS)
         self._user_keys: list[_KeyRule] = []
@@ -469,28 +470,35 @@ class Redactor:
         if attr_field is None or k in hits.whole or self._summary != "silent":
             return self._redact_whole_item(signal, payload, message, hits, k)
         start, end = hits.layout.items[k][:2]
-        item_fields = fields(payload, start, end, until=max(to for to, _ in hits.at[k]))
+        at = hits.at[k]
+        item_fields = fields(payload, start, end, until=max(to for to, _ in at))
         heads = [f[1] for f in item_fields]
         hit_fields: dict[int, set[int]] = {}  # field -> the pre-scan forms that hit it
-        for to, form in hits.at[k]:
+        for to, form in at:
             for p in (to - 1, to - 2):
                 if not start <= p < end:
                     continue
                 j = bisect_right(heads, p) - 1
                 if j < 0 or p >= item_fields[j][3] or item_fields[j][0] != attr_field:
                     return self._redact_whole_item(signal, payload, message, hits, k)
-                hit_fields.setdefault(j, set()).add(form)
-        attr_index: dict[int, int] = {}
-        for j, f in enumerate(item_fields):
-            if f[0] == attr_field:
-                attr_index[j] = len(attr_index)
+                forms = hit_fields.get(j)
+                if forms is None:
+                    hit_fields[j] = {form}
+                else:
+                    forms.add(form)
         attrs = self._message_item(signal, message, hits, k).attributes \
             if message is not None else None
         new: dict[int, bytes | None] = {}  # field -> its new content, None: removed
+        removed: list[int] = []  # indices in `attrs` of removed attributes
         for j in sorted(hit_fields):
             _, _, fstart, fend = item_fields[j]
-            kv = attrs[attr_index[j]] if attrs is not None \
-                else KeyValue.FromString(payload[fstart:fend])
+            if attrs is not None:
+                # its index among the item's attributes: the attribute fields before it
+                index = sum(1 for f in item_fields[:j] if f[0] == attr_field)
+                kv = attrs[index]
+            else:
+                index = -1
+                kv = KeyValue.FromString(payload[fstart:fend])
             before = self.masked + self.dropped
             # the value rules whose pre-scan form hit it: forms 0.. are the rules' own
             self._only = hit_fields[j]
@@ -500,13 +508,14 @@ class Redactor:
                 self._only = None
             if drop:
                 new[j] = None
+                removed.append(index)
             elif self.masked + self.dropped != before:
                 new[j] = kv.SerializeToString()
         if not new:
             return None
         if attrs is not None:
-            for j in sorted((j for j, v in new.items() if v is None), reverse=True):
-                del attrs[attr_index[j]]
+            for index in reversed(removed):
+                del attrs[index]
         pieces: list[bytes] = []
         pos = start
         for j in sorted(new):
@@ -655,7 +664,7 @@ class Redactor:
         elif not is_allowlisted(norm):
             data = key.encode()
             for rule in self._user_keys:
-                if rule.value is None and rule.regex.search(data) is not None:
+                if rule.value is None and rule.regex.hit(data):
                     verdict = (rule.name, rule.action)
                     break
         if len(self._verdicts) >= _KEY_CACHE_MAX:
@@ -671,9 +680,9 @@ class Redactor:
         data = kv.key.encode()
         text = kv.value.string_value.encode()
         for rule in self._user_keys:
-            if rule.value is None or rule.regex.search(data) is None:
+            if rule.value is None or not rule.regex.hit(data):
                 continue
-            if rule.value.search(text) is not None:
+            if rule.value.hit(text):
                 return self._whole_value(kv.value, (rule.name, rule.action))
         return False
 
@@ -734,7 +743,7 @@ class Redactor:
             return DROP
         if isinstance(out, bytes):
             data, changed = out, True
-        if data.lstrip()[:1] in _JSON_START and self._key_hint.search(data) is not None:
+        if data.lstrip()[:1] in _JSON_START and self._key_hint.hit(data):
             rewritten = self._json_text(data, depth)
             if rewritten is DROP:
                 return DROP
@@ -746,7 +755,7 @@ class Redactor:
         if data in self._clean:
             return None
         only = self._dirty.get(data) if self._only is None else self._only
-        if only is None and self._value_hint.search(data) is None:
+        if only is None and not self._value_hint.hit(data):
             return None
         every = self._rules
         # forms past the rules' own are key forms (`prescan`): no rule of theirs to run
@@ -763,26 +772,24 @@ class Redactor:
             # each pass over a long string counts too: hundreds of rules (a gitleaks
             # file) over megabytes stay within the budget (~0.3 s of scanning)
             self.candidates_left -= len(data) >> 12
+            if gitleaks is None:
+                found = self._matches(rule, data, droppable)
+                if found is DROP:
+                    return DROP
+                assert isinstance(found, list)
+                spans.extend(found)
+                continue
             for m in rule.regex.finditer(data):
-                start, end = m.span(rule.group)
-                # a check reads its match in Python: a long digit run costs as much as
-                # many candidates (~6 µs per 16 bytes)
-                self.candidates_left -= 1 if rule.check is None else 1 + (end - start) // 16
+                self.candidates_left -= 1
                 if self.candidates_left < 0:
                     raise _BudgetExceeded
-                if gitleaks is not None:
-                    found = gitleaks.secret(data, m)
-                elif start < 0 or start == end:
-                    continue
-                else:
-                    found = ([(start, end)] if rule.check is None
-                             else rule.check(data, start, end))
-                if not found:
+                secret = gitleaks.secret(data, m)
+                if not secret:
                     continue
                 if rule.action is Action.DROP and droppable:
                     self._count(rule.name, dropped=True)
                     return DROP
-                spans.extend((*_widen_to_utf8(data, s, e), rule) for s, e in found)
+                spans.extend((*_widen_to_utf8(data, s, e), rule) for s, e in secret)
         if not spans:
             return None
         spans.sort(key=lambda s: (s[0], -s[1]))
@@ -798,6 +805,38 @@ class Redactor:
         pos = self._emit(pieces, data, pos, cur_start, cur_end, cur_rule)
         pieces.append(data[pos:])
         return b"".join(pieces)
+
+    def _matches(self, rule: _Rule, data: bytes, droppable: bool = True,
+                 ) -> list[tuple[int, int, _Rule]] | _Drop:
+        """The spans a built-in or user value rule masks in `data`: the matches google-re2's
+        `finditer` would give (leftmost-first, each search from the end of the last match,
+        one byte on after an empty one), found by calling RE2 directly (`Re2Pattern`)."""
+        out: list[tuple[int, int, _Rule]] = []
+        regex, group, check = rule.regex, rule.group, rule.check
+        pos, n = 0, len(data)
+        while True:
+            found = regex.spans(data, pos)
+            if found is None:
+                break
+            end0 = found[0][1]
+            start, end = found[group]
+            # a check reads its match in Python: a long digit run costs as much as
+            # many candidates (~6 µs per 16 bytes)
+            self.candidates_left -= 1 if check is None else 1 + (end - start) // 16
+            if self.candidates_left < 0:
+                raise _BudgetExceeded
+            if start >= 0 and start != end:
+                masked = [(start, end)] if check is None else check(data, start, end)
+                if masked:
+                    if rule.action is Action.DROP and droppable:
+                        self._count(rule.name, dropped=True)
+                        return DROP
+                    out.extend((*_widen_to_utf8(data, s, e), rule) for s, e in masked)
+            # from the end of the text only an empty match can follow, which masks nothing
+            if pos == n or end0 == n:
+                break
+            pos = pos + 1 if pos == end0 else end0
+        return out
 
     def _emit(self, pieces: list[bytes], data: bytes, pos: int, start: int, end: int,
               rule: _Rule) -> int:
@@ -865,7 +904,7 @@ class Redactor:
                 if masked is not None:
                     data, node, changed = masked, masked.decode("utf-8", "surrogatepass"), True
             if (depth < _MAX_JSON_DEPTH and data.lstrip()[:1] in _JSON_START
-                    and self._key_hint.search(data) is not None):
+                    and self._key_hint.hit(data)):
                 out = self._json_text(data, depth + 1)
                 if isinstance(out, bytes):
                     return out.decode("utf-8", "surrogatepass"), True

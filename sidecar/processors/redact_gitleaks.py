@@ -62,7 +62,7 @@ class _Allowlist:
             target = secret
         checks: list[bool] = []
         if self.regexes:
-            checks.append(any(p.search(target) is not None for p in self.regexes))
+            checks.append(any(p.hit(target) for p in self.regexes))
         if self.stopwords:
             lower = secret.lower()
             checks.append(any(w in lower for w in self.stopwords))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import re2  # type: ignore[import-untyped]  # google-re2 ships no type hints
 
@@ -27,6 +27,10 @@ class Pattern(Protocol):
 
     def finditer(self, text: bytes) -> list[Match]: ...
 
+    def hit(self, text: bytes, pos: int = 0, endpos: int | None = None) -> bool: ...
+
+    def spans(self, text: bytes, pos: int = 0) -> list[tuple[int, int]] | None: ...
+
 
 class PatternError(ValueError):
     """A pattern RE2 cannot compile; the message names the pattern's problem, not a value."""
@@ -41,10 +45,64 @@ def compile_bytes(pattern: str, capture: bool = True) -> Pattern:
     options.log_errors = False
     options.never_capture = not capture
     try:
-        compiled: Pattern = re2.compile(pattern.encode("utf-8"), options)
+        compiled = re2.compile(pattern.encode("utf-8"), options)
     except re2.error as exc:
         raise PatternError(str(exc)) from None
-    return compiled
+    return Re2Pattern(compiled)
+
+
+_UNANCHORED = getattr(getattr(re2, "_Anchor", None), "UNANCHORED", None)
+_NO_SPAN = (-1, -1)
+
+
+class Re2Pattern:
+    """A compiled google-re2 pattern. `search` and `finditer` are google-re2's own (Match
+    objects); `hit` and `spans` call the compiled RE2 object directly, as google-re2's
+    bytes path does inside `search` (`_Regexp._match`), without its generator and Match
+    object: ~2.5 instead of ~5-7 µs a call, and a redaction makes a few per hit."""
+
+    __slots__ = ("_compiled", "_match")
+
+    def __init__(self, compiled: Any) -> None:
+        self._compiled = compiled
+        raw = getattr(compiled, "_regexp", None)
+        self._match = raw.Match if raw is not None and _UNANCHORED is not None else None
+
+    @property
+    def groups(self) -> int:
+        return int(self._compiled.groups)
+
+    def search(self, text: bytes, pos: int = 0) -> Match | None:
+        found: Match | None = self._compiled.search(text, pos)
+        return found
+
+    def finditer(self, text: bytes) -> list[Match]:
+        found: list[Match] = self._compiled.finditer(text)
+        return found
+
+    def spans(self, text: bytes, pos: int = 0) -> list[tuple[int, int]] | None:
+        """(start, end) of the whole leftmost match and of each group ((-1, -1): no
+        part), searching text[pos:] with text's own edges; None without a match."""
+        n = len(text)
+        if pos > n:
+            return None
+        if self._match is None:
+            m = self._compiled.search(text, pos)
+            if m is None:
+                return None
+            return [m.span(g) for g in range(self._compiled.groups + 1)]
+        found: list[tuple[int, int]] = self._match(_UNANCHORED, text, max(pos, 0), n)
+        return None if found[0] == _NO_SPAN else found
+
+    def hit(self, text: bytes, pos: int = 0, endpos: int | None = None) -> bool:
+        n = len(text)
+        end = n if endpos is None else max(0, min(endpos, n))
+        pos = max(pos, 0)
+        if pos > end:
+            return False
+        if self._match is None:
+            return self._compiled.search(text, pos, end) is not None
+        return bool(self._match(_UNANCHORED, text, pos, end)[0] != _NO_SPAN)
 
 
 _ASSERTIONS = frozenset("bBAz")
@@ -116,6 +174,7 @@ class ValueRule:
     # a cheap superset of `prescan` to scan for, confirmed around each hit (redact_scan.Form)
     prescan_fast: str | None = None
     prescan_reach: int = 0
+    prescan_joiner: bytes = b""  # a byte in no match of `prescan` (redact_scan.Form)
 
     def prescan_form(self) -> str:
         return self.prescan if self.prescan is not None else boundary_free(self.pattern)
@@ -214,6 +273,8 @@ CARD_PRESCAN = (r"[^0-9A-Za-z_$-]\d(?:[ -]?\d){12}|\$\d(?:[ -]?\d){18}"
                 r"|\d(?:[ -]?\d){12}[^0-9A-Za-z_-]|\d(?:[ -]?\d){19}")
 CARD_DIGITS = r"\d(?:[ -]?\d){12}"
 CARD_REACH = 40  # the longest arm: `$`, 19 digits, 18 separators
+# in no arm of CARD_PRESCAN: not a digit, separator or `$`, and outside both context classes
+CARD_JOINER = b"_"
 
 
 def _aws_key_id_check(text: bytes, start: int, end: int) -> list[tuple[int, int]]:
@@ -247,7 +308,8 @@ BUILTIN_RULES: tuple[ValueRule, ...] = (
     # the password only: user and host stay; `"` ends it so a match cannot cross a JSON string
     ValueRule("url-credentials", r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/:@\"]*:([^\s/@\"]+)@", group=1),
     ValueRule("card-number", r"\d(?:[ -]?\d){12,}", _card_check, prescan=CARD_PRESCAN,
-              prescan_fast=CARD_DIGITS, prescan_reach=CARD_REACH),
+              prescan_fast=CARD_DIGITS, prescan_reach=CARD_REACH,
+              prescan_joiner=CARD_JOINER),
     ValueRule("email", r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b",
               pii=True),
     ValueRule("phone", r"\+[1-9]\d{0,2}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]?\d{2,4}){1,3}",

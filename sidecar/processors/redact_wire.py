@@ -10,6 +10,7 @@ fields."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sidecar.protowire import encode_varint as _varint
@@ -42,100 +43,190 @@ class Layout:
 def fields(buf: bytes, pos: int, end: int, until: int | None = None,
            ) -> list[tuple[int, int, int, int]]:
     """(number, head, start, end) of every length-delimited field in buf[pos:end], up to
-    the field holding byte `until` (the rest is not read)."""
-    return _walk(buf, pos, end, -1, end if until is None else until)
+    the field holding byte `until` (the rest is not read). The common shape, a one-byte
+    tag of a length-delimited field with a length under 16384, takes a short loop; any
+    other field is read by `_walk`, one at a time."""
+    out: list[tuple[int, int, int, int]] = []
+    append = out.append
+    if until is None:
+        until = end
+    while pos < end and pos <= until:
+        tag = buf[pos]
+        if tag & 0x87 == 0x02 and pos + 2 < end:
+            n = buf[pos + 1]
+            if n < 0x80:
+                start = pos + 2
+            else:
+                b = buf[pos + 2]
+                start = pos + 3 if b < 0x80 else -1
+                n = (n & 0x7F) | b << 7
+            if start >= 0:
+                stop = start + n
+                if stop > end:
+                    raise WireError("field runs past its message")
+                append((tag >> 3, pos, start, stop))
+                pos = stop
+                continue
+        pos = _one(buf, pos, end, -1, append)
+    return out
 
 
 def _fields(buf: bytes, pos: int, end: int, wanted: int) -> list[Field]:
-    """(head, start, end) of each length-delimited field number `wanted` in buf[pos:end]."""
-    return [(h, s, e) for _, h, s, e in _walk(buf, pos, end, wanted, end)]
+    """(head, start, end) of each length-delimited field number `wanted` in buf[pos:end]:
+    `fields`' short loop, for the entries and items of a request (~100 a request)."""
+    out: list[Field] = []
+    append = out.append
+    want = wanted << 3 | 2
+    found: list[tuple[int, int, int, int]] = []
+    while pos < end:
+        tag = buf[pos]
+        if tag & 0x87 == 0x02 and pos + 2 < end:
+            n = buf[pos + 1]
+            if n < 0x80:
+                start = pos + 2
+            else:
+                b = buf[pos + 2]
+                start = pos + 3 if b < 0x80 else -1
+                n = (n & 0x7F) | b << 7
+            if start >= 0:
+                stop = start + n
+                if stop > end:
+                    raise WireError("field runs past its message")
+                if tag == want:
+                    append((pos, start, stop))
+                pos = stop
+                continue
+        pos = _one(buf, pos, end, wanted, found.append)
+        if found:
+            append(found.pop()[1:])
+    return out
+
+
+def _one(buf: bytes, pos: int, end: int, wanted: int,
+         append: Callable[[tuple[int, int, int, int]], None]) -> int:
+    """Read the one field at `pos` (any encoding `_walk` follows), appending it when it is
+    length-delimited and numbered `wanted` (any when -1); the position after it."""
+    got: list[tuple[int, int, int, int]] = []
+    nxt = _walk_one(buf, pos, end, got)
+    if got and (wanted < 0 or got[0][0] == wanted):
+        append(got[0])
+    return nxt
 
 
 def _walk(buf: bytes, pos: int, end: int, wanted: int,
           until: int) -> list[tuple[int, int, int, int]]:
-    """Length-delimited fields numbered `wanted` (all when -1). Varints are read inline:
-    this loop runs once per item of every hit request. The common shape, a one-byte tag of
-    a length-delimited field with a length under 16384, takes the first branch (half the
-    bytecodes of the general one)."""
+    """Length-delimited fields numbered `wanted` (all when -1), one `_walk_one` each: the
+    general reader, which `fields` and `_fields` fall back to and are tested against."""
     out: list[tuple[int, int, int, int]] = []
-    append = out.append
+    got: list[tuple[int, int, int, int]] = []
     while pos < end and pos <= until:
-        head = pos
-        b = buf[pos]
-        pos += 1
-        if b & 0x87 == 0x02 and pos < end:  # a one-byte tag, wire type 2
-            n = buf[pos]
-            if n < 0x80:
-                skip = 1
-            elif pos + 1 < end and buf[pos + 1] < 0x80:
-                n, skip = (n & 0x7F) | buf[pos + 1] << 7, 2
-            else:
-                skip = 0  # a longer length: the general path below
-            if skip:
-                pos += skip
-                if wanted < 0 or b >> 3 == wanted:
-                    append((b >> 3, head, pos, pos + n))
-                pos += n
-                if pos > end:
-                    raise WireError("field runs past its message")
-                continue
-        if b < 0x80:
-            tag = b
-        else:
-            tag, shift = b & 0x7F, 7
-            while True:
-                if pos >= end or shift > 63:
-                    raise WireError("truncated varint")
-                b = buf[pos]
-                pos += 1
-                tag |= (b & 0x7F) << shift
-                if b < 0x80:
-                    break
-                shift += 7
-        wire = tag & 7
-        if wire == 2 or wire == 0:
-            if pos >= end:
+        pos = _walk_one(buf, pos, end, got)
+        if got:
+            field = got.pop()
+            if wanted < 0 or field[0] == wanted:
+                out.append(field)
+    return out
+
+
+def _walk_one(buf: bytes, pos: int, end: int,
+              out: list[tuple[int, int, int, int]]) -> int:
+    """Read the field at `pos`: (number, head, start, end) onto `out` when it is
+    length-delimited; the position after it. Raises WireError."""
+    head = pos
+    b = buf[pos]
+    pos += 1
+    if b < 0x80:
+        tag = b
+    else:
+        tag, shift = b & 0x7F, 7
+        while True:
+            if pos >= end or shift > 63:
                 raise WireError("truncated varint")
             b = buf[pos]
             pos += 1
-            value, shift = b & 0x7F, 7
-            while b >= 0x80:
-                if pos >= end or shift > 63:
-                    raise WireError("truncated varint")
-                b = buf[pos]
-                pos += 1
-                value |= (b & 0x7F) << shift
-                shift += 7
-            if wire == 2:
-                if wanted < 0 or tag >> 3 == wanted:
-                    append((tag >> 3, head, pos, pos + value))
-                pos += value
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
-        else:
-            raise WireError(f"wire type {wire}")
-        if pos > end:
-            raise WireError("field runs past its message")
-    return out
+            tag |= (b & 0x7F) << shift
+            if b < 0x80:
+                break
+            shift += 7
+    wire = tag & 7
+    if wire == 2 or wire == 0:
+        if pos >= end:
+            raise WireError("truncated varint")
+        b = buf[pos]
+        pos += 1
+        value, shift = b & 0x7F, 7
+        while b >= 0x80:
+            if pos >= end or shift > 63:
+                raise WireError("truncated varint")
+            b = buf[pos]
+            pos += 1
+            value |= (b & 0x7F) << shift
+            shift += 7
+        if wire == 2:
+            out.append((tag >> 3, head, pos, pos + value))
+            pos += value
+    elif wire == 1:
+        pos += 8
+    elif wire == 5:
+        pos += 4
+    else:
+        raise WireError(f"wire type {wire}")
+    if pos > end:
+        raise WireError("field runs past its message")
+    return pos
 
 
 def layout(payload: bytes) -> Layout:
     """Resource entries are field 1 of every Export*ServiceRequest; scopes are field 2 of a
-    resource entry, and items field 2 of a scope entry, for all three signals."""
+    resource entry, and items field 2 of a scope entry, for all three signals. The items,
+    ~100 a request, are read by `_fields`' short loop written out here (a call and a
+    tuple less per item)."""
     resources = _fields(payload, 0, len(payload), 1)
     items: list[tuple[int, int, int, int, int]] = []
     heads: list[int] = []
+    starts: list[int] = []
+    ends: list[int] = []
     scopes: dict[tuple[int, int], Field] = {}
+    got: list[tuple[int, int, int, int]] = []
     for r, (_, rs, re_) in enumerate(resources):
         for s, scope in enumerate(_fields(payload, rs, re_, 2)):
             scopes[r, s] = scope
-            for i, (head, is_, ie) in enumerate(_fields(payload, scope[1], scope[2], 2)):
-                items.append((is_, ie, r, s, i))
-                heads.append(head)
-    return Layout([(s, e) for _, s, e in resources], items, [it[0] for it in items],
-                  [it[1] for it in items], resources, scopes, heads)
+            _, pos, end = scope
+            i = 0
+            while pos < end:
+                tag = payload[pos]
+                if tag & 0x87 == 0x02 and pos + 2 < end:
+                    n = payload[pos + 1]
+                    if n < 0x80:
+                        start = pos + 2
+                    else:
+                        b = payload[pos + 2]
+                        start = pos + 3 if b < 0x80 else -1
+                        n = (n & 0x7F) | b << 7
+                    if start >= 0:
+                        stop = start + n
+                        if stop > end:
+                            raise WireError("field runs past its message")
+                        if tag == 0x12:
+                            items.append((start, stop, r, s, i))
+                            heads.append(pos)
+                            starts.append(start)
+                            ends.append(stop)
+                            i += 1
+                        pos = stop
+                        continue
+                head = pos
+                pos = _walk_one(payload, pos, end, got)
+                if got:
+                    number, _, start, stop = got.pop()
+                    if number == 2:
+                        items.append((start, stop, r, s, i))
+                        heads.append(head)
+                        starts.append(start)
+                        ends.append(stop)
+                        i += 1
+    return Layout([(s, e) for _, s, e in resources], items, starts, ends, resources, scopes,
+                  heads)
 
 
 def field_header(buf: bytes, head: int, length: int) -> bytes:
