@@ -327,10 +327,13 @@ SIDECAR_VARIANTS = {
     "sidecar-nocost": "processors: {cost: {enabled: false}, spanmetrics: {enabled: true}}",
     "sidecar-nospanmetrics": "processors: {cost: {enabled: false}, "
                              "spanmetrics: {enabled: false}}",
+    "sidecar-noredact": "processors: {redact: {enabled: false}}",
+    "sidecar-bare": PROCESSORS_OFF,
 }
 # µs per span a processor adds: (label, with it, without it), CPU per span at max rate
 PROCESSOR_DELTAS = (("cost", "sidecar-cost", "sidecar-nocost"),
-                    ("spanmetrics", "sidecar-nocost", "sidecar-nospanmetrics"))
+                    ("spanmetrics", "sidecar-nocost", "sidecar-nospanmetrics"),
+                    ("redact", "sidecar", "sidecar-noredact"))
 
 
 def start_sidecar(workdir: Path, sink_port: int, cpus: set[int] | None,
