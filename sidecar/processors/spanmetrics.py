@@ -45,6 +45,10 @@ class SpanMetrics:
         # [spans since the last ranking])
         self._series: dict[tuple[str, str, int, int],
                            tuple[tuple[str, ...], list[float], list[float]]] = {}
+        # (service.name value bytes or None, span name bytes, kind, code) -> the row and
+        # volume of its series in `_series`: what `_spanwalk.red` adds to
+        self._raw: dict[tuple[bytes | None, bytes, int, int],
+                        tuple[list[float], list[float]]] = {}
         self._rerank_every = settings.label_rerank_requests
         self._requests = 0
 
@@ -52,20 +56,20 @@ class SpanMetrics:
         self._requests += 1
         if self._rerank_every and self._requests % self._rerank_every == 0:
             self._rerank()
-        bounds = metrics.SPAN_DURATION.bounds
         try:
-            # the spans' rows in C, one per (resource, name, kind, status code) of the request
-            services, rows = _spanwalk.red(work.payload, bounds)
+            # the spans' rows in C: added there to the series it knows (`_raw`), by the raw
+            # bytes of service and name; the rows of the others come back
+            services, misses = _spanwalk.red(work.payload, metrics.SPAN_DURATION.bounds,
+                                             self._raw)
         except ValueError:
             self._process_message(work)  # bytes the walk does not follow: the message
             return
-        series = self._series
         names: list[str] = []
-        for (resource, raw_name, kind, code), counts in rows.items():
+        for resource, raw_name, kind, code, counts in misses:
             if resource >= len(names):
                 names += [self._service(raw) for raw in services[len(names):resource + 1]]
             key = (names[resource], raw_name.decode("utf-8", "replace"), kind, code)
-            found = series.get(key)
+            found = self._series.get(key)
             if found is None:
                 found = self._new_series(key)
             row = found[1]
@@ -73,6 +77,10 @@ class SpanMetrics:
                 if value:
                     row[at] += value
             found[2][0] += sum(counts[:-1])
+            if key in self._series and len(self._raw) < MAX_SERIES:
+                # the same row and volume, now found by the raw bytes (several raw forms may
+                # name one series: a string and a bytes-equal one, invalid UTF-8 ...)
+                self._raw[services[resource], raw_name, kind, code] = (row, found[2])
 
     @staticmethod
     def _service(raw: bytes | None) -> str:
@@ -111,6 +119,7 @@ class SpanMetrics:
         changed = [self._services.rerank(services), self._names.rerank(names)]
         if any(changed):
             self._series.clear()  # their labels were made by the old ranking
+            self._raw.clear()
 
     def _new_series(self, key: tuple[str, str, int, int],
                     ) -> tuple[tuple[str, ...], list[float], list[float]]:

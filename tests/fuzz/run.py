@@ -39,6 +39,8 @@ def _seeds(target: str) -> list[bytes]:
                                attributes=attrs)])])]).SerializeToString()
     if target == "otlp_protobuf":
         return [b"\0" + traces, b"\1" + logs]
+    if target == "spanwalk":  # raw trace requests (the C walks read any bytes)
+        return [traces]
     if target == "otlp_json":
         return [b'\0{"resourceSpans":[{"scopeSpans":[{"spans":[{"name":"x","traceId":'
                 b'"01010101010101010101010101010101","spanId":"0202020202020202",'

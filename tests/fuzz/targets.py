@@ -128,10 +128,15 @@ _config_dir = Path(tempfile.mkdtemp(prefix="sc-fuzz-config-"))
 _COST = LlmCost(CostSettings())
 
 
+_BOUNDS = (0.002, 0.01, 0.1, 1.0, 10.0)
+
+
 def spanwalk(data: bytes) -> None:
     """The cost processor's C walk on any bytes (not only those the protobuf parser took):
     it reads them or refuses them with ValueError, and a splice at every span it reported
-    adds exactly the edits' bytes."""
+    adds exactly the edits' bytes. The span metrics walk reads or refuses them too."""
+    with contextlib.suppress(ValueError):
+        _spanwalk.red(data, _BOUNDS, {})
     try:
         _, spans = _spanwalk.walk(data, _COST._span_keys, _COST._resource_keys)
     except ValueError:

@@ -238,10 +238,12 @@ def red_requests(draw: st.DrawFn) -> ExportTraceServiceRequest:
 
 
 @settings(max_examples=200, deadline=None)
-@given(red_requests())
+@given(st.lists(red_requests(), min_size=1, max_size=4), st.sampled_from([0, 1, 3]))
 def test_span_metrics_from_the_walk_are_those_from_the_message(
-        request: ExportTraceServiceRequest) -> None:
-    payload = request.SerializeToString()
+        requests: list[ExportTraceServiceRequest], rerank: int) -> None:
+    # several requests, twice, through one processor: the later ones add to series the
+    # walk already knows (in C), and reranking (every `rerank` requests) drops them
+    payloads = [r.SerializeToString() for r in requests] * 2
     rows = []
     for fast in (True, False):
         with pytest.MonkeyPatch.context() as patch:
@@ -251,14 +253,32 @@ def test_span_metrics_from_the_walk_are_those_from_the_message(
             patch.setattr(metrics, "SPAN_DURATION", table)
             if not fast:
                 patch.setattr(_spanwalk, "red", _refuse)
-            Stage(Signal.TRACES, [SpanMetrics(SpanMetricsSettings())]).run(
-                Batch.from_bytes(Signal.TRACES, payload))
+            stage = Stage(Signal.TRACES, [SpanMetrics(SpanMetricsSettings(
+                label_rerank_requests=rerank))])
+            for payload in payloads:
+                stage.run(Batch.from_bytes(Signal.TRACES, payload))
         rows.append(table.rows)
     fast_rows, message_rows = rows
     assert fast_rows.keys() == message_rows.keys()
     for key, row in message_rows.items():
         assert fast_rows[key][:-1] == row[:-1]  # bucket counts exactly
         assert fast_rows[key][-1] == pytest.approx(row[-1], rel=1e-12)  # sums, any order
+
+
+def test_span_metrics_walk_adds_nothing_from_bytes_it_refuses() -> None:
+    good = ExportTraceServiceRequest(resource_spans=[ResourceSpans(scope_spans=[
+        ScopeSpans(spans=[Span(name="a", start_time_unix_nano=1, end_time_unix_nano=2)])])])
+    payload = good.SerializeToString()
+    row, volume = [0.0] * (len(metrics.SPAN_DURATION.bounds) + 2), [0.0]
+    series = {(None, b"a", 0, 0): (row, volume)}
+    _, misses = _spanwalk.red(payload, metrics.SPAN_DURATION.bounds, series)
+    assert misses == []
+    assert (row[0], volume) == (1.0, [1.0])
+    with pytest.raises(ValueError, match="truncated"):
+        _spanwalk.red(payload + b"\x0a\x05ab", metrics.SPAN_DURATION.bounds, series)
+    assert (row[0], volume) == (1.0, [1.0])  # the good part of a refused request: not added
+    with pytest.raises(TypeError, match="series values"):
+        _spanwalk.red(payload, metrics.SPAN_DURATION.bounds, {(None, b"a", 0, 0): ([0.0], [])})
 
 
 def _refuse(*_: object) -> None:
