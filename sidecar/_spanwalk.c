@@ -1024,6 +1024,13 @@ typedef struct {
     Py_ssize_t next; /* the first edit not yet placed */
     char *out;       /* NULL: measuring */
     Py_ssize_t size;
+    /* the new content size of each edited resource and scope entry, in the order the
+     * walk meets them: recorded while measuring, read back while writing, so each level is
+     * walked twice in all (measuring each entry again before writing it cost 8 walks) */
+    Py_ssize_t *sizes;
+    Py_ssize_t nsizes;
+    Py_ssize_t cap;
+    Py_ssize_t taken;
 } Splice;
 
 static void emit(Splice *s, const void *data, Py_ssize_t n) {
@@ -1047,18 +1054,6 @@ static void emit_varint(Splice *s, uint64_t v) {
  * (ScopeSpans), with the edits placed on the spans they name; returns its new size or -1.
  * Entries holding no edit are copied as they are. */
 static Py_ssize_t splice_level(Splice *s, const uint8_t *base, const uint8_t *p,
-                               const uint8_t *end, int level);
-
-static Py_ssize_t splice_measure(Splice *s, const uint8_t *base, const uint8_t *p,
-                                 const uint8_t *end, int level) {
-    Splice probe = *s;
-    probe.out = NULL;
-    probe.size = 0;
-    Py_ssize_t n = splice_level(&probe, base, p, end, level);
-    return n;
-}
-
-static Py_ssize_t splice_level(Splice *s, const uint8_t *base, const uint8_t *p,
                                const uint8_t *end, int level) {
     Py_ssize_t begin = s->size;
     uint32_t wanted = level == 0 ? 1 : 2;
@@ -1081,11 +1076,34 @@ static Py_ssize_t splice_level(Splice *s, const uint8_t *base, const uint8_t *p,
             emit(s, f.data, f.data_end - f.data);
             emit(s, e->data, e->len);
             s->next++;
-        } else {
-            Py_ssize_t inner = splice_measure(s, base, f.data, f.data_end, level + 1);
+        } else if (s->out == NULL) {
+            /* measuring: the entry's new size is known once its content is measured; the
+             * length varint before it is counted at its real size from the record */
+            if (s->nsizes == s->cap) {
+                Py_ssize_t cap = s->cap ? s->cap * 2 : 16;
+                Py_ssize_t *sizes = PyMem_Realloc(s->sizes, (size_t)cap * sizeof(Py_ssize_t));
+                if (sizes == NULL) {
+                    PyErr_NoMemory();
+                    return -1;
+                }
+                s->sizes = sizes;
+                s->cap = cap;
+            }
+            Py_ssize_t slot = s->nsizes++;
+            Py_ssize_t before = s->size;
+            Py_ssize_t inner = splice_level(s, base, f.data, f.data_end, level + 1);
             if (inner < 0)
                 return -1;
+            s->sizes[slot] = inner;
+            s->size = before;
             emit_varint(s, (uint64_t)inner);
+            s->size += inner;
+        } else {
+            if (s->taken >= s->nsizes) {
+                PyErr_SetString(PyExc_RuntimeError, "splice walked differently");
+                return -1;
+            }
+            emit_varint(s, (uint64_t)s->sizes[s->taken++]);
             if (splice_level(s, base, f.data, f.data_end, level + 1) < 0)
                 return -1;
         }
@@ -1100,6 +1118,7 @@ static Py_ssize_t splice_level(Splice *s, const uint8_t *base, const uint8_t *p,
 static PyObject *splice(PyObject *module, PyObject *args) {
     Py_buffer view;
     PyObject *edits_arg;
+    Splice s = {0};
     (void)module;
     if (!PyArg_ParseTuple(args, "y*O", &view, &edits_arg))
         return NULL;
@@ -1134,7 +1153,8 @@ static PyObject *splice(PyObject *module, PyObject *args) {
         list[i].len = PyBytes_GET_SIZE(data);
     }
     const uint8_t *base = view.buf;
-    Splice s = {list, n, 0, NULL, 0};
+    s.edits = list;
+    s.count = n;
     Py_ssize_t size = splice_level(&s, base, base, base + view.len, 0);
     if (size < 0)
         goto done;
@@ -1154,6 +1174,7 @@ static PyObject *splice(PyObject *module, PyObject *args) {
             PyErr_SetString(PyExc_RuntimeError, "splice changed size");
     }
 done:
+    PyMem_Free(s.sizes);
     PyMem_Free(list);
     Py_DECREF(edits);
     PyBuffer_Release(&view);
