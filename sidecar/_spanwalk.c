@@ -509,7 +509,7 @@ static PyObject *matched_counts(const Matched *m) {
 
 /* A span: appended to `spans` when it holds a trigger. 0 ok, -1 error. */
 static int walk_span(const Matcher *m, const uint8_t *base, const uint8_t *p, const uint8_t *end,
-                     Py_ssize_t resource, PyObject *spans) {
+                     Py_ssize_t resource, PyObject *spans, PyObject *memo) {
     Matched matched;
     matched.count = matched.flags = matched.triggered = 0;
     const uint8_t *trace_id = NULL, *trace_id_end = NULL;
@@ -549,14 +549,26 @@ static int walk_span(const Matcher *m, const uint8_t *base, const uint8_t *p, co
         return -1;
     if (!matched.triggered)
         return 0;
-    PyObject *ids = matched_tuple(&matched, 1);
-    PyObject *values = ids ? matched_tuple(&matched, 0) : NULL;
-    PyObject *key = values ? matched_key(&matched) : NULL;
-    PyObject *counts = key ? matched_counts(&matched) : NULL;
+    PyObject *key = matched_key(&matched);
+    if (key == NULL)
+        return -1;
+    /* a span whose reading the caller holds under its key needs neither its ids nor its
+     * values (the common case: ~20 objects a span not made) */
+    int known = 0;
+    if (memo != NULL && !matched.flags) {
+        known = PyDict_Contains(memo, key);
+        if (known < 0) {
+            Py_DECREF(key);
+            return -1;
+        }
+    }
+    PyObject *ids = known ? Py_NewRef(Py_None) : matched_tuple(&matched, 1);
+    PyObject *values = ids == NULL ? NULL : known ? Py_NewRef(Py_None) : matched_tuple(&matched, 0);
+    PyObject *counts = values ? matched_counts(&matched) : NULL;
     if (counts == NULL) {
         Py_XDECREF(ids);
         Py_XDECREF(values);
-        Py_XDECREF(key);
+        Py_DECREF(key);
         return -1;
     }
     if (trace_id == NULL)
@@ -605,10 +617,10 @@ static int walk_span(const Matcher *m, const uint8_t *base, const uint8_t *p, co
 
 static PyObject *walk(PyObject *module, PyObject *args) {
     Py_buffer view;
-    PyObject *span_matcher, *resource_matcher;
+    PyObject *span_matcher, *resource_matcher, *memo = NULL;
     PyTypeObject *matcher_type = *(PyTypeObject **)PyModule_GetState(module);
-    if (!PyArg_ParseTuple(args, "y*O!O!", &view, matcher_type, &span_matcher, matcher_type,
-                          &resource_matcher))
+    if (!PyArg_ParseTuple(args, "y*O!O!|O!", &view, matcher_type, &span_matcher, matcher_type,
+                          &resource_matcher, &PyDict_Type, &memo))
         return NULL;
     const Matcher *sm = (const Matcher *)span_matcher;
     const Matcher *rm = (const Matcher *)resource_matcher;
@@ -648,7 +660,7 @@ static PyObject *walk(PyObject *module, PyObject *args) {
                 Field kf;
                 while ((rc = next_field(&ss, &kf)) == 1) {
                     if (kf.number == 2 && kf.wire == 2 &&
-                        walk_span(sm, base, kf.data, kf.data_end, index, spans) < 0)
+                        walk_span(sm, base, kf.data, kf.data_end, index, spans, memo) < 0)
                         goto fail;
                 }
                 if (rc < 0)
@@ -1185,11 +1197,12 @@ done:
 
 static PyMethodDef methods[] = {
     {"walk", walk, METH_VARARGS,
-     "walk(payload, span_keys, resource_keys) -> (resources, spans)\n\n"
+     "walk(payload, span_keys, resource_keys, memo=None) -> (resources, spans)\n\n"
      "resources: per ResourceSpans entry, (ids, values, flags) of its matched attributes.\n"
      "spans: per span holding a trigger, in wire order, (resource index, content start,\n"
      "content end, trace_id, start_time_unix_nano, end_time_unix_nano, ids, values, flags,\n"
-     "attribute count, memo key, count values)."},
+     "attribute count, memo key, count values); ids and values are None for a span with\n"
+     "no flags whose memo key is in `memo` (a dict)."},
     {"red", red, METH_VARARGS,
      "red(payload, bounds, series) -> (services, misses): per ResourceSpans entry the\n"
      "serialized value of its first service.name attribute (None: none). The spans'\n"

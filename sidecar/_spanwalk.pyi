@@ -1,6 +1,7 @@
 """Types of the C extension sidecar/_spanwalk.c (see its header for what it reads)."""
 
 from collections.abc import Sequence
+from typing import Any
 
 DUPLICATE: int  # a matched key given twice in one span
 ODD: int  # a KeyValue given its key or value twice
@@ -19,11 +20,13 @@ Resource = tuple[tuple[int, ...], tuple[bytes, ...], int]
 # per reported span, in wire order: (resource index, content start, content end, trace_id,
 # start_time_unix_nano, end_time_unix_nano, matched key ids, their values, flags,
 # attribute count, memo key (the ids and the values but for counts), the count values in
-# wire order (an int where the AnyValue is an int_value, else its bytes))
-SpanRecord = tuple[int, int, int, bytes, int, int, tuple[int, ...], tuple[bytes, ...], int, int,
-                   bytes, tuple[int | bytes, ...]]
+# wire order (an int where the AnyValue is an int_value, else its bytes)); ids and values
+# are None when the span has no flags and its memo key is in `memo`
+SpanRecord = tuple[int, int, int, bytes, int, int, tuple[int, ...] | None,
+                   tuple[bytes, ...] | None, int, int, bytes, tuple[int | bytes, ...]]
 
 def walk(payload: bytes, span_keys: Matcher, resource_keys: Matcher,
+         memo: dict[bytes, Any] | None = None,
          ) -> tuple[list[Resource], list[SpanRecord]]: ...
 def splice(payload: bytes, edits: Sequence[tuple[int, bytes]]) -> bytes: ...
 # per request: each ResourceSpans entry's service.name value bytes (None: none), and the rows

@@ -327,7 +327,8 @@ class LlmCost:
                 self._process_logs(work)
             return
         try:
-            resources, spans = _spanwalk.walk(payload, self._span_keys, self._resource_keys)
+            resources, spans = _spanwalk.walk(payload, self._span_keys, self._resource_keys,
+                                              self._known_spans)
         except ValueError:
             # bytes the parser took but the walk does not follow (groups): the message
             self.book.lookups_left = LOOKUPS_PER_REQUEST
@@ -353,6 +354,8 @@ class LlmCost:
             if not flags:
                 known = known_spans.get(key)
                 if known is None:
+                    assert ids is not None  # the walk gives them unless memoised
+                    assert values is not None
                     plan = plans[ids] if ids in plans else self._plan(ids)
                     if plan is not None:
                         known = self._known_span(key, ids, plan, values)
@@ -400,6 +403,7 @@ class LlmCost:
                 found = self._scan_message(Span.FromString(raw))
             else:
                 names = self._key_names
+                assert ids is not None  # given unless memoised (and then not read here)
                 found = self._scan_view(raw, attributes, frozenset([names[i] for i in ids]))
             if found is not None:
                 added = self._price_found(found, trace_id, start_ns, end_ns, service,

@@ -108,6 +108,22 @@ def test_the_walk_reports_what_the_library_parses(request: ExportTraceServiceReq
     check_against_library(request.SerializeToString(), request)
 
 
+@settings(max_examples=100, deadline=None)
+@given(requests(), st.randoms(use_true_random=False))
+def test_spans_known_to_the_memo_come_without_ids_and_values(
+        request: ExportTraceServiceRequest, rnd: random.Random) -> None:
+    payload = request.SerializeToString()
+    _, plain = _spanwalk.walk(payload, SPAN_KEYS, RESOURCE_KEYS)
+    memo = {record[10]: object() for record in plain if rnd.random() < 0.5}
+    _, with_memo = _spanwalk.walk(payload, SPAN_KEYS, RESOURCE_KEYS, memo)
+    assert len(with_memo) == len(plain)
+    for a, b in zip(plain, with_memo, strict=True):
+        skipped = a[8] == 0 and a[10] in memo  # no flags, key memoised
+        assert b[6:8] == ((None, None) if skipped else a[6:8])
+        assert b[:6] == a[:6]
+        assert b[8:] == a[8:]
+
+
 def test_the_memo_key_is_the_ids_and_values_but_for_counts() -> None:
     def span(**values: str | int) -> bytes:
         attributes = [KeyValue(key=k.replace("_", ".") if k != "x" else k,
