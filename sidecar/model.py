@@ -13,6 +13,7 @@ from google.protobuf.message import DecodeError
 
 from sidecar.errors import BadInputError
 from sidecar.signals import REQUEST_TYPES, SIGNALS, ExportRequest, Signal
+from sidecar.wirecheck import Checker
 
 __all__ = ["REQUEST_TYPES", "Batch", "ExportRequest", "Signal", "count_items", "merge",
            "parse_request"]
@@ -35,6 +36,16 @@ def count_items(signal: Signal, request: ExportRequest) -> int:
                 if kind is not None:
                     total += len(getattr(metric, kind).data_points)
     return total
+
+
+# traces and logs: the items are the entries of one repeated field (metrics count data
+# points, by kind: parsed)
+_CHECKERS = {
+    Signal.TRACES: Checker(REQUEST_TYPES[Signal.TRACES].DESCRIPTOR,
+                           frozenset({("opentelemetry.proto.trace.v1.ScopeSpans", "spans")})),
+    Signal.LOGS: Checker(REQUEST_TYPES[Signal.LOGS].DESCRIPTOR,
+                         frozenset({("opentelemetry.proto.logs.v1.ScopeLogs", "log_records")})),
+}
 
 
 def parse_request(signal: Signal, payload: bytes) -> ExportRequest:
@@ -76,7 +87,14 @@ class Batch:
 
     @classmethod
     def from_bytes(cls, signal: Signal, payload: bytes) -> Batch:
-        """Validate and count a client's request (parsing in C)."""
+        """Validate and count a client's request: by the wire check where it is sure the
+        parser takes the request (no message is made then; a processor that needs one
+        parses it), else by parsing it (in C), which decides what is refused."""
+        checker = _CHECKERS.get(signal)
+        if checker is not None:
+            items = checker.items(payload)
+            if items >= 0:
+                return cls(signal, items, payload)
         message = parse_request(signal, payload)
         return cls(signal, count_items(signal, message), payload, message)
 

@@ -17,7 +17,7 @@ from sidecar import _spanwalk, config
 from sidecar.cache.config import CacheConfig
 from sidecar.cache.server import CacheConnection, CacheService
 from sidecar.errors import BadInputError, ConfigError
-from sidecar.model import Batch, Signal
+from sidecar.model import _CHECKERS, Batch, Signal, count_items, parse_request
 from sidecar.net.framing import LineSplitter
 from sidecar.otlp_json import decode_request
 from sidecar.pipeline.graph import build_processors
@@ -131,12 +131,25 @@ _COST = LlmCost(CostSettings())
 _BOUNDS = (0.002, 0.01, 0.1, 1.0, 10.0)
 
 
+def parse_count(signal: Signal, data: bytes) -> int | None:
+    try:
+        return count_items(signal, parse_request(signal, data))
+    except BadInputError:
+        return None
+
+
 def spanwalk(data: bytes) -> None:
     """The cost processor's C walk on any bytes (not only those the protobuf parser took):
     it reads them or refuses them with ValueError, and a splice at every span it reported
     adds exactly the edits' bytes. The span metrics walk reads or refuses them too."""
     with contextlib.suppress(ValueError):
         _spanwalk.red(data, _BOUNDS, {})
+    # the receivers' wire check: what it passes, the parser takes, with the same count
+    for signal in (Signal.TRACES, Signal.LOGS):
+        items = _CHECKERS[signal].items(data)
+        if items >= 0 and parse_count(signal, data) != items:
+            raise AssertionError(f"the wire check passed a {signal} request the parser "
+                                 "refuses or counts differently")
     try:
         _, spans = _spanwalk.walk(data, _COST._span_keys, _COST._resource_keys)
     except ValueError:

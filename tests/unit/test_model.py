@@ -4,7 +4,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from sidecar.errors import BadInputError
-from sidecar.model import Batch, Signal, merge
+from sidecar.model import Batch, Signal, count_items, merge
 from sidecar.sample import agent_runs
 from sidecar.testing import metrics_batch
 
@@ -43,8 +43,19 @@ def test_metric_points_are_counted_across_metric_kinds() -> None:
 
 
 def test_the_receivers_parse_is_handed_over_once() -> None:
-    run = next(agent_runs(1, seed=2))
-    batch = Batch.from_bytes(Signal.TRACES, run.traces.SerializeToString())
+    # metrics are parsed to be counted; the parse goes on to the processing stage once
+    payload = metrics_batch(3).payload
+    batch = Batch.from_bytes(Signal.METRICS, payload)
     decoded = batch.take_decoded()
-    assert decoded == run.traces
+    assert decoded is not None
+    assert decoded.SerializeToString() == payload
     assert batch.take_decoded() is None
+
+
+def test_traces_and_logs_the_wire_check_passes_are_not_parsed() -> None:
+    run = next(agent_runs(1, seed=2))
+    for signal, message in ((Signal.TRACES, run.traces), (Signal.LOGS, run.logs)):
+        batch = Batch.from_bytes(signal, message.SerializeToString())
+        assert batch.take_decoded() is None  # checked and counted without a parse
+        assert batch.items == count_items(signal, message)
+        assert batch.message == message
