@@ -288,14 +288,17 @@ static int utf8_valid(const uint8_t *p, const uint8_t *end) {
     return 1;
 }
 
-/* A varint the parser surely takes: at most 10 bytes, the 10th holding one bit. */
-static inline __attribute__((always_inline)) int check_varint(Reader *r, uint64_t *out) {
+/* A varint the parser surely takes: a value of at most 10 bytes, the 10th holding one
+ * bit; a tag or a length of at most 5 (upb refuses longer ones, even for small values:
+ * found by fuzzing). */
+static inline __attribute__((always_inline)) int check_varint_n(Reader *r, uint64_t *out,
+                                                                int most) {
     if (r->p < r->end && *r->p < 0x80) {
         *out = *r->p++;
         return 1;
     }
     uint64_t value = 0;
-    for (int i = 0; i < 10 && r->p < r->end; i++) {
+    for (int i = 0; i < most && r->p < r->end; i++) {
         uint8_t b = *r->p++;
         if (i == 9 && b > 1)
             return 0;
@@ -308,6 +311,9 @@ static inline __attribute__((always_inline)) int check_varint(Reader *r, uint64_
     return 0;
 }
 
+#define check_varint(r, out) check_varint_n((r), (out), 10)
+#define check_size(r, out) check_varint_n((r), (out), 5)
+
 /* 1: the parser takes this message (items added to *items); 0: not sure. */
 static int check_message(const CheckSchema *schema, Py_ssize_t index, const uint8_t *p,
                          const uint8_t *end, int depth, Py_ssize_t *items) {
@@ -317,7 +323,7 @@ static int check_message(const CheckSchema *schema, Py_ssize_t index, const uint
     Reader r = {p, end};
     while (r.p < r.end) {
         uint64_t tag;
-        if (!check_varint(&r, &tag) || tag > 0xFFFFFFFFULL)
+        if (!check_size(&r, &tag) || tag > 0xFFFFFFFFULL)
             return 0;
         uint64_t number = tag >> 3;
         unsigned wire = (unsigned)(tag & 7);
@@ -348,7 +354,7 @@ static int check_message(const CheckSchema *schema, Py_ssize_t index, const uint
             r.p += 4;
             break;
         case 2: {
-            if (!check_varint(&r, &value) || value > (uint64_t)(r.end - r.p) ||
+            if (!check_size(&r, &value) || value > (uint64_t)(r.end - r.p) ||
                 value > 0x7FFFFFFF)
                 return 0;
             const uint8_t *data = r.p, *data_end = r.p + value;

@@ -109,7 +109,8 @@ def test_the_check_counts_what_the_parser_counts(case: tuple[Signal, object]) ->
     assert _CHECKERS[signal].items(payload) == parsed_items(signal, payload)
 
 
-MUTATIONS = st.lists(st.tuples(st.sampled_from(["flip", "set", "insert", "delete", "cut"]),
+MUTATIONS = st.lists(st.tuples(st.sampled_from(["flip", "set", "insert", "delete", "cut",
+                                                "widen"]),
                                st.integers(0, 10**6), st.integers(0, 255)), min_size=1,
                      max_size=3)
 
@@ -127,6 +128,11 @@ def mangle(payload: bytes, mutations: list[tuple[str, int, int]]) -> bytes:
                 data[at] ^= 1 << (byte % 8)
             elif op == "set":
                 data[at] = byte
+            elif op == "widen":
+                # a one-byte varint (tag, length or value) spelled longer: 0x05 as
+                # 0x85 0x80 .. 0x00, the same value in 2 to 12 bytes
+                if data[at] < 0x80:
+                    data[at:at + 1] = bytes([data[at] | 0x80]) + b"\x80" * (byte % 11) + b"\0"
             else:
                 del data[at:at + 1 + byte % 4]
     return bytes(data)
@@ -227,6 +233,11 @@ NOT_SURE = {
     "field zero": NAME + b"\x00\x00",
     # an unknown field with an 11-byte varint
     "overlong unknown": NAME + b"\xf8\x05" + b"\x80" * 10 + b"\x01",
+    # a length (of an unknown field 50) as a 6-byte varint of 0: the parser refuses sizes
+    # longer than 5 bytes whatever their value (found by fuzzing)
+    "overlong length": NAME + b"\x92\x03" + b"\x80" * 5 + b"\x00",
+    # a tag as a 6-byte varint (field 5, string: "n")
+    "overlong tag": b"\xaa\x80\x80\x80\x80\x00\x01n",
 }
 
 
