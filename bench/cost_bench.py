@@ -1,5 +1,6 @@
 """CPU per span added by the `cost` and `spanmetrics` processors, against the receiver-side
-parse of the same batches (`Batch.from_bytes`) as a same-run baseline.
+validation of the same batches (`Batch.from_bytes`: the C wire check, or a parse where it
+is not sure; reported as `parse_us_per_span`) as a same-run baseline.
 
 Workloads: `bench/loadgen.py`'s requests (100 spans, one in three a model call) and
 `sidecar.sample.agent_runs` (6 spans, 3 model calls). CPU time by `time.process_time()`,
