@@ -989,6 +989,99 @@ done:
     return result;
 }
 
+/* ==== redaction (sidecar/processors/redact_scan.py, redact_wire.py) ================== */
+
+/* ---- digit runs: the card rule's pre-scan form ------------------------------------ */
+
+/* The bytes a card number's digit run may hold: the digits, space and '-'. */
+static const uint8_t RUN_BYTE[256] = {
+    [' '] = 1, ['-'] = 1, ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1,
+    ['5'] = 1, ['6'] = 1, ['7'] = 1, ['8'] = 1, ['9'] = 1,
+};
+
+/* digit_runs(payload, digits, limit): the end offset of every match of
+ * \d(?:[ -]?\d){digits - 1}, ascending, each once (what Hyperscan reports for the
+ * pattern); None when there are more than `limit`.
+ *
+ * A match ends at a digit, and read backwards from it the digits before it follow with at
+ * most one separator between two: so offset e ends a match exactly when the chain of
+ * digits ending at byte e - 1 (each one byte, or one separator, after the last) holds at
+ * least `digits` digits. A match holds at least `digits` bytes, all run bytes: when byte
+ * p is not one, no match starting in [p - digits + 1, p] exists, so the scan probes one
+ * byte in `digits` (a 13-byte stride on text without digits) and reads the bytes around a
+ * probe only when it is a run byte. */
+static PyObject *digit_runs(PyObject *module, PyObject *args) {
+    Py_buffer view;
+    Py_ssize_t digits, limit;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "y*nn", &view, &digits, &limit))
+        return NULL;
+    if (digits < 1 || limit < 0) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "digits must be positive, limit not negative");
+        return NULL;
+    }
+    const uint8_t *b = view.buf;
+    const Py_ssize_t n = view.len;
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        goto fail;
+    /* no match starts before `lo`, and byte lo - 1 (if any) is not a run byte */
+    Py_ssize_t lo = 0;
+    Py_ssize_t p = digits - 1; /* the probe: the last byte of a shortest match from lo */
+    while (p < n) {
+        if (!RUN_BYTE[b[p]]) {
+            lo = p + 1;
+            p += digits;
+            continue;
+        }
+        Py_ssize_t q = p;
+        while (q > lo && RUN_BYTE[b[q - 1]])
+            q--; /* the start of the run bytes holding p: b[q - 1] is not one */
+        Py_ssize_t stop = p + 1;
+        while (stop < n && RUN_BYTE[b[stop]])
+            stop++; /* and its end */
+        if (stop - q < digits) { /* too short to hold a match: most runs (dates, ids) */
+            lo = stop + 1;
+            p = lo + digits - 1;
+            continue;
+        }
+        Py_ssize_t chain = 0; /* digits in the chain ending here */
+        int sep = 0;          /* the last byte was a separator */
+        for (; q < stop; q++) {
+            if (b[q] >= '0') { /* a digit: ' ' and '-' sort below '0' */
+                chain++;
+                sep = 0;
+                if (chain >= digits) {
+                    if (PyList_GET_SIZE(out) >= limit) {
+                        Py_DECREF(out);
+                        PyBuffer_Release(&view);
+                        Py_RETURN_NONE;
+                    }
+                    PyObject *end = PyLong_FromSsize_t(q + 1);
+                    if (end == NULL || PyList_Append(out, end) < 0) {
+                        Py_XDECREF(end);
+                        goto fail;
+                    }
+                    Py_DECREF(end);
+                }
+            } else {
+                if (sep || chain == 0)
+                    chain = 0; /* two separators, or one before any digit: no chain */
+                sep = 1;
+            }
+        }
+        lo = stop + 1; /* b[stop] is not a run byte (or stop == n) */
+        p = lo + digits - 1;
+    }
+    PyBuffer_Release(&view);
+    return out;
+fail:
+    Py_XDECREF(out);
+    PyBuffer_Release(&view);
+    return NULL;
+}
+
 /* ---- module ----------------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
@@ -1006,6 +1099,9 @@ static PyMethodDef methods[] = {
     {"splice", splice, METH_VARARGS,
      "splice(payload, edits) -> bytes: edits (span content start, bytes), ascending, each\n"
      "appended to the span starting there, with the enclosing lengths rewritten."},
+    {"digit_runs", digit_runs, METH_VARARGS,
+     "digit_runs(payload, digits, limit) -> list[int] | None: the end offset of every match\n"
+     "of \\d(?:[ -]?\\d){digits - 1}, ascending; None when there are more than `limit`."},
     {NULL, NULL, 0, NULL},
 };
 

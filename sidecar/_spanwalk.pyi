@@ -28,3 +28,8 @@ def walk(payload: bytes, span_keys: Matcher, resource_keys: Matcher,
 def splice(payload: bytes, edits: Sequence[tuple[int, bytes]]) -> bytes: ...
 def red(payload: bytes, bounds: tuple[float, ...],
         ) -> tuple[list[bytes | None], dict[tuple[int, bytes, int, int], list[float]]]: ...
+
+# --- redaction (redact_scan.py, redact_wire.py) ---
+def digit_runs(payload: bytes, digits: int, limit: int) -> list[int] | None:
+    """The end offset of every match of \\d(?:[ -]?\\d){digits - 1}, ascending (what
+    Hyperscan reports for it); None when there are more than `limit`."""

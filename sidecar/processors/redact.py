@@ -290,7 +290,8 @@ class Redactor:
         # may also look at the bytes around a string (CARD_PRESCAN)
         value_forms = [boundary_free(r.pattern) for r in builtin]
         prescan_forms: list[str | Form] = [
-            Form(r.prescan_fast, r.prescan_form(), r.prescan_reach, r.prescan_joiner)
+            Form(r.prescan_fast, r.prescan_form(), r.prescan_reach, r.prescan_joiner,
+                 r.prescan_finder)
             if r.prescan_fast
             else r.prescan_form() for r in builtin]
         key_forms = list(KEY_STEM_FORMS)

@@ -131,7 +131,9 @@ _COST = LlmCost(CostSettings())
 def spanwalk(data: bytes) -> None:
     """The cost processor's C walk on any bytes (not only those the protobuf parser took):
     it reads them or refuses them with ValueError, and a splice at every span it reported
-    adds exactly the edits' bytes."""
+    adds exactly the edits' bytes. The redaction's C functions on the same bytes: the
+    digit-run ends are ascending and end at a digit."""
+    _redact_c(data)
     try:
         _, spans = _spanwalk.walk(data, _COST._span_keys, _COST._resource_keys)
     except ValueError:
@@ -140,6 +142,16 @@ def spanwalk(data: bytes) -> None:
     out = _spanwalk.splice(data, edits)
     if len(out) < len(data) + 2 * len(edits):
         raise AssertionError("a splice lost bytes")
+
+
+def _redact_c(data: bytes) -> None:
+    ends = _spanwalk.digit_runs(data, 13, 10_000)
+    if ends is None:
+        if len(data) < 10_000:
+            raise AssertionError("digit_runs over its limit on a short input")
+        return
+    if ends != sorted(set(ends)) or any(not data[e - 1:e].isdigit() for e in ends):
+        raise AssertionError("digit_runs ends out of order or not at a digit")
 
 
 def config_file(data: bytes) -> None:
