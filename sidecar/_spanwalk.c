@@ -1082,6 +1082,220 @@ fail:
     return NULL;
 }
 
+/* ---- where a request's items lie (redact_wire.layout) ----------------------------- */
+
+static int append_ssize(PyObject *list, Py_ssize_t v) {
+    PyObject *o = PyLong_FromSsize_t(v);
+    if (o == NULL)
+        return -1;
+    int rc = PyList_Append(list, o);
+    Py_DECREF(o);
+    return rc;
+}
+
+/* redact_layout(payload) -> (resources, scopes, starts, ends, heads): resource entries
+ * are field 1 of every Export*ServiceRequest, scope entries field 2 of a resource entry,
+ * items field 2 of a scope entry, for all three signals; other fields and other wire types
+ * are stepped over, and nothing inside an item, resource or scope message is read.
+ * resources: (head, start, end) of each resource entry; scopes: (head, start, end,
+ * resource index, index in its resource, index of its first item) of each scope entry;
+ * starts, ends, heads: of each item, in wire order (head: its tag's first byte). */
+static PyObject *redact_layout(PyObject *module, PyObject *args) {
+    Py_buffer view;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "y*", &view))
+        return NULL;
+    const uint8_t *base = view.buf;
+    PyObject *resources = PyList_New(0), *scopes = PyList_New(0), *starts = PyList_New(0),
+             *ends = PyList_New(0), *heads = PyList_New(0);
+    if (resources == NULL || scopes == NULL || starts == NULL || ends == NULL ||
+        heads == NULL)
+        goto fail;
+    Reader top = {base, base + view.len};
+    Field rf;
+    int rc;
+    Py_ssize_t r = 0;
+    while ((rc = next_field(&top, &rf)) == 1) {
+        if (rf.number != 1 || rf.wire != 2)
+            continue;
+        PyObject *entry = Py_BuildValue("(nnn)", (Py_ssize_t)(rf.start - base),
+                                        (Py_ssize_t)(rf.data - base),
+                                        (Py_ssize_t)(rf.data_end - base));
+        if (entry == NULL || PyList_Append(resources, entry) < 0) {
+            Py_XDECREF(entry);
+            goto fail;
+        }
+        Py_DECREF(entry);
+        Reader rs = {rf.data, rf.data_end};
+        Field sf;
+        Py_ssize_t s = 0;
+        while ((rc = next_field(&rs, &sf)) == 1) {
+            if (sf.number != 2 || sf.wire != 2)
+                continue;
+            entry = Py_BuildValue("(nnnnnn)", (Py_ssize_t)(sf.start - base),
+                                  (Py_ssize_t)(sf.data - base),
+                                  (Py_ssize_t)(sf.data_end - base), r, s,
+                                  PyList_GET_SIZE(starts));
+            if (entry == NULL || PyList_Append(scopes, entry) < 0) {
+                Py_XDECREF(entry);
+                goto fail;
+            }
+            Py_DECREF(entry);
+            Reader ss = {sf.data, sf.data_end};
+            Field kf;
+            while ((rc = next_field(&ss, &kf)) == 1) {
+                if (kf.number != 2 || kf.wire != 2)
+                    continue;
+                if (append_ssize(starts, kf.data - base) < 0 ||
+                    append_ssize(ends, kf.data_end - base) < 0 ||
+                    append_ssize(heads, kf.start - base) < 0)
+                    goto fail;
+            }
+            if (rc < 0)
+                goto fail;
+            s++;
+        }
+        if (rc < 0)
+            goto fail;
+        r++;
+    }
+    if (rc < 0)
+        goto fail;
+    PyBuffer_Release(&view);
+    return Py_BuildValue("(NNNNN)", resources, scopes, starts, ends, heads);
+fail:
+    Py_XDECREF(resources);
+    Py_XDECREF(scopes);
+    Py_XDECREF(starts);
+    Py_XDECREF(ends);
+    Py_XDECREF(heads);
+    PyBuffer_Release(&view);
+    return NULL;
+}
+
+/* ---- the fields of one item that hold the pre-scan's hits -------------------------- */
+
+#define MAX_POINTS 4096 /* points placed per call (more: the caller walks the item whole) */
+
+typedef struct {
+    Py_ssize_t pos;
+    Py_ssize_t index; /* in the caller's sequence */
+} Point;
+
+static int point_order(const void *a, const void *b) {
+    Py_ssize_t x = ((const Point *)a)->pos, y = ((const Point *)b)->pos;
+    return (x > y) - (x < y);
+}
+
+/* hit_fields(payload, start, end, number, until, points) -> (fields, which) | None: the
+ * fields of the message payload[start:end] are read in order while a field starts at or
+ * before `until` (the rest is not read: what redact_wire.fields reads). A point p in
+ * [start, end) is placed in the length-delimited field whose bytes (tag, length and
+ * content) hold it; None when one lies in any other field, in a field of another number,
+ * or past `until`, or there are more than MAX_POINTS points. fields: (head, content start,
+ * content end, ordinal among the length-delimited fields numbered `number`) of each field
+ * holding a point, in wire order; which: per point, the index of its field in `fields`, or
+ * -1 for a point outside [start, end). */
+static PyObject *hit_fields(PyObject *module, PyObject *args) {
+    Py_buffer view;
+    Py_ssize_t start, end, until;
+    unsigned int number;
+    PyObject *points_arg;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "y*nnInO", &view, &start, &end, &number, &until, &points_arg))
+        return NULL;
+    PyObject *points = NULL, *fields = NULL, *which = NULL, *result = NULL;
+    Point *sorted = NULL;
+    Py_ssize_t *slot = NULL;
+    if (start < 0 || start > end || end > view.len) {
+        PyErr_SetString(PyExc_ValueError, "the item lies outside the payload");
+        goto done;
+    }
+    points = PySequence_Fast(points_arg, "points must be a sequence");
+    if (points == NULL)
+        goto done;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(points);
+    if (n > MAX_POINTS) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    sorted = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(Point));
+    slot = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(Py_ssize_t));
+    if (sorted == NULL || slot == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t m = 0; /* points in [start, end), into `sorted` */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t p = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(points, i));
+        if (p == -1 && PyErr_Occurred())
+            goto done;
+        slot[i] = -1;
+        if (start <= p && p < end) {
+            sorted[m].pos = p;
+            sorted[m].index = i;
+            m++;
+        }
+    }
+    qsort(sorted, (size_t)m, sizeof(Point), point_order);
+    fields = PyList_New(0);
+    if (fields == NULL)
+        goto done;
+    const uint8_t *base = view.buf;
+    Reader r = {base + start, base + end};
+    Field f;
+    int rc = 0;
+    Py_ssize_t ordinal = 0, next = 0; /* the first point not yet placed */
+    int elsewhere = 0; /* a point in a field of another number or wire type */
+    while (r.p - base <= until && (rc = next_field(&r, &f)) == 1) {
+        /* fields tile the message: the points before this one's end are in it */
+        Py_ssize_t head = f.start - base, stop = r.p - base;
+        int mine = f.wire == 2 && f.number == number;
+        if (next < m && sorted[next].pos < stop && !mine) {
+            elsewhere = 1; /* read on all the same: malformed bytes before `until` raise */
+            while (next < m && sorted[next].pos < stop)
+                next++;
+        } else if (next < m && sorted[next].pos < stop) {
+            PyObject *entry = Py_BuildValue("(nnnn)", head, (Py_ssize_t)(f.data - base),
+                                            stop, ordinal);
+            if (entry == NULL || PyList_Append(fields, entry) < 0) {
+                Py_XDECREF(entry);
+                goto done;
+            }
+            Py_DECREF(entry);
+            Py_ssize_t index = PyList_GET_SIZE(fields) - 1;
+            while (next < m && sorted[next].pos < stop)
+                slot[sorted[next++].index] = index;
+        }
+        if (mine)
+            ordinal++;
+    }
+    if (rc < 0)
+        goto done;
+    if (elsewhere || next < m) { /* or a point past `until`, which is not read */
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    which = PyList_New(n);
+    if (which == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *o = PyLong_FromSsize_t(slot[i]);
+        if (o == NULL)
+            goto done;
+        PyList_SET_ITEM(which, i, o);
+    }
+    result = Py_BuildValue("(OO)", fields, which);
+done:
+    PyMem_Free(sorted);
+    PyMem_Free(slot);
+    Py_XDECREF(points);
+    Py_XDECREF(fields);
+    Py_XDECREF(which);
+    PyBuffer_Release(&view);
+    return result;
+}
+
 /* ---- module ----------------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
@@ -1102,6 +1316,12 @@ static PyMethodDef methods[] = {
     {"digit_runs", digit_runs, METH_VARARGS,
      "digit_runs(payload, digits, limit) -> list[int] | None: the end offset of every match\n"
      "of \\d(?:[ -]?\\d){digits - 1}, ascending; None when there are more than `limit`."},
+    {"redact_layout", redact_layout, METH_VARARGS,
+     "redact_layout(payload) -> (resources, scopes, starts, ends, heads): where the items of\n"
+     "an OTLP request lie (resource entries, their scope entries, the scopes' items)."},
+    {"hit_fields", hit_fields, METH_VARARGS,
+     "hit_fields(payload, start, end, number, until, points) -> (fields, which) | None: the\n"
+     "length-delimited fields numbered `number` of payload[start:end] holding the points."},
     {NULL, NULL, 0, NULL},
 };
 

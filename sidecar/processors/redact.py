@@ -20,7 +20,6 @@ import hmac
 import json
 import logging
 import re
-from bisect import bisect_right
 from collections.abc import Callable, Iterable, MutableSequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -58,7 +57,7 @@ from sidecar.processors.redact_wire import (
     Layout,
     WireError,
     field_header,
-    fields,
+    hit_fields,
     layout,
     splice,
 )
@@ -405,7 +404,7 @@ class Redactor:
                     self._attrs(scope.scope.attributes)
         walk = self._item_walker(signal)
         for k in sorted(hits.items()):
-            _, _, r, sc, i = hits.layout.items[k]
+            _, _, r, sc, i = hits.layout.item(k)
             self._walk_item(signal, walk, getattr(getattr(level0[r], scopes)[sc], items)[i])
 
     def redact_payload(self, signal: Signal, payload: bytes,
@@ -450,12 +449,12 @@ class Redactor:
 
     def _message_item(self, signal: Signal, message: Any, hits: _Hits, k: int) -> Any:
         resources, scopes, items = SIGNALS[signal].levels
-        _, _, r, sc, i = hits.layout.items[k]
+        _, _, r, sc, i = hits.layout.item(k)
         return getattr(getattr(getattr(message, resources)[r], scopes)[sc], items)[i]
 
     def _redact_whole_item(self, signal: Signal, payload: bytes, message: Any | None,
                            hits: _Hits, k: int) -> bytes | None:
-        start, end = hits.layout.items[k][:2]
+        start, end = hits.layout.item(k)[:2]
         item = (self._message_item(signal, message, hits, k) if message is not None
                 else _ITEM_TYPES[signal].FromString(payload[start:end]))
         before = self.masked + self.dropped
@@ -470,39 +469,33 @@ class Redactor:
         attr_field = _ATTR_FIELD.get(signal)
         if attr_field is None or k in hits.whole or self._summary != "silent":
             return self._redact_whole_item(signal, payload, message, hits, k)
-        start, end = hits.layout.items[k][:2]
+        start, end = hits.layout.starts[k], hits.layout.ends[k]
         at = hits.at[k]
-        item_fields = fields(payload, start, end, until=max(to for to, _ in at))
-        heads = [f[1] for f in item_fields]
-        hit_fields: dict[int, set[int]] = {}  # field -> the pre-scan forms that hit it
-        for to, form in at:
-            for p in (to - 1, to - 2):
-                if not start <= p < end:
-                    continue
-                j = bisect_right(heads, p) - 1
-                if j < 0 or p >= item_fields[j][3] or item_fields[j][0] != attr_field:
-                    return self._redact_whole_item(signal, payload, message, hits, k)
-                forms = hit_fields.get(j)
-                if forms is None:
-                    hit_fields[j] = {form}
-                else:
-                    forms.add(form)
+        # the bytes a match ending at `to` may be about: `to - 1` and `to - 2` (`locate`)
+        points = [p for to, _ in at for p in (to - 1, to - 2)]
+        found = hit_fields(payload, start, end, attr_field, max(to for to, _ in at), points)
+        if found is None:  # a hit outside the attributes
+            return self._redact_whole_item(signal, payload, message, hits, k)
+        item_fields, which = found  # (head, start, end, index among the attributes)
+        hit_forms: dict[int, set[int]] = {}  # field -> the pre-scan forms that hit it
+        for n, (_, form) in enumerate(at):
+            for j in (which[2 * n], which[2 * n + 1]):
+                if j >= 0:
+                    hit_forms.setdefault(j, set()).add(form)
         attrs = self._message_item(signal, message, hits, k).attributes \
             if message is not None else None
         new: dict[int, bytes | None] = {}  # field -> its new content, None: removed
         removed: list[int] = []  # indices in `attrs` of removed attributes
-        for j in sorted(hit_fields):
-            _, _, fstart, fend = item_fields[j]
+        for j in sorted(hit_forms):
+            _, fstart, fend, index = item_fields[j]
             if attrs is not None:
-                # its index among the item's attributes: the attribute fields before it
-                index = sum(1 for f in item_fields[:j] if f[0] == attr_field)
                 kv = attrs[index]
             else:
                 index = -1
                 kv = KeyValue.FromString(payload[fstart:fend])
             before = self.masked + self.dropped
             # the value rules whose pre-scan form hit it: forms 0.. are the rules' own
-            self._only = hit_fields[j]
+            self._only = hit_forms[j]
             try:
                 drop = self._attr(kv)
             finally:
@@ -520,7 +513,7 @@ class Redactor:
         pieces: list[bytes] = []
         pos = start
         for j in sorted(new):
-            _, head, _, fend = item_fields[j]
+            head, _, fend, _ = item_fields[j]
             pieces.append(payload[pos:head])
             content = new[j]
             if content is not None:

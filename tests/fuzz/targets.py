@@ -132,7 +132,8 @@ def spanwalk(data: bytes) -> None:
     """The cost processor's C walk on any bytes (not only those the protobuf parser took):
     it reads them or refuses them with ValueError, and a splice at every span it reported
     adds exactly the edits' bytes. The redaction's C functions on the same bytes: the
-    digit-run ends are ascending and end at a digit."""
+    digit-run ends are ascending and end at a digit, the items and hit fields found lie
+    inside the payload (or the bytes are refused with ValueError)."""
     _redact_c(data)
     try:
         _, spans = _spanwalk.walk(data, _COST._span_keys, _COST._resource_keys)
@@ -152,6 +153,22 @@ def _redact_c(data: bytes) -> None:
         return
     if ends != sorted(set(ends)) or any(not data[e - 1:e].isdigit() for e in ends):
         raise AssertionError("digit_runs ends out of order or not at a digit")
+    try:
+        _, scopes, starts, ends, heads = _spanwalk.redact_layout(data)
+    except ValueError:
+        return
+    if not all(h < s <= e <= len(data) for h, s, e in zip(heads, starts, ends, strict=True)):
+        raise AssertionError("an item outside the payload")
+    if starts != sorted(starts) or any(not 0 <= sc[5] <= len(starts) for sc in scopes):
+        raise AssertionError("items out of order, or a scope's first item out of range")
+    for start, end in list(zip(starts, ends, strict=True))[:8]:
+        try:
+            found = _spanwalk.hit_fields(data, start, end, 9, end, [start, end - 1, -1])
+        except ValueError:
+            continue
+        if found is not None and not all(start <= h < s <= e <= end and n >= 0
+                                         for h, s, e, n in found[0]):
+            raise AssertionError("a hit field outside its item")
 
 
 def config_file(data: bytes) -> None:
