@@ -1296,6 +1296,209 @@ done:
     return result;
 }
 
+/* ---- putting re-encoded items back (redact_wire.splice) --------------------------- */
+
+typedef struct {
+    Py_ssize_t at;  /* the item's content start */
+    const char *data;
+    Py_ssize_t len; /* its new content */
+} Replace;
+
+typedef struct {
+    const Replace *edits;
+    Py_ssize_t count;
+    Py_ssize_t next; /* the first edit not yet placed */
+    char *out;       /* NULL: measuring */
+    Py_ssize_t size;
+} Replacing;
+
+static void rp_emit(Replacing *s, const void *data, Py_ssize_t n) {
+    if (s->out != NULL && n > 0)
+        memcpy(s->out + s->size, data, (size_t)n);
+    s->size += n;
+}
+
+static void rp_varint(Replacing *s, uint64_t v) {
+    uint8_t buf[10];
+    int n = 0;
+    while (v >= 0x80) {
+        buf[n++] = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    buf[n++] = (uint8_t)v;
+    rp_emit(s, buf, n);
+}
+
+/* The tag bytes of the field at `start`, as they are (whatever their encoding). */
+static Py_ssize_t tag_size(const Field *f) {
+    const uint8_t *p = f->start;
+    while (*p >= 0x80)
+        p++; /* next_field read this varint: it ends before the content */
+    return p + 1 - f->start;
+}
+
+/* The content of a message at level 0 (request), 1 (resource entry) or 2 (scope entry),
+ * with the items the edits name (field 2 of a scope entry, by content start) given their
+ * new content, and the lengths of the entries holding them rewritten; its size, or -1. */
+static Py_ssize_t rp_level(Replacing *s, const uint8_t *base, const uint8_t *p,
+                           const uint8_t *end, int level) {
+    Py_ssize_t begin = s->size;
+    uint32_t wanted = level == 0 ? 1 : 2;
+    Reader r = {p, end};
+    Field f;
+    int rc = 0;
+    const uint8_t *copied = p; /* bytes before this are emitted */
+    while (s->next < s->count && (rc = next_field(&r, &f)) == 1) {
+        if (f.number != wanted || f.wire != 2)
+            continue;
+        Py_ssize_t content = f.data - base, content_end = f.data_end - base;
+        const Replace *e = &s->edits[s->next];
+        /* an item of no bytes can start where its scope and resource entries end */
+        if (level == 2 ? e->at != content : e->at < content || e->at > content_end)
+            continue;
+        rp_emit(s, copied, f.start - copied);
+        rp_emit(s, f.start, tag_size(&f));
+        if (level == 2) {
+            rp_varint(s, (uint64_t)e->len);
+            rp_emit(s, e->data, e->len);
+            s->next++;
+        } else {
+            Replacing probe = *s;
+            probe.out = NULL;
+            probe.size = 0;
+            Py_ssize_t inner = rp_level(&probe, base, f.data, f.data_end, level + 1);
+            if (inner < 0)
+                return -1;
+            rp_varint(s, (uint64_t)inner);
+            if (rp_level(s, base, f.data, f.data_end, level + 1) < 0)
+                return -1;
+        }
+        copied = f.data_end;
+    }
+    if (rc < 0)
+        return -1;
+    rp_emit(s, copied, end - copied);
+    return s->size - begin;
+}
+
+/* redact_splice(payload, edits) -> bytes: edits (item content start, new content),
+ * ascending, each replacing the content of the item (field 2 of a scope entry, field 2 of
+ * a resource entry, field 1 of the request) starting there; the tags of the item and of
+ * the entries around it are kept as they are, their lengths rewritten; every other byte
+ * is copied as it is. ValueError when an edit names no item. */
+static PyObject *redact_splice(PyObject *module, PyObject *args) {
+    Py_buffer view;
+    PyObject *edits_arg;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "y*O", &view, &edits_arg))
+        return NULL;
+    PyObject *edits = PySequence_Fast(edits_arg, "edits must be a sequence");
+    if (edits == NULL) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(edits);
+    Replace *list = PyMem_Calloc((size_t)(n ? n : 1), sizeof(Replace));
+    if (list == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(edits, i);
+        PyObject *data;
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2 ||
+            !PyBytes_Check(data = PyTuple_GET_ITEM(item, 1))) {
+            PyErr_SetString(PyExc_TypeError, "an edit is (item start, bytes)");
+            goto done;
+        }
+        list[i].at = PyLong_AsSsize_t(PyTuple_GET_ITEM(item, 0));
+        if (list[i].at == -1 && PyErr_Occurred())
+            goto done;
+        if (i > 0 && list[i].at <= list[i - 1].at) {
+            PyErr_SetString(PyExc_ValueError, "edits must be in ascending order");
+            goto done;
+        }
+        list[i].data = PyBytes_AS_STRING(data);
+        list[i].len = PyBytes_GET_SIZE(data);
+    }
+    const uint8_t *base = view.buf;
+    Replacing s = {list, n, 0, NULL, 0};
+    Py_ssize_t size = rp_level(&s, base, base, base + view.len, 0);
+    if (size < 0)
+        goto done;
+    if (s.next != n) {
+        PyErr_SetString(PyExc_ValueError, "an edit names no item");
+        goto done;
+    }
+    result = PyBytes_FromStringAndSize(NULL, size);
+    if (result == NULL)
+        goto done;
+    s.next = 0;
+    s.size = 0;
+    s.out = PyBytes_AS_STRING(result);
+    if (rp_level(&s, base, base, base + view.len, 0) != size) {
+        Py_CLEAR(result);
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_RuntimeError, "splice changed size");
+    }
+done:
+    PyMem_Free(list);
+    Py_DECREF(edits);
+    PyBuffer_Release(&view);
+    return result;
+}
+
+/* ---- an attribute holding a string (redact.py, the hit attribute's direct path) ---- */
+
+/* kv_string(payload, start, end) -> (key start, key end, string start, string end) | None:
+ * when the KeyValue payload[start:end] is exactly a non-empty key (field 1) and then a
+ * value (field 2) that is exactly one string_value (field 1 of AnyValue), each given once:
+ * the KeyValue the parser reads from it re-serialises as those two fields in that order,
+ * so editing the string in the bytes is what editing it in the message and serialising
+ * gives. None for any other shape (an empty key, which the serialiser leaves out; other
+ * fields; a field given twice; other wire types); ValueError on malformed bytes. */
+static PyObject *kv_string(PyObject *module, PyObject *args) {
+    Py_buffer view;
+    Py_ssize_t start, end;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "y*nn", &view, &start, &end))
+        return NULL;
+    PyObject *result = NULL;
+    if (start < 0 || start > end || end > view.len) {
+        PyErr_SetString(PyExc_ValueError, "the attribute lies outside the payload");
+        goto done;
+    }
+    const uint8_t *base = view.buf;
+    Reader r = {base + start, base + end};
+    Field key, value, text;
+    int rc = next_field(&r, &key);
+    if (rc < 0)
+        goto done;
+    if (rc == 0 || key.number != 1 || key.wire != 2 || key.data == key.data_end)
+        goto none;
+    rc = next_field(&r, &value);
+    if (rc < 0)
+        goto done;
+    if (rc == 0 || value.number != 2 || value.wire != 2 || r.p != r.end)
+        goto none;
+    Reader v = {value.data, value.data_end};
+    rc = next_field(&v, &text);
+    if (rc < 0)
+        goto done;
+    if (rc == 0 || text.number != 1 || text.wire != 2 || v.p != v.end)
+        goto none;
+    result = Py_BuildValue("(nnnn)", (Py_ssize_t)(key.data - base),
+                           (Py_ssize_t)(key.data_end - base), (Py_ssize_t)(text.data - base),
+                           (Py_ssize_t)(text.data_end - base));
+    goto done;
+none:
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&view);
+    return result;
+}
+
 /* ---- module ----------------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
@@ -1322,6 +1525,12 @@ static PyMethodDef methods[] = {
     {"hit_fields", hit_fields, METH_VARARGS,
      "hit_fields(payload, start, end, number, until, points) -> (fields, which) | None: the\n"
      "length-delimited fields numbered `number` of payload[start:end] holding the points."},
+    {"redact_splice", redact_splice, METH_VARARGS,
+     "redact_splice(payload, edits) -> bytes: edits (item content start, new content),\n"
+     "ascending, each replacing an item's content, the enclosing lengths rewritten."},
+    {"kv_string", kv_string, METH_VARARGS,
+     "kv_string(payload, start, end) -> (key start, key end, string start, string end) |\n"
+     "None: the KeyValue payload[start:end] when it is exactly a key and a string value."},
     {NULL, NULL, 0, NULL},
 };
 

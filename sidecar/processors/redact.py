@@ -32,6 +32,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from pydantic import Field, SecretStr, model_validator
 
+from sidecar import _spanwalk
 from sidecar.component import ProcessorFactory, ProcessorSettings, register_processor
 from sidecar.configtypes import Strict
 from sidecar.errors import ProcessingError
@@ -61,6 +62,7 @@ from sidecar.processors.redact_wire import (
     layout,
     splice,
 )
+from sidecar.protowire import encode_varint as _varint
 from sidecar.signals import SIGNALS
 from sidecar.telemetry.metrics import REDACT_FAILURES, REDACT_REDACTIONS, REDACT_REQUESTS
 
@@ -486,8 +488,21 @@ class Redactor:
             if message is not None else None
         new: dict[int, bytes | None] = {}  # field -> its new content, None: removed
         removed: list[int] = []  # indices in `attrs` of removed attributes
+        direct = not self._user_keys  # a user key rule reads key and value: the wrapper
         for j in sorted(hit_forms):
             _, fstart, fend, index = item_fields[j]
+            if direct:
+                edit = self._string_attr(payload, fstart, fend, hit_forms[j])
+                if edit is not None:
+                    changed, content, text = edit
+                    if not changed:
+                        continue
+                    if content is None:
+                        removed.append(index)
+                    elif attrs is not None:
+                        attrs[index].value.string_value = text
+                    new[j] = content
+                    continue
             if attrs is not None:
                 kv = attrs[index]
             else:
@@ -521,6 +536,41 @@ class Redactor:
             pos = fend
         pieces.append(payload[pos:end])
         return b"".join(pieces)
+
+    def _string_attr(self, payload: bytes, start: int, end: int, only: set[int],
+                     ) -> tuple[bool, bytes | None, str] | None:
+        """An attribute that is exactly a key and a string value (`_spanwalk.kv_string`)
+        whose key no key rule or prompts policy takes, redacted from its bytes: (whether it
+        changed, its new content or None to remove it, its new string). What `_attr` does
+        through the message wrappers, and what the re-serialised KeyValue would be, since
+        the parser reads those bytes as that key and that string and serialises them back
+        as the same two fields (property-tested against `_attr`). None: use `_attr`."""
+        found = _spanwalk.kv_string(payload, start, end)
+        if found is None:
+            return None
+        ks, ke, vs, ve = found
+        key = payload[ks:ke]
+        name = key.decode("utf-8")  # the parser's UTF-8 check
+        if self._verdict(name) is not None or (self._drop_prompts and is_prompt_key(name)):
+            return None
+        data = payload[vs:ve]
+        data.decode("utf-8")
+        if not data:
+            return False, None, ""
+        self._only = only
+        try:
+            out = self._bytes(data, droppable=True)
+        finally:
+            self._only = None
+        if out is DROP:
+            return True, None, ""
+        if out is None:
+            return False, None, ""
+        assert isinstance(out, bytes)
+        text = out.decode("utf-8")
+        value = b"\x0a" + _varint(len(out)) + out
+        return (True, b"\x0a" + _varint(len(key)) + key + b"\x12" + _varint(len(value)) + value,
+                text)
 
     def _walk_item(self, signal: Signal, walk: Callable[[Any], None], item: Any) -> None:
         """Walk one item; one scan over its strings joined tells which of them any value

@@ -91,37 +91,7 @@ def field_header(buf: bytes, head: int, length: int) -> bytes:
 
 def splice(payload: bytes, lay: Layout, new_items: dict[int, bytes]) -> bytes:
     """`payload` with item k's content replaced by new_items[k], and the lengths of the
-    scope and resource entries around them rewritten; every other byte is kept."""
-    by_scope: dict[int, list[int]] = {}
-    for k in sorted(new_items):
-        by_scope.setdefault(lay.scope_of(k), []).append(k)
-    by_resource: dict[int, list[int]] = {}
-    for j in by_scope:
-        by_resource.setdefault(lay.scopes[j][3], []).append(j)
-    out: list[bytes] = []
-    pos = 0
-    for r in sorted(by_resource):
-        rhead, rstart, rend = lay.resource_fields[r]
-        rparts: list[bytes] = []
-        rpos = rstart
-        for j in sorted(by_resource[r]):
-            shead, sstart, send = lay.scopes[j][:3]
-            sparts: list[bytes] = []
-            spos = sstart
-            for k in by_scope[j]:
-                iend = lay.ends[k]
-                ihead = lay.item_heads[k]
-                content = new_items[k]
-                sparts += (payload[spos:ihead], field_header(payload, ihead, len(content)),
-                           content)
-                spos = iend
-            sparts.append(payload[spos:send])
-            scope = b"".join(sparts)
-            rparts += (payload[rpos:shead], field_header(payload, shead, len(scope)), scope)
-            rpos = send
-        rparts.append(payload[rpos:rend])
-        resource = b"".join(rparts)
-        out += (payload[pos:rhead], field_header(payload, rhead, len(resource)), resource)
-        pos = rend
-    out.append(payload[pos:])
-    return b"".join(out)
+    scope and resource entries around them rewritten; every other byte is kept
+    (`_spanwalk.redact_splice`: one copy of the request, in C)."""
+    return _spanwalk.redact_splice(
+        payload, [(lay.starts[k], new_items[k]) for k in sorted(new_items)])

@@ -132,8 +132,9 @@ def spanwalk(data: bytes) -> None:
     """The cost processor's C walk on any bytes (not only those the protobuf parser took):
     it reads them or refuses them with ValueError, and a splice at every span it reported
     adds exactly the edits' bytes. The redaction's C functions on the same bytes: the
-    digit-run ends are ascending and end at a digit, the items and hit fields found lie
-    inside the payload (or the bytes are refused with ValueError)."""
+    digit-run ends are ascending and end at a digit, the items, hit fields, keys and
+    strings found lie inside the payload (or the bytes are refused with ValueError), and a
+    splice emptying every item gives bytes with the same items, all empty."""
     _redact_c(data)
     try:
         _, spans = _spanwalk.walk(data, _COST._span_keys, _COST._resource_keys)
@@ -166,9 +167,20 @@ def _redact_c(data: bytes) -> None:
             found = _spanwalk.hit_fields(data, start, end, 9, end, [start, end - 1, -1])
         except ValueError:
             continue
-        if found is not None and not all(start <= h < s <= e <= end and n >= 0
-                                         for h, s, e, n in found[0]):
+        if found is None:
+            continue
+        if not all(start <= h < s <= e <= end and n >= 0 for h, s, e, n in found[0]):
             raise AssertionError("a hit field outside its item")
+        for _, s, e, _ in found[0]:
+            with contextlib.suppress(ValueError):
+                kv = _spanwalk.kv_string(data, s, e)
+                if kv is not None and not s <= kv[0] <= kv[1] <= kv[2] <= kv[3] <= e:
+                    raise AssertionError("a key or string outside its attribute")
+    # every item emptied: the result has the same items, each empty
+    out = _spanwalk.redact_splice(data, [(s, b"") for s in starts])
+    _, _, new_starts, new_ends, _ = _spanwalk.redact_layout(out)
+    if len(out) > len(data) or new_starts != new_ends or len(new_starts) != len(starts):
+        raise AssertionError("a splice lost items or kept their bytes")
 
 
 def config_file(data: bytes) -> None:

@@ -21,7 +21,15 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
 from bench.loadgen import build_workload
-from sidecar.processors.redact_wire import Layout, WireError, hit_fields, layout
+from sidecar import _spanwalk
+from sidecar.processors.redact_wire import (
+    Layout,
+    WireError,
+    field_header,
+    hit_fields,
+    layout,
+    splice,
+)
 
 
 # --- the reference: the Python walk the C replaced ------------------------------------
@@ -128,6 +136,45 @@ def ref_hit_fields(buf: bytes, start: int, end: int, number: int, until: int,
     out = [(fields[j][1], fields[j][2], fields[j][3],
             sum(1 for f in fields[:j] if f[0] == number)) for j in chosen]
     return out, [chosen.index(j) if j >= 0 else -1 for j in placed]
+
+
+def ref_splice(payload: bytes, lay: Layout, new_items: dict[int, bytes]) -> bytes:
+    """`payload` with item k's content replaced by new_items[k], and the lengths of the
+    scope and resource entries around them rewritten; every other byte is kept: the Python
+    splice the C replaced."""
+    by_scope: dict[int, list[int]] = {}
+    for k in sorted(new_items):
+        by_scope.setdefault(lay.scope_of(k), []).append(k)
+    by_resource: dict[int, list[int]] = {}
+    for j in by_scope:
+        by_resource.setdefault(lay.scopes[j][3], []).append(j)
+    out: list[bytes] = []
+    pos = 0
+    for r in sorted(by_resource):
+        rhead, rstart, rend = lay.resource_fields[r]
+        rparts: list[bytes] = []
+        rpos = rstart
+        for j in sorted(by_resource[r]):
+            shead, sstart, send = lay.scopes[j][:3]
+            sparts: list[bytes] = []
+            spos = sstart
+            for k in by_scope[j]:
+                iend = lay.ends[k]
+                ihead = lay.item_heads[k]
+                content = new_items[k]
+                sparts += (payload[spos:ihead], field_header(payload, ihead, len(content)),
+                           content)
+                spos = iend
+            sparts.append(payload[spos:send])
+            scope = b"".join(sparts)
+            rparts += (payload[rpos:shead], field_header(payload, shead, len(scope)), scope)
+            rpos = send
+        rparts.append(payload[rpos:rend])
+        resource = b"".join(rparts)
+        out += (payload[pos:rhead], field_header(payload, rhead, len(resource)), resource)
+        pos = rend
+    out.append(payload[pos:])
+    return b"".join(out)
 
 
 def _c_hit_fields(buf: bytes, start: int, end: int, number: int, until: int,
@@ -366,3 +413,53 @@ def test_a_layout_item_names_its_scope_past_empty_scopes() -> None:
                                (0, 0, 0, 0, 3, 3)], [0, 1, 2, 3], [0, 1, 2, 3], [0, 0, 0, 0])
     assert [lay.item(k)[2:] for k in range(4)] == [(0, 0, 0), (0, 0, 1), (0, 2, 0), (0, 3, 0)]
 
+
+
+ITEM_TEXT = st.sampled_from(["", "x", "y" * 126, "z" * 127, "w" * 20_000])
+
+
+@st.composite
+def trace_requests(draw: st.DrawFn) -> ExportTraceServiceRequest:
+    # sizes around the one-, two- and three-byte length boundaries at every level
+    return ExportTraceServiceRequest(resource_spans=[
+        ResourceSpans(resource=Resource(attributes=[KeyValue(key="k", value=AnyValue(
+            string_value=draw(ITEM_TEXT)))]), scope_spans=[
+            ScopeSpans(spans=[Span(name=draw(ITEM_TEXT)) for _ in range(draw(st.integers(0, 3)))])
+            for _ in range(draw(st.integers(0, 3)))])
+        for _ in range(draw(st.integers(0, 3)))])
+
+
+@settings(max_examples=300, deadline=None)
+@given(trace_requests(), st.data())
+def test_splice_is_the_references_and_parses_to_the_edited_message(
+        request: ExportTraceServiceRequest, data: st.DataObject) -> None:
+    payload = request.SerializeToString()
+    lay = layout(payload)
+    chosen = data.draw(st.sets(st.integers(0, len(lay.starts) - 1))) if lay.starts else set()
+    names = {k: data.draw(ITEM_TEXT) for k in chosen}
+    new_items = {k: Span(name=names[k]).SerializeToString() for k in chosen}
+    out = splice(payload, lay, new_items)
+    assert out == ref_splice(payload, lay, new_items)
+    edited = ExportTraceServiceRequest.FromString(payload)
+    spans = [sp for rs in edited.resource_spans for ss in rs.scope_spans for sp in ss.spans]
+    for k, name in names.items():
+        spans[k].Clear()
+        spans[k].name = name
+    assert ExportTraceServiceRequest.FromString(out) == edited
+    assert splice(payload, lay, {}) == payload
+
+
+def test_splice_keeps_long_tags_and_refuses_edits_naming_no_item() -> None:
+    # a resource entry whose tag is written in two bytes (0x8a 0x00: field 1, wire 2)
+    item = _entry(2, b"\x2a\x01a")
+    payload = b"\x8a\x00" + _varint(len(_entry(2, item))) + _entry(2, item)
+    lay = layout(payload)
+    assert len(lay.starts) == 1
+    out = splice(payload, lay, {0: b"\x2a\x02bc"})
+    assert out == ref_splice(payload, lay, {0: b"\x2a\x02bc"})
+    assert out.startswith(b"\x8a\x00")
+    assert field_header(payload, 0, 9) == b"\x8a\x00\x09"
+    with pytest.raises(ValueError, match="names no item"):
+        _spanwalk.redact_splice(payload, [(1, b"")])
+    with pytest.raises(ValueError, match="ascending"):
+        _spanwalk.redact_splice(payload, [(7, b""), (7, b"")])
