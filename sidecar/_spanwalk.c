@@ -1499,6 +1499,61 @@ done:
     return result;
 }
 
+/* kv_encode(key, text) -> bytes: KeyValue(key, AnyValue(string_value=text)) as the protobuf
+ * serialiser writes it (key field, then value field holding the string field; shortest
+ * varints), for a non-empty key (kv_string's shape). */
+static int put_varint(uint8_t *at, uint64_t v) {
+    int n = 0;
+    while (v >= 0x80) {
+        at[n++] = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    at[n++] = (uint8_t)v;
+    return n;
+}
+
+static int varint_size(uint64_t v) {
+    int n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+static PyObject *kv_encode(PyObject *module, PyObject *args) {
+    Py_buffer key, text;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "y*y*", &key, &text))
+        return NULL;
+    PyObject *out = NULL;
+    if (key.len == 0) {
+        PyErr_SetString(PyExc_ValueError, "an empty key is not serialised");
+        goto done;
+    }
+    uint64_t value = 1 + (uint64_t)varint_size((uint64_t)text.len) + (uint64_t)text.len;
+    Py_ssize_t size = 1 + varint_size((uint64_t)key.len) + key.len + 1 +
+                      varint_size(value) + (Py_ssize_t)value;
+    out = PyBytes_FromStringAndSize(NULL, size);
+    if (out == NULL)
+        goto done;
+    uint8_t *at = (uint8_t *)PyBytes_AS_STRING(out);
+    *at++ = 0x0A;
+    at += put_varint(at, (uint64_t)key.len);
+    memcpy(at, key.buf, (size_t)key.len);
+    at += key.len;
+    *at++ = 0x12;
+    at += put_varint(at, value);
+    *at++ = 0x0A;
+    at += put_varint(at, (uint64_t)text.len);
+    if (text.len > 0)
+        memcpy(at, text.buf, (size_t)text.len);
+done:
+    PyBuffer_Release(&key);
+    PyBuffer_Release(&text);
+    return out;
+}
+
 /* ---- module ----------------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
@@ -1531,6 +1586,8 @@ static PyMethodDef methods[] = {
     {"kv_string", kv_string, METH_VARARGS,
      "kv_string(payload, start, end) -> (key start, key end, string start, string end) |\n"
      "None: the KeyValue payload[start:end] when it is exactly a key and a string value."},
+    {"kv_encode", kv_encode, METH_VARARGS,
+     "kv_encode(key, text) -> bytes: KeyValue(key, AnyValue(string_value=text)) serialised."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -62,7 +62,6 @@ from sidecar.processors.redact_wire import (
     layout,
     splice,
 )
-from sidecar.protowire import encode_varint as _varint
 from sidecar.signals import SIGNALS
 from sidecar.telemetry.metrics import REDACT_FAILURES, REDACT_REDACTIONS, REDACT_REQUESTS
 
@@ -338,6 +337,7 @@ class Redactor:
         # while walking one attribute: the indices of the only rules that may match in it
         self._only: set[int] | None = None
         self._verdicts: dict[str, _Verdict] = {}
+        self._masks: dict[str, bytes] = {}  # rule name -> its mask, encoded (`_emit`)
         self.counts: dict[str, int] = {}
         self.candidates_left = MAX_CANDIDATES
         self.masked = self.dropped = 0  # redactions so far: masked (or hashed), removed
@@ -475,7 +475,8 @@ class Redactor:
         at = hits.at[k]
         # the bytes a match ending at `to` may be about: `to - 1` and `to - 2` (`locate`)
         points = [p for to, _ in at for p in (to - 1, to - 2)]
-        found = hit_fields(payload, start, end, attr_field, max(to for to, _ in at), points)
+        # fields are read up to the one holding the last hit's end: max(to) = max(points) + 1
+        found = hit_fields(payload, start, end, attr_field, max(points) + 1, points)
         if found is None:  # a hit outside the attributes
             return self._redact_whole_item(signal, payload, message, hits, k)
         item_fields, which = found  # (head, start, end, index among the attributes)
@@ -567,10 +568,7 @@ class Redactor:
         if out is None:
             return False, None, ""
         assert isinstance(out, bytes)
-        text = out.decode("utf-8")
-        value = b"\x0a" + _varint(len(out)) + out
-        return (True, b"\x0a" + _varint(len(key)) + key + b"\x12" + _varint(len(value)) + value,
-                text)
+        return True, _spanwalk.kv_encode(key, out), out.decode("utf-8")
 
     def _walk_item(self, signal: Signal, walk: Callable[[Any], None], item: Any) -> None:
         """Walk one item; one scan over its strings joined tells which of them any value
@@ -836,7 +834,8 @@ class Redactor:
                 spans.extend((*_widen_to_utf8(data, s, e), rule) for s, e in secret)
         if not spans:
             return None
-        spans.sort(key=lambda s: (s[0], -s[1]))
+        if len(spans) > 1:
+            spans.sort(key=lambda s: (s[0], -s[1]))
         pieces: list[bytes] = []
         pos = 0
         cur_start, cur_end, cur_rule = spans[0]
@@ -875,7 +874,12 @@ class Redactor:
                     if rule.action is Action.DROP and droppable:
                         self._count(rule.name, dropped=True)
                         return DROP
-                    out.extend((*_widen_to_utf8(data, s, e), rule) for s, e in masked)
+                    for s, e in masked:
+                        # `_widen_to_utf8` moves an edge only inside a multi-byte character
+                        if (s > 0 and 0x80 <= data[s] < 0xC0) or (
+                                e < n and 0x80 <= data[e] < 0xC0):
+                            s, e = _widen_to_utf8(data, s, e)
+                        out.append((s, e, rule))
             # from the end of the text only an empty match can follow, which masks nothing
             if pos == n or end0 == n:
                 break
@@ -885,9 +889,15 @@ class Redactor:
     def _emit(self, pieces: list[bytes], data: bytes, pos: int, start: int, end: int,
               rule: _Rule) -> int:
         self._count(rule.name)
-        action = Action.MASK if rule.action is Action.DROP else rule.action
         pieces.append(data[pos:start])
-        pieces.append(self._replacement(rule.name, action, data[start:end]).encode())
+        if rule.action is Action.HASH:
+            pieces.append(self._replacement(rule.name, Action.HASH, data[start:end]).encode())
+        else:  # a mask (or a drop where nothing can be removed): the same bytes every time
+            mask = self._masks.get(rule.name)
+            if mask is None:
+                mask = self._masks[rule.name] = self._replacement(
+                    rule.name, Action.MASK, b"").encode()
+            pieces.append(mask)
         return end
 
     def _replacement(self, name: str, action: Action, secret: bytes) -> str:

@@ -35,10 +35,6 @@ Field = tuple[int, int, int]
 Scope = tuple[int, int, int, int, int, int]
 
 
-def _first_item(scope: Scope) -> int:
-    return scope[5]
-
-
 @dataclass(frozen=True, slots=True)
 class Layout:
     resource_fields: list[Field]  # of each resource-level entry, in wire order
@@ -46,11 +42,12 @@ class Layout:
     starts: list[int]  # of the items' contents, in wire order (ascending)
     ends: list[int]
     item_heads: list[int]  # where each item's tag starts
+    first_items: list[int]  # of each scope entry (ascending)
 
     def scope_of(self, k: int) -> int:
         """The index in `scopes` of item k's scope: the last scope whose first item is k or
         before (a scope without items has the first item of the next)."""
-        return bisect_right(self.scopes, k, key=_first_item) - 1
+        return bisect_right(self.first_items, k) - 1
 
     def item(self, k: int) -> tuple[int, int, int, int, int]:
         """(start, end, resource index, scope index in its resource, index in its scope)"""
@@ -65,7 +62,7 @@ def layout(payload: bytes) -> Layout:
         resources, scopes, starts, ends, heads = _spanwalk.redact_layout(payload)
     except ValueError as exc:
         raise WireError(str(exc)) from None
-    return Layout(resources, scopes, starts, ends, heads)
+    return Layout(resources, scopes, starts, ends, heads, [s[5] for s in scopes])
 
 
 def hit_fields(payload: bytes, start: int, end: int, number: int, until: int,

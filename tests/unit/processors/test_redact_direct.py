@@ -128,3 +128,16 @@ def test_text_that_is_not_utf8_fails_on_both_paths() -> None:
         KeyValue.FromString(raw)
     with pytest.raises(UnicodeDecodeError):
         REDACTORS[0]._string_attr(raw, 0, len(raw), {0})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(min_size=1, max_size=200), st.one_of(
+    st.text(max_size=300), st.sampled_from(["a" * 127, "b" * 128, "c" * 16_383, "d" * 16_384])))
+def test_kv_encode_is_the_librarys_serialisation(key: str, value: str) -> None:
+    assert _spanwalk.kv_encode(key.encode(), value.encode()) == KeyValue(
+        key=key, value=AnyValue(string_value=value)).SerializeToString()
+
+
+def test_kv_encode_refuses_an_empty_key() -> None:
+    with pytest.raises(ValueError, match="empty key"):
+        _spanwalk.kv_encode(b"", b"x")

@@ -410,7 +410,8 @@ def test_layout_of_mangled_requests_is_the_references() -> None:
 
 def test_a_layout_item_names_its_scope_past_empty_scopes() -> None:
     lay = Layout([(0, 0, 0)], [(0, 0, 0, 0, 0, 0), (0, 0, 0, 0, 1, 2), (0, 0, 0, 0, 2, 2),
-                               (0, 0, 0, 0, 3, 3)], [0, 1, 2, 3], [0, 1, 2, 3], [0, 0, 0, 0])
+                               (0, 0, 0, 0, 3, 3)], [0, 1, 2, 3], [0, 1, 2, 3], [0, 0, 0, 0],
+                 [0, 2, 2, 3])
     assert [lay.item(k)[2:] for k in range(4)] == [(0, 0, 0), (0, 0, 1), (0, 2, 0), (0, 3, 0)]
 
 
