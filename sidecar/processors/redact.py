@@ -268,6 +268,9 @@ class _Hits:
     at: dict[int, list[tuple[int, int]]]  # item -> (end offset, form) of matches in it
     whole: set[int]  # items an RE2-only form hit (no offsets): walked whole
     outside: bool  # a match outside every item (resource or scope attributes)
+    # scope index -> that scope's items in the message (`_message_item`): each step down
+    # the message through its wrappers costs ~0.5 µs, and hit items share their scopes
+    scope_items: dict[int, Any]
 
     def items(self) -> set[int]:
         return set(self.at) | self.whole
@@ -380,7 +383,7 @@ class Redactor:
         if re2:
             whole, out = self.prescan.re2_segments(payload, starts, ends)
             outside = outside or out
-        return _Hits(lay, at, whole, outside)
+        return _Hits(lay, at, whole, outside, {})
 
     def redact_hits(self, signal: Signal, payload: bytes, message: Any) -> None:
         """Walk only the items whose bytes the pre-scan hit (and every resource's and
@@ -450,9 +453,16 @@ class Redactor:
         return True, splice(payload, hits.layout, new_items)
 
     def _message_item(self, signal: Signal, message: Any, hits: _Hits, k: int) -> Any:
-        resources, scopes, items = SIGNALS[signal].levels
-        _, _, r, sc, i = hits.layout.item(k)
-        return getattr(getattr(getattr(message, resources)[r], scopes)[sc], items)[i]
+        """Item k in `message` (the one message every call with these hits is given)."""
+        lay = hits.layout
+        j = lay.scope_of(k)
+        found = hits.scope_items.get(j)
+        if found is None:
+            resources, scopes, items = SIGNALS[signal].levels
+            _, _, _, r, sc, _ = lay.scopes[j]
+            found = hits.scope_items[j] = getattr(
+                getattr(getattr(message, resources)[r], scopes)[sc], items)
+        return found[k - lay.first_items[j]]
 
     def _redact_whole_item(self, signal: Signal, payload: bytes, message: Any | None,
                            hits: _Hits, k: int) -> bytes | None:
