@@ -1490,6 +1490,571 @@ done:
     return result;
 }
 
+/* ==== redaction (sidecar/processors/redact_scan.py, redact_wire.py) ================== */
+
+/* ---- digit runs: the card rule's pre-scan form ------------------------------------ */
+
+/* The bytes a card number's digit run may hold: the digits, space and '-'. */
+static const uint8_t RUN_BYTE[256] = {
+    [' '] = 1, ['-'] = 1, ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1,
+    ['5'] = 1, ['6'] = 1, ['7'] = 1, ['8'] = 1, ['9'] = 1,
+};
+
+/* digit_runs(payload, digits, limit): the end offset of every match of
+ * \d(?:[ -]?\d){digits - 1}, ascending, each once (what Hyperscan reports for the
+ * pattern); None when there are more than `limit`.
+ *
+ * A match ends at a digit, and read backwards from it the digits before it follow with at
+ * most one separator between two: so offset e ends a match exactly when the chain of
+ * digits ending at byte e - 1 (each one byte, or one separator, after the last) holds at
+ * least `digits` digits. A match holds at least `digits` bytes, all run bytes: when byte
+ * p is not one, no match starting in [p - digits + 1, p] exists, so the scan probes one
+ * byte in `digits` (a 13-byte stride on text without digits) and reads the bytes around a
+ * probe only when it is a run byte. */
+static PyObject *digit_runs(PyObject *module, PyObject *args) {
+    Py_buffer view;
+    Py_ssize_t digits, limit;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "y*nn", &view, &digits, &limit))
+        return NULL;
+    if (digits < 1 || limit < 0) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "digits must be positive, limit not negative");
+        return NULL;
+    }
+    const uint8_t *b = view.buf;
+    const Py_ssize_t n = view.len;
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        goto fail;
+    /* no match starts before `lo`, and byte lo - 1 (if any) is not a run byte */
+    Py_ssize_t lo = 0;
+    Py_ssize_t p = digits - 1; /* the probe: the last byte of a shortest match from lo */
+    while (p < n) {
+        if (!RUN_BYTE[b[p]]) {
+            lo = p + 1;
+            p += digits;
+            continue;
+        }
+        Py_ssize_t q = p;
+        while (q > lo && RUN_BYTE[b[q - 1]])
+            q--; /* the start of the run bytes holding p: b[q - 1] is not one */
+        Py_ssize_t stop = p + 1;
+        while (stop < n && RUN_BYTE[b[stop]])
+            stop++; /* and its end */
+        if (stop - q < digits) { /* too short to hold a match: most runs (dates, ids) */
+            lo = stop + 1;
+            p = lo + digits - 1;
+            continue;
+        }
+        Py_ssize_t chain = 0; /* digits in the chain ending here */
+        int sep = 0;          /* the last byte was a separator */
+        for (; q < stop; q++) {
+            if (b[q] >= '0') { /* a digit: ' ' and '-' sort below '0' */
+                chain++;
+                sep = 0;
+                if (chain >= digits) {
+                    if (PyList_GET_SIZE(out) >= limit) {
+                        Py_DECREF(out);
+                        PyBuffer_Release(&view);
+                        Py_RETURN_NONE;
+                    }
+                    PyObject *end = PyLong_FromSsize_t(q + 1);
+                    if (end == NULL || PyList_Append(out, end) < 0) {
+                        Py_XDECREF(end);
+                        goto fail;
+                    }
+                    Py_DECREF(end);
+                }
+            } else {
+                if (sep || chain == 0)
+                    chain = 0; /* two separators, or one before any digit: no chain */
+                sep = 1;
+            }
+        }
+        lo = stop + 1; /* b[stop] is not a run byte (or stop == n) */
+        p = lo + digits - 1;
+    }
+    PyBuffer_Release(&view);
+    return out;
+fail:
+    Py_XDECREF(out);
+    PyBuffer_Release(&view);
+    return NULL;
+}
+
+/* ---- where a request's items lie (redact_wire.layout) ----------------------------- */
+
+static int append_ssize(PyObject *list, Py_ssize_t v) {
+    PyObject *o = PyLong_FromSsize_t(v);
+    if (o == NULL)
+        return -1;
+    int rc = PyList_Append(list, o);
+    Py_DECREF(o);
+    return rc;
+}
+
+/* redact_layout(payload) -> (resources, scopes, starts, ends, heads): resource entries
+ * are field 1 of every Export*ServiceRequest, scope entries field 2 of a resource entry,
+ * items field 2 of a scope entry, for all three signals; other fields and other wire types
+ * are stepped over, and nothing inside an item, resource or scope message is read.
+ * resources: (head, start, end) of each resource entry; scopes: (head, start, end,
+ * resource index, index in its resource, index of its first item) of each scope entry;
+ * starts, ends, heads: of each item, in wire order (head: its tag's first byte). */
+static PyObject *redact_layout(PyObject *module, PyObject *args) {
+    Py_buffer view;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "y*", &view))
+        return NULL;
+    const uint8_t *base = view.buf;
+    PyObject *resources = PyList_New(0), *scopes = PyList_New(0), *starts = PyList_New(0),
+             *ends = PyList_New(0), *heads = PyList_New(0);
+    if (resources == NULL || scopes == NULL || starts == NULL || ends == NULL ||
+        heads == NULL)
+        goto fail;
+    Reader top = {base, base + view.len};
+    Field rf;
+    int rc;
+    Py_ssize_t r = 0;
+    while ((rc = next_field(&top, &rf)) == 1) {
+        if (rf.number != 1 || rf.wire != 2)
+            continue;
+        PyObject *entry = Py_BuildValue("(nnn)", (Py_ssize_t)(rf.start - base),
+                                        (Py_ssize_t)(rf.data - base),
+                                        (Py_ssize_t)(rf.data_end - base));
+        if (entry == NULL || PyList_Append(resources, entry) < 0) {
+            Py_XDECREF(entry);
+            goto fail;
+        }
+        Py_DECREF(entry);
+        Reader rs = {rf.data, rf.data_end};
+        Field sf;
+        Py_ssize_t s = 0;
+        while ((rc = next_field(&rs, &sf)) == 1) {
+            if (sf.number != 2 || sf.wire != 2)
+                continue;
+            entry = Py_BuildValue("(nnnnnn)", (Py_ssize_t)(sf.start - base),
+                                  (Py_ssize_t)(sf.data - base),
+                                  (Py_ssize_t)(sf.data_end - base), r, s,
+                                  PyList_GET_SIZE(starts));
+            if (entry == NULL || PyList_Append(scopes, entry) < 0) {
+                Py_XDECREF(entry);
+                goto fail;
+            }
+            Py_DECREF(entry);
+            Reader ss = {sf.data, sf.data_end};
+            Field kf;
+            while ((rc = next_field(&ss, &kf)) == 1) {
+                if (kf.number != 2 || kf.wire != 2)
+                    continue;
+                if (append_ssize(starts, kf.data - base) < 0 ||
+                    append_ssize(ends, kf.data_end - base) < 0 ||
+                    append_ssize(heads, kf.start - base) < 0)
+                    goto fail;
+            }
+            if (rc < 0)
+                goto fail;
+            s++;
+        }
+        if (rc < 0)
+            goto fail;
+        r++;
+    }
+    if (rc < 0)
+        goto fail;
+    PyBuffer_Release(&view);
+    return Py_BuildValue("(NNNNN)", resources, scopes, starts, ends, heads);
+fail:
+    Py_XDECREF(resources);
+    Py_XDECREF(scopes);
+    Py_XDECREF(starts);
+    Py_XDECREF(ends);
+    Py_XDECREF(heads);
+    PyBuffer_Release(&view);
+    return NULL;
+}
+
+/* ---- the fields of one item that hold the pre-scan's hits -------------------------- */
+
+#define MAX_POINTS 4096 /* points placed per call (more: the caller walks the item whole) */
+
+typedef struct {
+    Py_ssize_t pos;
+    Py_ssize_t index; /* in the caller's sequence */
+} Point;
+
+static int point_order(const void *a, const void *b) {
+    Py_ssize_t x = ((const Point *)a)->pos, y = ((const Point *)b)->pos;
+    return (x > y) - (x < y);
+}
+
+/* hit_fields(payload, start, end, number, until, points) -> (fields, which) | None: the
+ * fields of the message payload[start:end] are read in order while a field starts at or
+ * before `until` (the rest is not read: what redact_wire.fields reads). A point p in
+ * [start, end) is placed in the length-delimited field whose bytes (tag, length and
+ * content) hold it; None when one lies in any other field, in a field of another number,
+ * or past `until`, or there are more than MAX_POINTS points. fields: (head, content start,
+ * content end, ordinal among the length-delimited fields numbered `number`) of each field
+ * holding a point, in wire order; which: per point, the index of its field in `fields`, or
+ * -1 for a point outside [start, end). */
+static PyObject *hit_fields(PyObject *module, PyObject *args) {
+    Py_buffer view;
+    Py_ssize_t start, end, until;
+    unsigned int number;
+    PyObject *points_arg;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "y*nnInO", &view, &start, &end, &number, &until, &points_arg))
+        return NULL;
+    PyObject *points = NULL, *fields = NULL, *which = NULL, *result = NULL;
+    Point *sorted = NULL;
+    Py_ssize_t *slot = NULL;
+    if (start < 0 || start > end || end > view.len) {
+        PyErr_SetString(PyExc_ValueError, "the item lies outside the payload");
+        goto done;
+    }
+    points = PySequence_Fast(points_arg, "points must be a sequence");
+    if (points == NULL)
+        goto done;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(points);
+    if (n > MAX_POINTS) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    sorted = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(Point));
+    slot = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(Py_ssize_t));
+    if (sorted == NULL || slot == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t m = 0; /* points in [start, end), into `sorted` */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t p = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(points, i));
+        if (p == -1 && PyErr_Occurred())
+            goto done;
+        slot[i] = -1;
+        if (start <= p && p < end) {
+            sorted[m].pos = p;
+            sorted[m].index = i;
+            m++;
+        }
+    }
+    qsort(sorted, (size_t)m, sizeof(Point), point_order);
+    fields = PyList_New(0);
+    if (fields == NULL)
+        goto done;
+    const uint8_t *base = view.buf;
+    Reader r = {base + start, base + end};
+    Field f;
+    int rc = 0;
+    Py_ssize_t ordinal = 0, next = 0; /* the first point not yet placed */
+    int elsewhere = 0; /* a point in a field of another number or wire type */
+    while (r.p - base <= until && (rc = next_field(&r, &f)) == 1) {
+        /* fields tile the message: the points before this one's end are in it */
+        Py_ssize_t head = f.start - base, stop = r.p - base;
+        int mine = f.wire == 2 && f.number == number;
+        if (next < m && sorted[next].pos < stop && !mine) {
+            elsewhere = 1; /* read on all the same: malformed bytes before `until` raise */
+            while (next < m && sorted[next].pos < stop)
+                next++;
+        } else if (next < m && sorted[next].pos < stop) {
+            PyObject *entry = Py_BuildValue("(nnnn)", head, (Py_ssize_t)(f.data - base),
+                                            stop, ordinal);
+            if (entry == NULL || PyList_Append(fields, entry) < 0) {
+                Py_XDECREF(entry);
+                goto done;
+            }
+            Py_DECREF(entry);
+            Py_ssize_t index = PyList_GET_SIZE(fields) - 1;
+            while (next < m && sorted[next].pos < stop)
+                slot[sorted[next++].index] = index;
+        }
+        if (mine)
+            ordinal++;
+    }
+    if (rc < 0)
+        goto done;
+    if (elsewhere || next < m) { /* or a point past `until`, which is not read */
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    which = PyList_New(n);
+    if (which == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *o = PyLong_FromSsize_t(slot[i]);
+        if (o == NULL)
+            goto done;
+        PyList_SET_ITEM(which, i, o);
+    }
+    result = Py_BuildValue("(OO)", fields, which);
+done:
+    PyMem_Free(sorted);
+    PyMem_Free(slot);
+    Py_XDECREF(points);
+    Py_XDECREF(fields);
+    Py_XDECREF(which);
+    PyBuffer_Release(&view);
+    return result;
+}
+
+/* ---- putting re-encoded items back (redact_wire.splice) --------------------------- */
+
+typedef struct {
+    Py_ssize_t at;  /* the item's content start */
+    const char *data;
+    Py_ssize_t len; /* its new content */
+} Replace;
+
+typedef struct {
+    const Replace *edits;
+    Py_ssize_t count;
+    Py_ssize_t next; /* the first edit not yet placed */
+    char *out;       /* NULL: measuring */
+    Py_ssize_t size;
+} Replacing;
+
+static void rp_emit(Replacing *s, const void *data, Py_ssize_t n) {
+    if (s->out != NULL && n > 0)
+        memcpy(s->out + s->size, data, (size_t)n);
+    s->size += n;
+}
+
+static void rp_varint(Replacing *s, uint64_t v) {
+    uint8_t buf[10];
+    int n = 0;
+    while (v >= 0x80) {
+        buf[n++] = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    buf[n++] = (uint8_t)v;
+    rp_emit(s, buf, n);
+}
+
+/* The tag bytes of the field at `start`, as they are (whatever their encoding). */
+static Py_ssize_t tag_size(const Field *f) {
+    const uint8_t *p = f->start;
+    while (*p >= 0x80)
+        p++; /* next_field read this varint: it ends before the content */
+    return p + 1 - f->start;
+}
+
+/* The content of a message at level 0 (request), 1 (resource entry) or 2 (scope entry),
+ * with the items the edits name (field 2 of a scope entry, by content start) given their
+ * new content, and the lengths of the entries holding them rewritten; its size, or -1. */
+static Py_ssize_t rp_level(Replacing *s, const uint8_t *base, const uint8_t *p,
+                           const uint8_t *end, int level) {
+    Py_ssize_t begin = s->size;
+    uint32_t wanted = level == 0 ? 1 : 2;
+    Reader r = {p, end};
+    Field f;
+    int rc = 0;
+    const uint8_t *copied = p; /* bytes before this are emitted */
+    while (s->next < s->count && (rc = next_field(&r, &f)) == 1) {
+        if (f.number != wanted || f.wire != 2)
+            continue;
+        Py_ssize_t content = f.data - base, content_end = f.data_end - base;
+        const Replace *e = &s->edits[s->next];
+        /* an item of no bytes can start where its scope and resource entries end */
+        if (level == 2 ? e->at != content : e->at < content || e->at > content_end)
+            continue;
+        rp_emit(s, copied, f.start - copied);
+        rp_emit(s, f.start, tag_size(&f));
+        if (level == 2) {
+            rp_varint(s, (uint64_t)e->len);
+            rp_emit(s, e->data, e->len);
+            s->next++;
+        } else {
+            Replacing probe = *s;
+            probe.out = NULL;
+            probe.size = 0;
+            Py_ssize_t inner = rp_level(&probe, base, f.data, f.data_end, level + 1);
+            if (inner < 0)
+                return -1;
+            rp_varint(s, (uint64_t)inner);
+            if (rp_level(s, base, f.data, f.data_end, level + 1) < 0)
+                return -1;
+        }
+        copied = f.data_end;
+    }
+    if (rc < 0)
+        return -1;
+    rp_emit(s, copied, end - copied);
+    return s->size - begin;
+}
+
+/* redact_splice(payload, edits) -> bytes: edits (item content start, new content),
+ * ascending, each replacing the content of the item (field 2 of a scope entry, field 2 of
+ * a resource entry, field 1 of the request) starting there; the tags of the item and of
+ * the entries around it are kept as they are, their lengths rewritten; every other byte
+ * is copied as it is. ValueError when an edit names no item. */
+static PyObject *redact_splice(PyObject *module, PyObject *args) {
+    Py_buffer view;
+    PyObject *edits_arg;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "y*O", &view, &edits_arg))
+        return NULL;
+    PyObject *edits = PySequence_Fast(edits_arg, "edits must be a sequence");
+    if (edits == NULL) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(edits);
+    Replace *list = PyMem_Calloc((size_t)(n ? n : 1), sizeof(Replace));
+    if (list == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(edits, i);
+        PyObject *data;
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2 ||
+            !PyBytes_Check(data = PyTuple_GET_ITEM(item, 1))) {
+            PyErr_SetString(PyExc_TypeError, "an edit is (item start, bytes)");
+            goto done;
+        }
+        list[i].at = PyLong_AsSsize_t(PyTuple_GET_ITEM(item, 0));
+        if (list[i].at == -1 && PyErr_Occurred())
+            goto done;
+        if (i > 0 && list[i].at <= list[i - 1].at) {
+            PyErr_SetString(PyExc_ValueError, "edits must be in ascending order");
+            goto done;
+        }
+        list[i].data = PyBytes_AS_STRING(data);
+        list[i].len = PyBytes_GET_SIZE(data);
+    }
+    const uint8_t *base = view.buf;
+    Replacing s = {list, n, 0, NULL, 0};
+    Py_ssize_t size = rp_level(&s, base, base, base + view.len, 0);
+    if (size < 0)
+        goto done;
+    if (s.next != n) {
+        PyErr_SetString(PyExc_ValueError, "an edit names no item");
+        goto done;
+    }
+    result = PyBytes_FromStringAndSize(NULL, size);
+    if (result == NULL)
+        goto done;
+    s.next = 0;
+    s.size = 0;
+    s.out = PyBytes_AS_STRING(result);
+    if (rp_level(&s, base, base, base + view.len, 0) != size) {
+        Py_CLEAR(result);
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_RuntimeError, "splice changed size");
+    }
+done:
+    PyMem_Free(list);
+    Py_DECREF(edits);
+    PyBuffer_Release(&view);
+    return result;
+}
+
+/* ---- an attribute holding a string (redact.py, the hit attribute's direct path) ---- */
+
+/* kv_string(payload, start, end) -> (key start, key end, string start, string end) | None:
+ * when the KeyValue payload[start:end] is exactly a non-empty key (field 1) and then a
+ * value (field 2) that is exactly one string_value (field 1 of AnyValue), each given once:
+ * the KeyValue the parser reads from it re-serialises as those two fields in that order,
+ * so editing the string in the bytes is what editing it in the message and serialising
+ * gives. None for any other shape (an empty key, which the serialiser leaves out; other
+ * fields; a field given twice; other wire types); ValueError on malformed bytes. */
+static PyObject *kv_string(PyObject *module, PyObject *args) {
+    Py_buffer view;
+    Py_ssize_t start, end;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "y*nn", &view, &start, &end))
+        return NULL;
+    PyObject *result = NULL;
+    if (start < 0 || start > end || end > view.len) {
+        PyErr_SetString(PyExc_ValueError, "the attribute lies outside the payload");
+        goto done;
+    }
+    const uint8_t *base = view.buf;
+    Reader r = {base + start, base + end};
+    Field key, value, text;
+    int rc = next_field(&r, &key);
+    if (rc < 0)
+        goto done;
+    if (rc == 0 || key.number != 1 || key.wire != 2 || key.data == key.data_end)
+        goto none;
+    rc = next_field(&r, &value);
+    if (rc < 0)
+        goto done;
+    if (rc == 0 || value.number != 2 || value.wire != 2 || r.p != r.end)
+        goto none;
+    Reader v = {value.data, value.data_end};
+    rc = next_field(&v, &text);
+    if (rc < 0)
+        goto done;
+    if (rc == 0 || text.number != 1 || text.wire != 2 || v.p != v.end)
+        goto none;
+    result = Py_BuildValue("(nnnn)", (Py_ssize_t)(key.data - base),
+                           (Py_ssize_t)(key.data_end - base), (Py_ssize_t)(text.data - base),
+                           (Py_ssize_t)(text.data_end - base));
+    goto done;
+none:
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&view);
+    return result;
+}
+
+/* kv_encode(key, text) -> bytes: KeyValue(key, AnyValue(string_value=text)) as the protobuf
+ * serialiser writes it (key field, then value field holding the string field; shortest
+ * varints), for a non-empty key (kv_string's shape). */
+static int put_varint(uint8_t *at, uint64_t v) {
+    int n = 0;
+    while (v >= 0x80) {
+        at[n++] = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    at[n++] = (uint8_t)v;
+    return n;
+}
+
+static int varint_size(uint64_t v) {
+    int n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+static PyObject *kv_encode(PyObject *module, PyObject *args) {
+    Py_buffer key, text;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "y*y*", &key, &text))
+        return NULL;
+    PyObject *out = NULL;
+    if (key.len == 0) {
+        PyErr_SetString(PyExc_ValueError, "an empty key is not serialised");
+        goto done;
+    }
+    uint64_t value = 1 + (uint64_t)varint_size((uint64_t)text.len) + (uint64_t)text.len;
+    Py_ssize_t size = 1 + varint_size((uint64_t)key.len) + key.len + 1 +
+                      varint_size(value) + (Py_ssize_t)value;
+    out = PyBytes_FromStringAndSize(NULL, size);
+    if (out == NULL)
+        goto done;
+    uint8_t *at = (uint8_t *)PyBytes_AS_STRING(out);
+    *at++ = 0x0A;
+    at += put_varint(at, (uint64_t)key.len);
+    memcpy(at, key.buf, (size_t)key.len);
+    at += key.len;
+    *at++ = 0x12;
+    at += put_varint(at, value);
+    *at++ = 0x0A;
+    at += put_varint(at, (uint64_t)text.len);
+    if (text.len > 0)
+        memcpy(at, text.buf, (size_t)text.len);
+done:
+    PyBuffer_Release(&key);
+    PyBuffer_Release(&text);
+    return out;
+}
+
 /* ---- module ----------------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
@@ -1516,6 +2081,23 @@ static PyMethodDef methods[] = {
     {"splice", splice, METH_VARARGS,
      "splice(payload, edits) -> bytes: edits (span content start, bytes), ascending, each\n"
      "appended to the span starting there, with the enclosing lengths rewritten."},
+    {"digit_runs", digit_runs, METH_VARARGS,
+     "digit_runs(payload, digits, limit) -> list[int] | None: the end offset of every match\n"
+     "of \\d(?:[ -]?\\d){digits - 1}, ascending; None when there are more than `limit`."},
+    {"redact_layout", redact_layout, METH_VARARGS,
+     "redact_layout(payload) -> (resources, scopes, starts, ends, heads): where the items of\n"
+     "an OTLP request lie (resource entries, their scope entries, the scopes' items)."},
+    {"hit_fields", hit_fields, METH_VARARGS,
+     "hit_fields(payload, start, end, number, until, points) -> (fields, which) | None: the\n"
+     "length-delimited fields numbered `number` of payload[start:end] holding the points."},
+    {"redact_splice", redact_splice, METH_VARARGS,
+     "redact_splice(payload, edits) -> bytes: edits (item content start, new content),\n"
+     "ascending, each replacing an item's content, the enclosing lengths rewritten."},
+    {"kv_string", kv_string, METH_VARARGS,
+     "kv_string(payload, start, end) -> (key start, key end, string start, string end) |\n"
+     "None: the KeyValue payload[start:end] when it is exactly a key and a string value."},
+    {"kv_encode", kv_encode, METH_VARARGS,
+     "kv_encode(key, text) -> bytes: KeyValue(key, AnyValue(string_value=text)) serialised."},
     {NULL, NULL, 0, NULL},
 };
 

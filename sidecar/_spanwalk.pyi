@@ -44,3 +44,23 @@ class Schema:  # an opaque handle (a capsule at run time), only passed back to `
 
 def schema(messages: Sequence[Sequence[tuple[int, int, int, int, int]]]) -> Schema: ...
 def check(payload: bytes, schema: Schema) -> int: ...
+
+# --- redaction (redact_scan.py, redact_wire.py) ---
+def digit_runs(payload: bytes, digits: int, limit: int) -> list[int] | None:
+    """The end offset of every match of \\d(?:[ -]?\\d){digits - 1}, ascending (what
+    Hyperscan reports for it); None when there are more than `limit`."""
+# (head, start, end) per resource entry; (head, start, end, resource, index in it, first
+# item) per scope entry; the items' content starts, ends and heads, in wire order
+def redact_layout(payload: bytes) -> tuple[list[tuple[int, int, int]],
+                                           list[tuple[int, int, int, int, int, int]],
+                                           list[int], list[int], list[int]]: ...
+# (head, content start, content end, ordinal) of the fields holding the points, and per
+# point the index of its field (-1: outside the item); None: a point in another field
+def hit_fields(payload: bytes, start: int, end: int, number: int, until: int,
+               points: Sequence[int],
+               ) -> tuple[list[tuple[int, int, int, int]], list[int]] | None: ...
+def redact_splice(payload: bytes, edits: Sequence[tuple[int, bytes]]) -> bytes: ...
+# the key's and the string's content offsets of a KeyValue that is exactly a non-empty key
+# and a string value (each once, in that order); None for any other shape
+def kv_string(payload: bytes, start: int, end: int) -> tuple[int, int, int, int] | None: ...
+def kv_encode(key: bytes, text: bytes) -> bytes: ...

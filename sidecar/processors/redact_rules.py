@@ -175,6 +175,7 @@ class ValueRule:
     prescan_fast: str | None = None
     prescan_reach: int = 0
     prescan_joiner: bytes = b""  # a byte in no match of `prescan` (redact_scan.Form)
+    prescan_finder: str = ""  # a C finder of `prescan_fast` (redact_scan.FINDERS)
 
     def prescan_form(self) -> str:
         return self.prescan if self.prescan is not None else boundary_free(self.pattern)
@@ -275,6 +276,7 @@ CARD_DIGITS = r"\d(?:[ -]?\d){12}"
 CARD_REACH = 40  # the longest arm: `$`, 19 digits, 18 separators
 # in no arm of CARD_PRESCAN: not a digit, separator or `$`, and outside both context classes
 CARD_JOINER = b"_"
+CARD_FINDER = "card-digits"  # redact_scan.FINDERS: CARD_DIGITS in C, not Hyperscan
 
 
 def _aws_key_id_check(text: bytes, start: int, end: int) -> list[tuple[int, int]]:
@@ -309,7 +311,7 @@ BUILTIN_RULES: tuple[ValueRule, ...] = (
     ValueRule("url-credentials", r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/:@\"]*:([^\s/@\"]+)@", group=1),
     ValueRule("card-number", r"\d(?:[ -]?\d){12,}", _card_check, prescan=CARD_PRESCAN,
               prescan_fast=CARD_DIGITS, prescan_reach=CARD_REACH,
-              prescan_joiner=CARD_JOINER),
+              prescan_joiner=CARD_JOINER, prescan_finder=CARD_FINDER),
     ValueRule("email", r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b",
               pii=True),
     ValueRule("phone", r"\+[1-9]\d{0,2}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]?\d{2,4}){1,3}",

@@ -141,7 +141,12 @@ def parse_count(signal: Signal, data: bytes) -> int | None:
 def spanwalk(data: bytes) -> None:
     """The cost processor's C walk on any bytes (not only those the protobuf parser took):
     it reads them or refuses them with ValueError, and a splice at every span it reported
-    adds exactly the edits' bytes. The span metrics walk reads or refuses them too."""
+    adds exactly the edits' bytes. The span metrics walk reads or refuses them too. The
+    redaction's C functions on the same bytes: the digit-run ends are ascending and end at
+    a digit, the items, hit fields, keys and strings found lie inside the payload (or the
+    bytes are refused with ValueError), and a splice emptying every item gives bytes with
+    the same items, all empty."""
+    _redact_c(data)
     with contextlib.suppress(ValueError):
         _spanwalk.red(data, _BOUNDS, {})
     # the receivers' wire check: what it passes, the parser takes, with the same count
@@ -158,6 +163,43 @@ def spanwalk(data: bytes) -> None:
     out = _spanwalk.splice(data, edits)
     if len(out) < len(data) + 2 * len(edits):
         raise AssertionError("a splice lost bytes")
+
+
+def _redact_c(data: bytes) -> None:
+    ends = _spanwalk.digit_runs(data, 13, 10_000)
+    if ends is None:
+        if len(data) < 10_000:
+            raise AssertionError("digit_runs over its limit on a short input")
+        return
+    if ends != sorted(set(ends)) or any(not data[e - 1:e].isdigit() for e in ends):
+        raise AssertionError("digit_runs ends out of order or not at a digit")
+    try:
+        _, scopes, starts, ends, heads = _spanwalk.redact_layout(data)
+    except ValueError:
+        return
+    if not all(h < s <= e <= len(data) for h, s, e in zip(heads, starts, ends, strict=True)):
+        raise AssertionError("an item outside the payload")
+    if starts != sorted(starts) or any(not 0 <= sc[5] <= len(starts) for sc in scopes):
+        raise AssertionError("items out of order, or a scope's first item out of range")
+    for start, end in list(zip(starts, ends, strict=True))[:8]:
+        try:
+            found = _spanwalk.hit_fields(data, start, end, 9, end, [start, end - 1, -1])
+        except ValueError:
+            continue
+        if found is None:
+            continue
+        if not all(start <= h < s <= e <= end and n >= 0 for h, s, e, n in found[0]):
+            raise AssertionError("a hit field outside its item")
+        for _, s, e, _ in found[0]:
+            with contextlib.suppress(ValueError):
+                kv = _spanwalk.kv_string(data, s, e)
+                if kv is not None and not s <= kv[0] <= kv[1] <= kv[2] <= kv[3] <= e:
+                    raise AssertionError("a key or string outside its attribute")
+    # every item emptied: the result has the same items, each empty
+    out = _spanwalk.redact_splice(data, [(s, b"") for s in starts])
+    _, _, new_starts, new_ends, _ = _spanwalk.redact_layout(out)
+    if len(out) > len(data) or new_starts != new_ends or len(new_starts) != len(starts):
+        raise AssertionError("a splice lost items or kept their bytes")
 
 
 def config_file(data: bytes) -> None:

@@ -4,19 +4,26 @@ hits that confirming each hit's own window keeps, and the direct RE2 calls of th
 
 from __future__ import annotations
 
+import random
+import re
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bench.loadgen import build_workload
+from sidecar import _spanwalk
 from sidecar.processors.redact import Redactor, RedactSettings
 from sidecar.processors.redact_rules import (
     BUILTIN_RULES,
     CARD_DIGITS,
+    CARD_FINDER,
     CARD_JOINER,
     CARD_PRESCAN,
     CARD_REACH,
     compile_bytes,
 )
-from sidecar.processors.redact_scan import Form, MultiScan
+from sidecar.processors.redact_scan import MAX_HITS, Form, MultiScan, TooManyHits
 
 CARD = MultiScan([Form(CARD_DIGITS, CARD_PRESCAN, CARD_REACH, CARD_JOINER)])
 CONFIRM = compile_bytes(CARD_PRESCAN, capture=False)
@@ -96,3 +103,106 @@ def test_spans_and_hit_agree_with_search(data: bytes, pos: int) -> None:
             assert found is not None
             assert found[0] == m.span()
         assert pattern.hit(data, pos) == (m is not None)
+
+
+# --- the C finder of the card digit runs (`_spanwalk.digit_runs`) ------------------------
+CARD_C = MultiScan([Form(CARD_DIGITS, CARD_PRESCAN, CARD_REACH, CARD_JOINER, CARD_FINDER)])
+HYPERSCAN_RUNS = MultiScan([CARD_DIGITS])  # no finder: Hyperscan's ends
+# the pattern in Python's `re` (bytes: `\d` is ASCII digits), matched whole on each window
+CARD_FULL = re.compile(CARD_DIGITS.encode())
+
+run_text = st.lists(st.one_of(
+    st.sampled_from([b"0", b"1", b"5", b"9", b" ", b"-", b"  ", b"--", b" -", b"a", b"\x00",
+                     b"/", b":", b"\xb0", b"4111 1111 1111 1111", b"1234567890123",
+                     b"5500-0000-0000-0004", b"1 2 3 4 5 6 7 8 9 0 1 2 3"]),
+    st.binary(max_size=4)), max_size=40).map(b"".join)
+
+
+def _hyperscan_ends(data: bytes) -> list[int]:
+    return sorted(to for to, _ in HYPERSCAN_RUNS.offsets(data))
+
+
+def _re_ends(data: bytes) -> list[int]:
+    # a match holds 13 digits and at most 12 separators
+    return [e for e in range(len(data) + 1)
+            if any(CARD_FULL.fullmatch(data, s, e) for s in range(max(0, e - 25), e))]
+
+
+def test_the_card_form_names_the_c_finder() -> None:
+    rule = next(r for r in BUILTIN_RULES if r.name == "card-number")
+    assert rule.prescan_fast == CARD_DIGITS
+    assert rule.prescan_finder == CARD_FINDER
+    assert CARD_C.finder_forms == 1
+    assert CARD_C.hyperscan_forms == 0
+
+
+@settings(max_examples=1500, deadline=None)
+@given(run_text, st.integers(0, 30))
+def test_digit_runs_are_hyperscan_ends(data: bytes, pad: int) -> None:
+    data = b"x" * pad + data  # every alignment of the stride scan
+    got = _spanwalk.digit_runs(data, 13, MAX_HITS)
+    assert got == _hyperscan_ends(data) == _re_ends(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_digit_runs_on_arbitrary_bytes(data: bytes) -> None:
+    assert _spanwalk.digit_runs(data, 13, MAX_HITS) == _hyperscan_ends(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(run_text)
+def test_card_offsets_with_the_finder_are_hyperscans(data: bytes) -> None:
+    assert sorted(CARD_C.offsets(data)) == sorted(CARD.offsets(data))
+
+
+def test_digit_runs_on_loadgen_requests() -> None:
+    rng = random.Random(7)
+    for workload in ("agent", "secrets", "large"):
+        for _ in range(3):
+            payload = build_workload(rng, workload)
+            assert _spanwalk.digit_runs(payload, 13, MAX_HITS) == _hyperscan_ends(payload)
+            assert sorted(CARD_C.offsets(payload)) == sorted(CARD.offsets(payload))
+    # and the whole default pre-scan, finder in, against the same forms all in Hyperscan
+    redactor = Redactor(RedactSettings())
+    forms = [Form(f.pattern, f.confirm, f.reach, f.joiner) for f in redactor.prescan.forms]
+    all_hyperscan = MultiScan(forms)
+    assert all_hyperscan.finder_forms == 0
+    assert redactor.prescan.finder_forms == 1
+    for workload in ("agent", "secrets"):
+        for _ in range(3):
+            payload = build_workload(rng, workload)
+            assert sorted(redactor.prescan.offsets(payload)) == sorted(
+                all_hyperscan.offsets(payload))
+
+
+@pytest.mark.parametrize("extra", [0, 1])
+def test_the_hit_cap_is_hyperscans(extra: int) -> None:
+    # 12 + MAX_HITS digits: exactly MAX_HITS ends; one digit more is one too many
+    data = b"7" * (12 + MAX_HITS + extra)
+    finder = _spanwalk.digit_runs(data, 13, MAX_HITS)
+    if extra:
+        assert finder is None
+        with pytest.raises(TooManyHits):
+            HYPERSCAN_RUNS.offsets(data)
+        with pytest.raises(TooManyHits):
+            CARD_C.offsets(data)
+    else:
+        assert finder == list(range(13, len(data) + 1)) == _hyperscan_ends(data)
+        assert sorted(CARD_C.offsets(data)) == sorted(CARD.offsets(data))
+
+
+def test_the_hit_cap_counts_every_form() -> None:
+    # MAX_HITS digit-run ends, then one Hyperscan hit: over the cap, as with one database
+    data = b"7" * (12 + MAX_HITS) + b" sk-" + b"a" * 40
+    both = MultiScan([Form(CARD_DIGITS, finder=CARD_FINDER), r"sk-[A-Za-z0-9_-]{32,}"])
+    one_db = MultiScan([CARD_DIGITS, r"sk-[A-Za-z0-9_-]{32,}"])
+    for scan in (both, one_db):
+        with pytest.raises(TooManyHits):
+            scan.offsets(data)
+    assert _spanwalk.digit_runs(b"1" * 19, 13, 7) == list(range(13, 20))  # 7 ends
+    assert _spanwalk.digit_runs(b"1" * 20, 13, 7) is None
+    with pytest.raises(ValueError, match="digits must be positive"):
+        _spanwalk.digit_runs(b"1", 0, 7)
+    with pytest.raises(ValueError, match="unknown finder"):
+        MultiScan([Form(CARD_DIGITS, finder="no-such-finder")])
