@@ -736,6 +736,8 @@ static PyObject *matched_tuple(const Matched *m, int ids) {
  * counts, its value's length (varint) and bytes. Equal keys: equal ids in the same order,
  * equal values but for the counts. */
 static PyObject *matched_key(const Matched *m) {
+    if (m->count == 0)
+        return PyBytes_FromStringAndSize("", 0);
     Py_ssize_t size = 0;
     for (int i = 0; i < m->count; i++) {
         size += 10;
@@ -743,6 +745,7 @@ static PyObject *matched_key(const Matched *m) {
             size += 10 + (m->value_ends[i] - m->values[i]);
     }
     uint8_t small[1024];
+    small[0] = 0; /* (gcc cannot tell the loop writes what is read) */
     uint8_t *buf = size <= (Py_ssize_t)sizeof(small) ? small : PyMem_Malloc((size_t)size);
     if (buf == NULL)
         return PyErr_NoMemory();
@@ -804,9 +807,260 @@ static PyObject *matched_counts(const Matched *m) {
     return t;
 }
 
+static int add_float(PyObject *list, Py_ssize_t i, double amount);
+
+/* ---- the cost processor's hot path ------------------------------------------------- */
+
+/* A model call whose reading the cost processor holds ready (`LlmCost._hot`): its memo
+ * key names one tuple of these fields, made by the processor the first time it priced
+ * such a call. The walk prices it here, as `LlmCost.process`'s inline path does (tests
+ * compare the two), instead of handing the span back: a span handed back costs ~20
+ * Python objects and ~2 µs of bytecode in the daemon, this path ~150 ns. Anything the
+ * entry does not cover (another day, counts that are not plain ints in range, a product
+ * past 2^53, a series or cell not made yet) hands the span back as before. */
+enum {
+    HOT_DAY, HOT_GENERATION, HOT_SERVICE, HOT_TENANT, HOT_REMEMBER, HOT_RATE_IN, HOT_RATE_OUT,
+    HOT_SCALE, HOT_IN_AT, HOT_OUT_AT, HOT_HEAD, HOT_MID, HOT_TAIL, HOT_OUT_KEY, HOT_END_KEY,
+    HOT_SERIES, HOT_FIELDS
+};
+enum { FLAG_REMEMBER = 8 }; /* a record that only says: the trace's agent, in `values` */
+#define DAY_NS 86400000000000ULL
+#define EXACT_LIMIT (1LL << 53) /* integers up to this are exact doubles */
+#define MAX_BOUNDS 64
+#define TOUCHED_BITS 4096
+
+typedef struct {
+    PyObject *entries;   /* dict: span memo key -> hot entry */
+    PyObject *resources; /* dict: resource memo key -> (service, tenant) */
+    PyObject *agents;    /* trace id -> agent (a dict or OrderedDict); NULL: none kept */
+    PyObject *edits;     /* list: (content start, attribute bytes) per call priced here */
+    long long generation;
+    long long max_tokens;
+    Py_ssize_t agent_limit; /* the map's entries at most */
+    double bounds[MAX_BOUNDS];
+    Py_ssize_t nbounds;
+    /* the current resource's (service, tenant); service NULL: no hot path for its spans */
+    PyObject *service;
+    PyObject *tenant;
+    /* the trace ids of this request's spans handed back so far, a bit per hash: a call
+     * priced here reads the trace's agent as it stands only if no earlier span of the
+     * request may have changed it (else it hands that decision back, in order) */
+    uint8_t touched[TOUCHED_BITS / 8];
+} Hot;
+
+static inline unsigned touched_bit(const uint8_t *trace_id, Py_ssize_t n) {
+    return n >= 8 ? (unsigned)(load_le64(trace_id) % TOUCHED_BITS) : 0;
+}
+
+static void touch(Hot *h, const uint8_t *trace_id, Py_ssize_t n) {
+    unsigned bit = touched_bit(trace_id, n);
+    h->touched[bit >> 3] |= (uint8_t)(1u << (bit & 7));
+}
+
+static int touched(const Hot *h, const uint8_t *trace_id, Py_ssize_t n) {
+    unsigned bit = touched_bit(trace_id, n);
+    return (h->touched[bit >> 3] >> (bit & 7)) & 1;
+}
+
+/* A count value as the walk hands it to Python as an int: an AnyValue that is exactly an
+ * int_value. 1 with *out set, 0 otherwise. */
+static int plain_int(const uint8_t *v, const uint8_t *end, long long *out) {
+    if (end - v < 2 || v[0] != 0x18)
+        return 0;
+    Reader r = {v + 1, end};
+    uint64_t value;
+    if (!read_varint(&r, &value) || r.p != end)
+        return 0;
+    *out = (long long)value;
+    return 1;
+}
+
+static void put_double(uint8_t *at, double d) { /* little-endian, as struct's "<d" */
+    uint64_t bits;
+    memcpy(&bits, &d, sizeof bits);
+    for (int i = 0; i < 8; i++)
+        at[i] = (uint8_t)(bits >> (8 * i));
+}
+
+static int small_int(PyObject *o, long long *out) {
+    *out = PyLong_AsLongLong(o);
+    return !(*out == -1 && PyErr_Occurred());
+}
+
+/* `LlmCost._remember(trace_id, remember)` as the inline path asks for it, in wire order:
+ * here when no span of the request handed back so far may have changed the trace's agent,
+ * else as a REMEMBER record among the handed-back spans. (One difference: the map's
+ * oldest entries, dropped past its limit, may be others than in a strict wire order when
+ * spans handed back insert new traces too.) 0 ok, -1 error. */
+static int hot_remember(Hot *h, PyObject *remember, Py_ssize_t resource,
+                        Py_ssize_t content_start, Py_ssize_t content_end,
+                        const uint8_t *trace_id, Py_ssize_t trace_len, uint64_t start_ns,
+                        uint64_t end_ns, PyObject *spans) {
+    if (remember == Py_None || h->agents == NULL || trace_len != 16)
+        return 0; /* nothing to remember, or `_remember` keeps nothing */
+    if (touched(h, trace_id, trace_len)) {
+        PyObject *record = Py_BuildValue(
+            "(nnny#KKOOiiyN)", resource, content_start, content_end, (const char *)trace_id,
+            trace_len, (unsigned long long)start_ns, (unsigned long long)end_ns, Py_None,
+            remember, FLAG_REMEMBER, 0, "", PyTuple_New(0));
+        if (record == NULL)
+            return -1;
+        int rc = PyList_Append(spans, record);
+        Py_DECREF(record);
+        return rc;
+    }
+    PyObject *tid = PyBytes_FromStringAndSize((const char *)trace_id, trace_len);
+    if (tid == NULL)
+        return -1;
+    PyObject *now = PyDict_GetItemWithError(h->agents, tid);
+    int equal = now == NULL ? 0 : now == remember ? 1
+                : PyObject_RichCompareBool(now, remember, Py_EQ);
+    if (equal != 0 || PyErr_Occurred()) {
+        Py_DECREF(tid);
+        return equal < 0 || PyErr_Occurred() ? -1 : 0;
+    }
+    int rc = PyObject_SetItem(h->agents, tid, remember); /* keeps an OrderedDict's order */
+    Py_DECREF(tid);
+    if (rc < 0)
+        return -1;
+    if (PyObject_Length(h->agents) > h->agent_limit) {
+        PyObject *dropped = PyObject_CallMethod(h->agents, "popitem", "O", Py_False);
+        if (dropped == NULL)
+            return -1;
+        Py_DECREF(dropped);
+    }
+    return 0;
+}
+
+/* 1: priced here; 0: not covered (the caller hands the span back); -1: error. */
+static int hot_span(Hot *h, const Matched *m, PyObject *key, Py_ssize_t content_start,
+                    const uint8_t *trace_id, Py_ssize_t trace_len, uint64_t start_ns,
+                    uint64_t end_ns, PyObject *spans, Py_ssize_t resource,
+                    Py_ssize_t content_end) {
+    PyObject *e = PyDict_GetItemWithError(h->entries, key);
+    if (e == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    if (!PyTuple_CheckExact(e)) {
+        PyErr_SetString(PyExc_TypeError, "a hot entry is a tuple");
+        return -1;
+    }
+    if (PyTuple_GET_SIZE(e) == 1) /* (remember,): a span that names its trace's agent only */
+        return hot_remember(h, PyTuple_GET_ITEM(e, 0), resource, content_start, content_end,
+                            trace_id, trace_len, start_ns, end_ns, spans) < 0 ? -1 : 1;
+    if (PyTuple_GET_SIZE(e) != HOT_FIELDS) {
+        PyErr_SetString(PyExc_TypeError, "a hot entry is a tuple of 1 or 16 fields");
+        return -1;
+    }
+#define F(i) PyTuple_GET_ITEM(e, i)
+    long long day, generation, rate_in, rate_out, scale, in_at, out_at;
+    if (!small_int(F(HOT_DAY), &day) || !small_int(F(HOT_GENERATION), &generation) ||
+        !small_int(F(HOT_RATE_IN), &rate_in) || !small_int(F(HOT_RATE_OUT), &rate_out) ||
+        !small_int(F(HOT_SCALE), &scale) || !small_int(F(HOT_IN_AT), &in_at) ||
+        !small_int(F(HOT_OUT_AT), &out_at))
+        return -1;
+    if ((uint64_t)day != start_ns / DAY_NS || generation != h->generation ||
+        F(HOT_SERVICE) != h->service || F(HOT_TENANT) != h->tenant)
+        return 0;
+    if (rate_in < 0 || rate_out < 0 || scale <= 0 || rate_in > EXACT_LIMIT ||
+        rate_out > EXACT_LIMIT || scale > EXACT_LIMIT)
+        return 0;
+    long long n_in = 0, n_out = 0;
+    int k = 0, have_in = in_at < 0, have_out = out_at < 0;
+    for (int i = 0; i < m->count; i++) {
+        if (!m->counts[i])
+            continue;
+        if (k == in_at) {
+            if (!plain_int(m->values[i], m->value_ends[i], &n_in))
+                return 0;
+            have_in = 1;
+        }
+        if (k == out_at) {
+            if (!plain_int(m->values[i], m->value_ends[i], &n_out))
+                return 0;
+            have_out = 1;
+        }
+        k++;
+    }
+    if (!have_in || !have_out || n_in < 0 || n_out < 0 || n_in > h->max_tokens ||
+        n_out > h->max_tokens)
+        return 0;
+    __int128 plain = (__int128)n_in * rate_in, part = (__int128)n_out * rate_out;
+    if (plain + part > EXACT_LIMIT)
+        return 0; /* Python's int / int rounds correctly; so do doubles, exact below this */
+    PyObject *series = F(HOT_SERIES);
+    if (!PyList_CheckExact(series) || PyList_GET_SIZE(series) != 6)
+        return 0;
+    PyObject *calls = PyList_GET_ITEM(series, 1), *cost = PyList_GET_ITEM(series, 2);
+    PyObject *tokens = PyList_GET_ITEM(series, 3), *row = PyList_GET_ITEM(series, 4);
+    if (!PyList_CheckExact(calls) || PyList_GET_SIZE(calls) != 1 || !PyList_CheckExact(cost) ||
+        PyList_GET_SIZE(cost) != 1 || !PyList_CheckExact(tokens) ||
+        PyList_GET_SIZE(tokens) < 2 || !PyList_CheckExact(row) ||
+        PyList_GET_SIZE(row) != h->nbounds + 2)
+        return 0; /* a cell not made yet (None): the caller makes it */
+    PyObject *in_cell = PyList_GET_ITEM(tokens, 0), *out_cell = PyList_GET_ITEM(tokens, 1);
+    if ((n_in && (!PyList_CheckExact(in_cell) || PyList_GET_SIZE(in_cell) != 1)) ||
+        (n_out && (!PyList_CheckExact(out_cell) || PyList_GET_SIZE(out_cell) != 1)))
+        return 0;
+    PyObject *pieces[5] = {F(HOT_HEAD), F(HOT_MID), F(HOT_TAIL), F(HOT_OUT_KEY),
+                           F(HOT_END_KEY)};
+    Py_ssize_t size = 32;
+    for (int i = 0; i < 5; i++) {
+        if (!PyBytes_CheckExact(pieces[i])) {
+            PyErr_SetString(PyExc_TypeError, "a hot entry's pieces are bytes");
+            return -1;
+        }
+        size += PyBytes_GET_SIZE(pieces[i]);
+    }
+
+    PyObject *remember = F(HOT_REMEMBER);
+    if (hot_remember(h, remember, resource, content_start, content_end, trace_id, trace_len,
+                     start_ns, end_ns, spans) < 0)
+        return -1;
+
+    double denominator = (double)scale;
+    double total = (double)(long long)(plain + part) / denominator;
+    double plain_usd = (double)(long long)plain / denominator;
+    double part_usd = (double)(long long)part / denominator;
+    PyObject *added = PyBytes_FromStringAndSize(NULL, size);
+    if (added == NULL)
+        return -1;
+    uint8_t *at = (uint8_t *)PyBytes_AS_STRING(added);
+    double doubles[4] = {total, total, plain_usd, part_usd};
+    for (int i = 0; i < 5; i++) { /* head, total, mid, total, tail, in, out key, out, end */
+        Py_ssize_t n = PyBytes_GET_SIZE(pieces[i]);
+        memcpy(at, PyBytes_AS_STRING(pieces[i]), (size_t)n);
+        at += n;
+        if (i < 4) {
+            put_double(at, doubles[i]);
+            at += 8;
+        }
+    }
+    PyObject *edit = Py_BuildValue("(nN)", content_start, added);
+    if (edit == NULL)
+        return -1;
+    int rc = PyList_Append(h->edits, edit);
+    Py_DECREF(edit);
+    if (rc < 0)
+        return -1;
+
+    /* `LlmCost._count_hot`, in place */
+    uint64_t duration = end_ns > start_ns ? end_ns - start_ns : 0;
+    double seconds = (double)duration / 1e9;
+    Py_ssize_t bucket = 0;
+    while (bucket < h->nbounds && h->bounds[bucket] < seconds)
+        bucket++; /* bisect_left: the first bound >= seconds */
+    if (add_float(series, 5, 1.0) < 0 || add_float(calls, 0, 1.0) < 0 ||
+        add_float(cost, 0, total) < 0 || (n_in && add_float(in_cell, 0, (double)n_in) < 0) ||
+        (n_out && add_float(out_cell, 0, (double)n_out) < 0) ||
+        add_float(row, bucket, 1.0) < 0 || add_float(row, h->nbounds + 1, seconds) < 0)
+        return -1;
+#undef F
+    return 1;
+}
+
 /* A span: appended to `spans` when it holds a trigger. 0 ok, -1 error. */
 static int walk_span(const Matcher *m, const uint8_t *base, const uint8_t *p, const uint8_t *end,
-                     Py_ssize_t resource, PyObject *spans, PyObject *memo) {
+                     Py_ssize_t resource, PyObject *spans, PyObject *memo, Hot *hot) {
     Matched matched;
     matched.count = matched.flags = matched.triggered = 0;
     const uint8_t *trace_id = NULL, *trace_id_end = NULL;
@@ -849,6 +1103,17 @@ static int walk_span(const Matcher *m, const uint8_t *base, const uint8_t *p, co
     PyObject *key = matched_key(&matched);
     if (key == NULL)
         return -1;
+    Py_ssize_t trace_len = trace_id == NULL ? 0 : trace_id_end - trace_id;
+    if (hot != NULL && hot->service != NULL && !matched.flags) {
+        int done = hot_span(hot, &matched, key, p - base, trace_id == NULL ? p : trace_id,
+                            trace_len, start_ns, end_ns, spans, resource, end - base);
+        if (done != 0) {
+            Py_DECREF(key);
+            return done < 0 ? -1 : 0;
+        }
+    }
+    if (hot != NULL && trace_id != NULL)
+        touch(hot, trace_id, trace_len); /* handed back: it may change the trace's agent */
     /* a span whose reading the caller holds under its key needs neither its ids nor its
      * values (the common case: ~20 objects a span not made) */
     int known = 0;
@@ -912,20 +1177,97 @@ static int walk_span(const Matcher *m, const uint8_t *base, const uint8_t *p, co
     return rc;
 }
 
+/* The hot path's state from `walk`'s `hot` argument: (entries, resources, agents or None,
+ * agent limit, generation, max tokens, bounds, edits). 0 ok, -1 error. */
+static int hot_setup(Hot *h, PyObject *arg) {
+    PyObject *agents, *bounds;
+    if (!PyTuple_Check(arg) ||
+        !PyArg_ParseTuple(arg, "O!O!OnLLO!O!", &PyDict_Type, &h->entries, &PyDict_Type,
+                          &h->resources, &agents, &h->agent_limit, &h->generation,
+                          &h->max_tokens,
+                          &PyTuple_Type, &bounds, &PyList_Type, &h->edits)) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "hot: a tuple");
+        return -1;
+    }
+    if (agents != Py_None && !PyDict_Check(agents)) {
+        PyErr_SetString(PyExc_TypeError, "hot: agents is a dict or None");
+        return -1;
+    }
+    h->agents = agents == Py_None ? NULL : agents;
+    h->nbounds = PyTuple_GET_SIZE(bounds);
+    if (h->nbounds > MAX_BOUNDS) {
+        PyErr_SetString(PyExc_ValueError, "hot: too many bounds");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < h->nbounds; i++) {
+        h->bounds[i] = PyFloat_AsDouble(PyTuple_GET_ITEM(bounds, i));
+        if (h->bounds[i] == -1.0 && PyErr_Occurred())
+            return -1;
+    }
+    h->service = h->tenant = NULL;
+    memset(h->touched, 0, sizeof h->touched);
+    return 0;
+}
+
+/* Whether a ResourceSpans entry's resource is whole before its first span: at most one
+ * resource field, before every scope_spans (what encoders write). Else the parser merges
+ * what comes later, and the hot path, which reads the resource first, stays off. */
+static int resource_first(const uint8_t *p, const uint8_t *end) {
+    Reader r = {p, end};
+    Field f;
+    int resources = 0, scopes = 0, rc;
+    while ((rc = next_field(&r, &f)) == 1) {
+        if (f.wire != 2)
+            continue;
+        if (f.number == 1) {
+            if (resources++ || scopes)
+                return 0;
+        } else if (f.number == 2) {
+            scopes++;
+        }
+    }
+    return rc == 0;
+}
+
+/* The current resource's (service, tenant) from the hot resources, by its memo key. */
+static int hot_resource(Hot *h, PyObject *key) {
+    Py_CLEAR(h->service);
+    Py_CLEAR(h->tenant);
+    PyObject *got = PyDict_GetItemWithError(h->resources, key);
+    if (got == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    if (!PyTuple_CheckExact(got) || PyTuple_GET_SIZE(got) != 2) {
+        PyErr_SetString(PyExc_TypeError, "hot: a resource is (service, tenant)");
+        return -1;
+    }
+    h->service = Py_NewRef(PyTuple_GET_ITEM(got, 0));
+    h->tenant = Py_NewRef(PyTuple_GET_ITEM(got, 1));
+    return 0;
+}
+
 static PyObject *walk(PyObject *module, PyObject *args) {
     Py_buffer view;
-    PyObject *span_matcher, *resource_matcher, *memo = NULL;
+    PyObject *span_matcher, *resource_matcher, *memo = NULL, *hot_arg = NULL;
     PyTypeObject *matcher_type = *(PyTypeObject **)PyModule_GetState(module);
-    if (!PyArg_ParseTuple(args, "y*O!O!|O!", &view, matcher_type, &span_matcher, matcher_type,
-                          &resource_matcher, &PyDict_Type, &memo))
+    if (!PyArg_ParseTuple(args, "y*O!O!|O!O", &view, matcher_type, &span_matcher, matcher_type,
+                          &resource_matcher, &PyDict_Type, &memo, &hot_arg))
         return NULL;
     const Matcher *sm = (const Matcher *)span_matcher;
     const Matcher *rm = (const Matcher *)resource_matcher;
     const uint8_t *base = view.buf;
+    Hot hot_state;
+    Hot *hot = NULL;
+    hot_state.service = hot_state.tenant = NULL;
     PyObject *resources = PyList_New(0);
     PyObject *spans = PyList_New(0);
     if (resources == NULL || spans == NULL)
         goto fail;
+    if (hot_arg != NULL && hot_arg != Py_None) {
+        if (hot_setup(&hot_state, hot_arg) < 0)
+            goto fail;
+        hot = &hot_state;
+    }
     Reader top = {base, base + view.len};
     Field rf;
     int rc;
@@ -937,6 +1279,19 @@ static PyObject *walk(PyObject *module, PyObject *args) {
         Py_ssize_t index = PyList_GET_SIZE(resources);
         Matched res;
         res.count = res.flags = res.triggered = 0;
+        int hot_here = hot != NULL && resource_first(rf.data, rf.data_end);
+        PyObject *res_key = NULL;
+        if (hot != NULL) {
+            Py_CLEAR(hot->service);
+            Py_CLEAR(hot->tenant);
+        }
+        if (hot_here) { /* no resource field: the key of no attributes */
+            res_key = matched_key(&res);
+            if (res_key == NULL || hot_resource(hot, res_key) < 0) {
+                Py_XDECREF(res_key);
+                goto fail;
+            }
+        }
         Reader rs = {rf.data, rf.data_end};
         Field sf;
         while ((rc = next_field(&rs, &sf)) == 1) {
@@ -947,32 +1302,54 @@ static PyObject *walk(PyObject *module, PyObject *args) {
                 Field af;
                 while ((rc = next_field(&rr, &af)) == 1) {
                     if (af.number == 1 && af.wire == 2 &&
-                        match_attribute(rm, af.data, af.data_end, &res) < 0)
+                        match_attribute(rm, af.data, af.data_end, &res) < 0) {
+                        Py_XDECREF(res_key);
                         goto fail;
+                    }
                 }
-                if (rc < 0)
+                if (rc < 0) {
+                    Py_XDECREF(res_key);
                     goto fail;
+                }
+                if (hot_here) {
+                    Py_XDECREF(res_key);
+                    res_key = matched_key(&res);
+                    if (res_key == NULL || hot_resource(hot, res_key) < 0) {
+                        Py_XDECREF(res_key);
+                        goto fail;
+                    }
+                }
             } else if (sf.number == 2) {
                 Reader ss = {sf.data, sf.data_end};
                 Field kf;
                 while ((rc = next_field(&ss, &kf)) == 1) {
                     if (kf.number == 2 && kf.wire == 2 &&
-                        walk_span(sm, base, kf.data, kf.data_end, index, spans, memo) < 0)
+                        walk_span(sm, base, kf.data, kf.data_end, index, spans, memo,
+                                  hot) < 0) {
+                        Py_XDECREF(res_key);
                         goto fail;
+                    }
                 }
-                if (rc < 0)
+                if (rc < 0) {
+                    Py_XDECREF(res_key);
                     goto fail;
+                }
             }
         }
-        if (rc < 0)
+        if (rc < 0) {
+            Py_XDECREF(res_key);
+            goto fail;
+        }
+        if (res_key == NULL && (res_key = matched_key(&res)) == NULL)
             goto fail;
         PyObject *ids = matched_tuple(&res, 1);
         PyObject *values = ids ? matched_tuple(&res, 0) : NULL;
         if (values == NULL) {
             Py_XDECREF(ids);
+            Py_DECREF(res_key);
             goto fail;
         }
-        PyObject *item = Py_BuildValue("(NNi)", ids, values, res.flags);
+        PyObject *item = Py_BuildValue("(NNiN)", ids, values, res.flags, res_key);
         if (item == NULL || PyList_Append(resources, item) < 0) {
             Py_XDECREF(item);
             goto fail;
@@ -982,10 +1359,14 @@ static PyObject *walk(PyObject *module, PyObject *args) {
     if (rc < 0)
         goto fail;
     PyBuffer_Release(&view);
+    Py_XDECREF(hot_state.service);
+    Py_XDECREF(hot_state.tenant);
     return Py_BuildValue("(NN)", resources, spans);
 fail:
     Py_XDECREF(resources);
     Py_XDECREF(spans);
+    Py_XDECREF(hot_state.service);
+    Py_XDECREF(hot_state.tenant);
     PyBuffer_Release(&view);
     return NULL;
 }
@@ -2059,12 +2440,16 @@ done:
 
 static PyMethodDef methods[] = {
     {"walk", walk, METH_VARARGS,
-     "walk(payload, span_keys, resource_keys, memo=None) -> (resources, spans)\n\n"
-     "resources: per ResourceSpans entry, (ids, values, flags) of its matched attributes.\n"
+     "walk(payload, span_keys, resource_keys, memo=None, hot=None) -> (resources, spans)\n\n"
+     "resources: per ResourceSpans entry, (ids, values, flags, memo key) of its matched\n"
+     "attributes.\n"
      "spans: per span holding a trigger, in wire order, (resource index, content start,\n"
      "content end, trace_id, start_time_unix_nano, end_time_unix_nano, ids, values, flags,\n"
      "attribute count, memo key, count values); ids and values are None for a span with\n"
-     "no flags whose memo key is in `memo` (a dict)."},
+     "no flags whose memo key is in `memo` (a dict). hot: (entries, resources, agents,\n"
+     "agent limit, generation, max tokens, bounds, edits), the cost processor's hot path (see\n"
+     "hot_span); the calls it prices are not reported, their edits go to `edits`, and\n"
+     "a REMEMBER record (values: the agent) stands where one may change a trace's agent."},
     {"schema", schema, METH_O,
      "schema(messages) -> capsule: a request's schema for `check` (sidecar/wirecheck.py)."},
     {"check", check, METH_VARARGS,
@@ -2110,7 +2495,8 @@ static int module_exec(PyObject *module) {
         return -1;
     if (PyModule_AddIntConstant(module, "DUPLICATE", FLAG_DUPLICATE) < 0 ||
         PyModule_AddIntConstant(module, "ODD", FLAG_ODD) < 0 ||
-        PyModule_AddIntConstant(module, "MANY", FLAG_MANY) < 0)
+        PyModule_AddIntConstant(module, "MANY", FLAG_MANY) < 0 ||
+        PyModule_AddIntConstant(module, "REMEMBER", FLAG_REMEMBER) < 0)
         return -1;
     return 0;
 }

@@ -15,18 +15,29 @@ class Matcher:
     def __init__(self, keys: Sequence[bytes], triggers: Sequence[bool | tuple[bytes, ...]],
                  counts: Sequence[bytes] = ()) -> None: ...
 
-# per ResourceSpans entry: (matched key ids, their serialized AnyValues, flags)
-Resource = tuple[tuple[int, ...], tuple[bytes, ...], int]
+REMEMBER: int  # a record that only names its trace's agent (in `values`), see `walk`'s hot
+
+# per ResourceSpans entry: (matched key ids, their serialized AnyValues, flags, memo key)
+Resource = tuple[tuple[int, ...], tuple[bytes, ...], int, bytes]
 # per reported span, in wire order: (resource index, content start, content end, trace_id,
 # start_time_unix_nano, end_time_unix_nano, matched key ids, their values, flags,
 # attribute count, memo key (the ids and the values but for counts), the count values in
 # wire order (an int where the AnyValue is an int_value, else its bytes)); ids and values
-# are None when the span has no flags and its memo key is in `memo`
+# are None when the span has no flags and its memo key is in `memo`. With `hot`, a REMEMBER
+# record (flags REMEMBER, values the agent str) stands where a call priced in C names an
+# agent its trace may not hold yet.
 SpanRecord = tuple[int, int, int, bytes, int, int, tuple[int, ...] | None,
-                   tuple[bytes, ...] | None, int, int, bytes, tuple[int | bytes, ...]]
+                   tuple[bytes, ...] | str | None, int, int, bytes, tuple[int | bytes, ...]]
+# the cost processor's hot path (see hot_span in the C file): (entries by memo key,
+# (service, tenant) by resource memo key, trace id -> agent or None, its entries at most,
+# series generation, max tokens, histogram bounds, the list the priced calls' (content
+# start, bytes) go to)
+Hot = tuple[dict[bytes, tuple[Any, ...]], dict[bytes, tuple[str, str | None]],
+            dict[bytes, str] | None, int, int, int, tuple[float, ...],
+            list[tuple[int, bytes]]]
 
 def walk(payload: bytes, span_keys: Matcher, resource_keys: Matcher,
-         memo: dict[bytes, Any] | None = None,
+         memo: dict[bytes, Any] | None = None, hot: Hot | None = None,
          ) -> tuple[list[Resource], list[SpanRecord]]: ...
 def splice(payload: bytes, edits: Sequence[tuple[int, bytes]]) -> bytes: ...
 # per request: each ResourceSpans entry's service.name value bytes (None: none), and the rows

@@ -92,6 +92,9 @@ _Pending = tuple[bytes, str | None, str | None, str | None, str, str, float | No
 # None: the full path (dialect names to add)
 _Plan = tuple[frozenset[str], tuple[int, ...], tuple[tuple[int, tuple[int, ...]], ...]] | None
 _DAY_NS = 86_400_000_000_000
+# integers up to this are exact doubles (the C walk's prices stay below it)
+_EXACT = 1 << 53
+_first = itemgetter(0)
 _SIMPLE_COUNTS = frozenset((gu.CANONICAL_COUNT_KEYS[gu.INPUT], gu.CANONICAL_COUNT_KEYS[gu.OUTPUT]))
 
 
@@ -133,6 +136,7 @@ class _Known:
     hot: tuple[Any, ...] | None = None
     # (series generation, service, resource tenant, series) of the last call counted
     series: tuple[int, str, str | None, _Series] | None = None
+    key: bytes = b""  # the walk's memo key it is held under
 
 
 class PriceOverride(Strict):
@@ -295,6 +299,13 @@ class LlmCost:
         self._labels_seen: set[tuple[str, ...]] = set()
         # the walk's memo key of a span (matched key ids, values but the counts) -> _Known
         self._known_spans: dict[bytes, _Known] = {}
+        # the inline path's calls as the C walk prices them (`_spanwalk.c`, hot_span): memo
+        # key -> entry (`_hot_entry`; (agent,) for a span read for its agent only), and a
+        # resource's memo key -> (service, tenant) as `_resource` gives them; `_c_hot`
+        # False does it all in Python (tests compare)
+        self._hot: dict[bytes, tuple[Any, ...]] = {}
+        self._hot_resources: dict[bytes, tuple[str, str | None]] = {}
+        self._c_hot = True
         # the walk's attribute keys (id: index) and which make a span read
         self._key_names = tuple(sorted(self._known))
         self._trigger_keys = frozenset(k for k in self._known
@@ -326,15 +337,19 @@ class LlmCost:
                 self.book.lookups_left = LOOKUPS_PER_REQUEST
                 self._process_logs(work)
             return
+        hot_edits: list[tuple[int, bytes]] = []
+        in_c = (self._hot, self._hot_resources, self._agents if self._agent_limit else None,
+                self._agent_limit, self._series_generation, _MAX_TOKENS,
+                metrics.LLM_DURATION.bounds, hot_edits) if self._c_hot else None
         try:
             resources, spans = _spanwalk.walk(payload, self._span_keys, self._resource_keys,
-                                              self._known_spans)
+                                              self._known_spans, in_c)
         except ValueError:
             # bytes the parser took but the walk does not follow (groups): the message
             self.book.lookups_left = LOOKUPS_PER_REQUEST
             self._process_message(work)
             return
-        if not spans:
+        if not spans and not hot_edits:
             return
         self.book.lookups_left = LOOKUPS_PER_REQUEST
         extra: list[tuple[int, bytes]] = []
@@ -356,6 +371,7 @@ class LlmCost:
                 if known is None:
                     assert ids is not None  # the walk gives them unless memoised
                     assert values is not None
+                    assert not isinstance(values, str)  # a str only in REMEMBER records
                     plan = plans[ids] if ids in plans else self._plan(ids)
                     if plan is not None:
                         known = self._known_span(key, ids, plan, values)
@@ -394,6 +410,13 @@ class LlmCost:
                     self._fast_span(known, counts, trace_id, start_ns, end_ns, start,
                                     service, resource_tenant, extra, pending)
                     continue
+            elif flags & _spanwalk.REMEMBER:
+                # a call the walk priced, whose trace's agent only the spans before it could
+                # tell (the inline path's check, in order)
+                assert isinstance(values, str)
+                if agents.get(trace_id) != values:
+                    self._remember(trace_id, values)
+                continue
             raw = payload[start:end]
             found: _Found | None
             attributes = None if flags else \
@@ -411,6 +434,9 @@ class LlmCost:
                 if added:
                     extra.append((start, added))
         edits = [edit for edit in extra if edit[1]]
+        if hot_edits:  # the calls the walk priced, in their place among the spans' edits
+            edits += hot_edits
+            edits.sort(key=_first)
         if edits:
             # cost is the last processor to read a request: the message is not kept in step
             work.edited_bytes(_spanwalk.splice(payload, edits))
@@ -524,11 +550,11 @@ class LlmCost:
             self._count(provider, model, service_name, agent or agents.get(trace_id),
                         tenant_name, cost, duration, tokens)
 
-    def _resource(self, resource: tuple[tuple[int, ...], tuple[bytes, ...], int],
+    def _resource(self, resource: tuple[tuple[int, ...], tuple[bytes, ...], int, bytes],
                   ) -> tuple[str, str | None]:
         """The service and tenant a resource's matched attributes name (as `_string_attr`
         reads them: the first string value of the first key in order)."""
-        ids, values, _ = resource
+        ids, values, _, hot_key = resource
         key = (ids, values)
         got = self._resources.get(key)
         if got is not None:
@@ -551,7 +577,9 @@ class LlmCost:
         if sum(map(len, values)) <= MAX_KNOWN_BYTES:
             if len(self._resources) >= MAX_KNOWN:
                 self._resources.clear()
+                self._hot_resources.clear()  # its services are the ones `is` compares
             self._resources[key] = got
+            self._hot_resources[hot_key] = got
         return got
 
     def _plan(self, ids: tuple[int, ...]) -> _Plan:
@@ -664,7 +692,11 @@ class LlmCost:
                        self._tenant(scanned), simple, simple_at)
         if len(self._known_spans) >= MAX_KNOWN:
             self._known_spans.clear()
+            self._hot.clear()
         self._known_spans[key] = known
+        known.key = key
+        if not has_usage and self._c_hot:  # all `_fast_span` does with it: its agent
+            self._hot[key] = (known.remember,)
         return known
 
     def _fast_span(self, known: _Known, values: tuple[int | bytes, ...], trace_id: bytes,
@@ -727,6 +759,7 @@ class LlmCost:
                     known.hot = (start // _DAY_NS, rates, template[1].pack, template[2][0],
                                  template[3], template[4], template[5], template[6], i_at,
                                  o_at)
+                    self._hot_entry(known, rates, template)
                 return
         usage = gu.finish_usage(static, counts)
         if usage is None:
@@ -742,6 +775,24 @@ class LlmCost:
         pending.append((trace_id, usage.agent, usage.provider, model, service,
                         known.tenant or resource_tenant or UNKNOWN, cost,
                         end - start, _tokens(usage)))
+
+    def _hot_entry(self, known: _Known, rates: FastRates,
+                   template: tuple[FastRates, struct.Struct, tuple[bytes, ...], bytes, bytes,
+                                   bytes, bytes]) -> None:
+        """The C walk's entry for a call `known.hot` prices inline, when its rates are flat
+        (tiers stay in Python) and small enough for its exact arithmetic (hot_span)."""
+        if not self._c_hot or known.series is None or known.hot is None:
+            return
+        in_rate = 0 if rates.input is None else rates.input
+        out_rate = 0 if rates.output is None else rates.output
+        if type(in_rate) is not int or type(out_rate) is not int \
+                or max(in_rate, out_rate, rates.denominator) > _EXACT:
+            return
+        generation, service, tenant, series = known.series
+        day, i_at, o_at = known.hot[0], known.hot[8], known.hot[9]
+        self._hot[known.key] = (day, generation, service, tenant, known.remember, in_rate,
+                                out_rate, rates.denominator, i_at, o_at, template[2][0],
+                                template[3], template[4], template[5], template[6], series)
 
     def _template(self, static: gu.StaticUsage, rates: FastRates,
                   ) -> tuple[FastRates, struct.Struct, tuple[bytes, ...], bytes, bytes,
@@ -939,6 +990,7 @@ class LlmCost:
         if any(changed):
             self._series.clear()  # their labels were made by the old ranking
             self._series_generation += 1
+            self._hot.clear()  # their series are stale
 
     def _new_series(self, raw: tuple[str | None, ...]) -> _Series:
         guards = self._guards

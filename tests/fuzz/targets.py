@@ -24,6 +24,8 @@ from sidecar.pipeline.graph import build_processors
 from sidecar.pipeline.stage import Stage
 from sidecar.processors.llm_cost import CostSettings, LlmCost
 from sidecar.receivers.logparse import LogBatchBuilder
+from sidecar.sample import agent_runs
+from sidecar.telemetry import metrics
 
 _SIGNALS = tuple(Signal)
 # the default processors (redaction on) run over whatever parsed: a request the receiver
@@ -163,6 +165,34 @@ def spanwalk(data: bytes) -> None:
     out = _spanwalk.splice(data, edits)
     if len(out) < len(data) + 2 * len(edits):
         raise AssertionError("a splice lost bytes")
+    # the hot path of a processor that priced sample runs before: it reads what the plain
+    # walk read (or the same bytes are refused), and its edits splice like the others
+    hot_edits: list[tuple[int, bytes]] = []
+    warm = _warm_cost()
+    hot = (warm._hot, warm._hot_resources, warm._agents, 64, warm._series_generation,
+           10**12, metrics.LLM_DURATION.bounds, hot_edits)
+    _, handed_back = _spanwalk.walk(data, warm._span_keys, warm._resource_keys,
+                                    warm._known_spans, hot)
+    if len(handed_back) > len(spans) or len(hot_edits) > len(spans):
+        raise AssertionError("the hot path reported spans the walk does not")
+    hot_edits.sort()
+    out = _spanwalk.splice(data, hot_edits)
+    if len(out) < len(data) + sum(len(edit) for _, edit in hot_edits):
+        raise AssertionError("a splice of the hot path's edits lost bytes")
+
+
+_WARM: list[LlmCost] = []
+
+
+def _warm_cost() -> LlmCost:
+    """A cost processor that priced sample agent runs twice: its hot path holds entries."""
+    if not _WARM:
+        processor = LlmCost(CostSettings())
+        stage = Stage(Signal.TRACES, [processor])
+        for run in list(agent_runs(8, seed=3)) * 2:
+            stage.run(Batch.from_bytes(Signal.TRACES, run.traces.SerializeToString()))
+        _WARM.append(processor)
+    return _WARM[0]
 
 
 def _redact_c(data: bytes) -> None:

@@ -60,6 +60,15 @@ def requests(draw: st.DrawFn) -> ExportTraceServiceRequest:
     return ExportTraceServiceRequest(resource_spans=resources)
 
 
+def varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
 def triggered(span: Span) -> bool:
     for kv in span.attributes:
         at = KEYS.index(kv.key) if kv.key in KEYS else -1
@@ -77,9 +86,12 @@ def matched(attributes: list[KeyValue], keys: list[str]) -> list[tuple[int, AnyV
 def check_against_library(payload: bytes, request: ExportTraceServiceRequest) -> None:
     resources, spans = _spanwalk.walk(payload, SPAN_KEYS, RESOURCE_KEYS)
     assert len(resources) == len(request.resource_spans)
-    for (ids, values, _), rs in zip(resources, request.resource_spans, strict=True):
+    for (ids, values, _, key), rs in zip(resources, request.resource_spans, strict=True):
         want = matched(list(rs.resource.attributes), ["service.name", "tenant.id"])
         assert list(zip(ids, map(AnyValue.FromString, values), strict=True)) == want
+        # the resource's memo key: per matched attribute its id, value length and value
+        assert key == b"".join(varint(i) + varint(len(v)) + v
+                               for i, v in zip(ids, values, strict=True))
     expected = [(i, span) for i, rs in enumerate(request.resource_spans)
                 for ss in rs.scope_spans for span in ss.spans if triggered(span)]
     assert len(spans) == len(expected)
