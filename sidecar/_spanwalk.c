@@ -428,6 +428,7 @@ typedef struct {
     int id;
     int trigger;               /* a span holding this key is reported */
     int count;                 /* a count: its value is left out of the span's key */
+    int unkeyed;               /* its value is left out of the span's key (not a count) */
     PyObject *trigger_values;  /* tuple of AnyValue bytes that make it a trigger, or NULL */
 } Slot;
 
@@ -485,15 +486,47 @@ static void matcher_dealloc(Matcher *self) {
     Py_DECREF(type);
 }
 
-/* Matcher(keys: Sequence[bytes], triggers: Sequence[object], counts: Sequence[bytes] = ()):
+/* Matcher(keys: Sequence[bytes], triggers: Sequence[object], counts: Sequence[bytes] = (),
+ *         unkeyed: Sequence[bytes] = ()):
  * key i gets id i; triggers[i] is True (a span holding key i is reported), False, or a
  * tuple of serialized AnyValues (reported when the key holds one of them); the keys in
- * `counts` are counts (see walk). */
+ * `counts` are counts (see walk); the values of the keys in `unkeyed` are given but left
+ * out of the span's memo key (its id stays in). */
+static int mark_slots(Matcher *self, PyObject *arg, int unkeyed) {
+    if (arg == NULL)
+        return 0;
+    PyObject *seq = PySequence_Fast(arg, unkeyed ? "unkeyed must be a sequence"
+                                                 : "counts must be a sequence");
+    if (seq == NULL)
+        return -1;
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
+        PyObject *key = PySequence_Fast_GET_ITEM(seq, i);
+        Slot *slot = PyBytes_Check(key)
+                         ? (Slot *)matcher_find(self, (const uint8_t *)PyBytes_AS_STRING(key),
+                                                PyBytes_GET_SIZE(key))
+                         : NULL;
+        if (slot == NULL || (slot->count && unkeyed)) {
+            Py_DECREF(seq);
+            PyErr_SetString(PyExc_ValueError,
+                            slot != NULL ? "a key is both a count and unkeyed"
+                            : unkeyed    ? "an unkeyed key is not one of the keys"
+                                         : "a count is not one of the keys");
+            return -1;
+        }
+        if (unkeyed)
+            slot->unkeyed = 1;
+        else
+            slot->count = 1;
+    }
+    Py_DECREF(seq);
+    return 0;
+}
+
 static PyObject *matcher_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
-    static char *names[] = {"keys", "triggers", "counts", NULL};
-    PyObject *keys_arg, *triggers_arg, *counts_arg = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|O", names, &keys_arg, &triggers_arg,
-                                     &counts_arg))
+    static char *names[] = {"keys", "triggers", "counts", "unkeyed", NULL};
+    PyObject *keys_arg, *triggers_arg, *counts_arg = NULL, *unkeyed_arg = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|OO", names, &keys_arg, &triggers_arg,
+                                     &counts_arg, &unkeyed_arg))
         return NULL;
     PyObject *keys = PySequence_Fast(keys_arg, "keys must be a sequence");
     if (keys == NULL)
@@ -571,25 +604,8 @@ static PyObject *matcher_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         self->count++;
         at += len;
     }
-    if (counts_arg != NULL) {
-        PyObject *counts = PySequence_Fast(counts_arg, "counts must be a sequence");
-        if (counts == NULL)
-            goto fail;
-        for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(counts); i++) {
-            PyObject *key = PySequence_Fast_GET_ITEM(counts, i);
-            const Slot *slot = PyBytes_Check(key)
-                                   ? matcher_find(self, (const uint8_t *)PyBytes_AS_STRING(key),
-                                                  PyBytes_GET_SIZE(key))
-                                   : NULL;
-            if (slot == NULL) {
-                Py_DECREF(counts);
-                PyErr_SetString(PyExc_ValueError, "a count is not one of the keys");
-                goto fail;
-            }
-            ((Slot *)slot)->count = 1;
-        }
-        Py_DECREF(counts);
-    }
+    if (mark_slots(self, counts_arg, 0) < 0 || mark_slots(self, unkeyed_arg, 1) < 0)
+        goto fail;
     Py_DECREF(keys);
     Py_DECREF(triggers);
     return (PyObject *)self;
@@ -620,6 +636,7 @@ enum { FLAG_DUPLICATE = 1, FLAG_ODD = 2, FLAG_MANY = 4 };
 typedef struct {
     int ids[MAX_MATCHED];
     int counts[MAX_MATCHED];
+    int unkeyed[MAX_MATCHED]; /* a value left out of the memo key (a count's too) */
     const uint8_t *values[MAX_MATCHED];
     const uint8_t *value_ends[MAX_MATCHED];
     int count;
@@ -709,6 +726,7 @@ found:
     }
     out->ids[out->count] = slot->id;
     out->counts[out->count] = slot->count;
+    out->unkeyed[out->count] = slot->count | slot->unkeyed;
     out->values[out->count] = value;
     out->value_ends[out->count] = value_end;
     out->count++;
@@ -733,15 +751,15 @@ static PyObject *matched_tuple(const Matched *m, int ids) {
 }
 
 /* The span's memo key: per matched attribute in wire order, its id (varint) and, but for
- * counts, its value's length (varint) and bytes. Equal keys: equal ids in the same order,
- * equal values but for the counts. */
+ * counts and unkeyed keys, its value's length (varint) and bytes. Equal keys: equal ids in
+ * the same order, equal values but for those. */
 static PyObject *matched_key(const Matched *m) {
     if (m->count == 0)
         return PyBytes_FromStringAndSize("", 0);
     Py_ssize_t size = 0;
     for (int i = 0; i < m->count; i++) {
         size += 10;
-        if (!m->counts[i])
+        if (!m->unkeyed[i])
             size += 10 + (m->value_ends[i] - m->values[i]);
     }
     uint8_t small[1024];
@@ -757,7 +775,7 @@ static PyObject *matched_key(const Matched *m) {
             v >>= 7;
         }
         *at++ = (uint8_t)v;
-        if (m->counts[i])
+        if (m->unkeyed[i])
             continue;
         Py_ssize_t n = m->value_ends[i] - m->values[i];
         v = (uint64_t)n;

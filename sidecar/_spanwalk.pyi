@@ -10,10 +10,11 @@ MANY: int  # more matched attributes than the walk reports
 class Matcher:
     """Attribute keys, key i with id i; triggers[i]: True (a span holding key i is
     reported), False, or serialized AnyValues that make it a trigger; `counts`: the keys
-    whose values are counts (left out of a span's memo key, given apart)."""
+    whose values are counts (left out of a span's memo key, given apart); `unkeyed`: keys
+    whose values are given but left out of a span's memo key (their ids stay in)."""
 
     def __init__(self, keys: Sequence[bytes], triggers: Sequence[bool | tuple[bytes, ...]],
-                 counts: Sequence[bytes] = ()) -> None: ...
+                 counts: Sequence[bytes] = (), unkeyed: Sequence[bytes] = ()) -> None: ...
 
 REMEMBER: int  # a record that only names its trace's agent (in `values`), see `walk`'s hot
 
@@ -21,11 +22,11 @@ REMEMBER: int  # a record that only names its trace's agent (in `values`), see `
 Resource = tuple[tuple[int, ...], tuple[bytes, ...], int, bytes]
 # per reported span, in wire order: (resource index, content start, content end, trace_id,
 # start_time_unix_nano, end_time_unix_nano, matched key ids, their values, flags,
-# attribute count, memo key (the ids and the values but for counts), the count values in
-# wire order (an int where the AnyValue is an int_value, else its bytes)); ids and values
-# are None when the span has no flags and its memo key is in `memo`. With `hot`, a REMEMBER
-# record (flags REMEMBER, values the agent str) stands where a call priced in C names an
-# agent its trace may not hold yet.
+# attribute count, memo key (the ids and the values but for counts and unkeyed keys), the
+# count values in wire order (an int where the AnyValue is an int_value, else its bytes));
+# ids and values are None when the span has no flags and its memo key is in `memo`. With
+# `hot`, a REMEMBER record (flags REMEMBER, values the agent str) stands where a call priced
+# in C names an agent its trace may not hold yet.
 SpanRecord = tuple[int, int, int, bytes, int, int, tuple[int, ...] | None,
                    tuple[bytes, ...] | str | None, int, int, bytes, tuple[int | bytes, ...]]
 # the cost processor's hot path (see hot_span in the C file): (entries by memo key,

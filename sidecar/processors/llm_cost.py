@@ -316,7 +316,11 @@ class LlmCost:
             [k.encode() for k in self._key_names],
             [True if k in self._trigger_keys else agent_roots if k == gu.OPERATION_KEY
              else False for k in self._key_names],
-            [k.encode() for k in self._key_names if k in _COUNT_KEYS])
+            [k.encode() for k in self._key_names if k in _COUNT_KEYS],
+            # the dialect names read only for `genai_names` (OpenInference's `session.id`,
+            # ...): a span that uses them takes the full path (`_plan` gives None), any other
+            # never reads their values, so a new session is not a new memo entry
+            [k.encode() for k in self._key_names if k not in self._read_keys])
         self._resource_names = tuple(dict.fromkeys(("service.name", *self._tenant_keys)))
         self._tenant_rank = {k: n for n, k in reversed(list(enumerate(self._tenant_keys)))}
         self._resource_keys = _spanwalk.Matcher([k.encode() for k in self._resource_names],
@@ -587,7 +591,8 @@ class LlmCost:
         present = frozenset([names[i] for i in ids])
         plan: _Plan = None
         # the dialect names read only for `genai_names` (OpenInference's generic
-        # `session.id`, `tool.name`, ...) change nothing here: not part of the memo key
+        # `session.id`, `tool.name`, ...) change nothing here unless effective (then the
+        # full path): their values are not part of the memo key (`unkeyed`)
         if not genai_names.effective(present & genai_names.SOURCES):
             where = {names[i]: at for at, i in enumerate(ids)}
             static = tuple(where[key] for key in sorted((present - _COUNT_KEYS)

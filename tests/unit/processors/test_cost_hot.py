@@ -60,6 +60,12 @@ def spans(draw: st.DrawFn) -> Span:
         values["gen_ai.agent.name"] = agent
     if draw(st.booleans()):
         values["tenant.id"] = draw(st.sampled_from(["t1", "t2"]))
+    # OpenInference's generic session.id: its value is left out of the memo key, and read
+    # (renamed to gen_ai.conversation.id) only beside openinference.span.kind
+    if draw(st.booleans()):
+        values["session.id"] = draw(st.sampled_from(["s1", "s2", "s3"]))
+        if draw(st.booleans()):
+            values["openinference.span.kind"] = "LLM"
     attributes = attrs(values)
     if kind == "call":
         for key in draw(st.sampled_from([("gen_ai.usage.input_tokens",
@@ -213,3 +219,41 @@ def test_a_trace_agent_named_by_a_span_handed_back_keeps_the_wire_order() -> Non
     assert sum(len(e) > 1 for e in processor._hot.values()) == 2  # both held for C
     assert c_out == py_out
     assert c_agents == py_agents == [(TRACES[0], "planner")]
+
+
+@pytest.mark.parametrize(("key", "values"), [
+    ("gen_ai.request.model", ["gpt-4o-mini", "tiny"]),
+    ("gen_ai.response.model", ["gpt-4o-mini", "tiny"]),
+    ("gen_ai.provider.name", ["openai", "ollama"]),
+    ("gen_ai.operation.name", ["chat", "text_completion"]),
+    ("gen_ai.agent.name", ["planner", "writer"]),
+    ("tenant.id", ["t1", "t2"]),
+    ("gen_ai.openai.response.service_tier", ["default", "flex"]),
+    ("session.id", ["s1", "s2"]),  # left out of the memo key: read only for renames
+])
+@pytest.mark.parametrize("openinference", [False, True])
+def test_spans_that_differ_in_one_value_are_each_priced_by_their_own(
+        key: str, values: list[str], openinference: bool) -> None:
+    # calls alike but for one attribute's value, each request twice: a memo that mixed them
+    # up (a value it reads left out of its key) gives the first call's reading to the next
+    def request(value: str) -> bytes:
+        fields = {"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o-mini",
+                  "gen_ai.provider.name": "openai", key: value}
+        if openinference:
+            fields["openinference.span.kind"] = "LLM"
+        span = Span(trace_id=TRACES[0], name="chat", start_time_unix_nano=20_000 * DAY_NS,
+                    end_time_unix_nano=20_000 * DAY_NS + 10**6, attributes=attrs(fields))
+        span.attributes.append(KeyValue(key="gen_ai.usage.input_tokens",
+                                        value=AnyValue(int_value=5_000)))
+        span.attributes.append(KeyValue(key="gen_ai.usage.output_tokens",
+                                        value=AnyValue(int_value=700)))
+        return ExportTraceServiceRequest(resource_spans=[ResourceSpans(
+            resource=Resource(attributes=attrs({"service.name": "a"})),
+            scope_spans=[ScopeSpans(spans=[span])])]).SerializeToString()
+
+    sent = [request(v) for v in values for _ in range(2)] * 2
+    c_out, c_rows, _, _ = _run(sent, "c", CONFIG)
+    msg_out, msg_rows, _, _ = _run(sent, "message", CONFIG)
+    assert [None if o is None else ExportTraceServiceRequest.FromString(o) for o in c_out] \
+        == [None if o is None else ExportTraceServiceRequest.FromString(o) for o in msg_out]
+    _same_rows(c_rows, msg_rows)

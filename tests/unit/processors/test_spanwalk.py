@@ -158,6 +158,28 @@ def test_the_memo_key_is_the_ids_and_values_but_for_counts() -> None:
     assert (first[11], second[11]) == ((1,), (2,))
 
 
+def test_unkeyed_values_are_given_but_left_out_of_the_memo_key() -> None:
+    matcher = _spanwalk.Matcher([b"gen_ai.usage.input_tokens", b"session.id", b"x"],
+                                [True, False, False], [b"gen_ai.usage.input_tokens"],
+                                [b"session.id"])
+
+    def record(*pairs: tuple[str, str]) -> tuple[object, ...]:
+        attributes = [KeyValue(key="gen_ai.usage.input_tokens", value=AnyValue(int_value=3)),
+                      *(KeyValue(key=k, value=AnyValue(string_value=v)) for k, v in pairs)]
+        request = ExportTraceServiceRequest(resource_spans=[ResourceSpans(scope_spans=[
+            ScopeSpans(spans=[Span(attributes=attributes)])])])
+        return _spanwalk.walk(request.SerializeToString(), matcher, RESOURCE_KEYS)[1][0]
+
+    one, two = record(("session.id", "s-1"), ("x", "a")), record(("session.id", "s-2"), ("x", "a"))
+    a = AnyValue(string_value="a").SerializeToString()
+    assert one[10] == two[10] == b"\x00\x01\x02" + varint(len(a)) + a  # x's value only
+    assert [AnyValue.FromString(v) for v in one[7]] == [  # type: ignore[union-attr]
+        AnyValue(int_value=3), AnyValue(string_value="s-1"), AnyValue(string_value="a")]
+    assert AnyValue.FromString(two[7][1]).string_value == "s-2"  # the value is still given
+    assert record(("x", "a"))[10] != one[10]  # the key's presence is still part of it
+    assert record(("session.id", "s-1"), ("x", "b"))[10] != one[10]
+
+
 @settings(max_examples=200, deadline=None)
 @given(requests(), st.data())
 def test_a_splice_parses_to_the_message_edited_through_the_library(
@@ -199,6 +221,12 @@ def test_a_matcher_refuses_duplicate_or_wrong_keys() -> None:
         _spanwalk.Matcher([b"a"], [])
     with pytest.raises(ValueError, match="not one of the keys"):
         _spanwalk.Matcher([b"a"], [False], [b"b"])
+    with pytest.raises(ValueError, match="unkeyed key is not one of the keys"):
+        _spanwalk.Matcher([b"a"], [False], [], [b"b"])
+    with pytest.raises(ValueError, match="both a count and unkeyed"):
+        _spanwalk.Matcher([b"a"], [False], [b"a"], [b"a"])
+    with pytest.raises(TypeError):
+        _spanwalk.Matcher([b"a"], [False], [], 3)  # type: ignore[arg-type]
 
 
 def test_hostile_bytes_are_refused_or_read_as_the_library_reads_them() -> None:
