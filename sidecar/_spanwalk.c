@@ -848,7 +848,7 @@ enum { FLAG_REMEMBER = 8 }; /* a record that only says: the trace's agent, in `v
 #define TOUCHED_BITS 4096
 
 typedef struct {
-    PyObject *entries;   /* dict: span memo key -> hot entry */
+    PyObject *entries;   /* dict: span memo key -> hot entry, or (service, tenant) -> one */
     PyObject *resources; /* dict: resource memo key -> (service, tenant) */
     PyObject *agents;    /* trace id -> agent (a dict or OrderedDict); NULL: none kept */
     PyObject *edits;     /* list: (content start, attribute bytes) per call priced here */
@@ -860,6 +860,7 @@ typedef struct {
     /* the current resource's (service, tenant); service NULL: no hot path for its spans */
     PyObject *service;
     PyObject *tenant;
+    PyObject *pair; /* the (service, tenant) tuple they came in, or NULL */
     /* the trace ids of this request's spans handed back so far, a bit per hash: a call
      * priced here reads the trace's agent as it stands only if no earlier span of the
      * request may have changed it (else it hands that decision back, in order) */
@@ -958,8 +959,15 @@ static int hot_span(Hot *h, const Matched *m, PyObject *key, Py_ssize_t content_
     PyObject *e = PyDict_GetItemWithError(h->entries, key);
     if (e == NULL)
         return PyErr_Occurred() ? -1 : 0;
+    if (PyDict_CheckExact(e)) { /* a call met under several (service, tenant): one each */
+        if (h->pair == NULL)
+            return 0;
+        e = PyDict_GetItemWithError(e, h->pair);
+        if (e == NULL)
+            return PyErr_Occurred() ? -1 : 0;
+    }
     if (!PyTuple_CheckExact(e)) {
-        PyErr_SetString(PyExc_TypeError, "a hot entry is a tuple");
+        PyErr_SetString(PyExc_TypeError, "a hot entry is a tuple (or a dict of them)");
         return -1;
     }
     if (PyTuple_GET_SIZE(e) == 1) /* (remember,): a span that names its trace's agent only */
@@ -1223,7 +1231,7 @@ static int hot_setup(Hot *h, PyObject *arg) {
         if (h->bounds[i] == -1.0 && PyErr_Occurred())
             return -1;
     }
-    h->service = h->tenant = NULL;
+    h->service = h->tenant = h->pair = NULL;
     memset(h->touched, 0, sizeof h->touched);
     return 0;
 }
@@ -1252,6 +1260,7 @@ static int resource_first(const uint8_t *p, const uint8_t *end) {
 static int hot_resource(Hot *h, PyObject *key) {
     Py_CLEAR(h->service);
     Py_CLEAR(h->tenant);
+    Py_CLEAR(h->pair);
     PyObject *got = PyDict_GetItemWithError(h->resources, key);
     if (got == NULL)
         return PyErr_Occurred() ? -1 : 0;
@@ -1261,6 +1270,7 @@ static int hot_resource(Hot *h, PyObject *key) {
     }
     h->service = Py_NewRef(PyTuple_GET_ITEM(got, 0));
     h->tenant = Py_NewRef(PyTuple_GET_ITEM(got, 1));
+    h->pair = Py_NewRef(got);
     return 0;
 }
 
@@ -1276,7 +1286,7 @@ static PyObject *walk(PyObject *module, PyObject *args) {
     const uint8_t *base = view.buf;
     Hot hot_state;
     Hot *hot = NULL;
-    hot_state.service = hot_state.tenant = NULL;
+    hot_state.service = hot_state.tenant = hot_state.pair = NULL;
     PyObject *resources = PyList_New(0);
     PyObject *spans = PyList_New(0);
     if (resources == NULL || spans == NULL)
@@ -1302,6 +1312,7 @@ static PyObject *walk(PyObject *module, PyObject *args) {
         if (hot != NULL) {
             Py_CLEAR(hot->service);
             Py_CLEAR(hot->tenant);
+            Py_CLEAR(hot->pair);
         }
         if (hot_here) { /* no resource field: the key of no attributes */
             res_key = matched_key(&res);
@@ -1379,12 +1390,14 @@ static PyObject *walk(PyObject *module, PyObject *args) {
     PyBuffer_Release(&view);
     Py_XDECREF(hot_state.service);
     Py_XDECREF(hot_state.tenant);
+    Py_XDECREF(hot_state.pair);
     return Py_BuildValue("(NN)", resources, spans);
 fail:
     Py_XDECREF(resources);
     Py_XDECREF(spans);
     Py_XDECREF(hot_state.service);
     Py_XDECREF(hot_state.tenant);
+    Py_XDECREF(hot_state.pair);
     PyBuffer_Release(&view);
     return NULL;
 }

@@ -29,11 +29,12 @@ Resource = tuple[tuple[int, ...], tuple[bytes, ...], int, bytes]
 # in C names an agent its trace may not hold yet.
 SpanRecord = tuple[int, int, int, bytes, int, int, tuple[int, ...] | None,
                    tuple[bytes, ...] | str | None, int, int, bytes, tuple[int | bytes, ...]]
-# the cost processor's hot path (see hot_span in the C file): (entries by memo key,
-# (service, tenant) by resource memo key, trace id -> agent or None, its entries at most,
-# series generation, max tokens, histogram bounds, the list the priced calls' (content
-# start, bytes) go to)
-Hot = tuple[dict[bytes, tuple[Any, ...]], dict[bytes, tuple[str, str | None]],
+# the cost processor's hot path (see hot_span in the C file): (entries by memo key, each
+# an entry or a dict of them by (service, tenant), (service, tenant) by resource memo key,
+# trace id -> agent or None, its entries at most, series generation, max tokens, histogram
+# bounds, the list the priced calls' (content start, bytes) go to)
+HotEntry = tuple[Any, ...] | dict[tuple[str, str | None], tuple[Any, ...]]
+Hot = tuple[dict[bytes, HotEntry], dict[bytes, tuple[str, str | None]],
             dict[bytes, str] | None, int, int, int, tuple[float, ...],
             list[tuple[int, bytes]]]
 

@@ -80,6 +80,8 @@ _TRACE_ID_SIZE = 16
 # whose read values are longer takes the full path, uncached)
 MAX_KNOWN = 4096
 MAX_KNOWN_BYTES = 1024
+# the (service, tenant) pairs a call's C entry holds at most (`_hot_entry`)
+_HOT_PAIRS = 64
 _COUNT_KEYS = frozenset(gu.COUNT_KEYS)
 _MAX_TOKENS = gu.MAX_TOKENS
 
@@ -300,10 +302,11 @@ class LlmCost:
         # the walk's memo key of a span (matched key ids, values but the counts) -> _Known
         self._known_spans: dict[bytes, _Known] = {}
         # the inline path's calls as the C walk prices them (`_spanwalk.c`, hot_span): memo
-        # key -> entry (`_hot_entry`; (agent,) for a span read for its agent only), and a
+        # key -> entry (`_hot_entry`; (agent,) for a span read for its agent only; a dict
+        # (service, tenant) -> entry for a call met under several resources), and a
         # resource's memo key -> (service, tenant) as `_resource` gives them; `_c_hot`
         # False does it all in Python (tests compare)
-        self._hot: dict[bytes, tuple[Any, ...]] = {}
+        self._hot: dict[bytes, _spanwalk.HotEntry] = {}
         self._hot_resources: dict[bytes, tuple[str, str | None]] = {}
         self._c_hot = True
         # the walk's attribute keys (id: index) and which make a span read
@@ -795,9 +798,21 @@ class LlmCost:
             return
         generation, service, tenant, series = known.series
         day, i_at, o_at = known.hot[0], known.hot[8], known.hot[9]
-        self._hot[known.key] = (day, generation, service, tenant, known.remember, in_rate,
-                                out_rate, rates.denominator, i_at, o_at, template[2][0],
-                                template[3], template[4], template[5], template[6], series)
+        entry = (day, generation, service, tenant, known.remember, in_rate, out_rate,
+                 rates.denominator, i_at, o_at, template[2][0], template[3], template[4],
+                 template[5], template[6], series)
+        # the same call under several resources (services, tenants): one entry each, so
+        # they do not take each other's place request after request
+        held = self._hot.get(known.key)
+        if isinstance(held, dict):
+            if len(held) >= _HOT_PAIRS and (service, tenant) not in held:
+                held.clear()
+            held[service, tenant] = entry
+        elif held is not None and len(held) == len(entry) and held[1] == generation \
+                and (held[2] is not service or held[3] is not tenant):
+            self._hot[known.key] = {(held[2], held[3]): held, (service, tenant): entry}
+        else:
+            self._hot[known.key] = entry
 
     def _template(self, static: gu.StaticUsage, rates: FastRates,
                   ) -> tuple[FastRates, struct.Struct, tuple[bytes, ...], bytes, bytes,

@@ -257,3 +257,39 @@ def test_spans_that_differ_in_one_value_are_each_priced_by_their_own(
     assert [None if o is None else ExportTraceServiceRequest.FromString(o) for o in c_out] \
         == [None if o is None else ExportTraceServiceRequest.FromString(o) for o in msg_out]
     _same_rows(c_rows, msg_rows)
+
+
+def test_a_call_met_under_several_resources_is_priced_in_c_under_each() -> None:
+    # the same call (same memo key) from two services and a tenant of its resource: one C
+    # entry per (service, tenant), so none is handed back once each was priced
+    def call() -> Span:
+        span = Span(trace_id=TRACES[1], name="chat", start_time_unix_nano=20_000 * DAY_NS,
+                    end_time_unix_nano=20_000 * DAY_NS + 10**6, attributes=attrs({
+                        "gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o-mini",
+                        "gen_ai.provider.name": "openai", "gen_ai.agent.name": "planner"}))
+        span.attributes.append(KeyValue(key="gen_ai.usage.input_tokens",
+                                        value=AnyValue(int_value=1_000)))
+        return span
+
+    resources = [{"service.name": "a"}, {"service.name": "b"},
+                 {"service.name": "a", "tenant.id": "r1"}]
+    payload = ExportTraceServiceRequest(resource_spans=[
+        ResourceSpans(resource=Resource(attributes=attrs(r)),
+                      scope_spans=[ScopeSpans(spans=[call(), call()])]) for r in resources
+    ]).SerializeToString()
+    c_out, c_rows, _, processor = _run([payload] * 3, "c", CONFIG)
+    msg_out, msg_rows, _, _ = _run([payload] * 3, "message", CONFIG)
+    assert [ExportTraceServiceRequest.FromString(o) for o in c_out if o is not None] \
+        == [ExportTraceServiceRequest.FromString(o) for o in msg_out if o is not None]
+    _same_rows(c_rows, msg_rows)
+    (entry,) = processor._hot.values()
+    assert isinstance(entry, dict)
+    assert set(entry) == {("a", None), ("a", "r1"), ("b", None)}
+    edits: list[tuple[int, bytes]] = []
+    hot = (processor._hot, processor._hot_resources, processor._agents,
+           processor._agent_limit, processor._series_generation, 10**12,
+           metrics.LLM_DURATION.bounds, edits)
+    _, records = _spanwalk.walk(payload, processor._span_keys, processor._resource_keys,
+                                processor._known_spans, hot)
+    assert records == []
+    assert len(edits) == 6
