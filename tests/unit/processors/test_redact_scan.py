@@ -150,6 +150,41 @@ def test_digit_runs_on_arbitrary_bytes(data: bytes) -> None:
     assert _spanwalk.digit_runs(data, 13, MAX_HITS) == _hyperscan_ends(data)
 
 
+def _chain_ends(data: bytes, digits: int) -> list[int]:
+    # from the pattern \d(?:[ -]?\d){digits - 1}: the longest chain of digits ending at
+    # each byte, a digit following the last one directly or after one separator
+    longest = [0] * len(data)
+    for i, byte in enumerate(data):
+        if not 0x30 <= byte <= 0x39:
+            continue
+        before = longest[i - 1] if i >= 1 else 0
+        if i >= 2 and data[i - 1] in b" -":
+            before = max(before, longest[i - 2])
+        longest[i] = before + 1
+    return [i + 1 for i, n in enumerate(longest) if n >= digits]
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(run_text, min_size=1, max_size=8), st.integers(1, 70), st.integers(0, 130))
+def test_digit_runs_of_any_length_across_blocks(parts: list[bytes], digits: int,
+                                                 pad: int) -> None:
+    # every run length the finder takes, against the pattern's definition, at every stride
+    # alignment of the probe scan
+    data = b"x" * pad + b"".join(parts) * 3
+    assert _spanwalk.digit_runs(data, digits, MAX_HITS) == _chain_ends(data, digits)
+    if digits == 13:
+        assert _chain_ends(data, 13) == _hyperscan_ends(data)
+
+
+def test_digit_runs_at_block_edges() -> None:
+    for at in range(40, 200):
+        for run in (b"1" * 13, b"1" * 12, b"4111 1111 1111 1111", b"1-" * 13, b"7" * 70):
+            data = b"a" * at + run + b"b" * 5 + run
+            for digits in (1, 12, 13, 64, 65):
+                assert _spanwalk.digit_runs(data, digits, MAX_HITS) \
+                    == _chain_ends(data, digits), (at, run, digits)
+
+
 @settings(max_examples=300, deadline=None)
 @given(run_text)
 def test_card_offsets_with_the_finder_are_hyperscans(data: bytes) -> None:
