@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import queue
+import re
 import shlex
 import shutil
 import signal
@@ -630,7 +631,7 @@ def print_report(summary: dict[str, Any], meta: dict[str, Any]) -> list[str]:
         f"{'other %':>7}",
     ]
     for target in ("rotel", "sidecar", "pyfloor", *SIDECAR_VARIANTS):
-        for scenario in ("10k", "max"):
+        for scenario in summary.get(target, {}):
             e = summary.get(target, {}).get(scenario)
             if e is None:
                 continue
@@ -733,7 +734,9 @@ def main(argv: list[str] | None = None) -> int:
                              "server that only counts: the floor for any Python receiver), "
                              + ", ".join(SIDECAR_VARIANTS) + " (sidecar with cost on / off / "
                              "cost on and spanmetrics off; measured at max rate only)")
-    parser.add_argument("--scenarios", default="10k,max", help="comma-separated: 10k,max")
+    parser.add_argument("--scenarios", default="10k,max",
+                        help="comma-separated: 10k, max, or another steady rate such as 50k "
+                             "(variants run at every scenario but 10k)")
     parser.add_argument("--max-concurrency", type=int, default=64,
                         help="requests in flight at max rate")
     parser.add_argument("--no-pin", action="store_true",
@@ -781,6 +784,11 @@ def main(argv: list[str] | None = None) -> int:
         sidecar_queue=args.queue, sidecar_fsync=args.fsync, workload=args.workload)
     all_scenarios = {"10k": Scenario("10k", 10_000, 8),
                      "max": Scenario("max", 0, args.max_concurrency)}
+    for name in args.scenarios.split(","):  # another steady rate: "50k"
+        steady = re.fullmatch(r"([1-9][0-9]{0,2})k", name)
+        if steady and name not in all_scenarios:
+            rate = int(steady.group(1)) * 1000
+            all_scenarios[name] = Scenario(name, rate, 8 if rate <= 20_000 else 32)
     scenarios = [all_scenarios[s] for s in args.scenarios.split(",") if s in all_scenarios]
     targets = [t for t in args.targets.split(",") if t]
     unknown = [t for t in targets
@@ -819,7 +827,7 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(repeats):
             for scenario in scenarios:
                 for target in targets:
-                    if target in SIDECAR_VARIANTS and scenario.name != "max":
+                    if target in SIDECAR_VARIANTS and scenario.name == "10k":
                         continue
                     print(f"[{rep + 1}/{repeats}] {target:8} {scenario.name:4} ...",
                           end=" ", flush=True, file=sys.stderr)

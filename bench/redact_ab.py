@@ -10,7 +10,8 @@ else the default runs (spanmetrics, the durable queue) is the same on both sides
 are interleaved (off, on, off, on, ... per workload, repeated) because the machine is
 shared and its load drifts, and the table quotes medians and the on/off ratio.
 
-    .venv/bin/python bench/redact_ab.py [--quick] [--repeats N] [--sidecar-cmd CMD]
+    .venv/bin/python bench/redact_ab.py [--quick] [--repeats N] [--scenario max|50k]
+        [--sidecar-cmd CMD]
 """
 
 from __future__ import annotations
@@ -42,11 +43,11 @@ _RUNNER = ("import sys; sys.path.insert(0, sys.argv[1]); import otlp_bench; "
 
 
 def one_run(workload: str, processors: str, quick: bool, workdir: Path,
-            sidecar_cmd: str | None = None) -> float | None:
+            sidecar_cmd: str | None = None, scenario: str = "max") -> float | None:
     out = workdir / f"{workload}-{processors}.json"
     target = "sidecar" if processors == "default" else OFF_TARGET
     cmd = [sys.executable, "-c", _RUNNER, str(HERE), OFF_TARGET, OFF_CONFIG,
-           "--targets", target, "--scenarios", "max", "--repeats", "1",
+           "--targets", target, "--scenarios", scenario, "--repeats", "1",
            "--workload", workload, "--sidecar-processors", "default", "--output", str(out)]
     if quick:
         cmd.append("--quick")
@@ -58,7 +59,7 @@ def one_run(workload: str, processors: str, quick: bool, workdir: Path,
               + proc.stderr[-800:], file=sys.stderr)
         return None
     data: dict[str, Any] = json.loads(out.read_text())
-    value = data["summary"].get(target, {}).get("max", {}).get("cpu_us_per_span")
+    value = data["summary"].get(target, {}).get(scenario, {}).get("cpu_us_per_span")
     return float(value) if value is not None else None
 
 
@@ -67,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="1 repeat, short windows")
     parser.add_argument("--repeats", type=int, default=None, help="default 3 (--quick: 1)")
     parser.add_argument("--workloads", default="agent,secrets,large")
+    parser.add_argument("--scenario", default="max",
+                        help="max, or a steady rate both sides keep up with (e.g. 50k): at max "
+                             "rate the side without redaction also runs more spans/s, and a "
+                             "fuller loop costs less per span")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--sidecar-cmd", default=None,
                         help="passed to otlp_bench.py (e.g. another tree's code, for an A/B)")
@@ -81,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             for workload in workloads:
                 for processors in ("off", "default"):
                     value = one_run(workload, processors, args.quick, Path(tmp),
-                                    args.sidecar_cmd)
+                                    args.sidecar_cmd, args.scenario)
                     print(f"[{rep + 1}/{repeats}] {workload:8} redaction "
                           f"{'on ' if processors == 'default' else 'off'}: "
                           f"{'FAILED' if value is None else f'{value:.1f} µs/span'}",
@@ -90,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                         failed = True
                     else:
                         samples[workload][processors].append(value)
-    lines = [f"Redaction on vs off (sidecar CPU µs per span at max rate, default pipeline "
+    rate = "max rate" if args.scenario == "max" else f"a steady {args.scenario} spans/s"
+    lines = [f"Redaction on vs off (sidecar CPU µs per span at {rate}, default pipeline "
              f"with and without redaction, median of {repeats} interleaved run(s) each)", "",
              f"{'workload':32} {'off':>8} {'on':>8} {'extra':>7} {'target':>7}"]
     report: dict[str, Any] = {}

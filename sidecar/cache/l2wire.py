@@ -79,7 +79,8 @@ def build_backend(config: CacheConfig, protocol: int = 2) -> Backend:
         if not path:
             raise ValueError("redis+sentinel URL needs the master name: .../<master>[/db]")
         db = int(path[1]) if len(path) > 1 else 0
-        sentinel = Sentinel(hosts, socket_timeout=l2.timeout,  # type: ignore[no-untyped-call]
+        # redis < 8.2 leaves Sentinel.__init__ untyped, 8.2 types it: the ignore serves both
+        sentinel = Sentinel(hosts, socket_timeout=l2.timeout,  # type: ignore[no-untyped-call, unused-ignore]
                             socket_connect_timeout=l2.connect_timeout)
         master = path[0]
 
