@@ -736,7 +736,9 @@ def main(argv: list[str] | None = None) -> int:
                              "cost on and spanmetrics off; measured at max rate only)")
     parser.add_argument("--scenarios", default="10k,max",
                         help="comma-separated: 10k, max, or another steady rate such as 50k "
-                             "(variants run at every scenario but 10k)")
+                             "(variants run at every scenario but 10k, unless --variants-at-10k)")
+    parser.add_argument("--variants-at-10k", action="store_true",
+                        help="run the sidecar variants at 10k too (skipped there by default)")
     parser.add_argument("--max-concurrency", type=int, default=64,
                         help="requests in flight at max rate")
     parser.add_argument("--no-pin", action="store_true",
@@ -827,7 +829,8 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(repeats):
             for scenario in scenarios:
                 for target in targets:
-                    if target in SIDECAR_VARIANTS and scenario.name == "10k":
+                    if (target in SIDECAR_VARIANTS and scenario.name == "10k"
+                            and not args.variants_at_10k):
                         continue
                     print(f"[{rep + 1}/{repeats}] {target:8} {scenario.name:4} ...",
                           end=" ", flush=True, file=sys.stderr)

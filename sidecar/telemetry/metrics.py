@@ -49,6 +49,14 @@ RECEIVER_BAD_REQUESTS = Counter(
     registry=REGISTRY,
 )
 
+# --- processing stage (pipeline/stage.py) -------------------------------------------------
+PROCESSOR_CPU = Counter(
+    "sidecar_processor_cpu_seconds",
+    "CPU time (the event loop thread's) spent in each processor, failed requests included",
+    ["processor", "signal"],
+    registry=REGISTRY,
+)
+
 # --- exporters (shared export layer) ------------------------------------------------------
 EXPORTER_SENT = Counter(
     "sidecar_exporter_sent_items",

@@ -119,6 +119,11 @@ async def test_no_secret_reaches_an_exporter(short_tmp: Path) -> None:
             assert await redactions("logs", "private-key") == 1
             assert await daemon.metric("sidecar_exporter_sent_items_total",
                                        exporter="upstream", signal="traces") == SPANS
+            # each default processor is charged the CPU it used, per signal it ran on
+            for processor, signal in (("redact", "traces"), ("redact", "logs"),
+                                      ("cost", "traces"), ("spanmetrics", "traces")):
+                assert await daemon.metric("sidecar_processor_cpu_seconds_total",
+                                           processor=processor, signal=signal) > 0
         finally:
             code, out, err = await daemon.stop()
         assert code == 0, err

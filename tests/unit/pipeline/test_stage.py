@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import pytest
@@ -12,6 +13,7 @@ from sidecar.errors import ProcessingError
 from sidecar.model import Batch, ExportRequest, Signal, Work
 from sidecar.pipeline.stage import Stage
 from sidecar.sample import agent_run
+from sidecar.telemetry.metrics import REGISTRY
 
 
 class Probe:
@@ -194,3 +196,56 @@ def test_bytes_read_after_an_edit_are_the_edited_message() -> None:
     assert out is not None
     assert set(spans_of(ExportTraceServiceRequest.FromString(payloads[0]))) == {"renamed"}
     assert out.payload is payloads[0]  # serialised once
+
+
+# --- CPU time per processor (sidecar_processor_cpu_seconds_total) --------------------------
+
+def _cpu(processor: str, signal: str) -> float | None:
+    return REGISTRY.get_sample_value("sidecar_processor_cpu_seconds_total",
+                                     {"processor": processor, "signal": signal})
+
+
+def burn(seconds: float) -> Callable[[Work], None]:
+    """A processor action that uses `seconds` of this thread's CPU (measured by the thread's
+    own clock, so the test asserts CPU used, not time passed)."""
+    def action(_work: Work) -> None:
+        until = time.thread_time() + seconds
+        while time.thread_time() < until:
+            pass
+    return action
+
+
+def test_each_processor_is_charged_its_own_cpu_time() -> None:
+    busy = Probe(burn(0.03), mutates=False, name="cpu-busy")
+    idle = Probe(lambda _w: None, mutates=False, name="cpu-idle")
+    assert _cpu("cpu-busy", "traces") is None
+    stage = Stage(Signal.TRACES, [idle, busy])
+    assert _cpu("cpu-busy", "traces") == 0.0  # the series exist from the stage's start
+    stage.run(traces())
+    stage.run(traces())
+    busy_cpu, idle_cpu = _cpu("cpu-busy", "traces"), _cpu("cpu-idle", "traces")
+    assert busy_cpu is not None
+    assert idle_cpu is not None
+    assert busy_cpu >= 0.06
+    assert idle_cpu < 0.03  # a no-op is not charged its neighbour's time
+
+
+def test_a_failing_processor_is_charged_the_cpu_it_used_before_failing() -> None:
+    def burn_then_fail(work: Work) -> None:
+        burn(0.02)(work)
+        raise RuntimeError("boom")
+
+    stage = Stage(Signal.TRACES, [Probe(burn_then_fail, mutates=True, name="cpu-failing")])
+    with pytest.raises(ProcessingError):
+        stage.run(traces())
+    cpu = _cpu("cpu-failing", "traces")
+    assert cpu is not None
+    assert cpu >= 0.02
+
+
+def test_a_processor_gets_no_series_for_a_signal_it_does_not_process() -> None:
+    only_logs = Probe(burn(0.01), mutates=False, name="cpu-logs-only",
+                      signals=frozenset({Signal.LOGS}))
+    Stage(Signal.TRACES, [only_logs]).run(traces())
+    assert _cpu("cpu-logs-only", "traces") is None
+    assert only_logs.calls == []
