@@ -176,6 +176,26 @@ def wait_http_ok(url: str, child: Child, timeout: float) -> None:
     raise BenchError(f"{child.name}: {url} not ready after {timeout:.0f}s{child.tail()}")
 
 
+PROCESSOR_CPU_METRIC = "sidecar_processor_cpu_seconds_total"
+
+
+def processor_cpu(target: Target) -> dict[str, float]:
+    """processor -> CPU seconds so far on traces, from the sidecar's own /metrics."""
+    if target.admin is None:
+        return {}
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = f"http://127.0.0.1:{target.admin}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError as exc:
+        raise BenchError(f"cannot scrape {url}: {exc}") from exc
+    return {sample.labels["processor"]: sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples
+            if sample.name == PROCESSOR_CPU_METRIC and sample.labels.get("signal") == "traces"}
+
+
 # ---------------------------------------------------------------- process metrics
 
 
@@ -265,6 +285,7 @@ class Target:
     name: str
     child: Child
     port: int
+    admin: int | None = None  # the sidecar's admin port (/metrics)
 
 
 def start_rotel(workdir: Path, sink_port: int, cpus: set[int] | None,
@@ -364,7 +385,7 @@ def start_sidecar(workdir: Path, sink_port: int, cpus: set[int] | None,
     except BaseException:
         child.stop()
         raise
-    return Target("sidecar", child, port)
+    return Target("sidecar", child, port, admin)
 
 
 def start_floor(workdir: Path, cpus: set[int] | None) -> Target:
@@ -451,6 +472,7 @@ def measure(target_name: str, scenario: Scenario, sink: Child, opts: Options) ->
         ready = loadgen.next_json(60, "ready")
         loadgen.next_json(opts.warmup + 15, "measure_start")
         t0, c0, s0 = time.monotonic(), cpu_seconds(pid), sink_stats(counter)
+        p0 = processor_cpu(target)
         lg0 = cpu_seconds(loadgen.proc.pid)
         sys0, sk0 = machine_busy(), sink_stats(sink)["cpu_s"]
         if opts.profile_dir is not None and target_name.startswith("sidecar"):
@@ -473,6 +495,7 @@ def measure(target_name: str, scenario: Scenario, sink: Child, opts: Options) ->
             time.sleep(0.05)
             s2 = sink_stats(counter)
         t2, c2 = time.monotonic(), cpu_seconds(pid)
+        p2 = processor_cpu(target)
         peak = peak_rss_mib(pid)
         if not target.child.alive():
             raise BenchError(f"{target_name} exited during the run{target.child.tail()}")
@@ -508,6 +531,9 @@ def measure(target_name: str, scenario: Scenario, sink: Child, opts: Options) ->
             "sink_requests": s2["requests"] - base["requests"],
             "sink_bad_requests": s2["bad"] - base["bad"],
             "bytes_per_span": ready["bytes_per_span"],
+            # µs per span each processor took in the daemon (its own thread-CPU counter)
+            "processor_us_per_span": {name: (p2[name] - p0.get(name, 0.0)) / drained * 1e6
+                                      for name in p2} if drained else {},
         }
     except BenchError as exc:
         return {"target": target_name, "scenario": scenario.name, "ok": False,
@@ -594,6 +620,10 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]
         entry: dict[str, Any] = {"runs": len(rs), "ok_runs": len(good)}
         for k in keys:
             entry[k] = median([r.get(k) for r in good])
+        entry["processor_us_per_span"] = {
+            name: median([r["processor_us_per_span"].get(name) for r in good
+                          if r.get("processor_us_per_span")])
+            for name in sorted({n for r in good for n in r.get("processor_us_per_span", {})})}
         entry["min_delivered_ratio"] = min(
             (r["delivered_ratio"] for r in good if r.get("delivered_ratio") is not None),
             default=None)
@@ -699,6 +729,12 @@ def print_report(summary: dict[str, Any], meta: dict[str, Any]) -> list[str]:
     if full is not None and rotel_max:
         lines.append(f"  redaction + cost + spanmetrics {full:.1f} µs/span vs rotel "
                      f"{rotel_max:.1f}: {full / rotel_max:.2f}x")
+    for scenario in summary.get("sidecar", {}):
+        inside = summary.get("sidecar", {}).get(scenario, {}).get("processor_us_per_span")
+        if inside:
+            parts = ", ".join(f"{n} {v:.2f}" for n, v in inside.items() if v is not None)
+            lines.append(f"  sidecar processors at {scenario}, CPU in the daemon "
+                         f"({PROCESSOR_CPU_METRIC}): {parts} µs/span")
     floor = summary.get("pyfloor", {}).get("10k", {}).get("cpu_pct_core")
     if steady is not None and floor:
         lines.append(f"  sidecar CPU at 10k / bare grpc.aio receiver (pyfloor) "
