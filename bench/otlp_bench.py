@@ -38,6 +38,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PY = sys.executable
@@ -183,8 +185,6 @@ def processor_cpu(target: Target) -> dict[str, float]:
     """processor -> CPU seconds so far on traces, from the sidecar's own /metrics."""
     if target.admin is None:
         return {}
-    from prometheus_client.parser import text_string_to_metric_families
-
     url = f"http://127.0.0.1:{target.admin}/metrics"
     try:
         with urllib.request.urlopen(url, timeout=5) as resp:
