@@ -8,13 +8,21 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 NODE_DIR := tests/e2e/node
 
-.PHONY: run test lint bench fuzz soak docs sysdeps node clean protos
+.PHONY: run test lint bench fuzz soak docs sysdeps node clean protos lock
 
-$(STAMP): pyproject.toml sidecar/_spanwalk.c
+$(STAMP): pyproject.toml constraints.txt sidecar/_spanwalk.c
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
+
+# constraints.txt pins every package make test installs (deps are ranges in pyproject.toml);
+# this re-resolves the newest versions in a scratch venv and rewrites it
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install -q --upgrade pip && .venv-lock/bin/pip install -q -e '.[dev]'
+	{ sed -n '1,2p' constraints.txt; .venv-lock/bin/pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt && rm -rf .venv-lock
 
 # Datadog's trace payload: protos/*.proto compiled into sidecar/_proto/ (generated, not in
 # git; grpcio-tools from the dev extra bundles protoc)
