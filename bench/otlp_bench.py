@@ -181,10 +181,11 @@ def wait_http_ok(url: str, child: Child, timeout: float) -> None:
 PROCESSOR_CPU_METRIC = "sidecar_processor_cpu_seconds_total"
 
 
-def processor_cpu(target: Target) -> dict[str, float]:
-    """processor -> CPU seconds so far on traces, from the sidecar's own /metrics."""
+def processor_cpu(target: Target) -> tuple[dict[str, float], int]:
+    """(processor -> CPU seconds so far on traces, from the sidecar's own /metrics; the
+    size of that /metrics body in bytes)."""
     if target.admin is None:
-        return {}
+        return {}, 0
     url = f"http://127.0.0.1:{target.admin}/metrics"
     try:
         with urllib.request.urlopen(url, timeout=5) as resp:
@@ -193,7 +194,8 @@ def processor_cpu(target: Target) -> dict[str, float]:
         raise BenchError(f"cannot scrape {url}: {exc}") from exc
     return {sample.labels["processor"]: sample.value
             for family in text_string_to_metric_families(text) for sample in family.samples
-            if sample.name == PROCESSOR_CPU_METRIC and sample.labels.get("signal") == "traces"}
+            if sample.name == PROCESSOR_CPU_METRIC
+            and sample.labels.get("signal") == "traces"}, len(text)
 
 
 # ---------------------------------------------------------------- process metrics
@@ -471,8 +473,10 @@ def measure(target_name: str, scenario: Scenario, sink: Child, opts: Options) ->
                         log=workdir / "loadgen.log")
         ready = loadgen.next_json(60, "ready")
         loadgen.next_json(opts.warmup + 15, "measure_start")
+        # the scrape before the window's CPU reading: a scrape is measured on its own, after
+        # the window (`scrape_cpu_ms`), not counted as spans' CPU
+        p0, _ = processor_cpu(target)
         t0, c0, s0 = time.monotonic(), cpu_seconds(pid), sink_stats(counter)
-        p0 = processor_cpu(target)
         lg0 = cpu_seconds(loadgen.proc.pid)
         sys0, sk0 = machine_busy(), sink_stats(sink)["cpu_s"]
         if opts.profile_dir is not None and target_name.startswith("sidecar"):
@@ -495,7 +499,8 @@ def measure(target_name: str, scenario: Scenario, sink: Child, opts: Options) ->
             time.sleep(0.05)
             s2 = sink_stats(counter)
         t2, c2 = time.monotonic(), cpu_seconds(pid)
-        p2 = processor_cpu(target)
+        p2, metrics_bytes = processor_cpu(target)
+        scrape_cpu = cpu_seconds(pid) - c2  # the daemon's CPU for one /metrics scrape
         peak = peak_rss_mib(pid)
         if not target.child.alive():
             raise BenchError(f"{target_name} exited during the run{target.child.tail()}")
@@ -532,6 +537,8 @@ def measure(target_name: str, scenario: Scenario, sink: Child, opts: Options) ->
             "sink_bad_requests": s2["bad"] - base["bad"],
             "bytes_per_span": ready["bytes_per_span"],
             # µs per span each processor took in the daemon (its own thread-CPU counter)
+            "scrape_cpu_ms": scrape_cpu * 1e3 if target.admin is not None else None,
+            "metrics_kib": metrics_bytes / 1024 if target.admin is not None else None,
             "processor_us_per_span": {name: (p2[name] - p0.get(name, 0.0)) / drained * 1e6
                                       for name in p2} if drained else {},
         }
@@ -611,7 +618,8 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]
     out: dict[str, dict[str, dict[str, Any]]] = {}
     keys = ("spans_per_s", "cpu_us_per_span", "cpu_pct_core", "peak_rss_mib", "idle_rss_mib",
             "delivered_ratio", "resource_exhausted_retries", "latency_p99_ms",
-            "loadgen_cpu_pct", "sink_cpu_pct", "background_cpu_pct", "steal_pct")
+            "loadgen_cpu_pct", "sink_cpu_pct", "background_cpu_pct", "steal_pct",
+            "scrape_cpu_ms", "metrics_kib")
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in runs:
         groups.setdefault((r["target"], r["scenario"]), []).append(r)
@@ -735,6 +743,11 @@ def print_report(summary: dict[str, Any], meta: dict[str, Any]) -> list[str]:
             parts = ", ".join(f"{n} {v:.2f}" for n, v in inside.items() if v is not None)
             lines.append(f"  sidecar processors at {scenario}, CPU in the daemon "
                          f"({PROCESSOR_CPU_METRIC}): {parts} µs/span")
+        scrape = summary.get("sidecar", {}).get(scenario, {})
+        if scrape.get("scrape_cpu_ms") is not None:
+            lines.append(f"  sidecar /metrics after the {scenario} window: "
+                         f"{scrape['metrics_kib']:,.0f} KiB, {scrape['scrape_cpu_ms']:.0f} ms "
+                         "of the daemon's CPU per scrape (not in µs/span)")
     floor = summary.get("pyfloor", {}).get("10k", {}).get("cpu_pct_core")
     if steady is not None and floor:
         lines.append(f"  sidecar CPU at 10k / bare grpc.aio receiver (pyfloor) "

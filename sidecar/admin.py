@@ -14,14 +14,14 @@ from collections.abc import Awaitable, Callable
 import orjson
 from aiohttp import web
 from aiohttp.typedefs import Middleware
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from sidecar.configtypes import split_endpoint
 from sidecar.errors import StartupError
 from sidecar.model import Signal
 from sidecar.net.security import AuthConfig, BearerAuth, ServerTls, ServerTlsConfig, banner
 from sidecar.telemetry.health import HEALTH
-from sidecar.telemetry.metrics import ADMIN_UNAUTHENTICATED, READY, REGISTRY
+from sidecar.telemetry.metrics import ADMIN_UNAUTHENTICATED, READY, exposition
 from sidecar.telemetry.tap import MAX_SUBSCRIBERS, TAPS, Filter, Subscriber
 
 _TAIL_HEARTBEAT = 1.0  # seconds: an idle feed writes a blank line, so a gone reader is seen
@@ -83,7 +83,7 @@ class AdminServer:
         return app
 
     async def _metrics(self, _: web.Request) -> web.Response:
-        body = generate_latest(REGISTRY)
+        body = exposition()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, _: web.Request) -> web.Response:
