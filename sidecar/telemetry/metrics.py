@@ -474,12 +474,17 @@ BASE.register(CACHE_COLLECTOR)
 # provider, model, service, agent and tenant, each with 17 histogram lines, and thousands
 # of them (measured: 1,347 series, 28k lines, 4 MB) took prometheus_client ~195 ms of the
 # event loop per scrape, building a Sample and a label dict per line and escaping every
-# label again. Here a series' escaped, sorted label text is made once and kept.
+# label again. Here a series' escaped, sorted label text is made once, and its lines are
+# written again only when its values changed: ~31 ms for that scrape when every series
+# is new, ~4 ms when none changed.
 
 from bisect import bisect_left  # noqa: E402
+from typing import TypeVar  # noqa: E402
 
 from prometheus_client.exposition import generate_latest  # noqa: E402
 from prometheus_client.utils import floatToGoString  # noqa: E402
+
+_V = TypeVar("_V")
 
 
 def _go(value: float) -> str:
@@ -500,10 +505,16 @@ def _header(name: str, documentation: str, kind: str) -> str:
     return f"# HELP {name} {doc}\n# TYPE {name} {kind}\n"
 
 
-class _LabelText:
-    """Each series' label text, sorted by label name as generate_latest writes it, made once
-    per series and kept while the series is: (the labels, the labels before where `le`
-    sorts in with a comma after them, the labels after it with a comma before them)."""
+_Labels = tuple[str, str, str]
+
+
+class _SeriesText:
+    """Each series' text, kept from one scrape to the next and written again only when its
+    values changed (most series of a scrape did not: an idle tenant's, agent's, model's),
+    with its label text, sorted by label name as generate_latest writes it: (the labels, the
+    labels before where `le` sorts in with a comma after them, the labels after it with a
+    comma before them). Values compare equal only when their text is the same: -0.0, whose
+    text differs from 0.0's, never arises from sums that start at 0.0."""
 
     __slots__ = ("_cache", "_le_at", "_names", "_order")
 
@@ -511,23 +522,32 @@ class _LabelText:
         self._order = sorted(range(len(labels)), key=lambda i: labels[i])
         self._names = [labels[i] for i in self._order]
         self._le_at = bisect_left(self._names, "le")
-        self._cache: dict[tuple[str, ...], tuple[str, str, str]] = {}
+        self._cache: dict[tuple[str, ...], tuple[_Labels, object, str]] = {}
 
-    def __call__(self, key: tuple[str, ...],
-                 seen: dict[tuple[str, ...], tuple[str, str, str]]) -> tuple[str, str, str]:
-        """The text of `key`'s labels, also put in `seen` (this scrape's cache)."""
+    def _labels(self, key: tuple[str, ...]) -> _Labels:
+        pairs = [f'{name}="{_escape(key[i])}"'
+                 for name, i in zip(self._names, self._order, strict=True)]
+        before, after = pairs[:self._le_at], pairs[self._le_at:]
+        return (",".join(pairs), "".join(f"{p}," for p in before),
+                "".join(f",{p}" for p in after))
+
+    def text(self, key: tuple[str, ...], values: _V, render: Callable[[_Labels, _V], str],
+             seen: dict[tuple[str, ...], tuple[_Labels, object, str]]) -> str:
+        """`key`'s text for `values` (kept, or `render`ed), also put in `seen`: this
+        scrape's, which `keep` keeps (so a series gone from its table goes from here)."""
         found = self._cache.get(key)
         if found is None:
-            pairs = [f'{name}="{_escape(key[i])}"'
-                     for name, i in zip(self._names, self._order, strict=True)]
-            before, after = pairs[:self._le_at], pairs[self._le_at:]
-            found = (",".join(pairs), "".join(f"{p}," for p in before),
-                     "".join(f",{p}" for p in after))
-        seen[key] = found
-        return found
+            labels = self._labels(key)
+        else:
+            labels, before, text = found
+            if before == values:
+                seen[key] = found
+                return text
+        text = render(labels, values)
+        seen[key] = (labels, values, text)
+        return text
 
-    def keep(self, seen: dict[tuple[str, ...], tuple[str, str, str]]) -> None:
-        """Keep only the series this scrape wrote (a cleared table's go)."""
+    def keep(self, seen: dict[tuple[str, ...], tuple[_Labels, object, str]]) -> None:
         self._cache = seen
 
 
@@ -547,7 +567,7 @@ class CounterTable:
         self.labels = labels
         self.values: dict[tuple[str, ...], float] = {}
         self.cells: dict[tuple[str, ...], list[float]] = {}
-        self._text = _LabelText(labels)
+        self._text = _SeriesText(labels)
 
     def add(self, key: tuple[str, ...], amount: float = 1.0) -> None:
         values = self.values
@@ -576,14 +596,18 @@ class CounterTable:
         return _counter_text(self.name, self.documentation, self._text, self.totals())
 
 
-def _counter_text(name: str, documentation: str, label_text: _LabelText,
+def _counter_text(name: str, documentation: str, series: _SeriesText,
                   totals: dict[tuple[str, ...], float]) -> str:
     sample = f"{name}_total"
+
+    def line(labels: _Labels, value: float) -> str:
+        return f"{sample}{_braced(labels[0])} {_go(value)}\n"
+
     lines = [_header(sample, documentation, "counter")]
-    seen: dict[tuple[str, ...], tuple[str, str, str]] = {}
+    seen: dict[tuple[str, ...], tuple[_Labels, object, str]] = {}
     for key, value in totals.items():
-        lines.append(f"{sample}{_braced(label_text(key, seen)[0])} {_go(value)}\n")
-    label_text.keep(seen)
+        lines.append(series.text(key, value, line, seen))
+    series.keep(seen)
     return "".join(lines)
 
 
@@ -602,7 +626,7 @@ class HistogramTable:
         self.bounds = bounds
         self.rows: dict[tuple[str, ...], list[float]] = {}
         self._les = [*(_go(float(b)) for b in bounds), "+Inf"]
-        self._text = _LabelText(labels)
+        self._text = _SeriesText(labels)
 
     def row(self, key: tuple[str, ...]) -> list[float]:
         row = self.rows.get(key)
@@ -628,21 +652,25 @@ class HistogramTable:
         return out
 
     def text(self) -> str:
-        name = self.name
-        bucket, count, total = f"{name}_bucket", f"{name}_count", f"{name}_sum"
-        lines = [_header(name, self.documentation, "histogram")]
-        seen: dict[tuple[str, ...], tuple[str, str, str]] = {}
-        label_text = self._text
+        lines = [_header(self.name, self.documentation, "histogram")]
+        seen: dict[tuple[str, ...], tuple[_Labels, object, str]] = {}
+        series = self._text
         for key, row in list(self.rows.items()):
-            labels, before, after = label_text(key, seen)
-            counts = list(row)
-            running = 0.0
-            for le, n in zip(self._les, counts, strict=False):
-                running += n
-                lines.append(f'{bucket}{{{before}le="{le}"{after}}} {_go(running)}\n')
-            braced = _braced(labels)
-            lines.append(f"{count}{braced} {_go(running)}\n{total}{braced} {_go(counts[-1])}\n")
-        label_text.keep(seen)
+            lines.append(series.text(key, tuple(row), self._series_text, seen))
+        series.keep(seen)
+        return "".join(lines)
+
+    def _series_text(self, label_text: _Labels, counts: tuple[float, ...]) -> str:
+        name = self.name
+        labels, before, after = label_text
+        lines = []
+        running = 0.0
+        for le, n in zip(self._les, counts, strict=False):
+            running += n
+            lines.append(f'{name}_bucket{{{before}le="{le}"{after}}} {_go(running)}\n')
+        braced = _braced(labels)
+        lines.append(f"{name}_count{braced} {_go(running)}\n"
+                     f"{name}_sum{braced} {_go(counts[-1])}\n")
         return "".join(lines)
 
 
@@ -656,7 +684,7 @@ class CallsOf:
         self.name = name
         self.documentation = documentation
         self.histogram = histogram
-        self._text = _LabelText(histogram.labels)
+        self._text = _SeriesText(histogram.labels)
 
     @property
     def labels(self) -> list[str]:

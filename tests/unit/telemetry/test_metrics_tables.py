@@ -49,12 +49,16 @@ def test_text_is_generate_latest_byte_for_byte() -> None:
     assert text == reference(tables)
     assert 'le="1.5e+06"' in text  # the cases are exercised
     assert "1.2345678e+07" in text
-    # and again, from the label text kept since the first scrape
+    # and again, from the text kept since the first scrape: one histogram series and one
+    # counter changed, the rest not
     histogram.observe(keys[0], 0.02)
-    assert tables.text() == reference(tables)
+    counter.cell(keys[2])[0] += 1
+    again = tables.text()
+    assert again == reference(tables)
+    assert again != text
 
 
-def test_a_cleared_series_is_gone_from_the_text_and_its_cache() -> None:
+def test_a_cleared_series_is_gone_from_the_text() -> None:
     counter, histogram, _, tables = fresh()
     key = ("p", "m", "s", "a", "t")
     counter.add(key)
@@ -75,10 +79,16 @@ safe_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
                           st.floats(allow_nan=False, min_value=0, max_value=1e12)),
                 max_size=8))
 def test_any_labels_and_values(series: list[tuple[tuple[str, ...], float]]) -> None:
+    """Twice: the second scrape after every other series changed, so both the kept text of
+    unchanged series and the new text of changed ones are checked."""
     counter, histogram, _, tables = fresh()
     for key, value in series:
         counter.add(key, value)
         histogram.observe(key, value)
+    assert tables.text() == reference(tables)
+    for key, value in series[::2]:
+        counter.add(key, value + 1)
+        histogram.observe(key, value / 3)
     assert tables.text() == reference(tables)
 
 
