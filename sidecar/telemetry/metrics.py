@@ -470,7 +470,7 @@ BASE.register(CACHE_COLLECTOR)
 # row anyway before reading it.
 #
 # /metrics writes the tables' text itself (`text`), byte for byte what generate_latest makes
-# of their families (tests/unit/telemetry/test_metrics.py): a model call has a series per
+# of their families (tests/unit/telemetry/test_metrics_tables.py): a model call has a series per
 # provider, model, service, agent and tenant, each with 17 histogram lines, and thousands
 # of them (measured: 1,347 series, 28k lines, 4 MB) took prometheus_client ~195 ms of the
 # event loop per scrape, building a Sample and a label dict per line and escaping every
@@ -539,8 +539,8 @@ class _SeriesText:
         if found is None:
             labels = self._labels(key)
         else:
-            labels, before, text = found
-            if before == values:
+            labels, last, text = found
+            if last == values:
                 seen[key] = found
                 return text
         text = render(labels, values)
@@ -642,14 +642,18 @@ class HistogramTable:
     def family(self) -> Metric:
         out = HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
         for key, row in list(self.rows.items()):
-            counts = list(row)
-            running = 0.0
-            buckets: list[tuple[str, float]] = []
-            for le, count in zip(self._les, counts, strict=False):
-                running += count
-                buckets.append((le, running))
-            out.add_metric(list(key), buckets, counts[-1])
+            counts = tuple(row)
+            out.add_metric(list(key), self._cumulative(counts), counts[-1])
         return out
+
+    def _cumulative(self, counts: tuple[float, ...]) -> list[tuple[str, float]]:
+        """(le, observations at or below it) of each bucket, +Inf last: the total."""
+        running = 0.0
+        buckets: list[tuple[str, float]] = []
+        for le, n in zip(self._les, counts, strict=False):
+            running += n
+            buckets.append((le, running))
+        return buckets
 
     def text(self) -> str:
         lines = [_header(self.name, self.documentation, "histogram")]
@@ -663,13 +667,10 @@ class HistogramTable:
     def _series_text(self, label_text: _Labels, counts: tuple[float, ...]) -> str:
         name = self.name
         labels, before, after = label_text
-        lines = []
-        running = 0.0
-        for le, n in zip(self._les, counts, strict=False):
-            running += n
-            lines.append(f'{name}_bucket{{{before}le="{le}"{after}}} {_go(running)}\n')
+        buckets = self._cumulative(counts)
+        lines = [f'{name}_bucket{{{before}le="{le}"{after}}} {_go(n)}\n' for le, n in buckets]
         braced = _braced(labels)
-        lines.append(f"{name}_count{braced} {_go(running)}\n"
+        lines.append(f"{name}_count{braced} {_go(buckets[-1][1])}\n"
                      f"{name}_sum{braced} {_go(counts[-1])}\n")
         return "".join(lines)
 

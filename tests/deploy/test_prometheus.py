@@ -27,6 +27,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind
 
+from sidecar.telemetry import metrics
 from sidecar.telemetry.metrics import REGISTRY
 from tests.conftest import free_port
 from tests.helpers.daemon import DaemonProcess
@@ -73,6 +74,27 @@ def exposed_names() -> set[str]:
 
 
 # --- promtool ---------------------------------------------------------------------------------
+
+def test_promtool_parses_the_exposition_with_hostile_label_values() -> None:
+    """/metrics' own rendering of the tables (`exposition`) through Prometheus' Go parser:
+    label values with quotes, backslashes, newlines and non-ASCII text from span attributes
+    must come out escaped; promtool fails on a parse error (checked on a bad line too)."""
+    key = ('pro"vider', "mo\\del", "ser\nvice", "ägënt ✓", "tenant}")
+    metrics.LLM_CALLS.cell(key)[0] += 2
+    metrics.LLM_DURATION.observe(key, 0.3)
+    try:
+        body = metrics.exposition()
+    finally:
+        metrics.LLM_CALLS.cells.pop(key, None)
+        metrics.LLM_DURATION.rows.pop(key, None)
+    assert b'tenant="tenant}"' in body
+    ok = subprocess.run([tool("promtool"), "check", "metrics"], input=body,
+                        capture_output=True, timeout=60, check=False)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    bad = subprocess.run([tool("promtool"), "check", "metrics"], input=b'bad{a="x} 1\n',
+                         capture_output=True, timeout=60, check=False)
+    assert bad.returncode != 0
+
 
 def test_promtool_check_rules() -> None:
     result = subprocess.run([tool("promtool"), "check", "rules", str(RULES)],
