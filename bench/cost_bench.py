@@ -8,10 +8,12 @@ min over repeats. The cost stage time includes the re-serialisation it causes.
 
 `paced_us_per_span` (loadgen's requests): the same stage with a 10 ms sleep before each
 request, as the daemon sees them at 10,000 spans/s (100 requests/s), thread CPU around
-each run, median of repeats. On the 2-vCPU VM this runs on, code is ~2-3x slower after the
-vCPU idled ~10 ms (a 1 ms pause costs little, spinning 5 ms after the pause does not bring
-it back); the daemon's own processor counters at 10k match this figure, not the
-back-to-back one.
+each run, median of repeats. The first line (`"workload": "machine"`) tells whether the
+machine itself slows down after such a pause: a C loop with a 4 KB working set (sha256 of
+4 KB, 20 times) back to back, after a 1 ms and a 10 ms sleep, and after a 10 ms sleep then
+5 ms of spinning (a wake-up transient would be gone by then). On the 2-vCPU VM this runs
+on, the 10 ms figures are ~2x the back-to-back one; the daemon's own processor counters at
+10k match `paced_us_per_span`, not the back-to-back figure.
 
     .venv/bin/python bench/cost_bench.py [--repeats 7]
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import json
 import statistics
 import sys
@@ -51,7 +54,7 @@ def best(repeats: int, body: Callable[[], None]) -> float:
 PAUSE_S = 0.010  # between requests at 10,000 spans/s in 100-span requests
 
 
-def paced(stage: Stage, pool: list[bytes], repeats: int) -> float:
+def paced(stage: Stage, pool: list[bytes], spans: int, repeats: int) -> float:
     """Median over repeats of the stage's thread CPU per span, a pause before each request."""
     per_span = []
     for _ in range(repeats):
@@ -62,8 +65,32 @@ def paced(stage: Stage, pool: list[bytes], repeats: int) -> float:
             start = time.thread_time()
             stage.run(batch)
             cpu += time.thread_time() - start
-        per_span.append(cpu / sum(b.items for b in batches))
+        per_span.append(cpu / spans)
     return statistics.median(per_span)
+
+
+def machine_probe(rounds: int = 200) -> dict[str, object]:
+    """µs of thread CPU for sha256 of 4 KB x 20 (tiny working set, all in C), median over
+    `rounds`, back to back and after each kind of pause."""
+    block = bytes(4096)
+
+    def after(pause_s: float, spin_s: float) -> float:
+        times = []
+        for _ in range(rounds):
+            if pause_s:
+                time.sleep(pause_s)
+            spin_end = time.perf_counter() + spin_s
+            while time.perf_counter() < spin_end:
+                pass
+            start = time.thread_time()
+            for _ in range(20):
+                hashlib.sha256(block).digest()
+            times.append(time.thread_time() - start)
+        return round(statistics.median(times) * 1e6, 1)
+
+    return {"workload": "machine", "sha256_4k_x20_us": {
+        "back_to_back": after(0, 0), "after_1ms": after(0.001, 0),
+        "after_10ms": after(PAUSE_S, 0), "after_10ms_then_5ms_spin": after(PAUSE_S, 0.005)}}
 
 
 def measure(name: str, pool: list[bytes], repeats: int, processor: str,
@@ -99,7 +126,7 @@ def measure(name: str, pool: list[bytes], repeats: int, processor: str,
         "processor_us_per_span": round(added / spans * 1e6, 3),
         "ratio": round(added / base, 2)}
     if with_paced:
-        result["paced_us_per_span"] = round(paced(stage, pool, repeats) * 1e6, 3)
+        result["paced_us_per_span"] = round(paced(stage, pool, spans, repeats) * 1e6, 3)
     return result
 
 
@@ -109,6 +136,7 @@ def main() -> None:
     args = parser.parse_args()
     loadgen = build_pool(40)
     sample = [run.traces.SerializeToString() for run in agent_runs(400, seed=1)]
+    print(json.dumps(machine_probe()))
     for processor in ("cost", "spanmetrics"):
         for name, pool in (("loadgen", loadgen), ("sample.agent_runs", sample)):
             print(json.dumps(measure(name, pool, args.repeats, processor,
