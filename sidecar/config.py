@@ -149,12 +149,25 @@ class ReceiversConfig(Strict):
     logs: LogsReceiverConfig | None = LogsReceiverConfig()
 
 
+class CoalesceConfig(Strict):
+    """Requests of one signal that arrive close together go through the processors and into
+    the queue as one (README "Coalescing"). A request waits at most `max_delay` for others,
+    and only while requests keep coming: one that arrives after `max_delay` without any goes
+    on at once, and so does a group once it holds `max_items` items or `max_bytes`. Clients
+    are answered once their request is in the queue, as without coalescing."""
+
+    max_delay: Duration = Field(default=0.05, ge=0, le=1.0)  # 0: each request on its own
+    max_items: int = Field(default=512, gt=0)
+    max_bytes: ByteSize = Field(default=1024 * 1024, gt=0)
+
+
 class PipelinesConfig(Strict):
     """Exporter names per signal; `null` (the default) means every configured exporter."""
 
     traces: list[str] | None = None
     logs: list[str] | None = None
     metrics: list[str] | None = None
+    coalesce: CoalesceConfig = CoalesceConfig()
 
     def exporters_for(self, signal: Signal, all_names: list[str]) -> list[str]:
         names: list[str] | None = getattr(self, signal.value)

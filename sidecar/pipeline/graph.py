@@ -20,7 +20,7 @@ from sidecar.component import (
     exporter_factories,
     processor_factories,
 )
-from sidecar.config import Config
+from sidecar.config import CoalesceConfig, Config
 from sidecar.errors import StartupError
 from sidecar.exporthelper.chain import ExportChain
 from sidecar.exporthelper.deadletter import DeadLetterBox
@@ -56,7 +56,9 @@ class Graph:
 
     async def shutdown(self, deadline: float) -> None:
         """Drain every exporter at once: each delivers what it holds until `deadline`
-        (a durable queue keeps the rest on disk), then close the logs."""
+        (a durable queue keeps the rest on disk), then close the logs. Requests still
+        waiting to be coalesced go into the queues first."""
+        await asyncio.gather(*(f.drain() for f in self.consumers.values()))
         await asyncio.gather(*(e.shutdown(deadline) for e in self.exporters.values()))
         for queue_log in self.logs.values():
             await queue_log.close()
@@ -95,7 +97,8 @@ def build_graph(config: Config) -> Graph:
     processors = build_processors(config)
     logs: dict[Signal, SharedLog] = {}
     attach_durable_queues(config, exporters, routes, logs)
-    return Graph(exporters, _fanouts(routes, exporters, processors, logs), processors, logs)
+    return Graph(exporters, _fanouts(routes, exporters, processors, logs,
+                                     config.pipelines.coalesce), processors, logs)
 
 
 def _build_exporter(config: Config, name: str,
@@ -109,11 +112,11 @@ def _build_exporter(config: Config, name: str,
 
 
 def _fanouts(routes: dict[Signal, list[str]], exporters: dict[str, ExporterComponent],
-             processors: tuple[Processor, ...],
-             logs: dict[Signal, SharedLog]) -> dict[Signal, Fanout]:
+             processors: tuple[Processor, ...], logs: dict[Signal, SharedLog],
+             coalesce: CoalesceConfig) -> dict[Signal, Fanout]:
     return {
         signal: Fanout(signal, [exporters[n] for n in names], processors, logs.get(signal),
-                       logs[signal].cursors if signal in logs else ())
+                       logs[signal].cursors if signal in logs else (), coalesce)
         for signal, names in routes.items()
         if names
     }
@@ -171,6 +174,8 @@ async def reconfigure(graph: Graph, new: Config, plan: ReloadPlan,
     processors = build_processors(new) if plan.processors_changed else graph.processors
     stopping = [graph.exporters[n] for n in (*plan.changed, *plan.removed)
                 if n in graph.exporters]
+    # what waits to be coalesced goes in while its exporters still take it
+    await asyncio.gather(*(f.drain() for f in graph.consumers.values()))
     await asyncio.gather(*(e.shutdown(deadline) for e in stopping))
     logs = dict(graph.logs)
     for exporter in stopping:
@@ -200,8 +205,8 @@ async def reconfigure(graph: Graph, new: Config, plan: ReloadPlan,
                 # retry, nothing is lost) until a reload fixes it; /readyz names it
                 HEALTH.failed(f"exporter {name}", str(exc))
                 failed.append(str(exc))
-    reconfigured = Graph(exporters, _fanouts(routes, exporters, processors, logs), processors,
-                         logs)
+    reconfigured = Graph(exporters, _fanouts(routes, exporters, processors, logs,
+                                             new.pipelines.coalesce), processors, logs)
     if failed:
         raise ReconfigureError("; ".join(failed), reconfigured)
     return reconfigured

@@ -60,6 +60,15 @@ PROCESSOR_CPU = Counter(
     registry=BASE,
 )
 
+PIPELINE_GROUP_REQUESTS = Histogram(
+    "sidecar_pipeline_group_requests",
+    "Requests that went through the processors and into the queue together "
+    "(pipelines.coalesce)",
+    ["signal"],
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+    registry=BASE,
+)
+
 # --- exporters (shared export layer) ------------------------------------------------------
 EXPORTER_SENT = Counter(
     "sidecar_exporter_sent_items",
