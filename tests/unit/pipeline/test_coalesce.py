@@ -18,6 +18,7 @@ from sidecar.errors import PipelineFullError, ProcessingError
 from sidecar.model import Batch, Signal, Work
 from sidecar.pipeline import coalesce
 from sidecar.pipeline.fanout import Fanout
+from sidecar.pipeline.graph import Graph
 from sidecar.sample import agent_run
 from tests.unit.pipeline.test_fanout import BoundedCollector
 
@@ -175,3 +176,23 @@ async def test_max_delay_0_takes_each_request_on_its_own() -> None:
     batches = [request(n) for n in (1, 2, 3)]
     await asyncio.gather(*(pipe.consume(b) for b in batches))
     assert [b.payload for b in sink.batches] == [b.payload for b in batches]
+
+
+async def test_graph_shutdown_sends_what_waits_before_the_exporters_stop() -> None:
+    sink, recorder = BoundedCollector("sink", 10**7), Recorder()
+    pipe = fanout(sink, recorder, max_delay=1.0)
+    stopped_with: list[int] = []
+
+    async def shutdown(deadline: float) -> None:
+        stopped_with.append(len(sink.batches))
+
+    sink.shutdown = shutdown  # type: ignore[method-assign]
+    graph = Graph({"sink": sink}, {Signal.TRACES: pipe})  # type: ignore[dict-item]
+    await pipe.consume(request(1))
+    waiting = start(pipe.consume(request(2)))
+    await turns()
+    assert not waiting.done()
+    await graph.shutdown(asyncio.get_running_loop().time() + 5)
+    assert waiting.done()
+    assert waiting.exception() is None
+    assert stopped_with == [2], "the held request was in the queue before the exporter stopped"
