@@ -15,7 +15,11 @@ machine itself slows down after such a pause: a C loop with a 4 KB working set (
 on, the 10 ms figures are ~2x the back-to-back one; the daemon's own processor counters at
 10k match `paced_us_per_span`, not the back-to-back figure.
 
-    .venv/bin/python bench/cost_bench.py [--repeats 7]
+The last line (`"stage": "default"`) is what coalescing (`pipelines.coalesce`) buys: the
+default stage on groups of 1, 2, 5 and 10 merged loadgen requests, each group after a
+pause of 10 ms per request in it, and back to back.
+
+    .venv/bin/python bench/cost_bench.py [--repeats 7] [--quick]
 """
 
 from __future__ import annotations
@@ -34,7 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from loadgen import build_pool
 
-from sidecar.model import Batch, Signal
+from sidecar.config import Config
+from sidecar.model import Batch, Signal, merge
+from sidecar.pipeline.graph import build_processors
 from sidecar.pipeline.stage import Stage
 from sidecar.processors.llm_cost import CostSettings, LlmCost
 from sidecar.processors.spanmetrics import SpanMetrics, SpanMetricsSettings
@@ -67,6 +73,35 @@ def paced(stage: Stage, pool: list[bytes], spans: int, repeats: int) -> float:
             cpu += time.thread_time() - start
         per_span.append(cpu / spans)
     return statistics.median(per_span)
+
+
+def grouped(pool: list[bytes], sizes: tuple[int, ...], repeats: int) -> dict[str, object]:
+    """The default stage (redaction, span metrics, cost, with the receiver's check) on
+    groups of k requests merged as `pipelines.coalesce` merges them, each group after a
+    pause of k x 10 ms (k requests of 100 spans at 10,000 spans/s), and back to back:
+    median µs of thread CPU per span over `repeats`."""
+    stage = Stage(Signal.TRACES, build_processors(Config()))
+    for payload in pool:  # warm the memos
+        stage.run(Batch.from_bytes(Signal.TRACES, payload))
+
+    def run(k: int, pause_s: float) -> float:
+        cpu, spans = 0.0, 0
+        for i in range(0, len(pool), k):
+            group = pool[i:i + k]
+            time.sleep(pause_s)
+            start = time.thread_time()
+            batch = merge([Batch.from_bytes(Signal.TRACES, p) for p in group])
+            stage.run(batch)
+            cpu += time.thread_time() - start
+            spans += batch.items
+        return cpu / spans * 1e6
+
+    rows = {str(k): {"paced": round(statistics.median(run(k, PAUSE_S * k)
+                                                      for _ in range(repeats)), 2),
+                     "back_to_back": round(statistics.median(run(k, 0)
+                                                             for _ in range(repeats)), 2)}
+            for k in sizes}
+    return {"workload": "loadgen", "stage": "default", "us_per_span_by_group_size": rows}
 
 
 def machine_probe(rounds: int = 200) -> dict[str, object]:
@@ -133,7 +168,10 @@ def measure(name: str, pool: list[bytes], repeats: int, processor: str,
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--quick", action="store_true", help="3 repeats (make bench --quick)")
     args = parser.parse_args()
+    if args.quick:
+        args.repeats = 3
     loadgen = build_pool(40)
     sample = [run.traces.SerializeToString() for run in agent_runs(400, seed=1)]
     print(json.dumps(machine_probe()))
@@ -141,6 +179,7 @@ def main() -> None:
         for name, pool in (("loadgen", loadgen), ("sample.agent_runs", sample)):
             print(json.dumps(measure(name, pool, args.repeats, processor,
                                      with_paced=name == "loadgen")))
+    print(json.dumps(grouped(loadgen, (1, 2, 5, 10), min(args.repeats, 3))))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@
    span, with rotel-agent's Datadog exporter as the peer in the same run
 5. bench/redact_ab.py   -- redaction on vs off through the daemon, three workloads
 6. bench/logs_bench.py  -- log-file tailing, sidecar vs otelcol-contrib filelog (results/logs.json)
+7. bench/cost_bench.py  -- cost and span metrics in process (back to back, paced), and the
+   default stage on coalesced groups of requests
 Exit status: non-zero if any benchmark failed to run (missed targets are reported in the
 tables, not as failures).
 """
@@ -24,7 +26,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHES = ("otlp_bench.py", "queue_bench.py", "cache_bench.py", "datadog_encoding.py",
-           "redact_ab.py", "logs_bench.py")
+           "redact_ab.py", "logs_bench.py", "cost_bench.py")
 # hard cap per benchmark; a full otlp_bench run takes about 5 minutes
 TIMEOUT_S = 30 * 60
 

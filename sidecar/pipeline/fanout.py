@@ -55,19 +55,18 @@ class Fanout:
                 raise PipelineFullError(f"exporter {exporter.name!r} queue is full")
 
     async def consume(self, batch: Batch) -> None:
-        self._check_room(batch)
         if self._coalescer is not None:
+            self._check_room(batch)  # refused at once, not after waiting for company
             await self._coalescer.consume(batch)
             return
-        admitted = await self._admit(batch, checked=True)
+        admitted = await self._admit(batch)
         if admitted is not None:
             await self._settle(admitted)
 
-    async def _admit(self, batch: Batch, checked: bool = False) -> tuple[Batch, int] | None:
+    async def _admit(self, batch: Batch) -> tuple[Batch, int] | None:
         """Process `batch` and put it in every queue, or raise with nothing kept; the
         processed batch and its place in the log (None: the processors left no items)."""
-        if not checked:
-            self._check_room(batch)
+        self._check_room(batch)
         processed = self.stage.run(batch)
         if processed is None:
             return None  # the processors removed every item: nothing to deliver

@@ -202,14 +202,15 @@ REDACT_REDACTIONS = Counter(
 )
 REDACT_REQUESTS = Counter(
     "sidecar_redact_requests",
-    "Requests seen by the redaction processor: skipped (the pre-scan found nothing that "
-    "could match) or walked",
+    "Requests (or coalesced groups of them, pipelines.coalesce) seen by the redaction "
+    "processor: skipped (the pre-scan found nothing that could match) or walked",
     ["signal", "outcome"],
     registry=BASE,
 )
 REDACT_FAILURES = Counter(
     "sidecar_redact_failures",
-    "Requests refused because redaction raised (nothing of them was exported)",
+    "Requests (or coalesced groups of them) refused because redaction raised (nothing of "
+    "them was exported; a group refused whole is tried again request by request)",
     ["signal"],
     registry=BASE,
 )
