@@ -1912,33 +1912,48 @@ static const uint8_t RUN_BYTE[256] = {
     ['5'] = 1, ['6'] = 1, ['7'] = 1, ['8'] = 1, ['9'] = 1,
 };
 
-/* digit_runs(payload, digits, limit): the end offset of every match of
- * \d(?:[ -]?\d){digits - 1}, ascending, each once (what Hyperscan reports for the
- * pattern); None when there are more than `limit`.
- *
- * A match ends at a digit, and read backwards from it the digits before it follow with at
- * most one separator between two: so offset e ends a match exactly when the chain of
- * digits ending at byte e - 1 (each one byte, or one separator, after the last) holds at
- * least `digits` digits. A match holds at least `digits` bytes, all run bytes: when byte
- * p is not one, no match starting in [p - digits + 1, p] exists, so the scan probes one
- * byte in `digits` (a 13-byte stride on text without digits) and reads the bytes around a
- * probe only when it is a run byte. */
-static PyObject *digit_runs(PyObject *module, PyObject *args) {
-    Py_buffer view;
-    Py_ssize_t digits, limit;
-    (void)module;
-    if (!PyArg_ParseTuple(args, "y*nn", &view, &digits, &limit))
-        return NULL;
-    if (digits < 1 || limit < 0) {
-        PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_ValueError, "digits must be positive, limit not negative");
-        return NULL;
+static int append_ssize(PyObject *list, Py_ssize_t v) {
+    PyObject *o = PyLong_FromSsize_t(v);
+    if (o == NULL)
+        return -1;
+    int rc = PyList_Append(list, o);
+    Py_DECREF(o);
+    return rc;
+}
+
+/* The ends of the chains in the run bytes b[q:stop) (b[q - 1] and b[stop], where they
+ * exist, are not run bytes), appended to `out`: 0, 1 when `out` would pass `limit`, -1 on
+ * error. A chain is digits each one byte, or one separator, after the last; an end is the
+ * offset after a digit that closes a chain of at least `digits` digits. */
+static int chain_ends(const uint8_t *b, Py_ssize_t q, Py_ssize_t stop, Py_ssize_t digits,
+                      Py_ssize_t limit, PyObject *out) {
+    Py_ssize_t chain = 0; /* digits in the chain ending here */
+    int sep = 0;          /* the last byte was a separator */
+    for (; q < stop; q++) {
+        if (b[q] >= '0') { /* a digit: ' ' and '-' sort below '0' */
+            chain++;
+            sep = 0;
+            if (chain >= digits) {
+                if (PyList_GET_SIZE(out) >= limit)
+                    return 1;
+                if (append_ssize(out, q + 1) < 0)
+                    return -1;
+            }
+        } else {
+            if (sep || chain == 0)
+                chain = 0; /* two separators, or one before any digit: no chain */
+            sep = 1;
+        }
     }
-    const uint8_t *b = view.buf;
-    const Py_ssize_t n = view.len;
-    PyObject *out = PyList_New(0);
-    if (out == NULL)
-        goto fail;
+    return 0;
+}
+
+/* The scalar scan. A match holds at least `digits` bytes, all run bytes: when byte p is
+ * not one, no match starting in [p - digits + 1, p] exists, so the scan probes one byte
+ * in `digits` (a 13-byte stride on text without digits) and reads the bytes around a
+ * probe only when it is a run byte. */
+static int digit_runs_scalar(const uint8_t *b, Py_ssize_t n, Py_ssize_t digits,
+                             Py_ssize_t limit, PyObject *out) {
     /* no match starts before `lo`, and byte lo - 1 (if any) is not a run byte */
     Py_ssize_t lo = 0;
     Py_ssize_t p = digits - 1; /* the probe: the last byte of a shortest match from lo */
@@ -1954,57 +1969,348 @@ static PyObject *digit_runs(PyObject *module, PyObject *args) {
         Py_ssize_t stop = p + 1;
         while (stop < n && RUN_BYTE[b[stop]])
             stop++; /* and its end */
-        if (stop - q < digits) { /* too short to hold a match: most runs (dates, ids) */
-            lo = stop + 1;
-            p = lo + digits - 1;
-            continue;
-        }
-        Py_ssize_t chain = 0; /* digits in the chain ending here */
-        int sep = 0;          /* the last byte was a separator */
-        for (; q < stop; q++) {
-            if (b[q] >= '0') { /* a digit: ' ' and '-' sort below '0' */
-                chain++;
-                sep = 0;
-                if (chain >= digits) {
-                    if (PyList_GET_SIZE(out) >= limit) {
-                        Py_DECREF(out);
-                        PyBuffer_Release(&view);
-                        Py_RETURN_NONE;
-                    }
-                    PyObject *end = PyLong_FromSsize_t(q + 1);
-                    if (end == NULL || PyList_Append(out, end) < 0) {
-                        Py_XDECREF(end);
-                        goto fail;
-                    }
-                    Py_DECREF(end);
-                }
-            } else {
-                if (sep || chain == 0)
-                    chain = 0; /* two separators, or one before any digit: no chain */
-                sep = 1;
-            }
+        if (stop - q >= digits) { /* most runs (dates, ids) are too short to hold a match */
+            int rc = chain_ends(b, q, stop, digits, limit, out);
+            if (rc != 0)
+                return rc;
         }
         lo = stop + 1; /* b[stop] is not a run byte (or stop == n) */
         p = lo + digits - 1;
     }
+    return 0;
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define HAVE_AVX2_SCAN 1
+
+/* Bit i of *dig: b[i] is a digit; of *sep: a space or '-' (64 bytes from b). */
+__attribute__((target("avx2"))) static inline void classify64(const uint8_t *b, uint64_t *dig,
+                                                               uint64_t *sep) {
+    const __m256i zero = _mm256_set1_epi8('0'), nine = _mm256_set1_epi8(9);
+    const __m256i space = _mm256_set1_epi8(' '), dash = _mm256_set1_epi8('-');
+    uint64_t d[2], s[2];
+    for (int h = 0; h < 2; h++) {
+        __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)(b + 32 * h));
+        __m256i t = _mm256_sub_epi8(x, zero);
+        __m256i isdig = _mm256_cmpeq_epi8(_mm256_min_epu8(t, nine), t); /* t <= 9 unsigned */
+        __m256i issep = _mm256_or_si256(_mm256_cmpeq_epi8(x, space), _mm256_cmpeq_epi8(x, dash));
+        d[h] = (uint32_t)_mm256_movemask_epi8(isdig);
+        s[h] = (uint32_t)_mm256_movemask_epi8(issep);
+    }
+    *dig = d[0] | d[1] << 32;
+    *sep = s[0] | s[1] << 32;
+}
+
+/* The AVX2 scan: the same ends as the scalar one. Text full of spaces or short numbers
+ * defeats the stride (a probe lands on a run byte every few bytes); this classifies 64
+ * bytes at a time instead. A match's bytes are digits and separators each between two
+ * digits ("chain bytes"), at least `digits` of them in a row, the last a digit; so only
+ * where `digits` chain bytes in a row end at a digit is the run of run bytes around it
+ * read, by `chain_ends`, and the scan goes on after it. Bit i of a mask is byte at + i;
+ * `carry[k]` holds the previous block's mask k, for the shifts across blocks. */
+__attribute__((target("avx2"))) static int digit_runs_avx2(const uint8_t *b, Py_ssize_t n,
+                                                            Py_ssize_t digits,
+                                                            Py_ssize_t limit, PyObject *out) {
+    uint8_t tail[65];
+    uint64_t carry[8];
+    int steps = 0;
+    Py_ssize_t widths[8]; /* mask k + 1 = mask k & (mask k << widths[k]) */
+    for (Py_ssize_t have = 1; have < digits; steps++) {
+        widths[steps] = have < digits - have ? have : digits - have;
+        have += widths[steps];
+    }
+    memset(carry, 0, sizeof carry);
+    uint64_t prev_dig = 0; /* the previous block's digits */
+    Py_ssize_t at = 0;
+    while (at < n) {
+        const uint8_t *block = b + at;
+        Py_ssize_t len = n - at < 64 ? n - at : 64;
+        if (len < 64) { /* the last bytes, padded with bytes that are not run bytes */
+            memset(tail, 0, sizeof tail);
+            memcpy(tail, block, (size_t)len);
+            block = tail;
+        }
+        uint64_t dig, sep;
+        classify64(block, &dig, &sep);
+        int next_digit = at + 64 < n && (uint8_t)(b[at + 64] - '0') <= 9;
+        uint64_t left = dig << 1 | prev_dig >> 63;                /* bit i: digit at i - 1 */
+        uint64_t right = dig >> 1 | (uint64_t)next_digit << 63;   /* bit i: digit at i + 1 */
+        uint64_t m = dig | (sep & left & right);
+        uint64_t masks[9];
+        masks[0] = m;
+        for (int k = 0; k < steps; k++) {
+            int w = (int)widths[k];
+            uint64_t shifted = masks[k] << w | carry[k] >> (64 - w);
+            masks[k + 1] = masks[k] & shifted;
+            carry[k] = masks[k];
+        }
+        uint64_t ends = masks[steps] & dig;
+        prev_dig = dig;
+        if (ends == 0) {
+            at += 64;
+            continue;
+        }
+        /* the run bytes around the first: back to a byte that is not one (the scan went on
+         * after one, or started at 0), forward to the next */
+        Py_ssize_t p = at + __builtin_ctzll(ends);
+        Py_ssize_t q = p;
+        while (q > 0 && RUN_BYTE[b[q - 1]])
+            q--;
+        Py_ssize_t stop = p + 1;
+        while (stop < n && RUN_BYTE[b[stop]])
+            stop++;
+        int rc = chain_ends(b, q, stop, digits, limit, out);
+        if (rc != 0)
+            return rc;
+        /* b[stop] is not a run byte: no chain byte before stop + 1 reaches past it */
+        at = stop + 1;
+        memset(carry, 0, sizeof carry);
+        prev_dig = 0;
+    }
+    return 0;
+}
+#endif
+
+/* digit_runs(payload, digits, limit[, vector]): the end offset of every match of
+ * \d(?:[ -]?\d){digits - 1}, ascending, each once (what Hyperscan reports for the
+ * pattern); None when there are more than `limit`.
+ *
+ * A match ends at a digit, and read backwards from it the digits before it follow with at
+ * most one separator between two: so offset e ends a match exactly when the chain of
+ * digits ending at byte e - 1 holds at least `digits` digits. `vector` (default true)
+ * takes the AVX2 scan where the CPU has it (for 2 <= digits <= 64), else the scalar one:
+ * tests compare both. */
+static PyObject *digit_runs(PyObject *module, PyObject *args) {
+    Py_buffer view;
+    Py_ssize_t digits, limit;
+    int vector = 1;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "y*nn|p", &view, &digits, &limit, &vector))
+        return NULL;
+    if (digits < 1 || limit < 0) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "digits must be positive, limit not negative");
+        return NULL;
+    }
+    PyObject *out = PyList_New(0);
+    if (out == NULL) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    int rc;
+#ifdef HAVE_AVX2_SCAN
+    if (vector && digits >= 2 && digits <= 64 && __builtin_cpu_supports("avx2"))
+        rc = digit_runs_avx2(view.buf, view.len, digits, limit, out);
+    else
+#endif
+        rc = digit_runs_scalar(view.buf, view.len, digits, limit, out);
+    PyBuffer_Release(&view);
+    if (rc < 0) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    if (rc > 0) {
+        Py_DECREF(out);
+        Py_RETURN_NONE;
+    }
+    return out;
+}
+
+/* ---- the card pre-scan's confirm (redact_rules.CARD_PRESCAN) ----------------------- */
+
+static int is_alnum_byte(uint8_t c) {
+    return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
+}
+
+/* Whether CARD_PRESCAN matches somewhere in b[ws:we]:
+ *   [^0-9A-Za-z_$-]\d(?:[ -]?\d){12} | \$\d(?:[ -]?\d){18}
+ *   | \d(?:[ -]?\d){12}[^0-9A-Za-z_-] | \d(?:[ -]?\d){19}
+ * Each arm's digits are consecutive digits of one chain (digits each one byte, or one
+ * separator, after the last; maximal within the window). So, for a chain read left to
+ * right, with t the index of a digit in it: the first arm matches when some digit t has
+ * a byte before it (in the window) outside [0-9A-Za-z_$-] (a space between two digits
+ * is one) and the chain holds 13 digits from t on; the second when the chain starts after
+ * a `$` and holds 19; the third when digit t >= 12 has a byte after it outside
+ * [0-9A-Za-z_-]; the fourth when the chain holds 20. Hand-written because calling RE2 per
+ * window costs more than the scan that found them (property-tested against RE2). */
+static int card_window(const uint8_t *b, Py_ssize_t ws, Py_ssize_t we) {
+    Py_ssize_t count = 0, last = -3, first_open = -1;
+    int dollar = 0;
+    for (Py_ssize_t i = ws; i < we; i++) {
+        uint8_t c = b[i];
+        if (c < '0' || c > '9')
+            continue;
+        int joined = last == i - 1 ||
+                     (last == i - 2 && (b[i - 1] == ' ' || b[i - 1] == '-'));
+        if (!joined) {
+            count = 0;
+            first_open = -1;
+            dollar = i > ws && b[i - 1] == '$';
+        }
+        if (first_open < 0 && i > ws) {
+            uint8_t before = b[i - 1];
+            if (!is_alnum_byte(before) && before != '_' && before != '$' && before != '-')
+                first_open = count;
+        }
+        count++;
+        last = i;
+        if (count >= 20 || (dollar && count >= 19) ||
+            (first_open >= 0 && count - first_open >= 13))
+            return 1;
+        if (count >= 13 && i + 1 < we) {
+            uint8_t after = b[i + 1];
+            if (!is_alnum_byte(after) && after != '_' && after != '-')
+                return 1;
+        }
+    }
+    return 0;
+}
+
+/* card_confirm(payload, ends, reach): the ends `to` for which CARD_PRESCAN matches in
+ * payload[max(0, to - reach):to + 1], in order. */
+static PyObject *card_confirm(PyObject *module, PyObject *args) {
+    Py_buffer view;
+    PyObject *ends;
+    Py_ssize_t reach;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "y*On", &view, &ends, &reach))
+        return NULL;
+    PyObject *seq = PySequence_Fast(ends, "ends must be a sequence");
+    PyObject *out = seq == NULL || reach < 0 ? NULL : PyList_New(0);
+    if (seq != NULL && reach < 0)
+        PyErr_SetString(PyExc_ValueError, "reach must not be negative");
+    if (out == NULL)
+        goto done;
+    const uint8_t *b = view.buf;
+    for (Py_ssize_t k = 0; k < PySequence_Fast_GET_SIZE(seq); k++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, k);
+        Py_ssize_t to = PyLong_AsSsize_t(item);
+        if (to == -1 && PyErr_Occurred())
+            goto fail;
+        Py_ssize_t ws = to - reach < 0 ? 0 : to - reach;
+        Py_ssize_t we = to + 1 > view.len ? view.len : to + 1;
+        if (to < 0) /* a Python slice from a negative start: no hit comes from one */
+            continue;
+        if (ws < we && card_window(b, ws, we) && PyList_Append(out, item) < 0)
+            goto fail;
+    }
+    goto done;
+fail:
+    Py_CLEAR(out);
+done:
+    Py_XDECREF(seq);
     PyBuffer_Release(&view);
     return out;
-fail:
-    Py_XDECREF(out);
-    PyBuffer_Release(&view);
-    return NULL;
+}
+
+/* ---- which items the pre-scan's hits lie in (redact.Redactor._hits) ---------------- */
+
+/* The last k with starts[k] <= p, or -1; `starts` ascending. */
+static Py_ssize_t last_start(const Py_ssize_t *starts, Py_ssize_t n, Py_ssize_t p) {
+    Py_ssize_t lo = 0, hi = n; /* bisect_right */
+    while (lo < hi) {
+        Py_ssize_t mid = lo + (hi - lo) / 2;
+        if (p < starts[mid])
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return lo - 1;
+}
+
+static int load_offsets(PyObject *list, Py_ssize_t **out, Py_ssize_t *n) {
+    PyObject *seq = PySequence_Fast(list, "expected a sequence of ints");
+    if (seq == NULL)
+        return -1;
+    *n = PySequence_Fast_GET_SIZE(seq);
+    *out = PyMem_Malloc((size_t)(*n ? *n : 1) * sizeof(Py_ssize_t));
+    if (*out == NULL) {
+        Py_DECREF(seq);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < *n; i++) {
+        (*out)[i] = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(seq, i));
+        if ((*out)[i] == -1 && PyErr_Occurred()) {
+            Py_DECREF(seq);
+            return -1;
+        }
+    }
+    Py_DECREF(seq);
+    return 0;
+}
+
+/* group_hits(offsets, starts, ends) -> (at, outside): for the matches (to, form) of a
+ * pre-scan, the items [starts[k], ends[k]) (ascending, disjoint) holding byte to - 1 or
+ * to - 2 (`redact_scan.locate`), as {k: [(to, form), ...]} in the order of `offsets`,
+ * and whether a match lies in no item. One call, not a Python loop of bisects per hit. */
+static PyObject *group_hits(PyObject *module, PyObject *args) {
+    PyObject *offsets_arg, *starts_arg, *ends_arg;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "OOO", &offsets_arg, &starts_arg, &ends_arg))
+        return NULL;
+    Py_ssize_t *starts = NULL, *ends = NULL, n = 0, n_ends = 0;
+    PyObject *offsets = NULL, *at = NULL, *result = NULL;
+    if (load_offsets(starts_arg, &starts, &n) < 0 || load_offsets(ends_arg, &ends, &n_ends) < 0)
+        goto done;
+    if (n != n_ends) {
+        PyErr_SetString(PyExc_ValueError, "starts and ends differ in length");
+        goto done;
+    }
+    offsets = PySequence_Fast(offsets_arg, "offsets must be a sequence");
+    at = offsets == NULL ? NULL : PyDict_New();
+    if (at == NULL)
+        goto done;
+    int outside = 0;
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(offsets); i++) {
+        PyObject *hit = PySequence_Fast_GET_ITEM(offsets, i);
+        if (!PyTuple_Check(hit) || PyTuple_GET_SIZE(hit) != 2) {
+            PyErr_SetString(PyExc_TypeError, "an offset is (to, form)");
+            goto done;
+        }
+        Py_ssize_t to = PyLong_AsSsize_t(PyTuple_GET_ITEM(hit, 0));
+        if (to == -1 && PyErr_Occurred())
+            goto done;
+        Py_ssize_t found[2];
+        int m = 0;
+        for (Py_ssize_t p = to - 1; p >= to - 2; p--) {
+            Py_ssize_t k = last_start(starts, n, p);
+            if (k >= 0 && p < ends[k] && (m == 0 || found[0] != k))
+                found[m++] = k;
+        }
+        if (m == 0)
+            outside = 1;
+        for (int j = 0; j < m; j++) {
+            PyObject *key = PyLong_FromSsize_t(found[j]);
+            if (key == NULL)
+                goto done;
+            PyObject *list = PyDict_GetItemWithError(at, key); /* borrowed */
+            if (list == NULL) {
+                if (PyErr_Occurred() || (list = PyList_New(0)) == NULL ||
+                    PyDict_SetItem(at, key, list) < 0) {
+                    Py_XDECREF(list);
+                    Py_DECREF(key);
+                    goto done;
+                }
+                Py_DECREF(list); /* the dict holds it */
+            }
+            Py_DECREF(key);
+            if (PyList_Append(list, hit) < 0)
+                goto done;
+        }
+    }
+    result = Py_BuildValue("(OO)", at, outside ? Py_True : Py_False);
+done:
+    PyMem_Free(starts);
+    PyMem_Free(ends);
+    Py_XDECREF(offsets);
+    Py_XDECREF(at);
+    return result;
 }
 
 /* ---- where a request's items lie (redact_wire.layout) ----------------------------- */
 
-static int append_ssize(PyObject *list, Py_ssize_t v) {
-    PyObject *o = PyLong_FromSsize_t(v);
-    if (o == NULL)
-        return -1;
-    int rc = PyList_Append(list, o);
-    Py_DECREF(o);
-    return rc;
-}
 
 /* redact_layout(payload) -> (resources, scopes, starts, ends, heads): resource entries
  * are field 1 of every Export*ServiceRequest, scope entries field 2 of a resource entry,
@@ -2498,8 +2804,14 @@ static PyMethodDef methods[] = {
      "splice(payload, edits) -> bytes: edits (span content start, bytes), ascending, each\n"
      "appended to the span starting there, with the enclosing lengths rewritten."},
     {"digit_runs", digit_runs, METH_VARARGS,
-     "digit_runs(payload, digits, limit) -> list[int] | None: the end offset of every match\n"
-     "of \\d(?:[ -]?\\d){digits - 1}, ascending; None when there are more than `limit`."},
+     "digit_runs(payload, digits, limit[, vector]) -> list[int] | None: the end offset of\n"
+     "every match of \\d(?:[ -]?\\d){digits - 1}, ascending; None when there are more than `limit`."},
+    {"card_confirm", card_confirm, METH_VARARGS,
+     "card_confirm(payload, ends, reach) -> list[int]: the ends `to` for which the card\n"
+     "rule's pre-scan form matches in payload[max(0, to - reach):to + 1]."},
+    {"group_hits", group_hits, METH_VARARGS,
+     "group_hits(offsets, starts, ends) -> (at, outside): the items each pre-scan match\n"
+     "(to, form) lies in, {item: [(to, form), ...]}, and whether one lies in none."},
     {"redact_layout", redact_layout, METH_VARARGS,
      "redact_layout(payload) -> (resources, scopes, starts, ends, heads): where the items of\n"
      "an OTLP request lie (resource entries, their scope entries, the scopes' items)."},

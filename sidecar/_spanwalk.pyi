@@ -59,9 +59,18 @@ def schema(messages: Sequence[Sequence[tuple[int, int, int, int, int]]]) -> Sche
 def check(payload: bytes, schema: Schema) -> int: ...
 
 # --- redaction (redact_scan.py, redact_wire.py) ---
-def digit_runs(payload: bytes, digits: int, limit: int) -> list[int] | None:
+def digit_runs(payload: bytes, digits: int, limit: int, vector: bool = True,
+               ) -> list[int] | None:
     """The end offset of every match of \\d(?:[ -]?\\d){digits - 1}, ascending (what
-    Hyperscan reports for it); None when there are more than `limit`."""
+    Hyperscan reports for it); None when there are more than `limit`. `vector`: the AVX2
+    scan where the CPU has one, else the scalar scan (the same ends)."""
+def card_confirm(payload: bytes, ends: Sequence[int], reach: int) -> list[int]:
+    """The ends `to` for which redact_rules.CARD_PRESCAN matches in
+    payload[max(0, to - reach):to + 1], in order."""
+def group_hits(offsets: Sequence[tuple[int, int]], starts: Sequence[int], ends: Sequence[int],
+               ) -> tuple[dict[int, list[tuple[int, int]]], bool]:
+    """The items [starts[k], ends[k]) holding byte to - 1 or to - 2 of each match (to, form)
+    (`redact_scan.locate`), {k: matches in the order given}, and whether one lies in none."""
 # (head, start, end) per resource entry; (head, start, end, resource, index in it, first
 # item) per scope entry; the items' content starts, ends and heads, in wire order
 def redact_layout(payload: bytes) -> tuple[list[tuple[int, int, int]],

@@ -53,7 +53,7 @@ from sidecar.processors.redact_rules import (
     is_secret_key,
     normalise_key,
 )
-from sidecar.processors.redact_scan import Form, MultiScan, TooManyHits, hyperscan_takes, locate
+from sidecar.processors.redact_scan import Form, MultiScan, TooManyHits, hyperscan_takes
 from sidecar.processors.redact_wire import (
     Layout,
     WireError,
@@ -191,6 +191,13 @@ class _Drop:
 DROP = _Drop()
 
 
+class _Unchanged:
+    """Returned by `Redactor._string_attr` when nothing matched."""
+
+
+_UNCHANGED = _Unchanged()
+
+
 def _alternation(forms: Iterable[str]) -> str:
     return "|".join(f"(?:{f})" for f in forms)
 
@@ -293,7 +300,7 @@ class Redactor:
         # may also look at the bytes around a string (CARD_PRESCAN)
         value_forms = [boundary_free(r.pattern) for r in builtin]
         prescan_forms: list[str | Form] = [
-            Form(r.prescan_fast, r.prescan_form(), r.prescan_reach, r.prescan_joiner,
+            Form(r.prescan_fast, r.prescan_form(), r.prescan_reach, r.prescan_confirmer,
                  r.prescan_finder)
             if r.prescan_fast
             else r.prescan_form() for r in builtin]
@@ -372,13 +379,7 @@ class Redactor:
             return None
         lay = layout(payload)
         starts, ends = lay.starts, lay.ends
-        at: dict[int, list[tuple[int, int]]] = {}
-        outside = False
-        for to, form in offsets:
-            found = locate(to, starts, ends)
-            for k in found:
-                at.setdefault(k, []).append((to, form))
-            outside = outside or not found
+        at, outside = _spanwalk.group_hits(offsets, starts, ends)  # `locate` per hit, in C
         whole: set[int] = set()
         if re2:
             whole, out = self.prescan.re2_segments(payload, starts, ends)
@@ -477,42 +478,54 @@ class Redactor:
                      hits: _Hits, k: int) -> bytes | None:
         """Item k, re-encoded, or None when unchanged. Reads only the attributes that hold
         a hit when every hit lies in one (the walk of an item reads nothing but them: a
-        key rule, a value rule and the prompts policy all need bytes of the attribute)."""
+        key rule, a value rule and the prompts policy all need bytes of the attribute).
+        Written flat: a hit item costs this path's Python per hit (bench/redact_bench.py)."""
         attr_field = _ATTR_FIELD.get(signal)
         if attr_field is None or k in hits.whole or self._summary != "silent":
             return self._redact_whole_item(signal, payload, message, hits, k)
         start, end = hits.layout.starts[k], hits.layout.ends[k]
         at = hits.at[k]
         # the bytes a match ending at `to` may be about: `to - 1` and `to - 2` (`locate`)
-        points = [p for to, _ in at for p in (to - 1, to - 2)]
+        points: list[int] = []
+        for to, _ in at:
+            points += (to - 1, to - 2)
         # fields are read up to the one holding the last hit's end: max(to) = max(points) + 1
         found = hit_fields(payload, start, end, attr_field, max(points) + 1, points)
         if found is None:  # a hit outside the attributes
             return self._redact_whole_item(signal, payload, message, hits, k)
         item_fields, which = found  # (head, start, end, index among the attributes)
         hit_forms: dict[int, set[int]] = {}  # field -> the pre-scan forms that hit it
-        for n, (_, form) in enumerate(at):
-            for j in (which[2 * n], which[2 * n + 1]):
+        n = 0
+        for _, form in at:
+            for j in (which[n], which[n + 1]):
                 if j >= 0:
-                    hit_forms.setdefault(j, set()).add(form)
+                    forms = hit_forms.get(j)
+                    if forms is None:
+                        hit_forms[j] = {form}
+                    else:
+                        forms.add(form)
+            n += 2
         attrs = self._message_item(signal, message, hits, k).attributes \
             if message is not None else None
         new: dict[int, bytes | None] = {}  # field -> its new content, None: removed
         removed: list[int] = []  # indices in `attrs` of removed attributes
         direct = not self._user_keys  # a user key rule reads key and value: the wrapper
-        for j in sorted(hit_forms):
+        for j in sorted(hit_forms) if len(hit_forms) > 1 else hit_forms:
             _, fstart, fend, index = item_fields[j]
             if direct:
                 edit = self._string_attr(payload, fstart, fend, hit_forms[j])
                 if edit is not None:
-                    changed, content, text = edit
-                    if not changed:
+                    if edit is _UNCHANGED:
                         continue
-                    if content is None:
+                    if edit is DROP:
                         removed.append(index)
-                    elif attrs is not None:
-                        attrs[index].value.string_value = text
-                    new[j] = content
+                        new[j] = None
+                        continue
+                    assert isinstance(edit, tuple)
+                    encoded, out = edit
+                    if attrs is not None:
+                        attrs[index].value.string_value = out.decode("utf-8")
+                    new[j] = encoded
                     continue
             if attrs is not None:
                 kv = attrs[index]
@@ -538,7 +551,7 @@ class Redactor:
                 del attrs[index]
         pieces: list[bytes] = []
         pos = start
-        for j in sorted(new):
+        for j in sorted(new) if len(new) > 1 else new:
             head, _, fend, _ = item_fields[j]
             pieces.append(payload[pos:head])
             content = new[j]
@@ -549,36 +562,34 @@ class Redactor:
         return b"".join(pieces)
 
     def _string_attr(self, payload: bytes, start: int, end: int, only: set[int],
-                     ) -> tuple[bool, bytes | None, str] | None:
+                     ) -> tuple[bytes, bytes] | _Drop | _Unchanged | None:
         """An attribute that is exactly a key and a string value (`_spanwalk.kv_string`)
-        whose key no key rule or prompts policy takes, redacted from its bytes: (whether it
-        changed, its new content or None to remove it, its new string). What `_attr` does
-        through the message wrappers, and what the re-serialised KeyValue would be, since
-        the parser reads those bytes as that key and that string and serialises them back
-        as the same two fields (property-tested against `_attr`). None: use `_attr`."""
+        whose key no key rule or prompts policy takes, redacted from its bytes: its new
+        content and its new string's bytes, DROP to remove it, or _UNCHANGED. What `_attr`
+        does through the message wrappers, and what the re-serialised KeyValue would be,
+        since the parser reads those bytes as that key and that string and serialises them
+        back as the same two fields (property-tested against `_attr`). None: use `_attr`."""
         found = _spanwalk.kv_string(payload, start, end)
         if found is None:
             return None
         ks, ke, vs, ve = found
         key = payload[ks:ke]
         name = key.decode("utf-8")  # the parser's UTF-8 check
-        if self._verdict(name) is not None or (self._drop_prompts and is_prompt_key(name)):
+        verdicts = self._verdicts
+        verdict = verdicts[name] if name in verdicts else self._verdict(name)
+        if verdict is not None or (self._drop_prompts and is_prompt_key(name)):
             return None
         data = payload[vs:ve]
         data.decode("utf-8")
         if not data:
-            return False, None, ""
-        self._only = only
-        try:
-            out = self._bytes(data, droppable=True)
-        finally:
-            self._only = None
-        if out is DROP:
-            return True, None, ""
+            return _UNCHANGED
+        out = self._bytes(data, True, 0, only)
         if out is None:
-            return False, None, ""
+            return _UNCHANGED
+        if out is DROP:
+            return DROP
         assert isinstance(out, bytes)
-        return True, _spanwalk.kv_encode(key, out), out.decode("utf-8")
+        return _spanwalk.kv_encode(key, out), out
 
     def _walk_item(self, signal: Signal, walk: Callable[[Any], None], item: Any) -> None:
         """Walk one item; one scan over its strings joined tells which of them any value
@@ -788,9 +799,11 @@ class Redactor:
         assert isinstance(out, bytes)
         return out.decode("utf-8")
 
-    def _bytes(self, data: bytes, droppable: bool, depth: int = 0) -> bytes | _Drop | None:
+    def _bytes(self, data: bytes, droppable: bool, depth: int = 0,
+               only: set[int] | None = None) -> bytes | _Drop | None:
+        """`only`: the rules that may match (`_text_rules`)."""
         changed = False
-        out = self._text_rules(data, droppable)
+        out = self._text_rules(data, droppable, only)
         if out is DROP:
             return DROP
         if isinstance(out, bytes):
@@ -803,15 +816,26 @@ class Redactor:
                 data, changed = rewritten, True
         return data if changed else None
 
-    def _text_rules(self, data: bytes, droppable: bool) -> bytes | _Drop | None:
-        if data in self._clean:
-            return None
-        only = self._dirty.get(data) if self._only is None else self._only
-        if only is None and not self._value_hint.hit(data):
-            return None
+    def _text_rules(self, data: bytes, droppable: bool,
+                    only: set[int] | None = None) -> bytes | _Drop | None:
+        """`only`: the indices of the only forms that may match in `data` (a pre-scan's),
+        else this item's (`_walk_item`) or this attribute's (`_only`)."""
         every = self._rules
+        if only is None:
+            if data in self._clean:
+                return None
+            only = self._dirty.get(data) if self._only is None else self._only
+            if only is None and not self._value_hint.hit(data):
+                return None
         # forms past the rules' own are key forms (`prescan`): no rule of theirs to run
-        rules = every if only is None else [every[i] for i in sorted(only) if i < len(every)]
+        rules: Iterable[_Rule]
+        if only is None:
+            rules = every
+        elif len(only) == 1:
+            (i,) = only
+            rules = (every[i],) if i < len(every) else ()
+        else:
+            rules = [every[i] for i in sorted(only) if i < len(every)]
         spans: list[tuple[int, int, _Rule]] = []
         lowered: bytes | None = None
         for rule in rules:
@@ -844,8 +868,10 @@ class Redactor:
                 spans.extend((*_widen_to_utf8(data, s, e), rule) for s, e in secret)
         if not spans:
             return None
-        if len(spans) > 1:
-            spans.sort(key=lambda s: (s[0], -s[1]))
+        if len(spans) == 1:  # most hit strings: one secret
+            start, end, rule = spans[0]
+            return b"".join((data[:start], self._emit(data, start, end, rule), data[end:]))
+        spans.sort(key=lambda s: (s[0], -s[1]))
         pieces: list[bytes] = []
         pos = 0
         cur_start, cur_end, cur_rule = spans[0]
@@ -853,10 +879,11 @@ class Redactor:
             if start < cur_end:  # overlapping matches are masked as one
                 cur_end = max(cur_end, end)
                 continue
-            pos = self._emit(pieces, data, pos, cur_start, cur_end, cur_rule)
+            pieces += (data[pos:cur_start], self._emit(data, cur_start, cur_end, cur_rule))
+            pos = cur_end
             cur_start, cur_end, cur_rule = start, end, rule
-        pos = self._emit(pieces, data, pos, cur_start, cur_end, cur_rule)
-        pieces.append(data[pos:])
+        pieces += (data[pos:cur_start], self._emit(data, cur_start, cur_end, cur_rule),
+                   data[cur_end:])
         return b"".join(pieces)
 
     def _matches(self, rule: _Rule, data: bytes, droppable: bool = True,
@@ -896,19 +923,19 @@ class Redactor:
             pos = pos + 1 if pos == end0 else end0
         return out
 
-    def _emit(self, pieces: list[bytes], data: bytes, pos: int, start: int, end: int,
-              rule: _Rule) -> int:
-        self._count(rule.name)
-        pieces.append(data[pos:start])
+    def _emit(self, data: bytes, start: int, end: int, rule: _Rule) -> bytes:
+        """What replaces data[start:end], counted."""
+        name = rule.name
+        counts = self.counts
+        counts[name] = counts.get(name, 0) + 1
+        self.masked += 1
         if rule.action is Action.HASH:
-            pieces.append(self._replacement(rule.name, Action.HASH, data[start:end]).encode())
-        else:  # a mask (or a drop where nothing can be removed): the same bytes every time
-            mask = self._masks.get(rule.name)
-            if mask is None:
-                mask = self._masks[rule.name] = self._replacement(
-                    rule.name, Action.MASK, b"").encode()
-            pieces.append(mask)
-        return end
+            return self._replacement(name, Action.HASH, data[start:end]).encode()
+        # a mask (or a drop where nothing can be removed): the same bytes every time
+        mask = self._masks.get(name)
+        if mask is None:
+            mask = self._masks[name] = self._replacement(name, Action.MASK, b"").encode()
+        return mask
 
     def _replacement(self, name: str, action: Action, secret: bytes) -> str:
         if action is Action.HASH:

@@ -174,7 +174,7 @@ class ValueRule:
     # a cheap superset of `prescan` to scan for, confirmed around each hit (redact_scan.Form)
     prescan_fast: str | None = None
     prescan_reach: int = 0
-    prescan_joiner: bytes = b""  # a byte in no match of `prescan` (redact_scan.Form)
+    prescan_confirmer: str = ""  # a C confirm of `prescan` (redact_scan.CONFIRMERS)
     prescan_finder: str = ""  # a C finder of `prescan_fast` (redact_scan.FINDERS)
 
     def prescan_form(self) -> str:
@@ -274,8 +274,7 @@ CARD_PRESCAN = (r"[^0-9A-Za-z_$-]\d(?:[ -]?\d){12}|\$\d(?:[ -]?\d){18}"
                 r"|\d(?:[ -]?\d){12}[^0-9A-Za-z_-]|\d(?:[ -]?\d){19}")
 CARD_DIGITS = r"\d(?:[ -]?\d){12}"
 CARD_REACH = 40  # the longest arm: `$`, 19 digits, 18 separators
-# in no arm of CARD_PRESCAN: not a digit, separator or `$`, and outside both context classes
-CARD_JOINER = b"_"
+CARD_CONFIRMER = "card-prescan"  # redact_scan.CONFIRMERS: CARD_PRESCAN in C, not RE2
 CARD_FINDER = "card-digits"  # redact_scan.FINDERS: CARD_DIGITS in C, not Hyperscan
 
 
@@ -311,7 +310,7 @@ BUILTIN_RULES: tuple[ValueRule, ...] = (
     ValueRule("url-credentials", r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/:@\"]*:([^\s/@\"]+)@", group=1),
     ValueRule("card-number", r"\d(?:[ -]?\d){12,}", _card_check, prescan=CARD_PRESCAN,
               prescan_fast=CARD_DIGITS, prescan_reach=CARD_REACH,
-              prescan_joiner=CARD_JOINER, prescan_finder=CARD_FINDER),
+              prescan_confirmer=CARD_CONFIRMER, prescan_finder=CARD_FINDER),
     ValueRule("email", r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b",
               pii=True),
     ValueRule("phone", r"\+[1-9]\d{0,2}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]?\d{2,4}){1,3}",

@@ -17,7 +17,9 @@ A `Form` may carry a `confirm` pattern: its fast form is a cheap superset whose 
 kept only when `confirm` (RE2) matches within `reach` bytes before the hit's end (and one
 after). The card rule uses it: 13 digits with separators is cheap to find, but UUIDs are
 full of them; the exact pre-scan form, which tests the bytes around a run, costs ~2 ns/B
-when run over everything and nothing when run around the rare hits.
+when run over everything and nothing when run around the rare hits. A `confirmer` names a
+C function (`CONFIRMERS`) that decides the same as `confirm` on each window (property-
+tested against RE2): one RE2 call per window costs ~1 µs, more than finding the hits.
 
 A `Form` may also name a C `finder` (`FINDERS`) that gives exactly the end offsets Hyperscan
 reports for its pattern (property-tested against Hyperscan), searched instead of Hyperscan:
@@ -39,7 +41,8 @@ import hyperscan
 from sidecar import _spanwalk
 from sidecar.processors.redact_rules import Pattern, PatternError, compile_bytes
 
-__all__ = ["FINDERS", "MAX_HITS", "Form", "MultiScan", "TooManyHits", "hyperscan_takes", "locate"]
+__all__ = ["CONFIRMERS", "FINDERS", "MAX_HITS", "Form", "MultiScan", "TooManyHits",
+           "hyperscan_takes", "locate"]
 
 # Reported matches per scan before it stops and the caller walks everything: each costs a
 # Python call (~0.5 µs), so hostile text (megabytes of digits) stops at ~5 ms.
@@ -56,17 +59,25 @@ class Form:
     # match of it must hold a match of `pattern` ending at its end or one byte before
     confirm: str | None = None
     reach: int = 0
-    # a byte no match of `confirm` can hold (one outside each of its character classes and
-    # literals), or empty: the windows of a scan's hits are then joined with it and
-    # confirmed by one RE2 search (each later one only after a window that held a match),
-    # not one search per hit (~3 µs each; digit runs are common: ~10 per 100 spans)
-    joiner: bytes = b""
+    # a name in CONFIRMERS: its C function decides what `confirm` decides on each window
+    confirmer: str = ""
     # a name in FINDERS: its C finder is searched for `pattern` instead of Hyperscan
     finder: str = ""
 
 
 def _card_digits(data: bytes, limit: int) -> list[int] | None:
     return _spanwalk.digit_runs(data, 13, limit)
+
+
+def _card_confirm(data: bytes, ends: Sequence[int], reach: int) -> list[int]:
+    return _spanwalk.card_confirm(data, ends, reach)
+
+
+# name -> (data, ends, reach) -> the ends whose window data[to - reach:to + 1] holds a
+# match of the confirm pattern it stands for, in order
+CONFIRMERS: dict[str, Callable[[bytes, Sequence[int], int], list[int]]] = {
+    "card-prescan": _card_confirm,  # redact_rules.CARD_PRESCAN
+}
 
 
 # name -> (data, limit) -> the end offsets of every match of the pattern it stands for,
@@ -127,6 +138,8 @@ class MultiScan:
         for f in every:
             if f.finder and f.finder not in FINDERS:
                 raise ValueError(f"unknown finder {f.finder!r}")
+            if f.confirmer and (f.confirmer not in CONFIRMERS or f.confirm is None):
+                raise ValueError(f"unknown confirmer {f.confirmer!r}, or no confirm pattern")
         # (form index, finder) of the forms a C finder searches
         self._finders = [(i, FINDERS[f.finder]) for i, f in enumerate(every) if f.finder]
         # by index: equal forms (two gitleaks rules with one keyword) each keep their own
@@ -137,9 +150,9 @@ class MultiScan:
         slow_ids = [i for i in range(len(every)) if i not in taken]
         # a form left to RE2 is searched as its exact confirm pattern when it has one
         slow = [every[i].confirm or every[i].pattern for i in slow_ids]
-        # form index -> its confirm pattern, reach and joiner
-        self._confirm: dict[int, tuple[Pattern, int, bytes]] = {
-            i: (compile_bytes(f.confirm, capture=False), f.reach, f.joiner)
+        # form index -> its confirm pattern, reach and C confirmer
+        self._confirm: dict[int, tuple[Pattern, int, str]] = {
+            i: (compile_bytes(f.confirm, capture=False), f.reach, f.confirmer)
             for i, f in enumerate(every) if f.confirm is not None and i not in slow_ids}
         self.hyperscan_forms = len(fast)
         self.finder_forms = len(self._finders)
@@ -173,33 +186,11 @@ class MultiScan:
 
     def confirmed(self, data: bytes, form: int, ends: Sequence[int]) -> list[int]:
         """The hits of `form` (the index of a form with a confirm pattern) ending at `ends` that
-        its confirm pattern keeps, in order: the same as `_confirmed` on each. With a
-        joiner, the windows data[to - reach:to + 1] are joined with it: no match can
-        cross it (it is in no match), and the pattern has no assertions, so the matches
-        lying in a window are the window's own; a leftmost search from a window's start
-        finds the first window at or after it that holds a match."""
-        pattern, reach, joiner = self._confirm[form]
-        if not joiner or len(ends) == 1:
-            return [to for to in ends if self._confirmed(data, form, to)]
-        windows = [data[max(0, to - reach):to + 1] for to in ends]
-        starts: list[int] = []
-        pos = 0
-        for w in windows:
-            starts.append(pos)
-            pos += len(w) + 1
-        joined = joiner.join(windows)
-        kept: list[int] = []
-        pos = 0
-        while True:
-            found = pattern.spans(joined, pos)
-            if found is None:
-                break
-            k = bisect_right(starts, found[0][0]) - 1
-            kept.append(ends[k])
-            if k + 1 >= len(starts):
-                break
-            pos = starts[k + 1]
-        return kept
+        its confirm pattern keeps, in order: the same as `_confirmed` on each."""
+        _, reach, confirmer = self._confirm[form]
+        if confirmer:
+            return CONFIRMERS[confirmer](data, ends, reach)
+        return [to for to in ends if self._confirmed(data, form, to)]
 
     def any(self, data: bytes) -> bool:
         try:

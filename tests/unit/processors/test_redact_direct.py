@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from sidecar import _spanwalk
-from sidecar.processors.redact import Redactor, RedactSettings
+from sidecar.processors.redact import _UNCHANGED, DROP, Redactor, RedactSettings
 from tests.unit.processors.test_redact_properties import any_value, text
 
 KEYS = st.one_of(text, st.sampled_from([
@@ -56,15 +56,15 @@ def test_the_direct_path_is_the_wrapper_path(key: str, value: AnyValue, tail: by
         drop, counts, kv = _attr_path(redactor, raw, only)
         if direct is None:
             continue
-        changed, content, new_text = direct
         assert direct_counts == counts
-        assert changed == bool(counts)
+        assert (direct is not _UNCHANGED) == bool(counts)
         if drop:
-            assert changed
-            assert content is None
-        elif changed:
+            assert direct is DROP
+        elif counts:
+            assert isinstance(direct, tuple)
+            content, new_text = direct
             assert content == kv.SerializeToString()
-            assert new_text == kv.value.string_value
+            assert new_text.decode("utf-8") == kv.value.string_value
 
 
 def test_the_direct_path_takes_the_common_shapes_only() -> None:

@@ -1,5 +1,5 @@
-"""The pre-scan's batched confirm (`MultiScan.confirmed` with a joiner) keeps exactly the
-hits that confirming each hit's own window keeps, and the direct RE2 calls of the walk
+"""The pre-scan's C confirm (`MultiScan.confirmed` with a confirmer) keeps exactly the
+hits that confirming each hit's own window with RE2 keeps, and the direct RE2 calls of the walk
 (`Re2Pattern.spans`, `Redactor._matches`) find what google-re2's `finditer` finds."""
 
 from __future__ import annotations
@@ -16,20 +16,22 @@ from sidecar import _spanwalk
 from sidecar.processors.redact import Redactor, RedactSettings
 from sidecar.processors.redact_rules import (
     BUILTIN_RULES,
+    CARD_CONFIRMER,
     CARD_DIGITS,
     CARD_FINDER,
-    CARD_JOINER,
     CARD_PRESCAN,
     CARD_REACH,
     compile_bytes,
 )
-from sidecar.processors.redact_scan import MAX_HITS, Form, MultiScan, TooManyHits
+from sidecar.processors.redact_scan import MAX_HITS, Form, MultiScan, TooManyHits, locate
 
-CARD = MultiScan([Form(CARD_DIGITS, CARD_PRESCAN, CARD_REACH, CARD_JOINER)])
+CARD = MultiScan([Form(CARD_DIGITS, CARD_PRESCAN, CARD_REACH)])  # RE2 on each window
+# the default: the C finder, and the C confirm
+CARD_C = MultiScan([Form(CARD_DIGITS, CARD_PRESCAN, CARD_REACH, CARD_CONFIRMER, CARD_FINDER)])
 CONFIRM = compile_bytes(CARD_PRESCAN, capture=False)
 
 # digit runs with separators, the bytes the arms test around them, length-byte values
-# 13..37 (the byte before a whole-string run), and the joiner itself
+# 13..37 (the byte before a whole-string run)
 digit_text = st.lists(st.sampled_from([
     "4111", "1", "0", "9", " ", "-", "_", "$", "a", "Z", ".", "\x0d", "\x10", "\x24",
     "\x25", "\n", "4111 1111 1111 1111", "5500-0000-0000-0004", "1234567890123",
@@ -43,9 +45,11 @@ def _own_window(data: bytes, to: int) -> bool:  # what one search per hit decide
 
 @settings(max_examples=600, deadline=None)
 @given(digit_text, st.data())
-def test_batched_confirm_keeps_what_each_window_keeps(data: bytes, draw: st.DataObject) -> None:
+def test_c_confirm_keeps_what_each_window_keeps(data: bytes, draw: st.DataObject) -> None:
     ends = sorted(draw.draw(st.lists(st.integers(0, len(data) + 2), max_size=12)))
-    assert CARD.confirmed(data, 0, ends) == [to for to in ends if _own_window(data, to)]
+    want = [to for to in ends if _own_window(data, to)]
+    assert CARD.confirmed(data, 0, ends) == want
+    assert CARD_C.confirmed(data, 0, ends) == want
 
 
 @settings(max_examples=300, deadline=None)
@@ -57,13 +61,21 @@ def test_card_offsets_are_the_confirmed_digit_runs(data: bytes) -> None:
         to for to in every if _own_window(data, to))
 
 
-def test_no_match_of_the_card_confirm_holds_the_joiner() -> None:
-    # the claim the batched confirm rests on, over every arm's context byte
+def test_c_confirm_on_every_context_byte() -> None:
+    # every arm's context classes, before and after runs of 12..21 digits, whole and
+    # split by separators, at every place in a window cut short by `reach`
+    runs = [b"1" * k for k in range(12, 22)] + [
+        b"4111 1111 1111 1111", b"4111-1111-1111-1111", b"1 2 3 4 5 6 7 8 9 0 1 2 3",
+        b"12345678901 23", b"1234567890123 4567890", b"1234567890-123456789"]
     for byte in range(256):
-        text = bytes([byte]) + b"1234567890123456789" + bytes([byte])
-        for m in CONFIRM.finditer(text):
-            assert CARD_JOINER not in text[m.start():m.end()]
-    assert not CONFIRM.search(CARD_JOINER * 40)
+        for run in runs:
+            for text in (bytes([byte]) + run, run + bytes([byte]),
+                         bytes([byte]) + run + bytes([byte]), b"$" + run + bytes([byte])):
+                ends = list(range(len(text) + 2))
+                for reach in (CARD_REACH, 14, 20):
+                    want = [to for to in ends
+                            if CONFIRM.search(text[max(0, to - reach):to + 1]) is not None]
+                    assert _spanwalk.card_confirm(text, ends, reach) == want, (text, reach)
 
 
 text = st.lists(st.sampled_from([
@@ -106,7 +118,6 @@ def test_spans_and_hit_agree_with_search(data: bytes, pos: int) -> None:
 
 
 # --- the C finder of the card digit runs (`_spanwalk.digit_runs`) ------------------------
-CARD_C = MultiScan([Form(CARD_DIGITS, CARD_PRESCAN, CARD_REACH, CARD_JOINER, CARD_FINDER)])
 HYPERSCAN_RUNS = MultiScan([CARD_DIGITS])  # no finder: Hyperscan's ends
 # the pattern in Python's `re` (bytes: `\d` is ASCII digits), matched whole on each window
 CARD_FULL = re.compile(CARD_DIGITS.encode())
@@ -171,9 +182,23 @@ def test_digit_runs_of_any_length_across_blocks(parts: list[bytes], digits: int,
     # every run length the finder takes, against the pattern's definition, at every stride
     # alignment of the probe scan
     data = b"x" * pad + b"".join(parts) * 3
-    assert _spanwalk.digit_runs(data, digits, MAX_HITS) == _chain_ends(data, digits)
+    want = _chain_ends(data, digits)
+    assert _spanwalk.digit_runs(data, digits, MAX_HITS) == want
+    assert _spanwalk.digit_runs(data, digits, MAX_HITS, False) == want  # the scalar scan
     if digits == 13:
         assert _chain_ends(data, 13) == _hyperscan_ends(data)
+
+
+@pytest.mark.parametrize("data", [
+    b"7" * 200_000, b" " * 100_000 + b"1" * 30, b"1 " * 100_000, b"1-" * 50_000 + b"x",
+    (b"12345678901 " * 20_000), bytes(range(256)) * 400])
+def test_digit_runs_on_long_runs(data: bytes) -> None:
+    # runs across many blocks, and more ends than the limit: both scans agree, stop alike
+    for limit in (MAX_HITS, 10 ** 7):
+        assert _spanwalk.digit_runs(data, 13, limit) == _spanwalk.digit_runs(
+            data, 13, limit, False)
+    if data.count(b"7") == len(data):
+        assert _spanwalk.digit_runs(data, 13, MAX_HITS) is None
 
 
 def test_digit_runs_at_block_edges() -> None:
@@ -181,8 +206,9 @@ def test_digit_runs_at_block_edges() -> None:
         for run in (b"1" * 13, b"1" * 12, b"4111 1111 1111 1111", b"1-" * 13, b"7" * 70):
             data = b"a" * at + run + b"b" * 5 + run
             for digits in (1, 12, 13, 64, 65):
-                assert _spanwalk.digit_runs(data, digits, MAX_HITS) \
-                    == _chain_ends(data, digits), (at, run, digits)
+                for vector in (True, False):
+                    assert _spanwalk.digit_runs(data, digits, MAX_HITS, vector) \
+                        == _chain_ends(data, digits), (at, run, digits, vector)
 
 
 @settings(max_examples=300, deadline=None)
@@ -200,7 +226,7 @@ def test_digit_runs_on_loadgen_requests() -> None:
             assert sorted(CARD_C.offsets(payload)) == sorted(CARD.offsets(payload))
     # and the whole default pre-scan, finder in, against the same forms all in Hyperscan
     redactor = Redactor(RedactSettings())
-    forms = [Form(f.pattern, f.confirm, f.reach, f.joiner) for f in redactor.prescan.forms]
+    forms = [Form(f.pattern, f.confirm, f.reach, f.confirmer) for f in redactor.prescan.forms]
     all_hyperscan = MultiScan(forms)
     assert all_hyperscan.finder_forms == 0
     assert redactor.prescan.finder_forms == 1
@@ -241,3 +267,28 @@ def test_the_hit_cap_counts_every_form() -> None:
         _spanwalk.digit_runs(b"1", 0, 7)
     with pytest.raises(ValueError, match="unknown finder"):
         MultiScan([Form(CARD_DIGITS, finder="no-such-finder")])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 4), st.integers(0, 6)), max_size=12),
+       st.lists(st.tuples(st.integers(-2, 80), st.integers(0, 30)), max_size=20))
+def test_group_hits_is_locate_per_hit(gaps: list[tuple[int, int]],
+                                      offsets: list[tuple[int, int]]) -> None:
+    # items as the layout gives them: ascending, disjoint, maybe empty or touching
+    starts: list[int] = []
+    ends: list[int] = []
+    pos = 0
+    for gap, size in gaps:
+        starts.append(pos + gap)
+        ends.append(pos + gap + size)
+        pos = ends[-1]
+    want: dict[int, list[tuple[int, int]]] = {}
+    outside = False
+    for to, form in offsets:
+        found = locate(to, starts, ends)
+        for k in found:
+            want.setdefault(k, []).append((to, form))
+        outside = outside or not found
+    at, out = _spanwalk.group_hits(offsets, starts, ends)
+    assert at == want
+    assert out == outside
