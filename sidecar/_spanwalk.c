@@ -2568,10 +2568,23 @@ static Py_ssize_t rp_level(Replacing *s, const uint8_t *base, const uint8_t *p,
     int rc = 0;
     const uint8_t *copied = p; /* bytes before this are emitted */
     while (s->next < s->count && (rc = next_field(&r, &f)) == 1) {
-        if (f.number != wanted || f.wire != 2)
+        if (f.wire != 2)
             continue;
         Py_ssize_t content = f.data - base, content_end = f.data_end - base;
         const Replace *e = &s->edits[s->next];
+        /* field 1 of an entry (its resource or scope): no item's content starts where its
+         * content does (an item's lies past the tag of a field 2 of the entry) */
+        if (level >= 1 && f.number == 1 && e->at == content) {
+            rp_emit(s, copied, f.start - copied);
+            rp_emit(s, f.start, tag_size(&f));
+            rp_varint(s, (uint64_t)e->len);
+            rp_emit(s, e->data, e->len);
+            s->next++;
+            copied = f.data_end;
+            continue;
+        }
+        if (f.number != wanted)
+            continue;
         /* an item of no bytes can start where its scope and resource entries end */
         if (level == 2 ? e->at != content : e->at < content || e->at > content_end)
             continue;
@@ -2602,7 +2615,8 @@ static Py_ssize_t rp_level(Replacing *s, const uint8_t *base, const uint8_t *p,
 
 /* redact_splice(payload, edits) -> bytes: edits (item content start, new content),
  * ascending, each replacing the content of the item (field 2 of a scope entry, field 2 of
- * a resource entry, field 1 of the request) starting there; the tags of the item and of
+ * a resource entry, field 1 of the request) starting there, or of field 1 of a resource
+ * or scope entry (its resource or scope) starting there; the tags of the item and of
  * the entries around it are kept as they are, their lengths rewritten; every other byte
  * is copied as it is. ValueError when an edit names no item. */
 static PyObject *redact_splice(PyObject *module, PyObject *args) {

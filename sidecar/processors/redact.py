@@ -26,9 +26,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from pydantic import Field, SecretStr, model_validator
 
@@ -58,6 +60,7 @@ from sidecar.processors.redact_wire import (
     Layout,
     WireError,
     field_header,
+    first_fields,
     hit_fields,
     layout,
     splice,
@@ -429,7 +432,14 @@ class Redactor:
         else:
             if hits is None:
                 return False, None
-            whole = hits.outside
+            whole = False
+            new_fields: list[tuple[int, bytes]] = []
+            if hits.outside:
+                outside = self._outside(signal, payload, message, hits)
+                if outside is None:
+                    whole = True
+                else:
+                    new_fields = outside
         if whole:
             full = message if message is not None else parse_request(signal, payload)
             before = self.masked + self.dropped
@@ -449,9 +459,54 @@ class Redactor:
                 out = self._redact_whole_item(signal, payload, message, hits, k)
             if out is not None:
                 new_items[k] = out
-        if not new_items:
+        if not new_items and not new_fields:
             return True, None
-        return True, splice(payload, hits.layout, new_items)
+        return True, splice(payload, hits.layout, new_items, new_fields)
+
+    def _outside(self, signal: Signal, payload: bytes, message: Any | None,
+                 hits: _Hits) -> list[tuple[int, bytes]] | None:
+        """After a hit outside every item: every resource's and scope's attributes walked
+        (what `_walk_hits` does), each entry's `resource` or `scope` field read alone and,
+        when it changed, re-encoded: (content start, new content) per changed field. Not
+        the whole request parsed and re-encoded (~2.4 µs a span) for one resource
+        attribute (a 32-digit hex id's length byte is a space: a card pre-scan hit). None,
+        before anything is walked, when an entry gives its resource or scope twice (the
+        parser merges them) or its bytes do not parse: the caller walks the whole request."""
+        lay = hits.layout
+        resources, scopes, _ = SIGNALS[signal].levels
+        # (content start, end, resource index, scope index or -1) of each field
+        where: list[tuple[int, int, int, int]] = []
+        try:
+            for r, (_, start, end) in enumerate(lay.resource_fields):
+                fields = first_fields(payload, start, end)
+                if len(fields) > 1:
+                    return None
+                where += [(fs, fe, r, -1) for fs, fe in fields]
+            for _, start, end, r, sc, _ in lay.scopes:
+                fields = first_fields(payload, start, end)
+                if len(fields) > 1:
+                    return None
+                where += [(fs, fe, r, sc) for fs, fe in fields]
+        except WireError:
+            return None
+        objects: list[Any] = []
+        for fs, fe, r, sc in where:
+            if message is not None:
+                entry = getattr(message, resources)[r]
+                objects.append(entry.resource if sc < 0 else getattr(entry, scopes)[sc].scope)
+                continue
+            kind = Resource if sc < 0 else InstrumentationScope
+            try:
+                objects.append(kind.FromString(payload[fs:fe]))
+            except DecodeError:
+                return None
+        edits: list[tuple[int, bytes]] = []
+        for (fs, _, _, _), obj in zip(where, objects, strict=True):
+            before = self.masked + self.dropped
+            self._attrs(obj.attributes)
+            if self.masked + self.dropped != before:
+                edits.append((fs, obj.SerializeToString()))
+        return edits
 
     def _message_item(self, signal: Signal, message: Any, hits: _Hits, k: int) -> Any:
         """Item k in `message` (the one message every call with these hits is given)."""

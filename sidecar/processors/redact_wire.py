@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from sidecar import _spanwalk
 from sidecar.protowire import encode_varint as _varint
 
-__all__ = ["Layout", "WireError", "field_header", "hit_fields", "layout", "splice"]
+__all__ = ["Layout", "WireError", "field_header", "first_fields", "hit_fields", "layout",
+           "splice"]
 
 
 class WireError(ValueError):
@@ -78,6 +79,50 @@ def hit_fields(payload: bytes, start: int, end: int, number: int, until: int,
         raise WireError(str(exc)) from None
 
 
+def _read_varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= end or shift > 63:
+            raise WireError("truncated varint")
+        b = buf[pos]
+        value |= (b & 0x7F) << shift
+        pos += 1
+        if b < 0x80:
+            return value, pos
+        shift += 7
+
+
+def first_fields(buf: bytes, start: int, end: int) -> list[tuple[int, int]]:
+    """The content (start, end) of each length-delimited field numbered 1 of the message
+    buf[start:end]: a resource entry's `resource`, a scope entry's `scope`. Written by
+    hand (the protobuf runtime has no API for offsets); it reads only tags and lengths,
+    and refuses (WireError) what `redact_layout` refuses. Only called after a pre-scan hit
+    outside every item, to walk the resources' and scopes' attributes without a parse."""
+    found: list[tuple[int, int]] = []
+    pos = start
+    while pos < end:
+        tag, pos = _read_varint(buf, pos, end)
+        number, wire = tag >> 3, tag & 7
+        if number == 0 or number > 0x1FFFFFFF:
+            raise WireError("bad field number")
+        if wire == 0:
+            _, pos = _read_varint(buf, pos, end)
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        elif wire == 2:
+            length, pos = _read_varint(buf, pos, end)
+            if number == 1:
+                found.append((pos, pos + length))
+            pos += length
+        else:
+            raise WireError("a group, or a bad wire type")
+        if pos > end:
+            raise WireError("a field past its message")
+    return found
+
+
 def field_header(buf: bytes, head: int, length: int) -> bytes:
     """The field's own tag bytes (whatever their encoding), then the new length."""
     pos = head
@@ -86,9 +131,13 @@ def field_header(buf: bytes, head: int, length: int) -> bytes:
     return buf[head:pos + 1] + _varint(length)
 
 
-def splice(payload: bytes, lay: Layout, new_items: dict[int, bytes]) -> bytes:
-    """`payload` with item k's content replaced by new_items[k], and the lengths of the
-    scope and resource entries around them rewritten; every other byte is kept
-    (`_spanwalk.redact_splice`: one copy of the request, in C)."""
-    return _spanwalk.redact_splice(
-        payload, [(lay.starts[k], new_items[k]) for k in sorted(new_items)])
+def splice(payload: bytes, lay: Layout, new_items: dict[int, bytes],
+           new_fields: Sequence[tuple[int, bytes]] = ()) -> bytes:
+    """`payload` with item k's content replaced by new_items[k], and each field 1 of a
+    resource or scope entry whose content starts at `at` by its new content (`new_fields`:
+    (at, content)), and the lengths of the entries around them rewritten; every other byte
+    is kept (`_spanwalk.redact_splice`: one copy of the request, in C)."""
+    edits = [(lay.starts[k], new_items[k]) for k in new_items]
+    edits += new_fields
+    edits.sort(key=lambda e: e[0])
+    return _spanwalk.redact_splice(payload, edits)

@@ -11,9 +11,11 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
+from sidecar import _spanwalk
 from sidecar.model import Batch, Signal
 from sidecar.pipeline.stage import Stage
 from sidecar.processors.redact import Redactor, RedactProcessor, RedactSettings
+from sidecar.protowire import encode_varint
 from tests.unit.processors.redact_corpus import secrets
 
 # Pieces that sit near the edge of some rule: key stems in odd spellings, prefixes without
@@ -269,3 +271,44 @@ def test_splicing_the_redacted_items_into_the_bytes_equals_the_full_walk(
     counts, out = _spliced(signal, payload, with_message)
     assert counts == full_counts
     assert Batch.from_bytes(signal, out).message == full
+
+
+def _outside_request(resource_twice: bool = False) -> tuple[bytes, bytes]:
+    """A secret in a resource attribute and one in a scope attribute, a span without one
+    whose bytes are not what the serialiser writes (a field out of field order)."""
+    req = ExportTraceServiceRequest()
+    rs = req.resource_spans.add()
+    rs.resource.attributes.add(key="note", value=AnyValue(string_value="Bearer abcdefgh12345678"))
+    ss = rs.scope_spans.add()
+    ss.scope.name = "s"
+    ss.scope.attributes.add(key="cfg", value=AnyValue(string_value="ghp_" + "a" * 36))
+    ss.spans.add(name="n")
+    entry = rs.SerializeToString()
+    span = ss.spans[0].SerializeToString()
+    odd = b"\x38\x01" + span  # kind (field 7) before the name: the same span
+    wrapped = b"\x0a" + encode_varint(len(entry)) + entry  # the span is its last bytes
+    spliced = _spanwalk.redact_splice(wrapped, [(len(wrapped) - len(span), odd)])
+    entry = spliced[-(len(entry) + len(odd) - len(span)):]  # the span's length is one byte
+    if resource_twice:  # a second `resource` field: the parser merges the two
+        extra = KeyValue(key="k", value=AnyValue(string_value="v")).SerializeToString()
+        entry += b"\x0a" + encode_varint(len(extra) + 2) + b"\x0a" + encode_varint(
+            len(extra)) + extra
+    return b"\x0a" + encode_varint(len(entry)) + entry, odd
+
+
+def test_a_hit_outside_the_items_re_encodes_only_resources_and_scopes() -> None:
+    for twice in (False, True):
+        payload, odd = _outside_request(twice)
+        full = Batch.from_bytes(Signal.TRACES, payload).message
+        REDACTOR.counts = {}
+        REDACTOR.redact_request(Signal.TRACES, full)
+        assert REDACTOR.counts == {"bearer": 1, "github-token": 1}
+        for with_message in (False, True):
+            counts, out = _spliced(Signal.TRACES, payload, with_message)
+            assert counts == {"bearer": 1, "github-token": 1}
+            assert Batch.from_bytes(Signal.TRACES, out).message == full
+            assert b"abcdefgh12345678" not in out
+            assert b"a" * 36 not in out
+            # the span was not re-encoded, unless the resource given twice took the
+            # whole request's walk (and the serialiser's field order)
+            assert (odd in out) == (not twice)
