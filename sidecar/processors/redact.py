@@ -533,39 +533,30 @@ class Redactor:
                      hits: _Hits, k: int) -> bytes | None:
         """Item k, re-encoded, or None when unchanged. Reads only the attributes that hold
         a hit when every hit lies in one (the walk of an item reads nothing but them: a
-        key rule, a value rule and the prompts policy all need bytes of the attribute).
-        Written flat: a hit item costs this path's Python per hit (bench/redact_bench.py)."""
+        key rule, a value rule and the prompts policy all need bytes of the attribute)."""
         attr_field = _ATTR_FIELD.get(signal)
         if attr_field is None or k in hits.whole or self._summary != "silent":
             return self._redact_whole_item(signal, payload, message, hits, k)
         start, end = hits.layout.starts[k], hits.layout.ends[k]
         at = hits.at[k]
         # the bytes a match ending at `to` may be about: `to - 1` and `to - 2` (`locate`)
-        points: list[int] = []
-        for to, _ in at:
-            points += (to - 1, to - 2)
+        points = [p for to, _ in at for p in (to - 1, to - 2)]
         # fields are read up to the one holding the last hit's end: max(to) = max(points) + 1
         found = hit_fields(payload, start, end, attr_field, max(points) + 1, points)
         if found is None:  # a hit outside the attributes
             return self._redact_whole_item(signal, payload, message, hits, k)
         item_fields, which = found  # (head, start, end, index among the attributes)
         hit_forms: dict[int, set[int]] = {}  # field -> the pre-scan forms that hit it
-        n = 0
-        for _, form in at:
-            for j in (which[n], which[n + 1]):
+        for n, (_, form) in enumerate(at):
+            for j in (which[2 * n], which[2 * n + 1]):
                 if j >= 0:
-                    forms = hit_forms.get(j)
-                    if forms is None:
-                        hit_forms[j] = {form}
-                    else:
-                        forms.add(form)
-            n += 2
+                    hit_forms.setdefault(j, set()).add(form)
         attrs = self._message_item(signal, message, hits, k).attributes \
             if message is not None else None
         new: dict[int, bytes | None] = {}  # field -> its new content, None: removed
         removed: list[int] = []  # indices in `attrs` of removed attributes
         direct = not self._user_keys  # a user key rule reads key and value: the wrapper
-        for j in sorted(hit_forms) if len(hit_forms) > 1 else hit_forms:
+        for j in sorted(hit_forms):
             _, fstart, fend, index = item_fields[j]
             if direct:
                 edit = self._string_attr(payload, fstart, fend, hit_forms[j])
@@ -606,7 +597,7 @@ class Redactor:
                 del attrs[index]
         pieces: list[bytes] = []
         pos = start
-        for j in sorted(new) if len(new) > 1 else new:
+        for j in sorted(new):
             head, _, fend, _ = item_fields[j]
             pieces.append(payload[pos:head])
             content = new[j]
@@ -630,9 +621,7 @@ class Redactor:
         ks, ke, vs, ve = found
         key = payload[ks:ke]
         name = key.decode("utf-8")  # the parser's UTF-8 check
-        verdicts = self._verdicts
-        verdict = verdicts[name] if name in verdicts else self._verdict(name)
-        if verdict is not None or (self._drop_prompts and is_prompt_key(name)):
+        if self._verdict(name) is not None or (self._drop_prompts and is_prompt_key(name)):
             return None
         data = payload[vs:ve]
         data.decode("utf-8")
@@ -883,14 +872,7 @@ class Redactor:
             if only is None and not self._value_hint.hit(data):
                 return None
         # forms past the rules' own are key forms (`prescan`): no rule of theirs to run
-        rules: Iterable[_Rule]
-        if only is None:
-            rules = every
-        elif len(only) == 1:
-            (i,) = only
-            rules = (every[i],) if i < len(every) else ()
-        else:
-            rules = [every[i] for i in sorted(only) if i < len(every)]
+        rules = every if only is None else [every[i] for i in sorted(only) if i < len(every)]
         spans: list[tuple[int, int, _Rule]] = []
         lowered: bytes | None = None
         for rule in rules:
@@ -923,10 +905,8 @@ class Redactor:
                 spans.extend((*_widen_to_utf8(data, s, e), rule) for s, e in secret)
         if not spans:
             return None
-        if len(spans) == 1:  # most hit strings: one secret
-            start, end, rule = spans[0]
-            return b"".join((data[:start], self._emit(data, start, end, rule), data[end:]))
-        spans.sort(key=lambda s: (s[0], -s[1]))
+        if len(spans) > 1:
+            spans.sort(key=lambda s: (s[0], -s[1]))
         pieces: list[bytes] = []
         pos = 0
         cur_start, cur_end, cur_rule = spans[0]
@@ -981,9 +961,7 @@ class Redactor:
     def _emit(self, data: bytes, start: int, end: int, rule: _Rule) -> bytes:
         """What replaces data[start:end], counted."""
         name = rule.name
-        counts = self.counts
-        counts[name] = counts.get(name, 0) + 1
-        self.masked += 1
+        self._count(name)
         if rule.action is Action.HASH:
             return self._replacement(name, Action.HASH, data[start:end]).encode()
         # a mask (or a drop where nothing can be removed): the same bytes every time
