@@ -2188,10 +2188,12 @@ static PyObject *card_confirm(PyObject *module, PyObject *args) {
         Py_ssize_t to = PyLong_AsSsize_t(item);
         if (to == -1 && PyErr_Occurred())
             goto fail;
+        if (to < 0) { /* a slice to a negative end counts from the end: not a window */
+            PyErr_SetString(PyExc_ValueError, "an end must not be negative");
+            goto fail;
+        }
         Py_ssize_t ws = to - reach < 0 ? 0 : to - reach;
         Py_ssize_t we = to + 1 > view.len ? view.len : to + 1;
-        if (to < 0) /* a Python slice from a negative start: no hit comes from one */
-            continue;
         if (ws < we && card_window(b, ws, we) && PyList_Append(out, item) < 0)
             goto fail;
     }
@@ -2219,7 +2221,7 @@ static Py_ssize_t last_start(const Py_ssize_t *starts, Py_ssize_t n, Py_ssize_t 
     return lo - 1;
 }
 
-static int load_offsets(PyObject *list, Py_ssize_t **out, Py_ssize_t *n) {
+static int load_ssizes(PyObject *list, Py_ssize_t **out, Py_ssize_t *n) {
     PyObject *seq = PySequence_Fast(list, "expected a sequence of ints");
     if (seq == NULL)
         return -1;
@@ -2252,7 +2254,7 @@ static PyObject *group_hits(PyObject *module, PyObject *args) {
         return NULL;
     Py_ssize_t *starts = NULL, *ends = NULL, n = 0, n_ends = 0;
     PyObject *offsets = NULL, *at = NULL, *result = NULL;
-    if (load_offsets(starts_arg, &starts, &n) < 0 || load_offsets(ends_arg, &ends, &n_ends) < 0)
+    if (load_ssizes(starts_arg, &starts, &n) < 0 || load_ssizes(ends_arg, &ends, &n_ends) < 0)
         goto done;
     if (n != n_ends) {
         PyErr_SetString(PyExc_ValueError, "starts and ends differ in length");
@@ -2682,6 +2684,48 @@ done:
     return result;
 }
 
+/* first_fields(payload, start, end) -> [(content start, content end), ...]: the
+ * length-delimited fields numbered 1 of the message payload[start:end] (a resource entry's
+ * `resource`, a scope entry's `scope`), in wire order; ValueError on bytes `redact_layout`
+ * refuses. In C: a scope entry holds every item's tag, which a Python loop would read one
+ * by one. */
+static PyObject *first_fields(PyObject *module, PyObject *args) {
+    Py_buffer view;
+    Py_ssize_t start, end;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "y*nn", &view, &start, &end))
+        return NULL;
+    PyObject *out = NULL;
+    if (start < 0 || start > end || end > view.len) {
+        PyErr_SetString(PyExc_ValueError, "the message lies outside the payload");
+        goto done;
+    }
+    out = PyList_New(0);
+    if (out == NULL)
+        goto done;
+    const uint8_t *base = view.buf;
+    Reader r = {base + start, base + end};
+    Field f;
+    int rc;
+    while ((rc = next_field(&r, &f)) == 1) {
+        if (f.number != 1 || f.wire != 2)
+            continue;
+        PyObject *entry = Py_BuildValue("(nn)", (Py_ssize_t)(f.data - base),
+                                        (Py_ssize_t)(f.data_end - base));
+        if (entry == NULL || PyList_Append(out, entry) < 0) {
+            Py_XDECREF(entry);
+            Py_CLEAR(out);
+            goto done;
+        }
+        Py_DECREF(entry);
+    }
+    if (rc < 0)
+        Py_CLEAR(out);
+done:
+    PyBuffer_Release(&view);
+    return out;
+}
+
 /* ---- an attribute holding a string (redact.py, the hit attribute's direct path) ---- */
 
 /* kv_string(payload, start, end) -> (key start, key end, string start, string end) | None:
@@ -2832,6 +2876,9 @@ static PyMethodDef methods[] = {
     {"hit_fields", hit_fields, METH_VARARGS,
      "hit_fields(payload, start, end, number, until, points) -> (fields, which) | None: the\n"
      "length-delimited fields numbered `number` of payload[start:end] holding the points."},
+    {"first_fields", first_fields, METH_VARARGS,
+     "first_fields(payload, start, end) -> list[(start, end)]: the contents of the\n"
+     "length-delimited fields numbered 1 of the message payload[start:end]."},
     {"redact_splice", redact_splice, METH_VARARGS,
      "redact_splice(payload, edits) -> bytes: edits (item content start, new content),\n"
      "ascending, each replacing an item's content, the enclosing lengths rewritten."},

@@ -79,48 +79,16 @@ def hit_fields(payload: bytes, start: int, end: int, number: int, until: int,
         raise WireError(str(exc)) from None
 
 
-def _read_varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= end or shift > 63:
-            raise WireError("truncated varint")
-        b = buf[pos]
-        value |= (b & 0x7F) << shift
-        pos += 1
-        if b < 0x80:
-            return value, pos
-        shift += 7
-
-
 def first_fields(buf: bytes, start: int, end: int) -> list[tuple[int, int]]:
     """The content (start, end) of each length-delimited field numbered 1 of the message
-    buf[start:end]: a resource entry's `resource`, a scope entry's `scope`. Written by
-    hand (the protobuf runtime has no API for offsets); it reads only tags and lengths,
-    and refuses (WireError) what `redact_layout` refuses. Only called after a pre-scan hit
-    outside every item, to walk the resources' and scopes' attributes without a parse."""
-    found: list[tuple[int, int]] = []
-    pos = start
-    while pos < end:
-        tag, pos = _read_varint(buf, pos, end)
-        number, wire = tag >> 3, tag & 7
-        if number == 0 or number > 0x1FFFFFFF:
-            raise WireError("bad field number")
-        if wire == 0:
-            _, pos = _read_varint(buf, pos, end)
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
-        elif wire == 2:
-            length, pos = _read_varint(buf, pos, end)
-            if number == 1:
-                found.append((pos, pos + length))
-            pos += length
-        else:
-            raise WireError("a group, or a bad wire type")
-        if pos > end:
-            raise WireError("a field past its message")
-    return found
+    buf[start:end]: a resource entry's `resource`, a scope entry's `scope`
+    (`_spanwalk.first_fields`; it refuses what `redact_layout` refuses). Only called after
+    a pre-scan hit outside every item, to walk the resources' and scopes' attributes
+    without a parse. Raises WireError."""
+    try:
+        return _spanwalk.first_fields(buf, start, end)
+    except ValueError as exc:
+        raise WireError(str(exc)) from None
 
 
 def field_header(buf: bytes, head: int, length: int) -> bytes:

@@ -196,12 +196,13 @@ def _warm_cost() -> LlmCost:
 
 
 def _redact_c(data: bytes) -> None:
-    ends = _spanwalk.digit_runs(data, 13, 10_000)
-    if ends is None:
+    ends_found = _spanwalk.digit_runs(data, 13, 10_000)
+    if ends_found is None:
         if len(data) < 10_000:
             raise AssertionError("digit_runs over its limit on a short input")
         return
-    if ends != sorted(set(ends)) or any(not data[e - 1:e].isdigit() for e in ends):
+    if ends_found != sorted(set(ends_found)) or any(
+            not data[e - 1:e].isdigit() for e in ends_found):
         raise AssertionError("digit_runs ends out of order or not at a digit")
     try:
         _, scopes, starts, ends, heads = _spanwalk.redact_layout(data)
@@ -225,8 +226,22 @@ def _redact_c(data: bytes) -> None:
                 kv = _spanwalk.kv_string(data, s, e)
                 if kv is not None and not s <= kv[0] <= kv[1] <= kv[2] <= kv[3] <= e:
                     raise AssertionError("a key or string outside its attribute")
-    # every item emptied: the result has the same items, each empty
-    out = _spanwalk.redact_splice(data, [(s, b"") for s in starts])
+    if _spanwalk.digit_runs(data, 13, 10_000, False) != ends_found:
+        raise AssertionError("the vector and scalar digit scans differ")
+    if not set(_spanwalk.card_confirm(data, ends_found, 40)) <= set(ends_found):
+        raise AssertionError("card_confirm kept an end it was not given")
+    at, _ = _spanwalk.group_hits([(e, 0) for e in ends_found], starts, ends)
+    if any(not 0 <= k < len(starts) for k in at):
+        raise AssertionError("group_hits named no item")
+    # every item emptied, and each entry's resource or scope: the result has the same
+    # items, each empty
+    edits = [(s, b"") for s in starts]
+    for _, start, end in _spanwalk.redact_layout(data)[0]:
+        edits += [(s, b"") for s, _ in _spanwalk.first_fields(data, start, end)]
+    for _, start, end, _, _, _ in scopes:
+        edits += [(s, b"") for s, _ in _spanwalk.first_fields(data, start, end)]
+    edits.sort(key=lambda e: e[0])
+    out = _spanwalk.redact_splice(data, edits)
     _, _, new_starts, new_ends, _ = _spanwalk.redact_layout(out)
     if len(out) > len(data) or new_starts != new_ends or len(new_starts) != len(starts):
         raise AssertionError("a splice lost items or kept their bytes")

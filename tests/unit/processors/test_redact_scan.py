@@ -61,6 +61,12 @@ def test_card_offsets_are_the_confirmed_digit_runs(data: bytes) -> None:
         to for to in every if _own_window(data, to))
 
 
+def test_c_confirm_refuses_a_negative_end() -> None:
+    # data[max(0, to - reach):to + 1] counts a negative end from the back: no window
+    with pytest.raises(ValueError, match="negative"):
+        _spanwalk.card_confirm(b"1" * 40, [-3], CARD_REACH)
+
+
 def test_c_confirm_on_every_context_byte() -> None:
     # every arm's context classes, before and after runs of 12..21 digits, whole and
     # split by separators, at every place in a window cut short by `reach`

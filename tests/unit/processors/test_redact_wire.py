@@ -26,6 +26,7 @@ from sidecar.processors.redact_wire import (
     Layout,
     WireError,
     field_header,
+    first_fields,
     hit_fields,
     layout,
     splice,
@@ -268,6 +269,10 @@ def test_the_walks_refuse_what_they_cannot_follow(bad: bytes) -> None:
     with pytest.raises(WireError):
         layout(b"\x0a" + _varint(len(bad)) + bad)  # inside a resource entry
     assert ref_hit_fields(bad, 0, len(bad), 2, len(bad), [0]) is WireError
+    with pytest.raises(WireError):
+        first_fields(bad, 0, len(bad))
+    with pytest.raises(WireError):
+        _ref_first_fields(bad, 0, len(bad))
 
 
 def test_the_tags_refused_beyond_the_python_walk_are_refused_by_the_parser() -> None:
@@ -464,3 +469,38 @@ def test_splice_keeps_long_tags_and_refuses_edits_naming_no_item() -> None:
         _spanwalk.redact_splice(payload, [(1, b"")])
     with pytest.raises(ValueError, match="ascending"):
         _spanwalk.redact_splice(payload, [(7, b""), (7, b"")])
+
+
+def _ref_first_fields(buf: bytes, start: int, end: int) -> list[tuple[int, int]]:
+    fields: list[tuple[int, int, int, int]] = []
+    pos = start
+    while pos < end:
+        pos = _walk_one(buf, pos, end, fields)
+    return [(s, e) for number, _, s, e in fields if number == 1]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(pieces, wire_bytes, st.builds(_entry, st.sampled_from((1, 2, 3)),
+                                                         wire_bytes)), max_size=6))
+def test_first_fields_are_the_references(parts: list[bytes]) -> None:
+    data = b"".join(parts)
+    try:
+        want: list[tuple[int, int]] | type[WireError] = _ref_first_fields(data, 0, len(data))
+    except WireError:
+        want = WireError
+    try:
+        got: list[tuple[int, int]] | type[WireError] = first_fields(data, 0, len(data))
+    except WireError:
+        got = WireError
+    assert got == want
+
+
+def test_first_fields_are_the_resource_the_parser_reads() -> None:
+    rng = random.Random(5)
+    payload = build_workload(rng, "agent")
+    lay = layout(payload)
+    request = ExportTraceServiceRequest.FromString(payload)
+    for r, (_, start, end) in enumerate(lay.resource_fields):
+        (found,) = first_fields(payload, start, end)
+        assert Resource.FromString(payload[found[0]:found[1]]) \
+            == request.resource_spans[r].resource
