@@ -26,7 +26,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHES = ("otlp_bench.py", "queue_bench.py", "cache_bench.py", "datadog_encoding.py",
-           "redact_ab.py", "logs_bench.py", "cost_bench.py")
+           "redact_ab.py", "redact_bench.py", "logs_bench.py", "cost_bench.py")
 # hard cap per benchmark; a full otlp_bench run takes about 5 minutes
 TIMEOUT_S = 30 * 60
 
